@@ -1,0 +1,56 @@
+"""Orbax checkpoints of a TrainState in `<workdir>/checkpoints`, and read-only access to another
+run's model (a KD teacher, or the run that OE fine-tuning starts from)."""
+
+from __future__ import annotations
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+from softlabel_ood import train_step
+
+MAX_TO_KEEP = 3
+
+
+def _saved_tree(state: train_step.TrainState) -> dict:
+    # The optimizer and apply function are rebuilt from the config; only arrays are saved.
+    return {"step": state.step, "params": state.params, "batch_stats": state.batch_stats,
+            "opt_state": state.opt_state}
+
+
+def _abstract(tree):
+    # Shapes, dtypes and shardings of `tree`: orbax restores each array straight onto its devices.
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+class Checkpoints:
+    """The checkpoints of one run. Saving is synchronous: a checkpoint on disk is complete."""
+
+    def __init__(self, directory: epath.PathLike, *, read_only: bool = False):
+        self.directory = epath.Path(directory)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=MAX_TO_KEEP, create=not read_only, read_only=read_only,
+            enable_async_checkpointing=False, cleanup_tmp_directories=not read_only)
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, state: train_step.TrainState) -> None:
+        step = int(jax.device_get(state.step))
+        if self._manager.latest_step() != step:
+            self._manager.save(step, args=ocp.args.StandardSave(_saved_tree(state)))
+
+    def restore(self, like: train_step.TrainState, step: int | None = None
+                ) -> train_step.TrainState:
+        """The checkpoint at `step` (default: the latest), shaped and sharded like `like`."""
+        step = self._manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"{self.directory}: no checkpoint to restore")
+        target = _abstract(_saved_tree(like))
+        tree = self._manager.restore(step, args=ocp.args.StandardRestore(target))
+        return like.replace(**tree)
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()

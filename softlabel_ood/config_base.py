@@ -1,0 +1,97 @@
+"""Fields that every config file provides (DESIGN.md §8), with the OE reference's defaults.
+
+Config files in `configs/` start from `base_config()` and change what differs for their dataset
+family. Values that follow from others (steps per epoch, total steps, number of classes, image
+shape) are computed in `train.py`, never here, so that a command-line override of one field
+cannot leave a stale derived value behind.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+METHODS = ("ce", "ls", "oe", "kd", "kd_incorrect")
+
+
+def base_config(method: str | None) -> ml_collections.ConfigDict:
+    """The reference protocol of the Outlier Exposure code (Hendrycks et al. 2019) for CIFAR."""
+    method = method or "ce"
+    if method not in METHODS:
+        raise ValueError(f"config argument: unknown method {method!r}; expected one of {METHODS}")
+    c = ml_collections.ConfigDict()
+    c.method = method
+
+    # Data. Names are those of `softlabel_ood.datasets`; local files are looked up by name in
+    # `dataset_paths` (e.g. --config.dataset_paths.lsun_crop=/data/LSUN_C.npy).
+    c.dataset = "cifar10"
+    c.ood_datasets = ("gaussian", "rademacher", "blobs")
+    c.oe_dataset = ""
+    c.data_dir = ""  # tfds data_dir; empty means the tfds default (~/tensorflow_datasets).
+    c.dataset_paths = ml_collections.ConfigDict()
+    c.num_train_examples = 0  # 0 = all; a cap for quick experiments and tests.
+    c.num_ood_examples = 2000  # size of synthetic OOD sets and cap for real ones (OE: 10000 // 5).
+
+    # Model.
+    c.model = "wrn40_2"
+    c.dropout_rate = 0.3
+    c.compute_dtype = "float32"
+
+    # Soft labels.
+    c.label_smoothing = 0.0  # alpha for `ls`, and the incorrect-class mass for `kd_incorrect`.
+    c.kd = ml_collections.ConfigDict()
+    c.kd.teacher_workdir = ""
+    c.kd.temperature = 4.0
+    c.kd.weight = 0.9
+    c.oe = ml_collections.ConfigDict()
+    c.oe.weight = 0.5
+    c.oe.batch_size = 256
+    c.oe.finetune_from = ""  # workdir of a finished run to fine-tune from; empty = from scratch.
+
+    # Optimisation.
+    c.num_epochs = 100
+    c.batch_size = 128
+    c.eval_batch_size = 500
+    c.optimizer = "sgd"
+    c.learning_rate = 0.1
+    c.momentum = 0.9
+    c.nesterov = True
+    c.weight_decay = 5e-4
+    c.seed = 0
+
+    # Bookkeeping.
+    c.checkpoint_every_steps = 1000
+    c.log_every_steps = 100
+    return c
+
+
+def parse_method_arg(arg: str | None) -> tuple[str, bool]:
+    """`configs/<family>.py:<arg>` -> (method, fine-tune); `oe_finetune` is OE's fine-tuning."""
+    if arg == "oe_finetune":
+        return "oe", True
+    return arg or "ce", False
+
+
+def cifar_config(arg: str | None, *, dataset: str, other_cifar: str) -> ml_collections.ConfigDict:
+    """CIFAR-10/100: the OE reference protocol, its OOD test sets, 300K Random Images for OE."""
+    from softlabel_ood import grid  # Local import: grid is only needed by the config files.
+
+    method, finetune = parse_method_arg(arg)
+    c = base_config(method)
+    c.dataset = dataset
+    c.ood_datasets = (
+        "gaussian", "rademacher", "blobs", "textures", "svhn", "places365",
+        "lsun_crop", "lsun_resize", "isun", other_cifar,
+    )
+    # The files of the ODIN and OE releases (see README, "Datasets that tfds does not provide").
+    c.dataset_paths.lsun_crop = "~/ood_data/LSUN_C"
+    c.dataset_paths.lsun_resize = "~/ood_data/LSUN_resize"
+    c.dataset_paths.isun = "~/ood_data/iSUN"
+    c.dataset_paths.random_300k = "~/ood_data/300K_random_images.npy"
+    c.oe_dataset = "random_300k"  # used only when the method is oe
+    if finetune:
+        # OE reference fine-tuning: 10 epochs at lr 0.001 from a finished ce run.
+        c.num_epochs = 10
+        c.learning_rate = 0.001
+    c.grid = grid.paper_grid(ls_alphas=(0.1, 0.2, 0.3, 0.4, 0.5), kd_ls_alpha=0.3,
+                             incorrect_alpha=0.3, seeds=(0,))
+    return c

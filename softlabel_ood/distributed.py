@@ -1,0 +1,25 @@
+"""Multi-process JAX: every process runs the same command; only process 0 writes files."""
+
+from __future__ import annotations
+
+import jax
+from absl import flags
+
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", False,
+    "Call jax.distributed.initialize() before anything else. On TPU VMs and SLURM/GPU clusters "
+    "JAX finds the coordinator itself; elsewhere give the three flags below.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+
+def initialize_from_flags() -> None:
+    if _MULTIHOST.value or _COORDINATOR.value:
+        jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                                   num_processes=_NUM_PROCESSES.value,
+                                   process_id=_PROCESS_ID.value)
+
+
+def is_writer() -> bool:
+    return jax.process_index() == 0

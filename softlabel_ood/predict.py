@@ -1,0 +1,122 @@
+"""Runs a trained model over every split and writes the predictions directory (DESIGN.md §5).
+
+    python -m softlabel_ood.predict --workdir=<dir> [--config.ood_datasets=svhn,textures ...]
+
+The config is the run's stored `config.json`; `--config.` overrides change what is evaluated
+(for example more OOD sets), never the trained model, which comes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import ml_collections
+import numpy as np
+import tqdm
+from absl import app, flags
+from etils import epath
+from jax.experimental import multihost_utils
+from ml_collections import config_flags
+
+from softlabel_ood import (
+    checkpointing,
+    datasets,
+    distributed,
+    input_pipeline,
+    predictions,
+    run_data,
+    run_model,
+    saved_runs,
+    train_step,
+)
+
+
+def _outputs(eval_fn, variables, ds: datasets.ArrayDataset, mesh, batch_size: int):
+    """Logits and features of every example of `ds`, in order, on every process."""
+    logits, features, masks = [], [], []
+    for batch in input_pipeline.eval_batches(ds, global_batch_size=batch_size, mesh=mesh):
+        out = eval_fn(variables, batch)
+        # Each process holds only its rows of the global batch; gather them (a no-op on one host).
+        gathered = multihost_utils.process_allgather(
+            {"logits": out["logits"], "features": out["features"], "mask": batch["mask"]},
+            tiled=True)
+        logits.append(gathered["logits"])
+        features.append(gathered["features"])
+        masks.append(gathered["mask"])
+    keep = np.concatenate(masks)
+    if keep.sum() != len(ds.labels):
+        raise RuntimeError(f"{ds.name}/{ds.split}: evaluation returned {keep.sum()} rows for "
+                           f"{len(ds.labels)} examples")
+    return (np.concatenate(logits)[keep].astype(np.float32),
+            np.concatenate(features)[keep].astype(np.float32))
+
+
+def run_summary(config: ml_collections.ConfigDict) -> dict:
+    return {
+        "dataset": config.dataset, "model": config.model, "method": config.method,
+        "alpha": config.label_smoothing, "teacher": config.kd.teacher_workdir,
+        "kd_temperature": config.kd.temperature, "kd_weight": config.kd.weight,
+        "oe_dataset": config.oe_dataset if config.method == "oe" else "",
+        "oe_weight": config.oe.weight, "num_epochs": config.num_epochs, "seed": config.seed,
+    }
+
+
+def write_predictions(config: ml_collections.ConfigDict, workdir: epath.PathLike, model,
+                      variables, mesh) -> None:
+    """Evaluates the ID test and train sets and every OOD set; process 0 writes the files."""
+    eval_fn = train_step.make_eval_step(model, run_model.step_config(config), mesh)
+    sets = {
+        f"{config.dataset}_test": ("id_test", run_data.load_id(config, "test")),
+        f"{config.dataset}_train": ("id_train", run_data.load_id(config, "train")),
+    }
+    sets.update({name: ("ood_test", ds) for name, ds in run_data.load_ood(config).items()})
+    splits = {}
+    bar = tqdm.tqdm(sets.items(), desc="predictions", unit="split",
+                    disable=not distributed.is_writer())
+    for name, (role, ds) in bar:
+        bar.set_postfix_str(name)
+        logits, features = _outputs(eval_fn, variables, ds, mesh, config.eval_batch_size)
+        splits[name] = predictions.Split(role=role, logits=logits, features=features,
+                                         labels=ds.labels.astype(np.int32))
+    if distributed.is_writer():
+        predictions.write(epath.Path(workdir) / "predictions", splits,
+                          num_classes=datasets.info(config.dataset).num_classes,
+                          run=run_summary(config))
+
+
+def predict_from_checkpoint(config: ml_collections.ConfigDict, workdir: epath.PathLike) -> None:
+    mesh = run_model.make_mesh()
+    model = run_model.create_model(config)
+    like = run_model.create_state(config, model, mesh, num_train_examples=config.batch_size)
+    ckpts = checkpointing.Checkpoints(epath.Path(workdir) / "checkpoints", read_only=True)
+    state = ckpts.restore(like)
+    ckpts.close()
+    write_predictions(config, workdir, model,
+                      {"params": state.params, "batch_stats": state.batch_stats}, mesh)
+
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A run directory written by softlabel_ood.train.")
+
+
+def _stored_config_from_argv(argv: list[str]) -> ml_collections.ConfigDict:
+    # The overridable config is the run's own, so it must be read before the flags are parsed.
+    for i, arg in enumerate(argv):
+        if arg.startswith("--workdir="):
+            return saved_runs.read_config(arg.split("=", 1)[1])
+        if arg == "--workdir" and i + 1 < len(argv):
+            return saved_runs.read_config(argv[i + 1])
+    raise saved_runs.RunError("--workdir is required")
+
+
+def main(argv):
+    del argv
+    distributed.initialize_from_flags()
+    predict_from_checkpoint(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    try:
+        _CONFIG = config_flags.DEFINE_config_dict("config", _stored_config_from_argv(sys.argv))
+    except saved_runs.RunError as e:
+        sys.exit(f"error: {e}")
+    app.run(main)

@@ -1,0 +1,39 @@
+"""The datasets of a run, as its config names them."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from softlabel_ood import datasets
+
+# Which examples a run sees never depends on its seed: every run of a grid trains on the same
+# subset and is scored on the same OOD sets, so that runs differ only in what they set out to vary.
+DATA_SEED = 0
+
+
+def _load(config: ml_collections.ConfigDict, name: str, split: str,
+          **kwargs) -> datasets.ArrayDataset:
+    path = config.dataset_paths.get(name) or None
+    return datasets.load(name, split, path=path, data_dir=config.data_dir or None, seed=DATA_SEED,
+                         **kwargs)
+
+
+def load_id(config: ml_collections.ConfigDict, split: str) -> datasets.ArrayDataset:
+    cap = config.num_train_examples if split == "train" else 0
+    return _load(config, config.dataset, split, num_examples=cap or None)
+
+
+def load_outliers(config: ml_collections.ConfigDict) -> datasets.ArrayDataset:
+    shape = datasets.info(config.dataset).image_shape
+    return _load(config, config.oe_dataset, "train", image_shape=shape)
+
+
+def load_ood(config: ml_collections.ConfigDict) -> dict[str, datasets.ArrayDataset]:
+    """Every OOD test set, converted to the ID images' shape, labels set to -1."""
+    shape = datasets.info(config.dataset).image_shape
+    sets = {}
+    for name in config.ood_datasets:
+        ds = _load(config, name, "test", image_shape=shape, num_examples=config.num_ood_examples)
+        sets[name] = datasets.ArrayDataset(images=ds.images, labels=ds.labels * 0 - 1,
+                                           name=ds.name, split=ds.split)
+    return sets

@@ -1,0 +1,83 @@
+"""A run's directory as other code sees it: its stored config, whether it finished, its model.
+
+    <workdir>/config.json     the resolved config (written when the run starts)
+    <workdir>/checkpoints/    orbax checkpoints
+    <workdir>/predictions/    the predictions directory (DESIGN.md §5)
+    <workdir>/DONE            written last: the run trained to the end and wrote its predictions
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+from etils import epath
+
+from softlabel_ood import checkpointing, run_model
+
+CONFIG_FILE = "config.json"
+DONE_FILE = "DONE"
+
+
+class RunError(ValueError):
+    """Another run's directory cannot serve as a teacher or a starting point."""
+
+
+def write_text_atomically(path: epath.Path, text: str) -> None:
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    tmp.write_text(text)
+    tmp.rename(path)
+
+
+def config_to_dict(config: ml_collections.ConfigDict) -> dict:
+    """The run's resolved config as JSON data, without the family's experiment grid."""
+    data = json.loads(config.to_json_best_effort())
+    data.pop("grid", None)
+    return data
+
+
+def write_config(workdir: epath.PathLike, config: ml_collections.ConfigDict) -> None:
+    path = epath.Path(workdir) / CONFIG_FILE
+    write_text_atomically(path, json.dumps(config_to_dict(config), indent=2, sort_keys=True) + "\n")
+
+
+def read_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
+    path = epath.Path(workdir) / CONFIG_FILE
+    if not path.exists():
+        raise RunError(f"{path}: missing; {workdir} is not a run directory")
+    try:
+        return ml_collections.ConfigDict(json.loads(path.read_text()))
+    except json.JSONDecodeError as e:
+        raise RunError(f"{path}: not valid JSON ({e})") from None
+
+
+def is_finished(workdir: epath.PathLike) -> bool:
+    return (epath.Path(workdir) / DONE_FILE).exists()
+
+
+def mark_finished(workdir: epath.PathLike) -> None:
+    write_text_atomically(epath.Path(workdir) / DONE_FILE, "finished\n")
+
+
+def load_finished_model(workdir: str, mesh, *, role: str, dataset: str):
+    """(model, variables, config) of a finished run, restored read-only onto `mesh`.
+
+    `role` names the config field that pointed here, so that errors say which field to fix.
+    """
+    if not epath.Path(workdir).exists():
+        raise RunError(f"{role}: {workdir} does not exist")
+    config = read_config(workdir)
+    if not is_finished(workdir):
+        raise RunError(f"{role}: {workdir} has not finished training (no {DONE_FILE} file)")
+    # The same dataset means the same classes in the same order; a name check is the whole check.
+    if config.dataset != dataset:
+        raise RunError(f"{role}: {workdir} was trained on {config.dataset!r}, this run uses "
+                       f"{dataset!r}")
+    model = run_model.create_model(config)
+    like = run_model.create_state(config, model, mesh, num_train_examples=config.batch_size)
+    ckpts = checkpointing.Checkpoints(epath.Path(workdir) / "checkpoints", read_only=True)
+    state = ckpts.restore(like)
+    ckpts.close()
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    return model, variables, config
