@@ -20,6 +20,7 @@ from ml_collections import config_flags
 
 from softlabel_ood import (
     checkpointing,
+    cli_errors,
     datasets,
     distributed,
     input_pipeline,
@@ -95,9 +96,6 @@ def predict_from_checkpoint(config: ml_collections.ConfigDict, workdir: epath.Pa
                       {"params": state.params, "batch_stats": state.batch_stats}, mesh)
 
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A run directory written by softlabel_ood.train.")
-
-
 def _stored_config_from_argv(argv: list[str]) -> ml_collections.ConfigDict:
     # The overridable config is the run's own, so it must be read before the flags are parsed.
     for i, arg in enumerate(argv):
@@ -108,15 +106,20 @@ def _stored_config_from_argv(argv: list[str]) -> ml_collections.ConfigDict:
     raise saved_runs.RunError("--workdir is required")
 
 
+@cli_errors.exit_on_user_error
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     distributed.initialize_from_flags()
-    predict_from_checkpoint(_CONFIG.value, _WORKDIR.value)
+    predict_from_checkpoint(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":
+    # Flags are defined only when this module is the command, so that other commands can import it.
+    flags.DEFINE_string("workdir", None, "A run directory written by softlabel_ood.train.")
     try:
-        _CONFIG = config_flags.DEFINE_config_dict("config", _stored_config_from_argv(sys.argv))
+        config_flags.DEFINE_config_dict("config", _stored_config_from_argv(sys.argv))
     except saved_runs.RunError as e:
-        sys.exit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     app.run(main)

@@ -16,7 +16,7 @@ from softlabel_ood import datasets, input_pipeline, models, train_step
 
 def make_mesh() -> jax.sharding.Mesh:
     """One `data` axis over every device of every process: pure data parallelism."""
-    return jax.make_mesh((jax.device_count(),), ("data",))
+    return train_step.data_mesh()
 
 
 def create_model(config: ml_collections.ConfigDict) -> nn.Module:

@@ -27,7 +27,7 @@ class RunError(ValueError):
 def write_text_atomically(path: epath.Path, text: str) -> None:
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     tmp.write_text(text)
-    tmp.rename(path)
+    tmp.replace(path)  # replace, unlike rename, overwrites on every platform
 
 
 def config_to_dict(config: ml_collections.ConfigDict) -> dict:
@@ -47,9 +47,19 @@ def read_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
     if not path.exists():
         raise RunError(f"{path}: missing; {workdir} is not a run directory")
     try:
-        return ml_collections.ConfigDict(json.loads(path.read_text()))
+        data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise RunError(f"{path}: not valid JSON ({e})") from None
+    return ml_collections.ConfigDict(_lists_to_tuples(data))
+
+
+def _lists_to_tuples(value):
+    # JSON has no tuples; config files use them, and only tuples can be overridden by flags.
+    if isinstance(value, dict):
+        return {k: _lists_to_tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_lists_to_tuples(v) for v in value)
+    return value
 
 
 def is_finished(workdir: epath.PathLike) -> bool:

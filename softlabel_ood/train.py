@@ -177,22 +177,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> None:
         saved_runs.mark_finished(workdir)
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "e.g. configs/cifar10.py:ls")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of this run (created if missing).")
-
-
 @cli_errors.exit_on_user_error
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     distributed.initialize_from_flags()
     try:
-        train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
     except TrainingDivergedError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 
 
 if __name__ == "__main__":
+    # Flags are defined only when this module is the command, so that other commands can import it.
+    config_flags.DEFINE_config_file("config", None, "e.g. configs/cifar10.py:ls")
+    flags.DEFINE_string("workdir", None, "Directory of this run (created if missing).")
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(main)

@@ -1,0 +1,81 @@
+"""Training throughput of the jitted train step on random data.
+
+    python -m benchmarks.train_step --model=wrn40_2 --batch_size=128 [--steps=20 --dtype=bfloat16]
+
+(from the repository root; `python benchmarks/train_step.py ...` works once the package is
+installed, e.g. `pip install -e .`).
+
+Prints one line, `images_per_sec=<float> device=<kind> num_devices=<n> ...`: images per second over
+`--steps` timed steps (ce, with augmentation and the OE reference optimizer), after warm-up steps
+that include the compilation. The batch is split over all local devices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from softlabel_ood import models
+from softlabel_ood import train_step as ts
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="wrn40_2, wrn16_2, resnet18, small_cnn...")
+    parser.add_argument("--batch_size", type=int, required=True)
+    parser.add_argument("--image_size", type=int, default=32)
+    parser.add_argument("--channels", type=int, default=3)
+    parser.add_argument("--num_classes", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps")
+    parser.add_argument("--warmup_steps", type=int, default=2, help="untimed, compile included")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--dropout_rate", type=float, default=0.3)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    mesh = ts.data_mesh()
+    if args.batch_size % mesh.size:
+        raise SystemExit(f"--batch_size={args.batch_size} is not divisible by {mesh.size} devices")
+    image_shape = (args.image_size, args.image_size, args.channels)
+    model = models.create_model(args.model, num_classes=args.num_classes,
+                                dropout_rate=args.dropout_rate, dtype=jnp.dtype(args.dtype))
+    total_steps = args.warmup_steps + args.steps
+    tx = ts.make_optimizer(learning_rate=0.1, weight_decay=5e-4, total_steps=total_steps)
+    state = ts.create_train_state(model, tx, image_shape=image_shape, seed=0, mesh=mesh)
+    config = ts.StepConfig(method="ce", num_classes=args.num_classes, seed=0,
+                           mean=(0.5,) * args.channels, std=(0.25,) * args.channels,
+                           compute_dtype=args.dtype)
+    step = ts.make_train_step(model, config, mesh)
+
+    rng = np.random.default_rng(0)
+    batch = jax.device_put(
+        {"image": rng.integers(0, 256, (args.batch_size, *image_shape), dtype=np.uint8),
+         "label": rng.integers(0, args.num_classes, args.batch_size).astype(np.int32)},
+        NamedSharding(mesh, P(ts.DATA_AXIS)))
+
+    for _ in range(args.warmup_steps):
+        state, metrics = step(state, batch, None)
+    jax.block_until_ready((state, metrics))
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        state, metrics = step(state, batch, None)
+    jax.block_until_ready((state, metrics))
+    seconds = time.perf_counter() - start
+
+    device = jax.local_devices()[0]
+    print(f"images_per_sec={args.steps * args.batch_size / seconds:.1f} "
+          f"device={device.device_kind.replace(' ', '_')} num_devices={mesh.size} "
+          f"model={args.model} batch_size={args.batch_size} dtype={args.dtype} "
+          f"steps={args.steps} step_ms={1000 * seconds / args.steps:.1f}")
+
+
+if __name__ == "__main__":
+    main()

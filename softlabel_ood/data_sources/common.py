@@ -1,0 +1,65 @@
+"""Types and helpers shared by every source: the in-memory dataset, the error, seeded subsets."""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+
+import numpy as np
+
+
+class DatasetError(ValueError):
+    """A dataset cannot be loaded; the message is one line naming the dataset, split and path."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ArrayDataset:
+    """A whole split in host memory: uint8 NHWC images and int32 labels (-1 where unlabeled)."""
+
+    images: np.ndarray  # uint8 [N, H, W, C]
+    labels: np.ndarray  # int32 [N]
+    name: str
+    split: str
+
+    def __post_init__(self):
+        # Checked here once so that the input pipeline and the training step can rely on it.
+        if self.images.dtype != np.uint8 or self.images.ndim != 4:
+            raise ValueError(
+                f"{self.name}/{self.split}: images must be uint8 [N, H, W, C], got "
+                f"{self.images.dtype} {self.images.shape}")
+        if self.labels.dtype != np.int32 or self.labels.shape != self.images.shape[:1]:
+            raise ValueError(
+                f"{self.name}/{self.split}: labels must be int32 [{self.images.shape[0]}], got "
+                f"{self.labels.dtype} {self.labels.shape}")
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+def source_rng(seed: int, name: str, split: str) -> np.random.Generator:
+    """The generator behind every random choice a source makes (subsets, noise, patches).
+
+    Seeded with (seed, crc32(name), crc32(split)) so that two sources, or the two splits of one
+    source, never share a random stream under the same seed, and the draw does not depend on the
+    Python process (crc32, unlike `hash`, is not salted per process).
+    """
+    return np.random.default_rng(
+        [seed, zlib.crc32(name.encode("utf-8")), zlib.crc32(split.encode("utf-8"))])
+
+
+def subset_indices(total: int, num_examples: int | None, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of a uniformly drawn subset of `num_examples` out of `total`.
+
+    `num_examples` is a cap: None, or a number >= total, keeps everything. Sorting keeps the
+    source's own order, so a subset of a subset-free load is a subsequence of it.
+    """
+    if num_examples is None or num_examples >= total:
+        return np.arange(total)
+    return np.sort(rng.choice(total, size=num_examples, replace=False))
+
+
+def int32_labels(labels: np.ndarray | None, count: int) -> np.ndarray:
+    """Labels as int32, or -1 for every example when the source has none."""
+    if labels is None:
+        return np.full((count,), -1, np.int32)
+    return np.asarray(labels).astype(np.int32, copy=False).reshape(count)

@@ -1,0 +1,263 @@
+"""Named image sources -> in-memory arrays (uint8 NHWC images, int32 labels).
+
+    ds = datasets.load("cifar10", "train")                     # ArrayDataset
+    ood = datasets.load("svhn", "test", image_shape=(32, 32, 3), num_examples=2000)
+    datasets.info("cifar10").mean                              # normalisation constants
+
+Every source has a "train" and/or a "test" split. `image_shape` converts a source to the ID data's
+(H, W, C) (resize + center crop, or center crop; gray <-> RGB; rules in
+`data_sources/images.py`); without it a source comes at `info(name).image_shape`.
+`num_examples` draws a seeded subset (sorted, so the source's order is kept) when the source is
+larger, and is the size of generated sets. All randomness comes from `seed` (with the name and
+split mixed in), so a call returns the same arrays on every host.
+
+Sources
+-------
+TensorFlow Datasets (prepared beforehand, never downloaded unless download=True; how they are
+read is explained in `data_sources/tfds_source.py`):
+
+| name          | tfds name:version     | "train" split | "test" split            | shape          |
+|---------------|-----------------------|---------------|-------------------------|----------------|
+| cifar10       | cifar10:3.0.2         | train 50,000  | test 10,000             | 32x32x3        |
+| cifar100      | cifar100:3.0.2        | train 50,000  | test 10,000             | 32x32x3        |
+| svhn          | svhn_cropped:3.1.0    | train 73,257  | test 26,032             | 32x32x3        |
+| textures      | dtd:3.0.1             | -             | train+validation+test * | any -> 32x32x3 |
+| places365     | places365_small:2.1.0 | train 1.8M    | validation 36,500       | 256 -> 32x32x3 |
+| fashion_mnist | fashion_mnist:3.0.1   | train 60,000  | test 10,000             | 28x28x1        |
+| mnist         | mnist:3.0.1           | train 60,000  | test 10,000             | 28x28x1        |
+* all 5,640 DTD images, as the OE reference reads its Textures set (every file of dtd/images).
+"shape" is the default `image_shape`; sources whose images vary or are large are converted to
+32x32x3 unless another `image_shape` is asked for (converted from the original image, not twice).
+The OE reference's SVHN models train on train+extra; "train" here is the 73,257-image train split.
+
+fashion_mnist and mnist read MNIST-format IDX files instead when `path` names a folder of them
+(Debian's dataset-fashion-mnist package installs Fashion-MNIST's in `FASHION_MNIST_IDX_DIR`: the
+same 70,000 images as tfds, in the files' original order); without `path` they come from tfds.
+
+Local files (`path` required: a .npy/.npz array file or a folder of images, see
+`data_sources/local_files.py`; no labels unless a .npz has them; one path serves any split, whose
+name then only labels the result and seeds its subset):
+
+| name                | what to point `path` at                                 | conversion  |
+|---------------------|---------------------------------------------------------|-------------|
+| lsun_crop           | LSUN.tar.gz of the ODIN release, extracted              | center crop |
+| lsun_resize         | LSUN_resize.tar.gz of the ODIN release, extracted       | resize      |
+| tinyimagenet_crop   | Imagenet.tar.gz of the ODIN release, extracted          | center crop |
+| tinyimagenet_resize | Imagenet_resize.tar.gz of the ODIN release, extracted   | resize      |
+| isun                | iSUN.tar.gz of the ODIN release, extracted              | resize      |
+| random_300k         | 300K_random_images.npy of the OE release **             | resize      |
+| local_images        | any array file or image folder                          | resize      |
+** uint8 [300000, 32, 32, 3]; memory-mapped, so a subset reads only its rows.
+
+Synthetic OOD sets (`data_sources/synthetic.py`; generated in pixel space, 2,000 images unless
+`num_examples` says otherwise): gaussian, rademacher, blobs, uniform.
+
+Embedded sets (`data_sources/embedded.py`; ship with scikit-learn):
+digits (8x8x1, 1,347 train / 450 test), digits28 (the same at 28x28x1), china_patches (OE
+auxiliary set, 10,000 patches by default) and flower_patches (OOD test set, 2,000 by default).
+
+Normalisation constants (`DatasetInfo.mean` / `.std`, in [0, 1] pixel units; the ID dataset's
+constants normalise every split a model sees, OOD sets included):
+- cifar10, cifar100: mean (125.3, 123.0, 113.9) / 255, std (63.0, 62.1, 66.7) / 255, the values
+  of the OE reference code, which uses the CIFAR-10 statistics for CIFAR-100 as well.
+- svhn: mean 0, std 1: the OE reference trains SVHN on ToTensor() pixels without normalising.
+- fashion_mnist: 0.2860 / 0.3530, computed over the 60,000 training images.
+- mnist: 0.1307 / 0.3081, computed over the 60,000 training images (PyTorch's MNIST example).
+- digits: 0.3058 / 0.3754 and digits28: 0.3059 / 0.3240, computed over their train splits.
+- every other source is used only as OOD or auxiliary data: 0.5 / 0.5 (the [-1, 1] mapping), a
+  placeholder that is never used to normalise.
+
+Augmentation (`DatasetInfo.augment`, random crop with padding 4 + horizontal flip): True for
+cifar10 and cifar100 (the OE reference protocol). False for svhn (the OE reference trains SVHN
+without augmentation, and a flip turns digits into other shapes), for the 28x28 and 8x8 digit and
+clothing sets (a 4-pixel shift is large at 8x8; the usual Fashion-MNIST baselines do not augment)
+and for every OOD-only source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from softlabel_ood.data_sources import embedded, local_files, synthetic, tfds_source
+from softlabel_ood.data_sources import images as image_lib
+from softlabel_ood.data_sources.common import (
+    ArrayDataset,
+    DatasetError,
+    int32_labels,
+    source_rng,
+    subset_indices,
+)
+
+__all__ = [
+    "FASHION_MNIST_IDX_DIR",
+    "NAMES",
+    "SPLITS",
+    "ArrayDataset",
+    "DatasetError",
+    "DatasetInfo",
+    "info",
+    "load",
+]
+
+SPLITS = ("train", "test")
+FASHION_MNIST_IDX_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    num_classes: int  # 0 for unlabeled sources
+    image_shape: tuple[int, int, int]  # (H, W, C) that `load` returns without image_shape
+    mean: tuple[float, ...]  # per-channel normalisation constants in [0, 1] pixel units
+    std: tuple[float, ...]
+    augment: bool  # random crop (pad 4) + flip is appropriate for this ID dataset
+
+
+_CIFAR_MEAN = tuple(v / 255 for v in (125.3, 123.0, 113.9))
+_CIFAR_STD = tuple(v / 255 for v in (63.0, 62.1, 66.7))
+_RGB32 = (32, 32, 3)
+
+
+def _ood_only(num_classes: int = 0, shape=_RGB32) -> DatasetInfo:
+    channels = shape[-1]
+    return DatasetInfo(num_classes, shape, (0.5,) * channels, (0.5,) * channels, False)
+
+
+_INFO: dict[str, DatasetInfo] = {
+    "cifar10": DatasetInfo(10, _RGB32, _CIFAR_MEAN, _CIFAR_STD, True),
+    "cifar100": DatasetInfo(100, _RGB32, _CIFAR_MEAN, _CIFAR_STD, True),
+    "svhn": DatasetInfo(10, _RGB32, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), False),
+    "textures": _ood_only(47),
+    "places365": _ood_only(365),
+    "fashion_mnist": DatasetInfo(10, (28, 28, 1), (0.2860,), (0.3530,), False),
+    "mnist": DatasetInfo(10, (28, 28, 1), (0.1307,), (0.3081,), False),
+    "digits": DatasetInfo(10, embedded.DIGITS_SHAPE, (0.3058,), (0.3754,), False),
+    "digits28": DatasetInfo(10, embedded.DIGITS28_SHAPE, (0.3059,), (0.3240,), False),
+    "china_patches": _ood_only(),
+    "flower_patches": _ood_only(),
+    "gaussian": _ood_only(),
+    "rademacher": _ood_only(),
+    "blobs": _ood_only(),
+    "uniform": _ood_only(),
+    "lsun_crop": _ood_only(),
+    "lsun_resize": _ood_only(),
+    "tinyimagenet_crop": _ood_only(),
+    "tinyimagenet_resize": _ood_only(),
+    "isun": _ood_only(),
+    "random_300k": _ood_only(),
+    "local_images": _ood_only(),
+}
+
+NAMES: tuple[str, ...] = tuple(_INFO)
+
+# Local-file sources: the conversion they need and what their path should point at.
+_LOCAL = {
+    "lsun_crop": (image_lib.CROP, "the extracted LSUN.tar.gz of the ODIN release"),
+    "lsun_resize": (image_lib.RESIZE, "the extracted LSUN_resize.tar.gz of the ODIN release"),
+    "tinyimagenet_crop": (image_lib.CROP, "the extracted Imagenet.tar.gz of the ODIN release"),
+    "tinyimagenet_resize": (
+        image_lib.RESIZE, "the extracted Imagenet_resize.tar.gz of the ODIN release"),
+    "isun": (image_lib.RESIZE, "the extracted iSUN.tar.gz of the ODIN release"),
+    "random_300k": (image_lib.RESIZE, "300K_random_images.npy of the Outlier Exposure release"),
+    "local_images": (image_lib.RESIZE, "a .npy/.npz array file or a folder of images"),
+}
+_IDX_CAPABLE = ("fashion_mnist", "mnist")
+_DEFAULT_NUM_EXAMPLES = {
+    **dict.fromkeys(synthetic.GENERATORS, 2000),
+    "china_patches": 10_000,
+    "flower_patches": 2000,
+}
+
+
+def info(name: str) -> DatasetInfo:
+    """Classes, default shape, normalisation constants and augmentation flag of a source."""
+    try:
+        return _INFO[name]
+    except KeyError:
+        raise DatasetError(f"unknown dataset {name!r} (known: {', '.join(NAMES)})") from None
+
+
+def load(name: str, split: str, *, image_shape: tuple[int, int, int] | None = None,
+         num_examples: int | None = None, seed: int = 0, path: str | None = None,
+         data_dir: str | None = None, download: bool = False) -> ArrayDataset:
+    """Loads one split of a named source into memory (see the module docstring).
+
+    Args:
+      name: one of NAMES.
+      split: "train" or "test".
+      image_shape: (H, W, C) to convert to, C in (1, 3); default `info(name).image_shape`.
+      num_examples: size of generated sets; a cap (seeded subset) for all others.
+      seed: seeds subsets and generated sets; the name and split are mixed in.
+      path: file or folder of a local source (or IDX folder for fashion_mnist / mnist).
+      data_dir: tfds data directory; None means tfds' default.
+      download: let tfds download and prepare a missing dataset (off: see tfds_source.py).
+    Raises:
+      DatasetError: one line naming the dataset, split and what is missing.
+    """
+    source_info = info(name)
+    if split not in SPLITS:
+        raise DatasetError(f"{name}: unknown split {split!r} (use one of {', '.join(SPLITS)})")
+    shape = _check_shape(name, source_info.image_shape if image_shape is None else image_shape)
+    if num_examples is not None and (int(num_examples) != num_examples or num_examples < 1):
+        raise DatasetError(f"{name}/{split}: num_examples must be a positive integer, "
+                           f"got {num_examples!r}")
+    if seed < 0:
+        raise DatasetError(f"{name}/{split}: seed must be >= 0, got {seed}")
+    path = path or None  # configs spell "no path" as ""
+    data_dir = data_dir or None
+    rng = source_rng(seed, name, split)
+
+    if path is not None and name not in _LOCAL and name not in _IDX_CAPABLE:
+        raise DatasetError(f"{name}/{split}: this source reads no local files, but path={path} "
+                           "was given")
+    if name in _LOCAL:
+        images, labels = _load_local(name, split, path, shape, num_examples, rng)
+    elif name in _IDX_CAPABLE and path is not None:
+        images, labels = local_files.load_idx(
+            name, split, path, shape=shape, num_examples=num_examples, rng=rng)
+    elif name in tfds_source.SOURCES:
+        images, labels = _load_tfds(name, split, shape, num_examples, rng, data_dir, download)
+    elif name in synthetic.GENERATORS:
+        count = num_examples or _DEFAULT_NUM_EXAMPLES[name]
+        images, labels = synthetic.generate(name, count, shape, rng), None
+    elif name in embedded.PATCH_PHOTOS:
+        count = num_examples or _DEFAULT_NUM_EXAMPLES[name]
+        images, labels = embedded.load_patches(name, count, shape, rng), None
+    else:  # digits, digits28: a fixed split, then the optional subset
+        images, labels = embedded.load_digits(name, split, shape)
+        keep = subset_indices(len(labels), num_examples, rng)
+        images, labels = images[keep], labels[keep]
+    return ArrayDataset(
+        images=np.ascontiguousarray(images), labels=int32_labels(labels, images.shape[0]),
+        name=name, split=split)
+
+
+def _check_shape(name, shape) -> tuple[int, int, int]:
+    shape = tuple(int(d) for d in shape)
+    if len(shape) != 3 or shape[0] < 1 or shape[1] < 1 or shape[2] not in (1, 3):
+        raise DatasetError(f"{name}: image_shape must be (H, W, C) with C in (1, 3), "
+                           f"got {shape}")
+    return shape
+
+
+def _load_local(name, split, path, shape, num_examples, rng):
+    method, what = _LOCAL[name]
+    if path is None:
+        raise DatasetError(
+            f"{name}/{split}: no path given; point it (config dataset_paths.{name}) at {what}")
+    return local_files.load_path(
+        name, split, path, shape=shape, num_examples=num_examples, rng=rng, method=method)
+
+
+def _load_tfds(name, split, shape, num_examples, rng, data_dir, download):
+    try:
+        return tfds_source.load(
+            tfds_source.SOURCES[name], name, split, shape=shape, num_examples=num_examples,
+            rng=rng, data_dir=data_dir, download=download)
+    except DatasetError as e:
+        if name not in _IDX_CAPABLE:
+            raise
+        hint = (f" (Debian's dataset-fashion-mnist installs them in {FASHION_MNIST_IDX_DIR})"
+                if name == "fashion_mnist" else "")
+        raise DatasetError(f"{e}; or pass path= to a folder of IDX files{hint}") from e

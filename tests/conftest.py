@@ -1,0 +1,11 @@
+"""Shared test set-up.
+
+JAX and TensorFlow both start thread pools sized to the machine; on a 2-core CI machine that is
+plenty, and the tests keep their models and data tiny so that the whole suite stays fast.
+"""
+
+import os
+
+# Keep TensorFlow (used by tfds) quiet and off any accelerator; JAX owns the devices.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")

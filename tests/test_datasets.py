@@ -1,0 +1,366 @@
+"""softlabel_ood.datasets: every kind of source, on data the tests make or that ships offline."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import pathlib
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from softlabel_ood import datasets
+from softlabel_ood.data_sources import images as image_lib
+from softlabel_ood.data_sources import synthetic
+
+INTERFACE_NAMES = (
+    "cifar10", "cifar100", "svhn", "textures", "places365", "fashion_mnist", "mnist", "digits",
+    "digits28", "china_patches", "flower_patches", "gaussian", "rademacher", "blobs", "uniform",
+    "lsun_crop", "lsun_resize", "tinyimagenet_crop", "tinyimagenet_resize", "isun", "random_300k",
+)
+TFDS_NAMES = ("cifar10", "cifar100", "svhn", "textures", "places365", "fashion_mnist", "mnist")
+
+
+def _check(ds: datasets.ArrayDataset, count: int, shape) -> None:
+    assert ds.images.dtype == np.uint8
+    assert ds.images.shape == (count, *shape)
+    assert ds.labels.dtype == np.int32
+    assert ds.labels.shape == (count,)
+
+
+# ---------------------------------------------------------------------------------------------
+# names and info
+
+
+def test_every_agreed_name_has_info_with_consistent_constants():
+    assert set(INTERFACE_NAMES) <= set(datasets.NAMES)
+    for name in datasets.NAMES:
+        info = datasets.info(name)
+        channels = info.image_shape[-1]
+        assert len(info.mean) == len(info.std) == channels, name
+        assert all(0 <= m <= 1 for m in info.mean), name
+        assert all(s > 0 for s in info.std), name
+    assert datasets.info("cifar10").augment
+    assert datasets.info("cifar100").augment
+    assert not datasets.info("digits").augment
+    assert not datasets.info("fashion_mnist").augment
+    assert datasets.info("cifar100").num_classes == 100
+    assert datasets.info("gaussian").num_classes == 0
+
+
+def test_unknown_name_split_shape_and_stray_path_are_clear_errors(tmp_path):
+    with pytest.raises(datasets.DatasetError, match="unknown dataset 'cifar11'"):
+        datasets.info("cifar11")
+    with pytest.raises(datasets.DatasetError, match="digits: unknown split 'val'"):
+        datasets.load("digits", "val")
+    with pytest.raises(datasets.DatasetError, match="image_shape"):
+        datasets.load("digits", "test", image_shape=(8, 8, 2))
+    with pytest.raises(datasets.DatasetError, match=r"gaussian/test: .*path="):
+        datasets.load("gaussian", "test", path=str(tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------
+# tfds sources, through tfds.testing.mock_data (the real reading code, generated examples)
+
+
+@pytest.fixture(scope="module")
+def tfds_lib():
+    import tensorflow_datasets as tfds
+
+    return tfds
+
+
+@pytest.mark.parametrize("name", TFDS_NAMES)
+def test_tfds_source_under_mock_data(name, tfds_lib, tmp_path):
+    info = datasets.info(name)
+    with tfds_lib.testing.mock_data(num_examples=6, policy=tfds_lib.testing.MockPolicy.USE_CODE):
+        full = datasets.load(name, "test", data_dir=str(tmp_path))
+        subset = datasets.load(name, "test", data_dir=str(tmp_path), num_examples=4, seed=3)
+        again = datasets.load(name, "test", data_dir=str(tmp_path), num_examples=4, seed=3)
+        other = datasets.load(name, "test", data_dir=str(tmp_path), image_shape=(20, 24, 1))
+    _check(full, 6, info.image_shape)
+    assert ((full.labels >= 0) & (full.labels < info.num_classes)).all()
+    _check(subset, 4, info.image_shape)
+    np.testing.assert_array_equal(subset.images, again.images)
+    # A subset keeps the source's order: it is a subsequence of the full split.
+    rows = [int(np.flatnonzero((full.images == im).all(axis=(1, 2, 3)))[0]) for im in subset.images]
+    assert rows == sorted(rows)
+    assert len(set(rows)) == 4
+    np.testing.assert_array_equal(subset.labels, full.labels[rows])
+    _check(other, 6, (20, 24, 1))
+
+
+def test_tfds_source_without_prepared_data_names_the_dataset(tfds_lib, tmp_path):
+    with pytest.raises(datasets.DatasetError,
+                       match=r"cifar100/test: tfds dataset cifar100:3\.0\.2 .*tfds build"):
+        datasets.load("cifar100", "test", data_dir=str(tmp_path))
+    with pytest.raises(datasets.DatasetError, match="textures: no split 'train'"):
+        datasets.load("textures", "train", data_dir=str(tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------
+# fashion_mnist / mnist from IDX files
+
+
+def _write_idx(path: pathlib.Path, array: np.ndarray, gz: bool) -> None:
+    header = bytes([0, 0, 8, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
+    data = header + array.astype(np.uint8).tobytes()
+    if gz:
+        with gzip.open(path.with_name(path.name + ".gz"), "wb") as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+
+
+def _idx_folder(folder: pathlib.Path, rng, gz: bool = True) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for prefix, count in (("train", 12), ("t10k", 5)):
+        images = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, (count,), dtype=np.uint8)
+        _write_idx(folder / f"{prefix}-images-idx3-ubyte", images, gz)
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels, gz)
+        arrays[prefix] = (images, labels)
+    return arrays
+
+
+def test_fashion_mnist_and_mnist_read_idx_files(tmp_path, tfds_lib):
+    rng = np.random.default_rng(0)
+    gz = _idx_folder(tmp_path / "gz", rng, gz=True)
+    raw = _idx_folder(tmp_path / "raw", rng, gz=False)
+    train = datasets.load("fashion_mnist", "train", path=str(tmp_path / "gz"))
+    _check(train, 12, (28, 28, 1))
+    np.testing.assert_array_equal(train.images[..., 0], gz["train"][0])
+    np.testing.assert_array_equal(train.labels, gz["train"][1])
+    test = datasets.load("mnist", "test", path=str(tmp_path / "raw"), image_shape=(32, 32, 3))
+    _check(test, 5, (32, 32, 3))
+    np.testing.assert_array_equal(test.labels, raw["t10k"][1])
+
+    # Without a path the same names read tfds, even where Debian's IDX files are installed.
+    with tfds_lib.testing.mock_data(num_examples=3, policy=tfds_lib.testing.MockPolicy.USE_CODE):
+        assert len(datasets.load("fashion_mnist", "test")) == 3
+
+    with pytest.raises(datasets.DatasetError, match=r"fashion_mnist/train: IDX files .* not found "
+                       f"in {tmp_path / 'missing'}"):
+        datasets.load("fashion_mnist", "train", path=str(tmp_path / "missing"))
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03" + b"\x00" * 8)
+    (tmp_path / "bad" / "train-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01" + b"\x00" * 4)
+    with pytest.raises(datasets.DatasetError, match="fashion_mnist/train: cannot read IDX"):
+        datasets.load("fashion_mnist", "train", path=str(tmp_path / "bad"))
+
+
+def test_real_fashion_mnist_idx_files_when_installed():
+    """Debian's dataset-fashion-mnist files, if installed: the 70,000 images and the constants."""
+    folder = pathlib.Path(datasets.FASHION_MNIST_IDX_DIR)
+    if not (folder / "t10k-images-idx3-ubyte.gz").exists():
+        # The small written IDX files above cover the reader; this checks the real release.
+        return
+    test = datasets.load("fashion_mnist", "test", path=str(folder))
+    _check(test, 10_000, (28, 28, 1))
+    assert np.bincount(test.labels).tolist() == [1000] * 10
+    train = datasets.load("fashion_mnist", "train", path=str(folder))
+    _check(train, 60_000, (28, 28, 1))
+    info = datasets.info("fashion_mnist")
+    assert train.images.mean() / 255 == pytest.approx(info.mean[0], abs=1e-4)
+    assert train.images.std() / 255 == pytest.approx(info.std[0], abs=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# local files
+
+
+def test_array_files_npy_npz_layouts_and_conversions(tmp_path):
+    rng = np.random.default_rng(1)
+    big = rng.integers(0, 256, (10, 36, 36, 3), dtype=np.uint8)
+    np.save(tmp_path / "lsun.npy", big)
+    crop = datasets.load("lsun_crop", "test", path=str(tmp_path / "lsun.npy"))
+    _check(crop, 10, (32, 32, 3))
+    np.testing.assert_array_equal(crop.images, big[:, 2:34, 2:34])  # center crop, no resize
+    assert (crop.labels == -1).all()
+    resized = datasets.load("lsun_resize", "test", path=str(tmp_path / "lsun.npy"))
+    expected = np.asarray(Image.fromarray(big[0]).resize((32, 32), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(resized.images[0], expected)
+
+    nchw = rng.integers(0, 256, (6, 3, 32, 32), dtype=np.uint8)
+    labels = np.arange(6)
+    np.savez(tmp_path / "tin.npz", images=nchw, labels=labels)
+    tin = datasets.load("tinyimagenet_resize", "test", path=str(tmp_path / "tin.npz"))
+    np.testing.assert_array_equal(tin.images, nchw.transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(tin.labels, labels)
+
+    gray = rng.integers(0, 256, (7, 32, 32), dtype=np.uint8)
+    np.savez(tmp_path / "gray.npz", x=gray)
+    isun = datasets.load("isun", "test", path=str(tmp_path / "gray.npz"))
+    np.testing.assert_array_equal(isun.images, np.repeat(gray[..., None], 3, axis=-1))
+
+    # The OE outlier file: uint8 [N, 32, 32, 3]; a subset is seeded, sorted, memory-mapped.
+    outliers = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    np.save(tmp_path / "300K_random_images.npy", outliers)
+    path = str(tmp_path / "300K_random_images.npy")
+    sub = datasets.load("random_300k", "train", path=path, num_examples=9, seed=5)
+    again = datasets.load("random_300k", "train", path=path, num_examples=9, seed=5)
+    np.testing.assert_array_equal(sub.images, again.images)
+    rows = [int(np.flatnonzero((outliers == im).all(axis=(1, 2, 3)))[0]) for im in sub.images]
+    assert rows == sorted(rows)
+    assert len(set(rows)) == 9
+    assert datasets.load("random_300k", "train", path=path, image_shape=(28, 28, 1)
+                         ).images.shape == (40, 28, 28, 1)
+
+
+def test_image_folder_reads_nested_files_in_sorted_order(tmp_path):
+    rng = np.random.default_rng(2)
+    (tmp_path / "LSUN" / "test").mkdir(parents=True)
+    pictures = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(3)]
+    Image.fromarray(pictures[0]).save(tmp_path / "LSUN" / "test" / "b.png")
+    Image.fromarray(pictures[1]).save(tmp_path / "LSUN" / "test" / "a.png")
+    Image.fromarray(pictures[2]).convert("RGBA").save(tmp_path / "LSUN" / "c.png")
+    Image.fromarray(pictures[0][..., 0]).save(tmp_path / "LSUN" / "test" / "d.png")  # grayscale
+    (tmp_path / "LSUN" / "notes.txt").write_text("not an image")
+    ds = datasets.load("lsun_resize", "test", path=str(tmp_path / "LSUN"))
+    _check(ds, 4, (32, 32, 3))
+    # sorted relative paths: LSUN/c.png, LSUN/test/a.png, LSUN/test/b.png, LSUN/test/d.png
+    np.testing.assert_array_equal(ds.images[0], pictures[2])
+    np.testing.assert_array_equal(ds.images[1], pictures[1])
+    np.testing.assert_array_equal(ds.images[2], pictures[0])
+    np.testing.assert_array_equal(ds.images[3], np.repeat(pictures[0][..., :1], 3, axis=-1))
+    gray = datasets.load("lsun_resize", "test", path=str(tmp_path / "LSUN"), num_examples=2,
+                         image_shape=(16, 16, 1))
+    _check(gray, 2, (16, 16, 1))
+
+
+def test_local_sources_fail_clearly(tmp_path):
+    with pytest.raises(datasets.DatasetError,
+                       match=r"lsun_crop/test: no path given; .*dataset_paths\.lsun_crop"):
+        datasets.load("lsun_crop", "test")
+    missing = tmp_path / "nowhere" / "LSUN"
+    with pytest.raises(datasets.DatasetError, match=f"isun/test: path {missing} does not exist"):
+        datasets.load("isun", "test", path=str(missing))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(datasets.DatasetError, match=r"tinyimagenet_crop/test: folder .* no image"):
+        datasets.load("tinyimagenet_crop", "test", path=str(tmp_path / "empty"))
+    np.save(tmp_path / "floats.npy", np.zeros((2, 32, 32, 3), np.float32))
+    with pytest.raises(datasets.DatasetError, match=r"random_300k/train: .* float32 images"):
+        datasets.load("random_300k", "train", path=str(tmp_path / "floats.npy"))
+    (tmp_path / "broken.npy").write_bytes(b"not numpy")
+    with pytest.raises(datasets.DatasetError, match="random_300k/train: cannot read"):
+        datasets.load("random_300k", "train", path=str(tmp_path / "broken.npy"))
+    (tmp_path / "data.csv").write_text("1,2")
+    with pytest.raises(datasets.DatasetError, match="neither a folder"):
+        datasets.load("local_images", "test", path=str(tmp_path / "data.csv"))
+
+
+# ---------------------------------------------------------------------------------------------
+# synthetic sets
+
+
+@pytest.mark.parametrize("name", list(synthetic.GENERATORS))
+def test_synthetic_sets_are_seeded_and_reproducible(name):
+    a = datasets.load(name, "test", num_examples=64, seed=1)
+    _check(a, 64, (32, 32, 3))
+    assert (a.labels == -1).all()
+    np.testing.assert_array_equal(a.images, datasets.load(name, "test", num_examples=64,
+                                                          seed=1).images)
+    assert not np.array_equal(a.images, datasets.load(name, "test", num_examples=64,
+                                                      seed=2).images)
+    assert not np.array_equal(a.images, datasets.load(name, "train", num_examples=64,
+                                                      seed=1).images)
+    assert len(datasets.load(name, "test", image_shape=(28, 28, 1))) == 2000  # default size
+
+
+def test_synthetic_sets_have_their_documented_statistics():
+    x = datasets.load("gaussian", "test", num_examples=300).images.astype(np.float64)
+    assert x.mean() == pytest.approx(127.5, abs=0.5)
+    assert x.std() == pytest.approx(61.1, abs=0.5)
+    assert ((x == 0) | (x == 255)).mean() == pytest.approx(0.0455 + 0.001, abs=0.003)
+
+    x = datasets.load("rademacher", "test", num_examples=300).images
+    assert set(np.unique(x).tolist()) == {0, 255}
+    assert (x == 255).mean() == pytest.approx(0.5, abs=0.005)
+
+    x = datasets.load("uniform", "test", num_examples=300).images.astype(np.float64)
+    assert x.mean() == pytest.approx(127.5, abs=0.5)
+    assert x.std() == pytest.approx(255 / np.sqrt(12), abs=0.5)
+
+    x = datasets.load("blobs", "test", num_examples=300).images
+    assert ((x == 0) | (x >= 191)).all()
+    assert (x > 0).mean() == pytest.approx(0.21, abs=0.02)
+    x = datasets.load("blobs", "test", num_examples=300, image_shape=(28, 28, 1)).images
+    assert (x > 0).mean() == pytest.approx(0.31, abs=0.02)
+
+
+def test_blobs_follow_the_reference_construction_image_by_image():
+    """The reference blurs one HWC image at a time over all three axes; the batched filter must
+    give the same images."""
+    rng = np.random.default_rng(4)
+    ours = synthetic.generate("blobs", 5, (32, 32, 3), np.random.default_rng(4))
+    bits = rng.binomial(1, 0.7, size=(5, 32, 32, 3)).astype(np.float32)
+    for i in range(5):
+        blurred = ndimage.gaussian_filter(bits[i], sigma=1.5, mode="nearest", truncate=4.0)
+        blurred[blurred < 0.75] = 0
+        np.testing.assert_array_equal(ours[i], np.rint(blurred * 255).astype(np.uint8))
+
+
+# ---------------------------------------------------------------------------------------------
+# embedded sets
+
+
+def test_digits_splits_shapes_and_constants():
+    from sklearn.datasets import load_digits
+
+    train, test = datasets.load("digits", "train"), datasets.load("digits", "test")
+    _check(train, 1347, (8, 8, 1))
+    _check(test, 450, (8, 8, 1))
+    reference = load_digits()
+    np.testing.assert_array_equal(np.concatenate([train.labels, test.labels]), reference.target)
+    np.testing.assert_array_equal(test.images[..., 0],
+                                  np.rint(reference.images[1347:] * 255 / 16).astype(np.uint8))
+    assert np.bincount(test.labels).min() >= 41
+    for name, split in (("digits", train), ("digits28", datasets.load("digits28", "train"))):
+        info = datasets.info(name)
+        assert split.images.shape[1:] == info.image_shape
+        assert split.images.mean() / 255 == pytest.approx(info.mean[0], abs=1e-4)
+        assert split.images.std() / 255 == pytest.approx(info.std[0], abs=1e-4)
+    digits28 = datasets.load("digits28", "test")
+    _check(digits28, 450, (28, 28, 1))
+    np.testing.assert_array_equal(digits28.labels, test.labels)
+    subset = datasets.load("digits", "train", num_examples=100, seed=7)
+    _check(subset, 100, (8, 8, 1))
+
+
+def _digests(images: np.ndarray) -> set[bytes]:
+    return {hashlib.sha1(im.tobytes()).digest() for im in images}
+
+
+def test_photo_patches_are_reproducible_and_china_flower_disjoint():
+    china = datasets.load("china_patches", "train", num_examples=300)
+    flower = datasets.load("flower_patches", "test", num_examples=300)
+    _check(china, 300, (32, 32, 3))
+    _check(flower, 300, (32, 32, 3))
+    assert (china.labels == -1).all()
+    np.testing.assert_array_equal(
+        china.images, datasets.load("china_patches", "train", num_examples=300).images)
+    assert not _digests(china.images) & _digests(flower.images)
+    # The two photographs differ in colour, so the sets are far apart, not just unequal bytes.
+    assert abs(china.images.mean() - flower.images.mean()) > 30
+    assert len(datasets.load("china_patches", "train")) == 10_000
+    gray = datasets.load("flower_patches", "test", num_examples=5, image_shape=(28, 28, 1))
+    _check(gray, 5, (28, 28, 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# conversions
+
+
+def test_conversions_match_pil_and_torchvision_rules():
+    rng = np.random.default_rng(5)
+    rgb = rng.integers(0, 256, (427, 640, 3), dtype=np.uint8)
+    # Resize(32) + CenterCrop(32): shorter side to 32, longer to int(32 * 640 / 427) = 47.
+    scaled = np.asarray(Image.fromarray(rgb).resize((47, 32), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(image_lib.fit(rgb, (32, 32, 3)), scaled[:, 8:40])
+    gray = image_lib.fit(rgb, (427, 640, 1))
+    np.testing.assert_array_equal(gray[..., 0], np.asarray(Image.fromarray(rgb).convert("L")))
+    small = rng.integers(0, 256, (8, 8, 1), dtype=np.uint8)
+    np.testing.assert_array_equal(image_lib.fit(small, (8, 8, 3)), np.repeat(small, 3, axis=-1))

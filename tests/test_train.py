@@ -1,0 +1,143 @@
+"""End-to-end runs of train.train_and_evaluate on the embedded digits data, one per method."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import jax
+import numpy as np
+import pytest
+
+from softlabel_ood import config_validation, predictions, run_model, saved_runs, train
+from tests.train_helpers import tiny_digits_config
+
+
+@pytest.fixture(scope="module")
+def ce_teacher(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("runs") / "ce"
+    train.train_and_evaluate(tiny_digits_config("ce"), str(workdir))
+    return workdir
+
+
+def _check_run(workdir, config, *, min_accuracy=0.3):
+    assert train.is_finished(workdir)
+    preds = predictions.read(workdir / "predictions")
+    assert preds.num_classes == 10
+    roles = {name: split.role for name, split in preds.splits.items()}
+    assert roles == {"digits_test": "id_test", "digits_train": "id_train",
+                     "flower_patches": "ood_test", "gaussian": "ood_test"}
+    assert len(preds.splits["digits_train"].labels) == config.num_train_examples
+    assert len(preds.splits["gaussian"].labels) == config.num_ood_examples
+    assert all(split.features is not None for split in preds.splits.values())
+    assert preds.run["method"] == config.method
+    # Two short epochs on digits already classify better than chance (10%).
+    test = preds.splits["digits_test"]
+    assert np.mean(test.logits.argmax(1) == test.labels) > min_accuracy
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    steps = [line["step"] for line in lines if "train_loss" in line]
+    assert steps == sorted(steps)
+    assert steps[-1] == 2 * (config.num_train_examples // 32)
+    assert [line["epoch"] for line in lines if "test_accuracy" in line] == [1, 2]
+    stored = saved_runs.read_config(workdir)
+    assert stored.method == config.method
+    assert "grid" not in stored
+    return preds
+
+
+def test_ce_run_writes_valid_predictions(ce_teacher):
+    _check_run(ce_teacher, tiny_digits_config("ce"))
+    assert any((ce_teacher / "tensorboard").iterdir())
+
+
+@pytest.mark.parametrize(("method", "extra"), [
+    ("ls", {"label_smoothing": 0.2}),
+    ("oe", {}),
+    ("kd", {}),
+    ("kd_incorrect", {"label_smoothing": 0.3}),
+])
+def test_every_method_trains_end_to_end(method, extra, ce_teacher, tmp_path):
+    if method.startswith("kd"):
+        extra = {**extra, "kd.teacher_workdir": str(ce_teacher)}
+    config = tiny_digits_config(method, **extra)
+    train.train_and_evaluate(config, str(tmp_path / method))
+    # A student of a two-epoch teacher learns from soft targets that are still nearly uniform, so
+    # only a student that follows its teacher is asked for, not a good one.
+    preds = _check_run(tmp_path / method, config, min_accuracy=0.0 if method == "kd" else 0.3)
+    if method == "kd":
+        teacher = predictions.read(ce_teacher / "predictions").splits["digits_test"].logits
+        student = preds.splits["digits_test"].logits
+        assert np.mean(teacher.argmax(1) == student.argmax(1)) > 0.3
+    if method == "ls":
+        assert preds.run["alpha"] == 0.2
+
+
+def test_oe_fine_tuning_starts_from_the_finished_run(ce_teacher, tmp_path):
+    config = tiny_digits_config("oe", num_epochs=1, **{"oe.finetune_from": str(ce_teacher)})
+    # The OE schedule never goes below 1e-6 (its absolute floor), so the weights move by ~1e-6.
+    config.learning_rate = 1e-9
+    train.train_and_evaluate(config, str(tmp_path / "oe_ft"))
+    mesh = run_model.make_mesh()
+    _, ours, _ = saved_runs.load_finished_model(str(tmp_path / "oe_ft"), mesh, role="test",
+                                                dataset="digits")
+    _, theirs, _ = saved_runs.load_finished_model(str(ce_teacher), mesh, role="test",
+                                                  dataset="digits")
+    # BatchNorm statistics move (the outliers share the forward pass); the weights must not.
+    pairs = zip(jax.tree.leaves(ours["params"]), jax.tree.leaves(theirs["params"]), strict=True)
+    for a, b in pairs:
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_running_again_resumes_and_only_rewrites_predictions(ce_teacher):
+    before = predictions.read(ce_teacher / "predictions").splits["digits_test"].logits
+    lines_before = (ce_teacher / "metrics.jsonl").read_text()
+    train.train_and_evaluate(tiny_digits_config("ce"), str(ce_teacher))
+    after = predictions.read(ce_teacher / "predictions").splits["digits_test"].logits
+    np.testing.assert_array_equal(before, after)
+    assert (ce_teacher / "metrics.jsonl").read_text() == lines_before
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"dataset": "no_such_set"}, "config.dataset: unknown dataset 'no_such_set'"),
+    ({"ood_datasets": ("gaussian", "nope")}, "config.ood_datasets: unknown dataset 'nope'"),
+    ({"label_smoothing": 1.0}, "config.label_smoothing: 1.0 is outside [0, 1)"),
+    ({"label_smoothing": -0.1}, "config.label_smoothing: -0.1 is outside [0, 1)"),
+    ({"method": "mixup"}, "config.method: 'mixup' is not one of"),
+    ({"batch_size": 0}, "config.batch_size: 0 must be positive"),
+])
+def test_bad_config_is_rejected_before_training(overrides, message, tmp_path):
+    config = tiny_digits_config("ce", **overrides)
+    with pytest.raises(config_validation.ConfigError, match=re.escape(message)):
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_or_unfinished_teacher_is_rejected(ce_teacher, tmp_path):
+    missing = tiny_digits_config("kd", **{"kd.teacher_workdir": str(tmp_path / "nowhere")})
+    with pytest.raises(saved_runs.RunError, match=r"teacher_workdir: .* does not exist"):
+        train.train_and_evaluate(missing, str(tmp_path / "student"))
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    saved_runs.write_config(unfinished, tiny_digits_config("ce"))
+    config = tiny_digits_config("kd", **{"kd.teacher_workdir": str(unfinished)})
+    with pytest.raises(saved_runs.RunError, match="has not finished training"):
+        train.train_and_evaluate(config, str(tmp_path / "student2"))
+    none = tiny_digits_config("kd")
+    with pytest.raises(config_validation.ConfigError, match=r"config\.kd\.teacher_workdir"):
+        train.train_and_evaluate(none, str(tmp_path / "student3"))
+
+
+def test_teacher_of_another_dataset_is_rejected(ce_teacher, tmp_path):
+    other = tmp_path / "fm_teacher"
+    other.mkdir()
+    saved_runs.write_config(other, tiny_digits_config("ce", dataset="fashion_mnist"))
+    saved_runs.mark_finished(other)
+    config = tiny_digits_config("kd", **{"kd.teacher_workdir": str(other)})
+    with pytest.raises(saved_runs.RunError, match="trained on 'fashion_mnist', this run uses"):
+        train.train_and_evaluate(config, str(tmp_path / "student"))
+
+
+def test_resuming_with_another_training_config_is_rejected(ce_teacher):
+    config = tiny_digits_config("ce", learning_rate=0.5)
+    with pytest.raises(config_validation.ConfigError, match="other values of learning_rate"):
+        train.train_and_evaluate(config, str(ce_teacher))

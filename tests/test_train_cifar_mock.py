@@ -1,0 +1,33 @@
+"""The CIFAR-10 config runs end to end on tfds mock data (the real loading code, fake images)."""
+
+from __future__ import annotations
+
+import sys
+
+import tensorflow_datasets as tfds
+
+from softlabel_ood import predictions, train
+from tests.train_helpers import REPO
+
+
+def test_cifar10_config_runs_a_few_steps_on_mock_data(tmp_path):
+    sys.path.insert(0, str(REPO))
+    from configs import cifar10
+
+    config = cifar10.get_config("ce")
+    config.model = "wrn10_1"  # the real protocol's model family at its smallest depth and width
+    config.num_epochs = 1
+    config.batch_size = 16
+    config.eval_batch_size = 32
+    config.num_ood_examples = 32
+    config.ood_datasets = ("gaussian", "svhn", "cifar100")
+    with tfds.testing.mock_data(num_examples=48):
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+    preds = predictions.read(tmp_path / "run" / "predictions")
+    assert preds.num_classes == 10
+    assert {name: s.role for name, s in preds.splits.items()} == {
+        "cifar10_test": "id_test", "cifar10_train": "id_train", "gaussian": "ood_test",
+        "svhn": "ood_test", "cifar100": "ood_test"}
+    assert preds.splits["cifar10_train"].logits.shape == (48, 10)
+    assert preds.splits["svhn"].logits.shape[0] == 32  # capped at num_ood_examples
+    assert (preds.splits["cifar100"].labels == -1).all()

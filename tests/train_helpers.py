@@ -1,0 +1,42 @@
+"""Small configs and subprocess helpers shared by the training-side tests."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import ml_collections
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def tiny_digits_config(method: str = "ce", /, **overrides) -> ml_collections.ConfigDict:
+    """The digits config cut down to 2 short epochs: seconds per run on a CPU."""
+    sys.path.insert(0, str(REPO))
+    from configs import digits
+
+    config = digits.get_config(method)
+    config.num_epochs = 2
+    config.num_train_examples = 256
+    config.batch_size = 32
+    config.num_ood_examples = 64
+    config.ood_datasets = ("flower_patches", "gaussian")
+    config.oe.batch_size = 32
+    config.checkpoint_every_steps = 4
+    config.log_every_steps = 4
+    for name, value in overrides.items():
+        target = config
+        *parents, leaf = name.split(".")
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = value
+    return config
+
+
+def run_module(module: str, *args: str, env: dict | None = None, **kwargs):
+    """`python -m module args...` from the repository root, output captured."""
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, **kwargs)
