@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import jax
-from absl import flags
+from absl import flags, logging
 
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", False,
@@ -19,6 +19,15 @@ def initialize_from_flags() -> None:
         jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                    num_processes=_NUM_PROCESSES.value,
                                    process_id=_PROCESS_ID.value)
+
+
+def quiet_library_logs() -> None:
+    """Orbax and JAX log every checkpoint step at INFO; progress bars say what matters.
+
+    `--verbosity=0` (absl's flag) brings the INFO lines back.
+    """
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
 
 
 def is_writer() -> bool:

@@ -111,6 +111,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     distributed.initialize_from_flags()
+    distributed.quiet_library_logs()
     predict_from_checkpoint(flags.FLAGS.config, flags.FLAGS.workdir)
 
 

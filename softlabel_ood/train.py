@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
-from absl import app, flags, logging
+from absl import app, flags
 from etils import epath
 from ml_collections import config_flags
 
@@ -144,8 +144,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> None:
         outlier_batch_size=config.oe.batch_size if outliers is not None else 0)
     log = metrics_log.MetricsLog(workdir, resume_step=start_step, enabled=distributed.is_writer())
     buffer = _MetricsBuffer()
-    if start_step:
-        logging.info("Resuming %s from step %d of %d.", workdir, start_step, total_steps)
+    if start_step and distributed.is_writer():
+        tqdm.tqdm.write(f"{workdir}: resuming from step {start_step} of {total_steps}")
 
     bar = tqdm.tqdm(range(start_step, total_steps), initial=start_step, total=total_steps,
                     desc=workdir.name, unit="step", disable=not distributed.is_writer())
@@ -182,6 +182,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     distributed.initialize_from_flags()
+    distributed.quiet_library_logs()
     try:
         train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
     except TrainingDivergedError as e:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import pathlib
 
@@ -14,6 +13,7 @@ from scipy import ndimage
 from softlabel_ood import datasets
 from softlabel_ood.data_sources import images as image_lib
 from softlabel_ood.data_sources import synthetic
+from tests import idx_files
 
 INTERFACE_NAMES = (
     "cifar10", "cifar100", "svhn", "textures", "places365", "fashion_mnist", "mnist", "digits",
@@ -104,32 +104,10 @@ def test_tfds_source_without_prepared_data_names_the_dataset(tfds_lib, tmp_path)
 # fashion_mnist / mnist from IDX files
 
 
-def _write_idx(path: pathlib.Path, array: np.ndarray, gz: bool) -> None:
-    header = bytes([0, 0, 8, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
-    data = header + array.astype(np.uint8).tobytes()
-    if gz:
-        with gzip.open(path.with_name(path.name + ".gz"), "wb") as f:
-            f.write(data)
-    else:
-        path.write_bytes(data)
-
-
-def _idx_folder(folder: pathlib.Path, rng, gz: bool = True) -> dict:
-    folder.mkdir(parents=True, exist_ok=True)
-    arrays = {}
-    for prefix, count in (("train", 12), ("t10k", 5)):
-        images = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
-        labels = rng.integers(0, 10, (count,), dtype=np.uint8)
-        _write_idx(folder / f"{prefix}-images-idx3-ubyte", images, gz)
-        _write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels, gz)
-        arrays[prefix] = (images, labels)
-    return arrays
-
-
 def test_fashion_mnist_and_mnist_read_idx_files(tmp_path, tfds_lib):
     rng = np.random.default_rng(0)
-    gz = _idx_folder(tmp_path / "gz", rng, gz=True)
-    raw = _idx_folder(tmp_path / "raw", rng, gz=False)
+    gz = idx_files.write_idx_folder(tmp_path / "gz", rng, gz=True)
+    raw = idx_files.write_idx_folder(tmp_path / "raw", rng, gz=False)
     train = datasets.load("fashion_mnist", "train", path=str(tmp_path / "gz"))
     _check(train, 12, (28, 28, 1))
     np.testing.assert_array_equal(train.images[..., 0], gz["train"][0])

@@ -141,3 +141,12 @@ def test_resuming_with_another_training_config_is_rejected(ce_teacher):
     config = tiny_digits_config("ce", learning_rate=0.5)
     with pytest.raises(config_validation.ConfigError, match="other values of learning_rate"):
         train.train_and_evaluate(config, str(ce_teacher))
+
+
+def test_a_diverging_run_stops_with_a_clear_error_before_checkpointing_it(tmp_path):
+    config = tiny_digits_config("ce", learning_rate=1e30)
+    with pytest.raises(train.TrainingDivergedError, match=r"loss is (nan|inf) at step \d+"):
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+    # No checkpoint holds the diverged weights, and the run is not marked finished.
+    assert not train.is_finished(tmp_path / "run")
+    assert not [p for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()]

@@ -1,0 +1,89 @@
+"""Every config file provides the fields of DESIGN.md §8 for every method, and runs."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import numpy as np
+import pytest
+
+from softlabel_ood import config_base, config_validation, grid, predictions, train
+from tests import idx_files
+from tests.train_helpers import REPO
+
+FAMILIES = ("digits", "fashion_mnist", "cifar10", "cifar100")
+REQUIRED = (
+    "dataset", "ood_datasets", "oe_dataset", "model", "method", "label_smoothing",
+    "kd.teacher_workdir", "kd.temperature", "kd.weight", "oe.weight", "oe.batch_size",
+    "num_epochs", "batch_size", "learning_rate", "weight_decay", "seed",
+    "checkpoint_every_steps",
+)
+
+
+def _family(name):
+    sys.path.insert(0, str(REPO))
+    return importlib.import_module(f"configs.{name}")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", [*config_base.METHODS, None])
+def test_config_has_every_field_and_passes_validation(family, method):
+    config = _family(family).get_config(method)
+    for field in REQUIRED:
+        target = config
+        for part in field.split("."):
+            assert part in target, f"configs/{family}.py lacks {field}"
+            target = target[part]
+    assert config.method == (method or "ce")
+    if method in ("kd", "kd_incorrect"):
+        config.kd.teacher_workdir = "/some/teacher"  # the one field a user must always give
+    config_validation.check(config)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_grid_lists_teachers_before_students(family):
+    g = _family(family).get_config().grid
+    seen = set()
+    for run in g.runs:
+        assert run["teacher"] in seen | {""}, run
+        assert run["init_from"] in seen | {""}, run
+        seen.add(run["name"])
+    assert len(seen) == len(g.runs)
+    assert {r["method"] for r in g.runs} == set(config_base.METHODS)
+
+
+def test_cifar_protocol_is_the_oe_reference():
+    c = _family("cifar10").get_config("ce")
+    assert (c.model, c.dropout_rate, c.optimizer, c.momentum, c.nesterov) == \
+        ("wrn40_2", 0.3, "sgd", 0.9, True)
+    assert (c.learning_rate, c.weight_decay, c.batch_size, c.num_epochs) == (0.1, 5e-4, 128, 100)
+    assert (c.oe.weight, c.oe.batch_size, c.oe_dataset) == (0.5, 256, "random_300k")
+    assert "cifar100" in c.ood_datasets
+    assert "cifar10" in _family("cifar100").get_config("ce").ood_datasets
+    finetune = _family("cifar10").get_config("oe_finetune")
+    assert (finetune.method, finetune.num_epochs, finetune.learning_rate) == ("oe", 10, 0.001)
+
+
+def test_unknown_method_argument_is_rejected():
+    with pytest.raises(ValueError, match="unknown method 'mixup'"):
+        _family("digits").get_config("mixup")
+
+
+def test_paper_grid_rejects_an_ls_teacher_outside_the_sweep():
+    with pytest.raises(ValueError, match=r"kd_ls_alpha=0\.7 is not one of"):
+        grid.paper_grid(ls_alphas=(0.1,), kd_ls_alpha=0.7, incorrect_alpha=0.1, seeds=(0,))
+
+
+def test_fashion_mnist_config_trains_from_idx_files(tmp_path):
+    idx_files.write_idx_folder(tmp_path / "fm", np.random.default_rng(0), counts=(64, 20))
+    config = _family("fashion_mnist").get_config("ce")
+    config.dataset_paths.fashion_mnist = str(tmp_path / "fm")
+    config.num_epochs = 1
+    config.batch_size = 16
+    config.num_ood_examples = 16
+    config.ood_datasets = ("digits28", "flower_patches")
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+    preds = predictions.read(tmp_path / "run" / "predictions")
+    assert preds.splits["fashion_mnist_test"].logits.shape == (20, 10)
+    assert preds.splits["digits28"].logits.shape == (16, 10)
