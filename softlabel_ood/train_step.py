@@ -66,9 +66,14 @@ class StepConfig:
 
 
 def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A one-axis mesh named "data" over `devices` (default: all devices)."""
+    """A one-axis mesh named "data" over `devices` (default: all devices).
+
+    The axis is Auto: the compiler propagates shardings inside the step, as pure data
+    parallelism needs (see `_auto_sharded` for meshes with Explicit axes).
+    """
     devices = list(jax.devices() if devices is None else devices)
-    return jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices)
+    return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
+                         devices=devices)
 
 
 # --------------------------------------------------------------------------------------------

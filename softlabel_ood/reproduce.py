@@ -1,0 +1,224 @@
+"""Runs a config family's experiment grid, then scores every run and writes the report.
+
+    python -m softlabel_ood.reproduce --config=configs/digits.py --workdir=/tmp/digits
+
+The grid is `config.grid` (see `softlabel_ood.grid`): for every seed, its runs in the order
+listed, each in `<workdir>/runs/<name>_seed<seed>/`. A finished run is skipped and an unfinished
+one resumes from its checkpoint, so the same command continues an interrupted reproduction.
+Afterwards `<workdir>/report/` holds metrics.csv, report.md and the figures. With --multihost
+every host runs the same command; only process 0 scores and writes the report.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+
+import ml_collections
+import tqdm
+from absl import app, flags, logging
+from etils import epath
+from ml_collections import config_flags
+
+from softlabel_ood import (
+    claims,
+    cli_errors,
+    config_base,
+    config_validation,
+    distributed,
+    grid,
+    report,
+    results,
+    scoring,
+    train,
+)
+
+_RUN_KEYS = frozenset({"name", "method", "overrides", "teacher", "init_from"})
+# Fields the driver sets itself for every run; a grid entry may not override them.
+_DRIVER_FIELDS = frozenset({"method", "seed", "grid", "kd.teacher_workdir", "oe.finetune_from"})
+
+
+class GridError(config_validation.ConfigError):
+    """`config.grid` cannot be run as given."""
+
+
+def _flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in config.items():
+        keys.add(prefix + key)
+        if isinstance(value, ml_collections.ConfigDict):
+            keys |= _flat_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def validate_grid(config: ml_collections.ConfigDict) -> None:
+    """Raises GridError naming the first problem of `config.grid`."""
+    if "grid" not in config:
+        raise GridError("config.grid: missing; this config file defines no experiment grid")
+    g = config.grid
+    seeds = list(g.get("seeds", ()))
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise GridError(f"config.grid.seeds: {seeds!r} must be a non-empty list of integers")
+    if len(set(seeds)) != len(seeds):
+        raise GridError(f"config.grid.seeds: {seeds!r} repeats a seed")
+    runs = list(g.get("runs", ()))
+    if not runs:
+        raise GridError("config.grid.runs: empty; the grid has no runs")
+    fields = _flat_keys(config)
+    earlier: dict[str, str] = {}  # name -> method of the runs listed so far
+    for i, run in enumerate(runs):
+        where = f"config.grid.runs[{i}]"
+        if not isinstance(run, Mapping):
+            raise GridError(f"{where}: {run!r} is not a dict (use softlabel_ood.grid.run_spec)")
+        missing, extra = {"name", "method"} - set(run), set(run) - _RUN_KEYS
+        if missing or extra:
+            raise GridError(f"{where}: missing keys {sorted(missing)}" if missing else
+                            f"{where}: unknown keys {sorted(extra)}; known: {sorted(_RUN_KEYS)}")
+        name, method = run["name"], run["method"]
+        if not isinstance(name, str) or not name or "/" in name or name != name.strip():
+            raise GridError(f"{where}: name {name!r} is not a plain directory name")
+        where = f"config.grid.runs[{i}] ({name})"
+        if name in earlier:
+            raise GridError(f"{where}: duplicate run name {name!r}")
+        if method not in config_base.METHODS:
+            raise GridError(f"{where}: unknown method {method!r}; expected one of "
+                            f"{config_base.METHODS}")
+        teacher, init_from = run.get("teacher", ""), run.get("init_from", "")
+        if method in ("kd", "kd_incorrect") and not teacher:
+            raise GridError(f"{where}: method {method} needs a teacher")
+        if teacher and method not in ("kd", "kd_incorrect"):
+            raise GridError(f"{where}: teacher {teacher!r} given, but method {method} uses none")
+        for key, ref in (("teacher", teacher), ("init_from", init_from)):
+            if ref and ref not in earlier:
+                raise GridError(f"{where}: {key} {ref!r} must name a run listed before it")
+        for key in run.get("overrides", {}) or {}:
+            if key in _DRIVER_FIELDS:
+                raise GridError(f"{where}: overrides may not set {key}; the driver sets it")
+            if key not in fields:
+                raise GridError(f"{where}: overrides field {key!r} is not a config field")
+        earlier[name] = method
+
+
+def check_dataset_paths(config: ml_collections.ConfigDict) -> None:
+    """Local dataset files the grid will read exist; raises ConfigError naming the field.
+
+    A missing OOD set would otherwise surface only when the first run writes its predictions,
+    after its whole training.
+    """
+    methods = {run["method"] for run in config.grid.runs}
+    used = [config.dataset, *config.ood_datasets]
+    if "oe" in methods and config.oe_dataset:
+        used.append(config.oe_dataset)
+    for name in used:
+        path = config.dataset_paths.get(name) or ""
+        if path and not epath.Path(os.path.expanduser(path)).exists():
+            raise config_validation.ConfigError(
+                f"config.dataset_paths.{name}: {path} does not exist (see docs/reproduction.md, "
+                f"datasets that tfds does not provide)")
+
+
+def run_dir(workdir: epath.PathLike, name: str, seed: int) -> epath.Path:
+    return epath.Path(workdir) / "runs" / grid.run_dir_name(name, seed)
+
+
+def run_config(config: ml_collections.ConfigDict, run: Mapping, seed: int,
+               workdir: epath.PathLike) -> ml_collections.ConfigDict:
+    """The config of one run: the family config without its grid, with the run's settings."""
+    c = copy.deepcopy(config)
+    with c.unlocked():
+        del c["grid"]
+    try:
+        c.update_from_flattened_dict(dict(run.get("overrides", {}) or {}))
+    except (KeyError, TypeError, ValueError) as e:
+        raise GridError(f"config.grid run {run['name']!r}: overrides: {e}") from None
+    c.method = run["method"]
+    c.seed = seed
+    # Teacher and starting point are the same seed's runs, so seeds stay independent replicas.
+    c.kd.teacher_workdir = str(run_dir(workdir, run["teacher"], seed)) if run.get("teacher") else ""
+    c.oe.finetune_from = (str(run_dir(workdir, run["init_from"], seed))
+                          if run.get("init_from") else "")
+    return c
+
+
+def planned_runs(config: ml_collections.ConfigDict, workdir: epath.PathLike
+                 ) -> list[tuple[results.RunInfo, ml_collections.ConfigDict]]:
+    """(RunInfo, run config) for every seed and every run of the grid, in training order.
+
+    Everything is checked here, before the first run trains, so that bad input fails at once.
+    """
+    validate_grid(config)
+    check_dataset_paths(config)
+    planned = []
+    for seed in config.grid.seeds:
+        for run in config.grid.runs:
+            c = run_config(config, run, seed, workdir)
+            config_validation.check(c)  # fail before the first run rather than hours into the grid
+            info = results.RunInfo(
+                run=grid.run_dir_name(run["name"], seed), name=run["name"], seed=seed,
+                method=run["method"], alpha=float(c.label_smoothing),
+                teacher=run.get("teacher", ""), init_from=run.get("init_from", ""),
+                directory=str(run_dir(workdir, run["name"], seed)))
+            planned.append((info, c))
+    return planned
+
+
+def run_grid(config: ml_collections.ConfigDict, workdir: str, *,
+             rules: claims.ClaimRules | None = None) -> list[results.RunInfo]:
+    """Trains every unfinished run of `config.grid`, then scores them and writes the report."""
+    planned = planned_runs(config, workdir)
+    writer = distributed.is_writer()
+    bar = tqdm.tqdm(planned, desc="grid", unit="run", disable=not writer)
+    for i, (info, c) in enumerate(bar, start=1):
+        bar.set_postfix_str(info.run)
+        where = info.directory
+        label = f"[{i}/{len(planned)}] {info.run} ({info.method})"
+        if train.is_finished(where):
+            if writer:
+                tqdm.tqdm.write(f"{label}: skipped, already finished", file=sys.stderr)
+            continue
+        start = time.monotonic()
+        resumed = (epath.Path(where) / "checkpoints").exists()
+        # Every process takes part in training; each decides the same way whether to skip,
+        # because the DONE marker lives in the shared workdir.
+        train.train_and_evaluate(c, where)
+        if writer:
+            how = "resumed and trained" if resumed else "trained"
+            tqdm.tqdm.write(f"{label}: {how} in {time.monotonic() - start:.0f} s",
+                            file=sys.stderr)
+    bar.close()
+
+    runs = [info for info, _ in planned]
+    # Every process scores (the same read-only work), so that none of them sits idle in JAX's
+    # shutdown barrier, which has a timeout, while process 0 alone is busy.
+    rows = scoring.score_runs([r.directory for r in runs], progress=writer)
+    if writer:
+        out = epath.Path(workdir) / "report"
+        report.write_report(rows, out, runs=runs, rules=rules,
+                            title=f"Soft labels and OOD detection on {config.dataset}: "
+                                  f"reproduction report")
+        print(f"report: {out / 'report.md'}")
+    return runs
+
+
+@cli_errors.exit_on_user_error
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not flags.FLAGS["verbosity"].present:
+        # Checkpointing logs several INFO lines per save, which would bury the progress bars;
+        # --verbosity=0 brings them back.
+        logging.set_verbosity(logging.WARNING)
+    distributed.initialize_from_flags()
+    run_grid(flags.FLAGS.config, flags.FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    # Defined here rather than at import, as in train.py and predict.py: the commands share absl's
+    # flag namespace, and importing one module from another must not define a flag twice.
+    config_flags.DEFINE_config_file("config", None, "e.g. configs/digits.py")
+    flags.DEFINE_string("workdir", None, "Directory of the whole grid (created if missing).")
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)

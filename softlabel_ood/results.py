@@ -1,0 +1,257 @@
+"""A grid's results as numbers: which run is which, and metrics as mean ± std over seeds.
+
+The report, its claims and the notebook all read metrics through this module, so that "mean over
+OOD sets" and "mean ± std over seeds" are computed in one place and the same way everywhere:
+
+1. for one run (one seed), a metric averaged over OOD sets is the unweighted mean of its values on
+   the OOD sets that every run of the grid was scored on (`MetricTable.ood_sets`);
+2. a cell of a table is the mean and the sample standard deviation (ddof = 1) of those per-run
+   values over the seeds of one grid entry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+from etils import epath
+
+from softlabel_ood import scoring
+
+RUNS_FILE = "runs.json"
+METRIC_LABELS = {"auroc": "AUROC", "fpr95": "FPR95", "aupr_out": "AUPR-out", "aupr_in": "AUPR-in",
+                 "tnr95": "TNR95", "fpr95_ood_positive": "FPR95 (OOD positive)",
+                 "detection_acc": "detection accuracy", "accuracy": "accuracy", "ece": "ECE"}
+_SEED_SUFFIX = re.compile(r"_seed(\d+)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """One run of a grid: one grid entry trained with one seed."""
+
+    run: str  # the run directory's base name: the `run` column of metrics.csv
+    name: str  # the grid entry, e.g. "ls0.1"; its seeds share it
+    seed: int
+    method: str  # ce | ls | oe | kd | kd_incorrect
+    alpha: float  # config.label_smoothing of the run
+    teacher: str = ""  # grid name of the KD teacher, or ""
+    init_from: str = ""  # grid name of the run it was fine-tuned from, or ""
+    directory: str = ""  # the run directory (predictions under it), or "" when not at hand
+
+
+def group_by_name(runs: Iterable[RunInfo]) -> dict[str, list[RunInfo]]:
+    """Grid name -> its runs (one per seed), in the order the names first appear."""
+    groups: dict[str, list[RunInfo]] = {}
+    for r in runs:
+        groups.setdefault(r.name, []).append(r)
+    return groups
+
+
+@dataclasses.dataclass(frozen=True)
+class Stat:
+    """Per-seed values of one quantity; `std` is the sample std (ddof = 1), NaN below 2 seeds."""
+
+    values: tuple[float, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values)) if self.values else math.nan
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.values, ddof=1)) if self.n >= 2 else math.nan
+
+
+class MetricTable:
+    """Metric rows (`run, score, ood, metric, value`) indexed for lookup."""
+
+    def __init__(self, rows: Iterable[scoring.MetricRow]):
+        self._values: dict[tuple[str, str, str, str], float] = {}
+        oods_by_run: dict[str, list[str]] = {}
+        self.scores: list[str] = []
+        for row in rows:
+            self._values[(row.run, row.score, row.ood, row.metric)] = float(row.value)
+            if row.ood:
+                oods = oods_by_run.setdefault(row.run, [])
+                if row.ood not in oods:
+                    oods.append(row.ood)
+            if row.score and row.score not in self.scores:
+                self.scores.append(row.score)
+        known = [*scoring.LOGIT_SCORES, *scoring.FEATURE_SCORES]
+        self.scores.sort(key=lambda s: (known.index(s) if s in known else len(known), s))
+        self.runs = list(dict.fromkeys(run for run, *_ in self._values))
+        # Means over OOD sets compare runs only when they average over the same sets.
+        all_oods = [set(v) for v in oods_by_run.values()]
+        first = next(iter(oods_by_run.values()), [])
+        common = set.intersection(*all_oods) if all_oods else set()
+        self.ood_sets: list[str] = [o for o in first if o in common]
+        self.all_ood_sets: list[str] = list(dict.fromkeys(
+            o for oods in oods_by_run.values() for o in oods))
+
+    def value(self, run: str, metric: str, score: str = "", ood: str = "") -> float | None:
+        return self._values.get((run, score, ood, metric))
+
+    def ood_mean(self, run: str, score: str, metric: str) -> float | None:
+        """Unweighted mean of a metric over `ood_sets` for one run; None if any is missing."""
+        values = [self.value(run, metric, score, ood) for ood in self.ood_sets]
+        if not values or any(v is None for v in values):
+            return None
+        return float(np.mean(values))
+
+
+def stat(runs: Sequence[RunInfo], value: Callable[[str], float | None]) -> Stat:
+    """`value(run)` over the seeds of one grid entry, skipping runs without that metric."""
+    values = (value(r.run) for r in runs)
+    return Stat(tuple(v for v in values if v is not None))
+
+
+def id_stat(table: MetricTable, runs: Sequence[RunInfo], metric: str) -> Stat:
+    return stat(runs, lambda run: table.value(run, metric))
+
+
+def ood_mean_stat(table: MetricTable, runs: Sequence[RunInfo], score: str, metric: str) -> Stat:
+    return stat(runs, lambda run: table.ood_mean(run, score, metric))
+
+
+def ood_stat(table: MetricTable, runs: Sequence[RunInfo], score: str, metric: str,
+             ood: str) -> Stat:
+    return stat(runs, lambda run: table.value(run, metric, score, ood))
+
+
+def ls_sweep(runs: Iterable[RunInfo]) -> list[tuple[float, list[RunInfo]]]:
+    """The label-smoothing sweep, sorted by α: the plain ce run is α = 0, then every ls entry.
+
+    A plain ce run is one with no teacher and no starting point: label smoothing with α = 0 is
+    exactly cross-entropy with one-hot targets.
+    """
+    points: dict[float, list[RunInfo]] = {}
+    for group in group_by_name(runs).values():
+        first = group[0]
+        plain_ce = first.method == "ce" and not first.teacher and not first.init_from
+        if first.method == "ls" or plain_ce:
+            alpha = first.alpha if first.method == "ls" else 0.0
+            # The first grid entry with a given α stands for it (a grid lists each α once).
+            points.setdefault(alpha, group)
+    return sorted(points.items())
+
+
+def format_stat(s: Stat, *, scale: float = 100.0, digits: int = 2) -> str:
+    """"mean ± std" in percent; the mean alone for one seed; "–" without values."""
+    if s.n == 0:
+        return "–"
+    if s.n == 1:
+        return f"{s.mean * scale:.{digits}f}"
+    return f"{s.mean * scale:.{digits}f} ± {s.std * scale:.{digits}f}"
+
+
+def write_runs_json(runs: Sequence[RunInfo], path: epath.PathLike) -> None:
+    data = [dataclasses.asdict(r) for r in runs]
+    epath.Path(path).write_text(json.dumps(data, indent=1) + "\n")
+
+
+def read_runs_json(path: epath.PathLike) -> list[RunInfo]:
+    return [RunInfo(**entry) for entry in json.loads(epath.Path(path).read_text())]
+
+
+def grid_name(run_dir_name: str) -> str:
+    """`ls0.1_seed2` -> `ls0.1`: the grid entry of a run directory (`grid.run_dir_name`)."""
+    return _SEED_SUFFIX.sub("", run_dir_name)
+
+
+def runs_from_directories(run_dirs: Iterable[epath.PathLike]) -> list[RunInfo]:
+    """RunInfo for run directories without a runs.json: from their predictions manifests."""
+    runs = []
+    for d in run_dirs:
+        d = epath.Path(d)
+        manifest = json.loads((d / "predictions" / "manifest.json").read_text())
+        run = manifest.get("run", {})
+        teacher = run.get("teacher") or ""
+        init_from = run.get("finetune_from") or ""
+        runs.append(RunInfo(
+            run=d.name, name=grid_name(d.name), seed=int(run.get("seed", 0)),
+            method=str(run.get("method", "")), alpha=float(run.get("alpha", 0.0)),
+            teacher=grid_name(epath.Path(teacher).name) if teacher else "",
+            init_from=grid_name(epath.Path(init_from).name) if init_from else "",
+            directory=str(d)))
+    return runs
+
+
+@dataclasses.dataclass
+class Results:
+    """What a notebook needs: the metrics, the runs, and where their predictions are."""
+
+    rows: list[scoring.MetricRow]
+    runs: list[RunInfo]
+    table: MetricTable
+
+
+def _is_remote(path: epath.Path) -> bool:
+    return "://" in str(path)
+
+
+def local_copy(path: epath.PathLike) -> epath.Path:
+    """A local file or directory with the contents of `path` (itself when it is already local).
+
+    The predictions and metrics readers use the local file system; a bucket is read by copying
+    the few files needed into a temporary directory first.
+    """
+    path = epath.Path(path)
+    if not _is_remote(path):
+        return path
+    target = epath.Path(tempfile.mkdtemp(prefix="softlabel_ood_")) / path.name
+    if path.is_dir():
+        target.mkdir()
+        for child in path.iterdir():
+            if child.is_file():
+                child.copy(target / child.name)
+    else:
+        path.copy(target)
+    return target
+
+
+def _is_run_dir(path: epath.Path) -> bool:
+    return (path / "predictions" / "manifest.json").exists()
+
+
+def load(path: epath.PathLike) -> Results:
+    """Results from a reproduce workdir, its `report/` or `runs/` directory, or one run directory.
+
+    Paths may be local or in a bucket (`gs://...`, via etils.epath). Metrics come from
+    metrics.csv when there is one, else they are computed from the predictions. Run directories
+    found next to a report give the histograms and ROC curves their predictions.
+    """
+    path = epath.Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    report_dir = path / "report" if (path / "report").is_dir() else path
+    runs_dir = next((p for p in (path / "runs", path.parent / "runs", path) if p.is_dir() and (
+        _is_run_dir(p) or any(_is_run_dir(c) for c in p.iterdir() if c.is_dir()))), None)
+    run_dirs = []
+    if runs_dir is not None:
+        run_dirs = [runs_dir] if _is_run_dir(runs_dir) else sorted(
+            c for c in runs_dir.iterdir() if c.is_dir() and _is_run_dir(c))
+
+    if (report_dir / RUNS_FILE).exists():
+        runs = read_runs_json(report_dir / RUNS_FILE)
+        where = {d.name: str(d) for d in run_dirs}
+        runs = [dataclasses.replace(r, directory=where.get(r.run, "")) for r in runs]
+    elif run_dirs:
+        runs = runs_from_directories(run_dirs)
+    else:
+        raise FileNotFoundError(f"{path}: holds neither {RUNS_FILE} nor run directories with "
+                                f"predictions")
+
+    if (report_dir / "metrics.csv").exists():
+        rows = scoring.read_metrics_csv(str(local_copy(report_dir / "metrics.csv")))
+    else:
+        rows = scoring.score_runs([str(local_copy(d)) for d in run_dirs])
+    return Results(rows=list(rows), runs=runs, table=MetricTable(rows))

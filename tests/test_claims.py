@@ -1,0 +1,109 @@
+"""The claims' decision rules on hand-made metrics that support and that contradict each claim."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from softlabel_ood import claims, results
+from tests.report_helpers import metric_rows, paper_runs
+
+# Seed means of the MSP AUROC (mean over OOD sets) shaped like the paper's findings.
+PAPER_LIKE = {"ce": 0.95, "ls0.1": 0.93, "ls0.2": 0.90, "ls0.3": 0.86, "oe": 0.99,
+              "kd_ce": 0.94, "kd_ls0.3": 0.88, "kd_oe": 0.97, "kdi_ce": 0.93, "kdi_oe": 0.96}
+
+
+def _evaluate(auroc=None, accuracy=None, runs=None, rules=None):
+    runs = paper_runs() if runs is None else runs
+    table = results.MetricTable(metric_rows(runs, {**PAPER_LIKE, **(auroc or {})}, accuracy))
+    return claims.evaluate_claims(table, runs, rules)
+
+
+def _verdicts(claim_results):
+    return [c.verdict for c in claim_results]
+
+
+def test_paper_like_metrics_support_every_claim():
+    c1, c2, c3 = _evaluate()
+    assert _verdicts([c1, c2, c3]) == [claims.SUPPORTED] * 3
+    # The deciding numbers are printed, in percent: A(0) - A(0.3) = 9 points.
+    assert any("Spearman ρ(α, A) = -1.000" in line for line in c1.evidence)
+    assert any("difference 9.00, noise threshold 0.50" in line for line in c1.evidence)
+    assert any("kd-from-oe − kd-from-ce: difference 3.00" in line for line in c2.evidence)
+    assert any("kd_incorrect-from-oe − ls: difference 10.00" in line for line in c3.evidence)
+    assert any("95.00 ± 0.20 (n = 3)" in line for line in c1.evidence)
+
+
+def test_claim1_not_supported_when_auroc_rises_with_alpha():
+    c1 = _evaluate({"ls0.1": 0.96, "ls0.2": 0.97, "ls0.3": 0.98})[0]
+    assert c1.verdict == claims.NOT_SUPPORTED
+
+
+def test_claim1_not_supported_when_accuracy_drops_beyond_the_margin():
+    c1 = _evaluate(accuracy={"ls0.3": 0.87})[0]
+    assert c1.verdict == claims.NOT_SUPPORTED
+    assert any("87.00 at α = 0.3, -3.00 points from α = 0" in line for line in c1.evidence)
+
+
+def test_claim1_inconclusive_within_noise_or_with_one_seed():
+    flat = {"ls0.1": 0.951, "ls0.2": 0.949, "ls0.3": 0.948}
+    assert _evaluate(flat)[0].verdict == claims.INCONCLUSIVE
+    assert _evaluate(runs=paper_runs(seeds=(0,)))[0].verdict == claims.INCONCLUSIVE
+    # Allowing single-seed decisions makes the same metrics decide it.
+    one_seed_ok = claims.ClaimRules(min_seeds=1)
+    assert _evaluate(runs=paper_runs(seeds=(0,)), rules=one_seed_ok)[0].verdict == \
+        claims.SUPPORTED
+
+
+def test_claim1_spearman_threshold_is_applied():
+    # Non-monotone but falling overall: ρ = -0.8 passes a threshold of -0.7, not one of -0.9.
+    bumpy = {"ls0.1": 0.91, "ls0.2": 0.92, "ls0.3": 0.86}
+    lenient, strict = claims.ClaimRules(spearman_max=-0.7), claims.ClaimRules(spearman_max=-0.9)
+    assert _evaluate(bumpy, rules=lenient)[0].verdict == claims.SUPPORTED
+    assert _evaluate(bumpy, rules=strict)[0].verdict == claims.INCONCLUSIVE
+
+
+def test_claim2_contradicted_within_noise_and_missing():
+    assert _evaluate({"kd_oe": 0.90})[1].verdict == claims.NOT_SUPPORTED
+    assert _evaluate({"kd_ls0.3": 0.97})[1].verdict == claims.NOT_SUPPORTED
+    assert _evaluate({"kd_oe": 0.942, "kd_ls0.3": 0.938})[1].verdict == claims.INCONCLUSIVE
+    # One part holding is not enough.
+    assert _evaluate({"kd_ls0.3": 0.941})[1].verdict == claims.INCONCLUSIVE
+    no_kd_oe = [r for r in paper_runs() if r.name != "kd_oe"]
+    assert _evaluate(runs=no_kd_oe)[1].verdict == claims.INCONCLUSIVE
+
+
+def test_claim3_contradicted_within_noise_and_missing():
+    assert _evaluate({"kdi_oe": 0.80})[2].verdict == claims.NOT_SUPPORTED
+    assert _evaluate({"kdi_oe": 0.862})[2].verdict == claims.INCONCLUSIVE
+    no_ls = [r for r in paper_runs() if r.name not in ("ls0.3", "kd_ls0.3")]
+    c3 = _evaluate(runs=no_ls)[2]
+    assert c3.verdict == claims.INCONCLUSIVE
+    assert any("needs an ls run with α = 0.3" in line for line in c3.evidence)
+
+
+def test_noise_threshold_uses_the_combined_seed_std():
+    rules = claims.ClaimRules(min_effect=0.005)
+    a = results.Stat((0.90, 0.95, 1.00))  # std 0.05
+    b = results.Stat((0.80, 0.80, 0.80))  # std 0
+    c = claims.compare(a, b, rules)
+    assert c.threshold == pytest.approx(0.05)
+    assert c.direction == 1
+    c = claims.compare(results.Stat((0.84, 0.86, 0.88)), b, rules)  # diff 0.06, threshold 0.02
+    assert c.direction == 1
+    c = claims.compare(results.Stat((0.70, 0.85, 1.0)), b, rules)  # diff 0.05 < std 0.15
+    assert c.direction == 0
+    assert claims.compare(results.Stat((0.9,)), b, rules).direction == 0  # one seed: unknown
+
+
+def test_spearman_matches_scipy_with_ties():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        x = rng.integers(0, 4, 7).astype(float)
+        y = rng.integers(0, 4, 7).astype(float)
+        expected = scipy_stats.spearmanr(x, y).statistic
+        got = claims.spearman(x, y)
+        assert np.isnan(got) == np.isnan(expected)
+        if not np.isnan(expected):
+            assert got == pytest.approx(expected)

@@ -1,0 +1,122 @@
+"""report.write_report and results.load on hand-made metrics and tiny predictions directories."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from softlabel_ood import report, results, scoring
+from softlabel_ood.scoring import MetricRow
+from tests.report_helpers import OODS, metric_rows, paper_runs, write_predictions
+from tests.test_claims import PAPER_LIKE
+
+SEEDS = (0, 1)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A reproduce workdir: runs/ with tiny predictions, report/ written from hand-made metrics."""
+    root = tmp_path_factory.mktemp("grid")
+    runs = paper_runs(seeds=SEEDS, workdir=root)
+    for r in runs:
+        write_predictions(root / "runs" / r.run, seed=r.seed, method=r.method)
+    report.write_report(metric_rows(runs, PAPER_LIKE), root / "report", runs=runs)
+    return root
+
+
+def test_report_files(workdir):
+    names = {p.name for p in (workdir / "report").iterdir()}
+    assert {"report.md", "metrics.csv", "metrics.md", "runs.json", "alpha_sweep_auroc.png",
+            "alpha_sweep_fpr95.png", "alpha_sweep_aupr_out.png", "alpha_sweep_id.png",
+            "msp_histograms.png", "roc_curves.png"} <= names
+    for name in names:
+        if name.endswith(".png"):
+            assert (workdir / "report" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_metrics_csv_holds_the_fractions(workdir):
+    runs = paper_runs(seeds=SEEDS, workdir=workdir)
+    expected = sorted(metric_rows(runs, PAPER_LIKE), key=dataclasses.astuple)
+    got = sorted(scoring.read_metrics_csv(str(workdir / "report" / "metrics.csv")),
+                 key=dataclasses.astuple)
+    assert [(r.run, r.score, r.ood, r.metric) for r in got] == \
+        [(r.run, r.score, r.ood, r.metric) for r in expected]
+    assert [r.value for r in got] == pytest.approx([r.value for r in expected])
+
+
+def test_report_tables_print_percent_mean_and_std(workdir):
+    text = (workdir / "report" / "report.md").read_text()
+    for heading in ("## Definitions", "## Runs", "## Table 1. Label-smoothing sweep",
+                    "### Table 1, OOD set `noise`", "### Table 1, OOD set `patches`",
+                    "## Table 2. Teachers and students", "## Table 3. All runs", "## Figures",
+                    "## Claims"):
+        assert heading in text
+    lines = text.splitlines()
+    # Seeds 0 and 1 differ by 0.002, so std = 0.002 / sqrt(2) = 0.14 points.
+    # α = 0: accuracy 89.9, ECE 4.9; msp AUROC 94.9, FPR95 5.1, AUPR-out 93.9; energy + 1 point.
+    row = ("| 0 | 89.90 ± 0.14 | 4.90 ± 0.14 | 94.90 ± 0.14 | 5.10 ± 0.14 | 93.90 ± 0.14 | "
+           "95.90 ± 0.14 | 4.10 ± 0.14 | 94.90 ± 0.14 |")
+    assert row in lines
+    # Per OOD set: noise is 2 points above the mean over OOD sets.
+    assert "| 0.3 | 87.90 ± 0.14 | 12.10 ± 0.14 | 86.90 ± 0.14 | 88.90 ± 0.14 | 11.10 ± 0.14 | " \
+           "87.90 ± 0.14 |" in lines
+    # Table 2: the oe teacher, its kd student and its kd_incorrect student, side by side.
+    assert ("| oe (`oe`) | 89.90 ± 0.14 | 98.90 ± 0.14 | 1.10 ± 0.14 | 89.90 ± 0.14 | "
+            "96.90 ± 0.14 | 3.10 ± 0.14 | 89.90 ± 0.14 | 95.90 ± 0.14 | 4.10 ± 0.14 |") in lines
+    assert any(line.startswith("| ls (α = 0.3; `ls0.3`) |") and line.endswith("| – | – | – |")
+               for line in lines)
+    assert "| `kdi_oe` | kd_incorrect |" in text
+    for n in (1, 2, 3):
+        assert f"### Claim {n}: supported" in text
+    # The histogram and ROC figures use the OOD set that is hardest for the ce run.
+    assert "MSP on the ID test set and on patches" in text
+
+
+def test_report_without_predictions_and_with_one_seed(tmp_path):
+    runs = paper_runs(seeds=(0,))
+    report.write_report(metric_rows(runs, PAPER_LIKE), tmp_path, runs=runs)
+    text = (tmp_path / "report.md").read_text()
+    assert not (tmp_path / "msp_histograms.png").exists()
+    assert "msp_histograms" not in text
+    assert "| 0 | 89.80 | 4.80 | 94.80 | 5.20 | 93.80 |" in text  # one seed: no ±
+    assert text.count(": inconclusive") == 3
+
+
+def test_unknown_run_in_metrics_is_an_error(tmp_path):
+    runs = paper_runs(seeds=(0,))
+    rows = [*metric_rows(runs, PAPER_LIKE), MetricRow("stray_seed0", "", "", "accuracy", 0.5)]
+    with pytest.raises(ValueError, match="stray_seed0"):
+        report.write_report(rows, tmp_path, runs=runs)
+
+
+def test_means_use_the_ood_sets_common_to_all_runs():
+    rows = [MetricRow("a", "msp", "x", "auroc", 0.9), MetricRow("a", "msp", "y", "auroc", 0.7),
+            MetricRow("b", "msp", "x", "auroc", 0.6)]
+    table = results.MetricTable(rows)
+    assert table.ood_sets == ["x"]
+    assert table.all_ood_sets == ["x", "y"]
+    assert table.ood_mean("a", "msp", "auroc") == pytest.approx(0.9)
+    assert table.ood_mean("a", "energy", "auroc") is None
+
+
+def test_format_stat():
+    assert results.format_stat(results.Stat(())) == "–"
+    assert results.format_stat(results.Stat((0.5,))) == "50.00"
+    assert results.format_stat(results.Stat((0.5, 0.7))) == "60.00 ± 14.14"
+
+
+def test_load_a_workdir_a_report_dir_and_a_runs_dir(workdir):
+    from_workdir = results.load(workdir)
+    assert len(from_workdir.runs) == len(paper_runs(seeds=SEEDS))
+    assert all(r.directory for r in from_workdir.runs)
+    assert from_workdir.table.ood_sets == list(OODS)
+    from_report = results.load(workdir / "report")
+    assert from_report.runs == from_workdir.runs
+    # A runs directory without a report: run names from the directories, metrics computed.
+    from_runs = results.load(workdir / "runs")
+    by_run = {r.run: r for r in from_runs.runs}
+    assert (by_run["ls0.1_seed1"].name, by_run["ls0.1_seed1"].seed) == ("ls0.1", 1)
+    assert from_runs.table.value("ce_seed0", "auroc", "msp", "noise") is not None
+    with pytest.raises(FileNotFoundError):
+        results.load(workdir / "missing")

@@ -1,0 +1,185 @@
+"""The grid driver: validation, run order and configs, resume, and one real tiny grid end to end."""
+
+from __future__ import annotations
+
+import pathlib
+import textwrap
+
+import pytest
+
+from softlabel_ood import config_validation, grid, reproduce, saved_runs, scoring, train
+from tests.report_helpers import write_predictions
+from tests.train_helpers import run_module, tiny_digits_config
+
+spec = grid.run_spec
+
+
+def _config(runs, seeds=(0,)):
+    config = tiny_digits_config()
+    config.grid.runs = runs
+    config.grid.seeds = seeds
+    return config
+
+
+@pytest.mark.parametrize(("runs", "message"), [
+    ([spec("kd", "kd", teacher="ce"), spec("ce", "ce")],
+     r"runs\[0\] \(kd\): teacher 'ce' must name a run listed before it"),
+    ([spec("ce", "ce"), spec("ce", "ls")], "duplicate run name 'ce'"),
+    ([spec("x", "sgd")], "unknown method 'sgd'"),
+    ([spec("kd", "kd")], "method kd needs a teacher"),
+    ([spec("ce", "ce", teacher="ce")], "method ce uses none"),
+    ([spec("oe", "oe", init_from="ce")], "init_from 'ce' must name a run listed before it"),
+    ([spec("ce", "ce", nope=1)], "'nope' is not a config field"),
+    ([spec("ce", "ce", seed=3)], "overrides may not set seed"),
+    ([{"name": "ce", "method": "ce", "extra": 1}], "unknown keys"),
+    ([], "the grid has no runs"),
+])
+def test_bad_grids_are_rejected_before_training(runs, message):
+    with pytest.raises(reproduce.GridError, match=message):
+        reproduce.validate_grid(_config(runs))
+
+
+def test_bad_seeds_and_override_types_are_rejected(tmp_path):
+    with pytest.raises(reproduce.GridError, match="seeds"):
+        reproduce.validate_grid(_config([spec("ce", "ce")], seeds=()))
+    with pytest.raises(reproduce.GridError, match="overrides"):
+        reproduce.planned_runs(_config([spec("ls", "ls", label_smoothing="big")]), tmp_path)
+
+
+def test_missing_local_dataset_is_reported_before_training(tmp_path):
+    config = _config([spec("ce", "ce")])
+    config.ood_datasets = ("gaussian", "lsun_crop")
+    config.dataset_paths.lsun_crop = str(tmp_path / "LSUN_C")
+    with pytest.raises(config_validation.ConfigError, match=r"config\.dataset_paths\.lsun_crop"):
+        reproduce.planned_runs(config, tmp_path)
+
+
+def test_planned_runs_follow_the_grid_seed_by_seed(tmp_path):
+    config = _config([spec("ce", "ce"), spec("ls0.2", "ls", label_smoothing=0.2),
+                      spec("kdi", "kd_incorrect", teacher="ls0.2", label_smoothing=0.3),
+                      spec("ft", "oe", init_from="ce")], seeds=(3, 5))
+    planned = reproduce.planned_runs(config, tmp_path)
+    assert [info.run for info, _ in planned] == [
+        "ce_seed3", "ls0.2_seed3", "kdi_seed3", "ft_seed3",
+        "ce_seed5", "ls0.2_seed5", "kdi_seed5", "ft_seed5"]
+    by_run = {info.run: (info, c) for info, c in planned}
+    info, c = by_run["kdi_seed5"]
+    assert (c.method, c.seed, c.label_smoothing, info.alpha) == ("kd_incorrect", 5, 0.3, 0.3)
+    assert c.kd.teacher_workdir == str(tmp_path / "runs" / "ls0.2_seed5")
+    assert "grid" not in c
+    _, c = by_run["ft_seed3"]
+    assert c.oe.finetune_from == str(tmp_path / "runs" / "ce_seed3")
+    assert by_run["ce_seed3"][1].label_smoothing == 0.0
+    assert by_run["ce_seed3"][1].kd.teacher_workdir == ""
+    assert "grid" in config  # the family config itself is left alone
+
+
+def _fake_training(calls):
+    """Stands in for train.train_and_evaluate: records the call, writes predictions and DONE."""
+
+    def train_and_evaluate(config, workdir):
+        if config.kd.teacher_workdir:  # teachers must be finished before their students start
+            assert train.is_finished(config.kd.teacher_workdir)
+        calls.append(pathlib.Path(workdir).name)
+        pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
+        write_predictions(pathlib.Path(workdir), seed=config.seed, method=config.method)
+        saved_runs.mark_finished(workdir)
+
+    return train_and_evaluate
+
+
+def test_resume_trains_only_unfinished_runs(tmp_path, monkeypatch, capsys):
+    config = _config([spec("ce", "ce"), spec("ls0.2", "ls", label_smoothing=0.2),
+                      spec("kd_ce", "kd", teacher="ce")], seeds=(0, 1))
+    calls = []
+    monkeypatch.setattr(train, "train_and_evaluate", _fake_training(calls))
+    reproduce.run_grid(config, str(tmp_path))
+    assert calls == ["ce_seed0", "ls0.2_seed0", "kd_ce_seed0",
+                     "ce_seed1", "ls0.2_seed1", "kd_ce_seed1"]
+    report_dir = tmp_path / "report"
+    assert {"report.md", "metrics.csv", "runs.json"} <= {p.name for p in report_dir.iterdir()}
+    assert "[6/6] kd_ce_seed1 (kd): trained" in capsys.readouterr().err
+
+    # An interrupted grid: one run never finished. Only that run is trained again.
+    (tmp_path / "runs" / "kd_ce_seed1" / saved_runs.DONE_FILE).unlink()
+    calls.clear()
+    reproduce.run_grid(config, str(tmp_path))
+    assert calls == ["kd_ce_seed1"]
+    assert "[1/6] ce_seed0 (ce): skipped, already finished" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_grid(tmp_path_factory):
+    """The command line on a real 2-run grid (ce, then kd from it), 1 seed, 1 epoch."""
+    root = tmp_path_factory.mktemp("reproduce")
+    config_file = root / "tiny_grid.py"
+    config_file.write_text(textwrap.dedent("""
+        from softlabel_ood import grid
+        from tests.train_helpers import tiny_digits_config
+
+        def get_config():
+            c = tiny_digits_config()
+            c.grid.seeds = (0,)
+            c.grid.runs = [grid.run_spec("ce", "ce"), grid.run_spec("kd_ce", "kd", teacher="ce")]
+            return c
+    """))
+    workdir = root / "work"
+    result = run_module("softlabel_ood.reproduce", f"--config={config_file}",
+                        f"--workdir={workdir}", "--config.num_epochs=1", timeout=500)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return config_file, workdir, result
+
+
+def test_reproduce_command_trains_scores_and_reports(tiny_grid):
+    _, workdir, result = tiny_grid
+    assert "[1/2] ce_seed0 (ce): trained" in result.stderr
+    assert "[2/2] kd_ce_seed0 (kd): trained" in result.stderr
+    for run in ("ce_seed0", "kd_ce_seed0"):
+        assert train.is_finished(workdir / "runs" / run)
+        assert saved_runs.read_config(workdir / "runs" / run).num_epochs == 1
+    names = {p.name for p in (workdir / "report").iterdir()}
+    assert {"report.md", "metrics.csv", "metrics.md", "runs.json", "msp_histograms.png",
+            "roc_curves.png"} <= names
+    rows = scoring.read_metrics_csv(str(workdir / "report" / "metrics.csv"))
+    assert {r.run for r in rows} == {"ce_seed0", "kd_ce_seed0"}
+    assert {r.ood for r in rows if r.ood} == {"flower_patches", "gaussian"}
+    text = (workdir / "report" / "report.md").read_text()
+    assert "## Table 2. Teachers and students" in text
+    assert "| ce (`ce`) |" in text
+    assert text.count(": inconclusive") == 3  # 1 seed and 2 runs decide no claim
+
+
+def test_second_invocation_trains_nothing(tiny_grid, monkeypatch):
+    config_file, workdir, _ = tiny_grid
+    stamps = {p: p.stat().st_mtime_ns for p in (workdir / "runs").glob("*/predictions/*")}
+
+    def no_training(config, workdir):
+        raise AssertionError(f"{workdir} was trained again")
+
+    monkeypatch.setattr(train, "train_and_evaluate", no_training)
+    module = {}
+    exec(config_file.read_text(), module)
+    config = module["get_config"]()
+    config.num_epochs = 1
+    reproduce.run_grid(config, str(workdir))
+    assert stamps == {p: p.stat().st_mtime_ns for p in (workdir / "runs").glob("*/predictions/*")}
+    assert (workdir / "report" / "report.md").exists()
+
+
+def test_command_exits_2_with_one_line_on_a_bad_grid(tmp_path):
+    config_file = tmp_path / "bad_grid.py"
+    config_file.write_text(textwrap.dedent("""
+        from softlabel_ood import grid
+        from tests.train_helpers import tiny_digits_config
+
+        def get_config():
+            c = tiny_digits_config()
+            c.grid.runs = [grid.run_spec("kd", "kd", teacher="ce"), grid.run_spec("ce", "ce")]
+            return c
+    """))
+    result = run_module("softlabel_ood.reproduce", f"--config={config_file}",
+                        f"--workdir={tmp_path / 'work'}", timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: config.grid.runs[0] (kd): teacher 'ce' must name a run listed before it")
+    assert not (tmp_path / "work").exists()
