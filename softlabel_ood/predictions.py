@@ -1,0 +1,296 @@
+"""The predictions directory, format v1 (DESIGN.md §5): write, read and validate.
+
+A run's outputs on every split live in `<run_dir>/predictions/`:
+
+    manifest.json    {"format": FORMAT, "num_classes": K, "splits": {name: {"file", "role",
+                      "num_examples"}}, "run": {...}}
+    <name>.npz       logits float32 [N, K], labels int32 [N] (-1 for OOD splits),
+                     optionally features float32 [N, D]
+
+This module needs numpy only, so predictions can be inspected and scored on a machine that has
+neither flax nor tensorflow. Every problem is reported as a `PredictionsError` whose message is
+one line naming the file and the field at fault.
+
+Writes never leave half a file behind: each array file is written under a temporary name and
+renamed, and the manifest goes last, so a reader sees either the previous directory or the new
+one's manifest with all of its files already in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import zipfile
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+ROLES = ("id_test", "ood_test", "id_train")
+FORMAT = "softlabel_ood.predictions/v1"
+MANIFEST = "manifest.json"
+
+
+class PredictionsError(ValueError):
+    """A predictions directory, or splits about to be written, break the format."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    role: str  # one of ROLES
+    logits: np.ndarray  # float32 [N, K]
+    labels: np.ndarray  # int32 [N]; -1 for ood_test
+    features: np.ndarray | None = None  # float32 [N, D]
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictions:
+    num_classes: int
+    run: dict
+    splits: dict[str, Split]  # insertion order = manifest order
+    directory: pathlib.Path
+
+    def names(self, role: str) -> list[str]:
+        """The names of the splits with `role`, in manifest order."""
+        return [name for name, split in self.splits.items() if split.role == role]
+
+    @property
+    def id_test_name(self) -> str:
+        return self.names("id_test")[0]
+
+
+def _path(directory) -> pathlib.Path:
+    # os.fspath accepts str, pathlib and etils.epath local paths alike.
+    return pathlib.Path(os.fspath(directory))
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation shared by write (in memory) and read (from files).
+
+
+def _check_name(name: Any, where: str) -> None:
+    if not isinstance(name, str) or not name or name.startswith(".") or "/" in name \
+            or "\\" in name or name != name.strip():
+        raise PredictionsError(f"{where}: split name {name!r} is not a plain file-name stem")
+
+
+def _check_array(where: str, field: str, array: Any, dtype, ndim: int) -> np.ndarray:
+    if not isinstance(array, np.ndarray):
+        raise PredictionsError(f"{where}: field '{field}' is not an array")
+    if array.dtype != dtype:
+        raise PredictionsError(
+            f"{where}: field '{field}' has dtype {array.dtype}, expected {np.dtype(dtype)}")
+    if array.ndim != ndim:
+        raise PredictionsError(
+            f"{where}: field '{field}' has shape {array.shape}, expected {ndim} dimensions")
+    return array
+
+
+def _check_finite(where: str, field: str, array: np.ndarray) -> None:
+    if not np.isfinite(array).all():
+        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+        raise PredictionsError(f"{where}: field '{field}' has {bad} NaN or Inf values")
+
+
+def _check_split(where: str, role: str, logits, labels, features, num_classes: int,
+                 num_examples: int | None = None) -> None:
+    """Checks one split's arrays; `where` names the file (or the in-memory split) at fault."""
+    if role not in ROLES:
+        raise PredictionsError(f"{where}: field 'role' is {role!r}, expected one of "
+                               f"{', '.join(ROLES)}")
+    logits = _check_array(where, "logits", logits, np.float32, 2)
+    labels = _check_array(where, "labels", labels, np.int32, 1)
+    n = logits.shape[0]
+    if n == 0:
+        raise PredictionsError(f"{where}: field 'logits' is empty (0 examples)")
+    if logits.shape[1] != num_classes:
+        raise PredictionsError(f"{where}: field 'logits' has {logits.shape[1]} columns, "
+                               f"expected num_classes = {num_classes}")
+    if labels.shape[0] != n:
+        raise PredictionsError(f"{where}: field 'labels' has {labels.shape[0]} entries, "
+                               f"but 'logits' has {n} rows")
+    if num_examples is not None and n != num_examples:
+        raise PredictionsError(f"{where}: field 'logits' has {n} rows, but the manifest's "
+                               f"num_examples is {num_examples}")
+    _check_finite(where, "logits", logits)
+    if role == "ood_test":
+        if (labels != -1).any():
+            raise PredictionsError(
+                f"{where}: field 'labels' must be -1 everywhere in an ood_test split, "
+                f"found {int(labels[labels != -1][0])}")
+    elif labels.min() < 0 or labels.max() >= num_classes:
+        bad = labels[(labels < 0) | (labels >= num_classes)][0]
+        raise PredictionsError(f"{where}: field 'labels' has value {int(bad)} outside "
+                               f"[0, {num_classes}) in a {role} split")
+    if features is not None:
+        features = _check_array(where, "features", features, np.float32, 2)
+        if features.shape[0] != n:
+            raise PredictionsError(f"{where}: field 'features' has {features.shape[0]} rows, "
+                                   f"but 'logits' has {n}")
+        _check_finite(where, "features", features)
+
+
+def _check_roles(where: str, roles: Mapping[str, str]) -> None:
+    for name, role in roles.items():
+        if role not in ROLES:
+            raise PredictionsError(f"{where}: field 'splits.{name}.role' is {role!r}, "
+                                   f"expected one of {', '.join(ROLES)}")
+    id_tests = [name for name, role in roles.items() if role == "id_test"]
+    if len(id_tests) != 1:
+        raise PredictionsError(f"{where}: field 'splits' must have exactly one id_test split, "
+                               f"found {len(id_tests)}"
+                               + (f" ({', '.join(id_tests)})" if id_tests else ""))
+
+
+def _check_num_classes(where: str, num_classes: Any) -> int:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int | np.integer) \
+            or num_classes < 1:
+        raise PredictionsError(
+            f"{where}: field 'num_classes' is {num_classes!r}, expected a positive integer")
+    return int(num_classes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing.
+
+
+def _atomic_write(path: pathlib.Path, write_fn) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write_fn(f)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write(directory, splits: Mapping[str, Split], *, num_classes: int, run: Mapping) -> None:
+    """Writes `splits` to `directory` (`<run_dir>/predictions`), validating them first.
+
+    Nothing is written when a split is invalid. Array files are written to temporary names and
+    renamed; the manifest is written last.
+    """
+    directory = _path(directory)
+    num_classes = _check_num_classes("num_classes", num_classes)
+    if not splits:
+        raise PredictionsError("splits: no splits to write")
+    arrays = {}
+    for name, split in splits.items():
+        _check_name(name, f"split {name!r}")
+        where = f"split '{name}'"
+        logits = np.asarray(split.logits)
+        labels = np.asarray(split.labels)
+        features = None if split.features is None else np.asarray(split.features)
+        _check_split(where, split.role, logits, labels, features, num_classes)
+        arrays[name] = {"logits": logits, "labels": labels}
+        if features is not None:
+            arrays[name]["features"] = features
+    _check_roles("splits", {name: split.role for name, split in splits.items()})
+    try:
+        manifest_text = json.dumps({
+            "format": FORMAT,
+            "num_classes": num_classes,
+            "splits": {name: {"file": f"{name}.npz", "role": split.role,
+                              "num_examples": int(arrays[name]["logits"].shape[0])}
+                       for name, split in splits.items()},
+            "run": dict(run),
+        }, indent=2)
+    except (TypeError, ValueError) as e:
+        raise PredictionsError(f"run: not JSON-serializable ({e})") from None
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, fields in arrays.items():
+        _atomic_write(directory / f"{name}.npz", lambda f, fields=fields: np.savez(f, **fields))
+    _atomic_write(directory / MANIFEST, lambda f: f.write(manifest_text.encode()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading.
+
+
+def read_manifest(directory) -> dict:
+    """The validated manifest of `directory`, without reading the array files."""
+    directory = _path(directory)
+    path = directory / MANIFEST
+    if not directory.is_dir():
+        raise PredictionsError(f"{directory}: no such predictions directory")
+    if not path.is_file():
+        raise PredictionsError(f"{path}: missing (no predictions manifest)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PredictionsError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict):
+        raise PredictionsError(f"{path}: expected a JSON object at the top level")
+    if manifest.get("format") != FORMAT:
+        raise PredictionsError(f"{path}: field 'format' is {manifest.get('format')!r}, "
+                               f"expected {FORMAT!r}")
+    _check_num_classes(str(path), manifest.get("num_classes"))
+    splits = manifest.get("splits")
+    if not isinstance(splits, dict) or not splits:
+        raise PredictionsError(f"{path}: field 'splits' must be a non-empty object")
+    for name, entry in splits.items():
+        _check_name(name, f"{path}: field 'splits'")
+        if not isinstance(entry, dict):
+            raise PredictionsError(f"{path}: field 'splits.{name}' must be an object")
+        for key, kind in (("file", str), ("role", str), ("num_examples", int)):
+            value = entry.get(key)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise PredictionsError(f"{path}: field 'splits.{name}.{key}' is {value!r}, "
+                                       f"expected a {kind.__name__}")
+        file = entry["file"]
+        if pathlib.PurePath(file).name != file or file.startswith("."):
+            raise PredictionsError(f"{path}: field 'splits.{name}.file' is {file!r}, "
+                                   f"expected a file name inside the predictions directory")
+    _check_roles(str(path), {name: entry["role"] for name, entry in splits.items()})
+    run = manifest.get("run", {})
+    if not isinstance(run, dict):
+        raise PredictionsError(f"{path}: field 'run' must be an object")
+    return manifest
+
+
+def _load_npz(path: pathlib.Path, with_features: bool) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise PredictionsError(f"{path}: missing (listed in the manifest)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            keys = ["logits", "labels"] + (["features"] if with_features else [])
+            for key in ("logits", "labels"):
+                if key not in npz.files:
+                    raise PredictionsError(f"{path}: field '{key}' is missing")
+            return {key: npz[key] for key in keys if key in npz.files}
+    except PredictionsError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise PredictionsError(f"{path}: not a readable .npz file ({message})") from None
+
+
+def read(directory, *, features: bool = True) -> Predictions:
+    """Reads and validates `directory` (`<run_dir>/predictions`).
+
+    With `features=False` the feature arrays are neither loaded nor checked, which saves memory
+    when only logit-based scores are wanted.
+    """
+    directory = _path(directory)
+    manifest = read_manifest(directory)
+    num_classes = int(manifest["num_classes"])
+    splits = {}
+    for name, entry in manifest["splits"].items():
+        path = directory / entry["file"]
+        arrays = _load_npz(path, features)
+        _check_split(str(path), entry["role"], arrays["logits"], arrays["labels"],
+                     arrays.get("features"), num_classes, entry["num_examples"])
+        splits[name] = Split(role=entry["role"], logits=arrays["logits"],
+                             labels=arrays["labels"], features=arrays.get("features"))
+    return Predictions(num_classes=num_classes, run=manifest.get("run", {}), splits=splits,
+                       directory=directory)
+
+
+def validate(directory) -> None:
+    """Raises PredictionsError when `directory` does not hold valid v1 predictions."""
+    read(directory, features=True)
+

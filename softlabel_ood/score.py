@@ -1,0 +1,65 @@
+r"""Scores saved predictions: `python -m softlabel_ood.score <run_dir>... --out=<dir>`.
+
+Writes `<out>/metrics.csv` (columns run,score,ood,metric,value; values as fractions) and
+`<out>/metrics.md` (per run and score: OOD splits as rows, metrics in percent as columns).
+Definitions: softlabel_ood/scoring and docs/scores_and_metrics.md.
+
+Bad input (an unknown run directory, invalid predictions, two runs with the same base name) ends
+the command with exit code 2 and a one-line reason on stderr; every run is read and scored before
+anything is written, so --out is left as it was.
+
+Scoring runs on the CPU unless JAX_PLATFORMS or --platform says otherwise: on a TPU VM the
+accelerator is usually held by a training process, and the metrics need only a few seconds of CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m softlabel_ood.score",
+        description="Compute OOD detection scores and metrics from saved predictions.")
+    parser.add_argument("run_dirs", nargs="+", metavar="run_dir",
+                        help="run directories, each holding predictions/manifest.json")
+    parser.add_argument("--out", required=True, help="directory for metrics.csv and metrics.md")
+    parser.add_argument("--knn_k", type=int, default=None,
+                        help="k of the knn score (default 50, capped at the id_train size)")
+    parser.add_argument("--platform", default=None,
+                        help="JAX platform to score on, e.g. cpu, gpu, tpu (default: "
+                             "$JAX_PLATFORMS, else cpu)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    # Chosen before jax is imported: the platform is fixed when jax initializes its backends.
+    if args.platform:
+        os.environ["JAX_PLATFORMS"] = args.platform
+    else:
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+    from softlabel_ood import predictions, scoring
+
+    knn_k = scoring.KNN_K if args.knn_k is None else args.knn_k
+    try:
+        if knn_k < 1:
+            raise scoring.ScoringError(f"--knn_k: must be at least 1, got {knn_k}")
+        report = scoring.score_runs_report(args.run_dirs, knn_k=knn_k, progress=True)
+    except (predictions.PredictionsError, scoring.ScoringError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for run, reasons in report.skipped.items():
+        for score, reason in reasons.items():
+            print(f"{run}: {score} {reason}", file=sys.stderr)
+    scoring.write_metrics(report.rows, args.out, skipped=report.skipped)
+    print(f"wrote {os.path.join(args.out, 'metrics.csv')} and "
+          f"{os.path.join(args.out, 'metrics.md')}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Scores and OOD detection metrics from saved predictions (DESIGN.md §6).
+
+Imports numpy and jax only, so results can be scored on a laptop with nothing else installed.
+Definitions: `scores` (the scores) and `metrics` (the metrics) module docstrings, and
+docs/scores_and_metrics.md.
+"""
+
+from softlabel_ood.scoring.metrics import (
+    ECE_BINS,
+    ID_METRICS,
+    METRICS,
+    ScoringError,
+    accuracy,
+    calibration_metrics,
+    ece,
+    id_metrics,
+    ood_metrics,
+    pair_metrics,
+)
+from softlabel_ood.scoring.runs import (
+    CSV_HEADER,
+    MetricRow,
+    ScoreReport,
+    read_metrics_csv,
+    run_name,
+    score_predictions,
+    score_runs,
+    score_runs_report,
+    write_metrics,
+)
+from softlabel_ood.scoring.scores import (
+    FEATURE_SCORES,
+    KNN_K,
+    LOGIT_SCORES,
+    knn,
+    logit_scores,
+    mahalanobis,
+    predicted_class,
+)
+
+__all__ = [
+    "CSV_HEADER",
+    "ECE_BINS",
+    "FEATURE_SCORES",
+    "ID_METRICS",
+    "KNN_K",
+    "LOGIT_SCORES",
+    "METRICS",
+    "MetricRow",
+    "ScoreReport",
+    "ScoringError",
+    "accuracy",
+    "calibration_metrics",
+    "ece",
+    "id_metrics",
+    "knn",
+    "logit_scores",
+    "mahalanobis",
+    "ood_metrics",
+    "pair_metrics",
+    "predicted_class",
+    "read_metrics_csv",
+    "run_name",
+    "score_predictions",
+    "score_runs",
+    "score_runs_report",
+    "write_metrics",
+]

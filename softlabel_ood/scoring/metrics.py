@@ -1,0 +1,315 @@
+"""OOD detection metrics for many (ID, OOD) score pairs at once, with scikit-learn's tie semantics.
+
+Definitions (DESIGN.md §6; ID test examples are the positives, label 1; OOD examples label 0;
+a score is higher for "more in-distribution"):
+
+    auroc               roc_auc_score(y, s)
+    aupr_in             average_precision_score(y, s)
+    aupr_out            average_precision_score(1 - y, -s)
+    fpr95               fpr[argmax(tpr >= 0.95)], where
+                        fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
+    tnr95               1 - fpr95
+    fpr95_ood_positive  the same rule with OOD as the positive class and -s as its score
+    detection_acc       max over the ROC points of 0.5 * (tpr + 1 - fpr)
+    accuracy            mean(argmax(logits) == label) on the ID test split
+    ece                 sum over 15 equal-width bins (lo, hi] of (n_b / n) |acc_b - conf_b|, with
+                        conf = max softmax probability and a confidence c in bin (lo, hi] when
+                        lo < c <= hi
+
+How they are computed without a loop over thresholds. Tied scores form one ROC point (a
+threshold accepts all of a tie or none of it), so every metric is a function of counts at the
+distinct score values. For P ID scores u and N OOD scores v:
+
+    ID example i:   id_ge  = #{u >= u_i}, ood_lt = #{v < u_i}
+    OOD example j:  ood_le_self = #{v <= v_j}, id_le = #{u <= v_j}, id_lt = #{u < v_j}
+
+    auroc         = sum_j (2P - id_le - id_lt) / (2 P N)       (Mann-Whitney, ties count 1/2)
+    aupr_in       = mean_i  id_ge / (id_ge + (N - ood_lt))     (each positive adds 1/P recall at
+                                                                its threshold's precision)
+    aupr_out      = mean_j  ood_le_self / (ood_le_self + id_le)
+    fpr95         = min_i { (N - ood_lt) / N  :  id_ge / P >= 0.95 }
+    fpr95_ood_pos = min_j { id_le / P  :  ood_le_self / N >= 0.95 }
+    detection_acc = max(0.5, max_i 0.5 * (id_ge / P + 1 - (N - ood_lt) / N))
+
+Only ID scores need to be visited for fpr95 and detection_acc: moving a threshold up past a group
+of OOD-only scores lowers fpr without changing tpr, so the first ROC point with tpr >= 0.95 and
+the best detection accuracy sit at ID scores (or at the (0, 0) point, which gives 0.5).
+The tpr >= 0.95 test divides integers in float64 exactly as scikit-learn does, so a boundary case
+such as 19 of 20 is decided the same way.
+
+Each (run, score) group sorts its ID scores once and shares them across all its OOD splits; each
+OOD split is sorted once and located in the ID order with one binary search. Counts for the ID
+examples then come from a histogram of those positions and a cumulative sum. Scores are compared
+as int64 keys that order exactly like the float64 values (integer sorts are several times faster
+than float sorts on CPU); -0.0 is folded into +0.0 first so that the two remain a tie.
+Splits of different sizes share one array through padding: padded entries get the largest key,
+which no finite score reaches, and are masked out of every count.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from softlabel_ood.scoring import float64, scores
+
+METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95", "tnr95", "fpr95_ood_positive",
+           "detection_acc")
+ID_METRICS = ("accuracy", "ece")
+ECE_BINS = 15
+
+_PAD = np.iinfo(np.int64).max
+_SIGN_MASK_COMPLEMENT = np.int64(0x7FFF_FFFF_FFFF_FFFF)
+
+
+class ScoringError(ValueError):
+    """Scores or arrays that the metrics cannot be computed from."""
+
+
+def _order_keys(x: jax.Array) -> jax.Array:
+    """int64 keys with key(a) < key(b) exactly when a < b, for finite float64 a and b."""
+    x = jnp.where(x == 0, 0.0, x)  # -0.0 == 0.0 as floats; make their bits equal too
+    bits = jax.lax.bitcast_convert_type(x, jnp.int64)
+    # Negative floats order backwards by their magnitude bits: flip those bits.
+    return jnp.where(bits < 0, bits ^ _SIGN_MASK_COMPLEMENT, bits)
+
+
+@jax.jit
+def _sorted_keys(id_scores, id_sizes, ood_scores, ood_sizes):
+    """Sorted int64 keys of ID rows [G, P] and OOD rows [G, O, N]; padding sorts last."""
+    id_valid = jnp.arange(id_scores.shape[-1]) < id_sizes[:, None]
+    ood_valid = jnp.arange(ood_scores.shape[-1]) < ood_sizes[..., None]
+    id_keys = jnp.where(id_valid, _order_keys(id_scores), _PAD)
+    ood_keys = jnp.where(ood_valid, _order_keys(ood_scores), _PAD)
+    return jnp.sort(id_keys, axis=-1), jnp.sort(ood_keys, axis=-1)
+
+
+@jax.jit
+def _count_at_most(sorted_rows, queries):
+    """#{x in sorted_rows[g] : x <= q} for every q in queries[g]: rows [G, M], queries [G, Q].
+
+    A branch-free binary search unrolled in Python over a flat view of the rows. Compiled on its
+    own, XLA fuses its log2(M) steps into one pass over the queries, several times faster on CPU
+    than jnp.searchsorted, whose steps each make a pass over all queries. (Inside a larger
+    computation XLA splits it into one pass per step again, hence a separate jit.)
+    """
+    rows, m = sorted_rows.shape
+    flat = sorted_rows.reshape(-1)
+    offset = (jnp.arange(rows, dtype=jnp.int32) * m)[:, None]
+    # Invariant: the answer lies in [base, base + n], and base + n <= m.
+    base = jnp.zeros(queries.shape, jnp.int32)
+    n = m
+    while n > 1:
+        half = n // 2
+        base = jnp.where(flat[offset + base + half - 1] <= queries, base + half, base)
+        n -= half
+    return base + (flat[offset + base] <= queries)
+
+
+def _one_pair(id_sorted, id_first, id_size, ood_sorted, id_le, ood_size):
+    """All metrics of one (ID, OOD) pair from sorted keys and id_le_j = #ID <= v_j."""
+    num_id_slots, num_ood_slots = id_sorted.shape[0], ood_sorted.shape[0]
+    f64 = jnp.float64
+    p = id_size.astype(f64)
+    n = ood_size.astype(f64)
+    id_valid = jnp.arange(num_id_slots) < id_size
+    ood_valid = jnp.arange(num_ood_slots) < ood_size
+
+    # #OOD <= v_j: the index one past the end of v_j's tie group in the sorted OOD keys.
+    ends = jnp.concatenate([ood_sorted[1:] != ood_sorted[:-1], jnp.array([True])])
+    ood_le_self = jax.lax.cummin(
+        jnp.where(ends, jnp.arange(1, num_ood_slots + 1), num_ood_slots), reverse=True)
+
+    # #ID < v_j from #ID <= v_j, by stepping back over a tie with ID scores.
+    before = jnp.maximum(id_le - 1, 0)
+    tied = (id_le > 0) & (id_sorted[before] == ood_sorted)
+    id_lt = jnp.where(tied, id_first[before], id_le)
+
+    # v_j < u_i exactly when id_le_j <= i: a histogram of those positions, summed cumulatively,
+    # counts the OOD scores below each ID score.
+    histogram = jnp.zeros(num_id_slots + 1, jnp.int32).at[id_le].add(ood_valid.astype(jnp.int32))
+    ood_lt = jnp.cumsum(histogram)[:num_id_slots]
+
+    id_ge = (id_size - id_first).astype(f64)
+    ood_ge = (ood_size - ood_lt).astype(f64)
+    tpr = id_ge / p
+    fpr = ood_ge / n
+
+    # Mann-Whitney from the OOD side: #ID > v_j + #ID == v_j / 2 = P - (id_le_j + id_lt_j) / 2.
+    auroc = jnp.sum(jnp.where(ood_valid, 2 * id_size - id_le.astype(jnp.int64) - id_lt, 0)) \
+        / (2.0 * p * n)
+    aupr_in = jnp.sum(jnp.where(id_valid, id_ge / (id_ge + ood_ge), 0.0)) / p
+    fpr95 = jnp.min(jnp.where(id_valid & (tpr >= 0.95), fpr, jnp.inf))
+    detection_acc = jnp.maximum(
+        0.5, jnp.max(jnp.where(id_valid, 0.5 * (tpr + 1.0 - fpr), -jnp.inf)))
+
+    ood_le_self = ood_le_self.astype(f64)
+    id_le = id_le.astype(f64)
+    aupr_out = jnp.sum(jnp.where(ood_valid, ood_le_self / (ood_le_self + id_le), 0.0)) / n
+    fpr95_ood = jnp.min(jnp.where(ood_valid & (ood_le_self / n >= 0.95), id_le / p, jnp.inf))
+
+    values = {"auroc": auroc, "aupr_in": aupr_in, "aupr_out": aupr_out, "fpr95": fpr95,
+              "tnr95": 1.0 - fpr95, "fpr95_ood_positive": fpr95_ood,
+              "detection_acc": detection_acc}
+    exists = (id_size > 0) & (ood_size > 0)
+    return {k: jnp.where(exists, v, jnp.nan) for k, v in values.items()}
+
+
+def _one_group(id_sorted, id_size, ood_sorted, id_le, ood_sizes):
+    """One (run, score): its sorted ID keys are shared by all of its OOD splits."""
+    starts = jnp.concatenate([jnp.array([True]), id_sorted[1:] != id_sorted[:-1]])
+    # Index of the first element of each tie group, so #ID >= u_i = P - id_first_i.
+    id_first = jax.lax.cummax(jnp.where(starts, jnp.arange(id_sorted.shape[0]), 0))
+    return jax.vmap(_one_pair, in_axes=(None, None, None, 0, 0, 0))(
+        id_sorted, id_first, id_size, ood_sorted, id_le, ood_sizes)
+
+
+_metrics_from_counts = jax.jit(jax.vmap(_one_group))
+
+
+def _batched(id_scores, id_sizes, ood_scores, ood_sizes):
+    """METRICS for G groups: ID rows [G, P] against OOD rows [G, O, N] (float64 scores)."""
+    id_sorted, ood_sorted = _sorted_keys(id_scores, id_sizes, ood_scores, ood_sizes)
+    groups = id_sorted.shape[0]
+    id_le = _count_at_most(id_sorted, ood_sorted.reshape(groups, -1)).reshape(ood_sorted.shape)
+    return _metrics_from_counts(id_sorted, id_sizes, ood_sorted, id_le, ood_sizes)
+
+
+def _bucket(n: int, minimum: int) -> int:
+    """n rounded up to at most 1/8 more, so repeated calls reuse a few compiled shapes."""
+    n = max(n, minimum)
+    step = 1 << max(n.bit_length() - 4, 0)
+    return -(-n // step) * step
+
+
+def padded_shape(groups: int, num_ood: int, id_len: int, ood_len: int) -> tuple[int, ...]:
+    """The (G, O, P, N) that ood_metrics pads its inputs to before compiling."""
+    return _bucket(groups, 1), _bucket(num_ood, 1), _bucket(id_len, 64), _bucket(ood_len, 64)
+
+
+def _pad_to(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    if array.shape == shape:
+        return array
+    padded = np.zeros(shape, array.dtype)
+    padded[tuple(slice(0, d) for d in array.shape)] = array
+    return padded
+
+
+def _sizes(sizes, shape: tuple[int, ...], full: int, name: str, smallest: int) -> np.ndarray:
+    if sizes is None:
+        return np.full(shape, full, np.int64)
+    sizes = np.asarray(sizes)
+    if sizes.shape != shape or not np.issubdtype(sizes.dtype, np.integer):
+        raise ScoringError(f"{name}: expected integers of shape {shape}, got {sizes.dtype} "
+                           f"{sizes.shape}")
+    if sizes.size and (sizes.min() < smallest or sizes.max() > full):
+        raise ScoringError(f"{name}: sizes must lie in [{smallest}, {full}]")
+    return sizes.astype(np.int64)
+
+
+def _check_finite(name: str, scores: np.ndarray, sizes: np.ndarray) -> None:
+    valid = np.arange(scores.shape[-1]) < sizes[..., None]
+    bad = valid & ~np.isfinite(scores)
+    if bad.any():
+        raise ScoringError(f"{name}: {int(bad.sum())} NaN or infinite scores")
+
+
+def ood_metrics(id_scores, ood_scores, *, id_sizes=None, ood_sizes=None) -> dict[str, np.ndarray]:
+    """Every metric in METRICS for a batch of (ID, OOD) pairs.
+
+    Args:
+      id_scores: [..., P] ID test scores, one row per (run, score) group.
+      ood_scores: [..., O, N] OOD scores: O OOD splits per group.
+      id_sizes: [...] number of valid leading entries of each ID row (default: all P).
+      ood_sizes: [..., O] number of valid leading entries of each OOD row (default: all N);
+        0 marks an absent split, whose metrics are NaN.
+
+    Entries past a row's size are padding and never read. Returns {metric: float64 [..., O]}.
+    """
+    id_scores = np.asarray(id_scores, dtype=np.float64)
+    ood_scores = np.asarray(ood_scores, dtype=np.float64)
+    if id_scores.ndim < 1 or ood_scores.ndim != id_scores.ndim + 1 \
+            or ood_scores.shape[:-2] != id_scores.shape[:-1]:
+        raise ScoringError(f"ood_scores: shape {ood_scores.shape} does not match id_scores "
+                           f"{id_scores.shape} (expected [..., O, N] for [..., P])")
+    batch = id_scores.shape[:-1]
+    num_ood = ood_scores.shape[-2]
+    id_sizes = _sizes(id_sizes, batch, id_scores.shape[-1], "id_sizes", 1)
+    ood_sizes = _sizes(ood_sizes, (*batch, num_ood), ood_scores.shape[-1], "ood_sizes", 0)
+    _check_finite("id_scores", id_scores, id_sizes)
+    _check_finite("ood_scores", ood_scores, ood_sizes)
+
+    groups = int(np.prod(batch, dtype=np.int64))
+    if groups == 0 or num_ood == 0:
+        return {m: np.zeros((*batch, num_ood)) for m in METRICS}
+    id_flat = id_scores.reshape(groups, -1)
+    ood_flat = ood_scores.reshape(groups, num_ood, -1)
+    # Pad every axis up to a bucketed length (padded groups and splits have size 0).
+    g, o, p, n = padded_shape(groups, num_ood, id_flat.shape[1], ood_flat.shape[2])
+    id_pad = _pad_to(id_flat, (g, p))
+    ood_pad = _pad_to(ood_flat, (g, o, n))
+    id_size_pad = _pad_to(id_sizes.reshape(groups), (g,))
+    ood_size_pad = _pad_to(ood_sizes.reshape(groups, num_ood), (g, o))
+
+    with float64.enabled():
+        out = _batched(id_pad, id_size_pad, ood_pad, ood_size_pad)
+        out = jax.device_get(out)
+    return {m: np.asarray(out[m][:groups, :num_ood], np.float64).reshape(*batch, num_ood)
+            for m in METRICS}
+
+
+def pair_metrics(id_scores, ood_scores) -> dict[str, float]:
+    """METRICS for one ID score vector against one OOD score vector."""
+    id_scores = np.asarray(id_scores, dtype=np.float64)
+    ood_scores = np.asarray(ood_scores, dtype=np.float64)
+    if id_scores.ndim != 1 or ood_scores.ndim != 1 or not id_scores.size or not ood_scores.size:
+        raise ScoringError("pair_metrics: expected two non-empty 1-D score arrays, got shapes "
+                           f"{id_scores.shape} and {ood_scores.shape}")
+    out = ood_metrics(id_scores[None], ood_scores[None, None])
+    return {m: float(v[0, 0]) for m, v in out.items()}
+
+
+@jax.jit
+def _calibration(confidence, correct, edges):
+    correct = correct.astype(jnp.float64)
+    # Bin b holds edges[b] < c <= edges[b+1]: the number of edges below c, minus one.
+    num_bins = edges.shape[0] - 1
+    bins = jnp.clip(jnp.searchsorted(edges, confidence, side="left") - 1, 0, num_bins - 1)
+    gap = (jax.ops.segment_sum(correct, bins, num_bins)
+           - jax.ops.segment_sum(confidence, bins, num_bins))
+    return {"accuracy": jnp.mean(correct), "ece": jnp.sum(jnp.abs(gap)) / confidence.shape[0]}
+
+
+def calibration_metrics(confidence, correct, *, num_bins: int = ECE_BINS) -> dict[str, float]:
+    """accuracy and ece from top-label confidences in (0, 1] and per-example correctness."""
+    confidence = np.asarray(confidence, np.float64)
+    correct = np.asarray(correct, bool)
+    if confidence.ndim != 1 or correct.shape != confidence.shape or not confidence.size:
+        raise ScoringError(f"calibration_metrics: expected two non-empty [N] arrays, got "
+                           f"{confidence.shape} and {correct.shape}")
+    if not ((confidence > 0) & (confidence <= 1)).all():
+        raise ScoringError("confidence: values must lie in (0, 1]")
+    edges = np.linspace(0.0, 1.0, num_bins + 1)
+    with float64.enabled():
+        out = jax.device_get(_calibration(confidence, correct, edges))
+    return {k: float(v) for k, v in out.items()}
+
+
+def id_metrics(logits, labels, *, num_bins: int = ECE_BINS) -> dict[str, float]:
+    """accuracy and ece (top-label, `num_bins` equal-width bins over (0, 1]) of an ID split."""
+    logits, labels = np.asarray(logits), np.asarray(labels)
+    if logits.ndim != 2 or labels.shape != logits.shape[:1] or not len(labels):
+        raise ScoringError(f"id_metrics: expected logits [N, K] and labels [N] with N > 0, got "
+                           f"{logits.shape} and {labels.shape}")
+    confidence = scores.logit_scores(logits)["msp"]
+    return calibration_metrics(confidence, scores.predicted_class(logits) == labels,
+                               num_bins=num_bins)
+
+
+def accuracy(logits, labels) -> float:
+    return id_metrics(logits, labels)["accuracy"]
+
+
+def ece(logits, labels, *, num_bins: int = ECE_BINS) -> float:
+    return id_metrics(logits, labels, num_bins=num_bins)["ece"]

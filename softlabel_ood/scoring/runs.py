@@ -1,0 +1,326 @@
+"""From run directories to metric rows, and metric rows to metrics.csv and metrics.md.
+
+Each run is read and scored in turn (scores need the logits, which are dropped afterwards); then
+the OOD metrics of every (run, score, OOD split) are computed in one batched call, so a grid of
+runs costs one compiled computation rather than a loop of small ones.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import os
+import pathlib
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from softlabel_ood import predictions as predictions_lib
+from softlabel_ood.scoring import float64, metrics, scores
+from softlabel_ood.scoring.metrics import ID_METRICS, METRICS, ScoringError
+from softlabel_ood.scoring.scores import FEATURE_SCORES, KNN_K, LOGIT_SCORES
+
+CSV_HEADER = ("run", "score", "ood", "metric", "value")
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricRow:
+    run: str
+    score: str  # "" for ID-only metrics
+    ood: str  # "" for ID-only metrics
+    metric: str
+    value: float  # a fraction in [0, 1]
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreReport:
+    rows: list[MetricRow]
+    # run -> {score: why it was not computed}, for feature scores a run cannot provide.
+    skipped: dict[str, dict[str, str]]
+
+
+@dataclasses.dataclass
+class _RunScores:
+    name: str
+    id_test: str
+    ood: list[str]
+    values: dict[str, dict[str, Any]]  # score -> split -> float64 [N]
+    id_metrics: dict[str, Any]
+    skipped: dict[str, str]
+
+
+def run_name(run_dir) -> str:
+    """A run's name is its directory's base name (`runs/ls_0.1/` -> `ls_0.1`)."""
+    return pathlib.Path(os.path.abspath(os.fspath(run_dir))).name
+
+
+def _feature_problem(preds: predictions_lib.Predictions, needed: Sequence[str]) -> str | None:
+    train = preds.names("id_train")
+    if not train:
+        return "the predictions have no id_train split"
+    for name in [train[0], *needed]:
+        if preds.splits[name].features is None:
+            return f"split '{name}' has no features"
+    return None
+
+
+@jax.jit
+def _id_calibration(logit_values, logits, labels, edges):
+    """accuracy and ece of the ID test split, given its logit scores [4, N] (msp first)."""
+    return metrics._calibration(logit_values[0], scores._predicted_class(logits) == labels,
+                                edges)
+
+
+def _dispatch_run(name: str, preds: predictions_lib.Predictions, knn_k: int) -> _RunScores:
+    """Starts the run's score computations; JAX runs them while the next run is read."""
+    id_test = preds.id_test_name
+    ood = preds.names("ood_test")
+    evaluated = [id_test, *ood]
+    # Dispatched without waiting for the results (see _finish_run). Splits of equal size share
+    # one compiled computation.
+    logit_values = {s: scores._logit_scores(preds.splits[s].logits) for s in evaluated}
+    id_split = preds.splits[id_test]
+    id_values = _id_calibration(logit_values[id_test], id_split.logits, id_split.labels,
+                                np.linspace(0.0, 1.0, metrics.ECE_BINS + 1))
+    values = {"logit": logit_values}  # split -> [4, N], taken apart once computed
+
+    skipped = {}
+    problem = _feature_problem(preds, evaluated)
+    if problem is None:
+        train = preds.splits[preds.names("id_train")[0]]
+        # One pass over all evaluated splits, then cut back into splits.
+        features = np.concatenate([preds.splits[s].features for s in evaluated])
+        ends = np.cumsum([preds.splits[s].features.shape[0] for s in evaluated])
+        for score, per_row in [
+                ("mahalanobis", scores.mahalanobis(features, train.features, train.labels,
+                                                   preds.num_classes)),
+                ("knn", scores.knn(features, train.features, knn_k))]:
+            values[score] = dict(zip(evaluated, np.split(per_row, ends[:-1]), strict=True))
+    else:
+        skipped = dict.fromkeys(FEATURE_SCORES, f"skipped: {problem}")
+    return _RunScores(name, id_test, ood, values, id_values, skipped)
+
+
+def _finish_run(run: _RunScores) -> _RunScores:
+    values = jax.device_get(run.values)
+    logit_values = values.pop("logit")
+    values = {**{score: {s: np.asarray(v[i]) for s, v in logit_values.items()}
+                 for i, score in enumerate(LOGIT_SCORES)}, **values}
+    for score, per_split in values.items():
+        for split, v in per_split.items():
+            if not np.isfinite(v).all():
+                raise ScoringError(f"{run.name}: non-finite {score} scores in split '{split}' "
+                                   "(check the predictions)")
+    id_values = {m: float(v) for m, v in jax.device_get(run.id_metrics).items()}
+    return dataclasses.replace(run, values=values, id_metrics=id_values)
+
+
+def _ood_rows(runs: Sequence[_RunScores]) -> list[list[MetricRow]]:
+    """The OOD metric rows of each run, from one batched metrics call over all of them."""
+    groups = [(run, score) for run in runs for score in run.values]
+    groups = [(run, score) for run, score in groups if run.ood]
+    if not groups:
+        return [[] for _ in runs]
+    # Arrays at the padded shapes that ood_metrics compiles for, so it need not copy them again.
+    shape = metrics.padded_shape(
+        len(groups), max(len(run.ood) for run, _ in groups),
+        max(len(run.values[score][run.id_test]) for run, score in groups),
+        max(len(run.values[score][o]) for run, score in groups for o in run.ood))
+    id_scores = np.zeros(shape[:1] + shape[2:3])
+    id_sizes = np.zeros(shape[:1], np.int64)
+    ood_scores = np.zeros(shape[:2] + shape[3:])
+    ood_sizes = np.zeros(shape[:2], np.int64)
+    for g, (run, score) in enumerate(groups):
+        values = run.values[score]
+        id_sizes[g] = len(values[run.id_test])
+        id_scores[g, :id_sizes[g]] = values[run.id_test]
+        for o, split in enumerate(run.ood):
+            ood_sizes[g, o] = len(values[split])
+            ood_scores[g, o, :ood_sizes[g, o]] = values[split]
+    out = metrics.ood_metrics(id_scores, ood_scores, id_sizes=id_sizes, ood_sizes=ood_sizes)
+
+    rows = {run.name: [] for run in runs}
+    for g, (run, score) in enumerate(groups):
+        for o, split in enumerate(run.ood):
+            rows[run.name].extend(MetricRow(run.name, score, split, m, float(out[m][g, o]))
+                                  for m in METRICS)
+    return [rows[run.name] for run in runs]
+
+
+def _progress(items: Iterable, total: int | None) -> Iterable:
+    # tqdm is optional here so that scoring needs nothing beyond numpy and jax.
+    try:
+        import tqdm
+    except ImportError:  # pragma: no cover
+        for i, item in enumerate(items):
+            print(f"scoring run {i + 1}/{total or '?'}: {item[0]}", file=sys.stderr)
+            yield item
+        return
+    bar = tqdm.tqdm(items, total=total, desc="scoring runs", unit="run", file=sys.stderr)
+    for item in bar:
+        bar.set_postfix_str(item[0])
+        yield item
+
+
+def score_predictions(named: Iterable[tuple[str, predictions_lib.Predictions]], *,
+                      knn_k: int = KNN_K, progress: bool = False,
+                      total: int | None = None) -> ScoreReport:
+    """Scores runs given as (name, Predictions) pairs; see `score_runs`."""
+    pending = []
+    with float64.enabled():
+        for name, preds in _progress(named, total) if progress else named:
+            if any(run.name == name for run in pending):
+                raise ScoringError(f"{name}: two runs share this name (run names are "
+                                   "directory base names)")
+            pending.append(_dispatch_run(name, preds, knn_k))
+        runs = [_finish_run(run) for run in pending]
+    if progress:
+        print(f"computing metrics for {sum(len(r.values) * len(r.ood) for r in runs)} "
+              "(run, score, OOD split) pairs", file=sys.stderr)
+    ood_rows = _ood_rows(runs)
+    rows = []
+    for run, run_ood_rows in zip(runs, ood_rows, strict=True):
+        rows.extend(MetricRow(run.name, "", "", m, run.id_metrics[m]) for m in ID_METRICS)
+        rows.extend(run_ood_rows)
+    return ScoreReport(rows=rows, skipped={run.name: run.skipped for run in runs if run.skipped})
+
+
+def _check_run_dirs(run_dirs: Sequence) -> list[str]:
+    names = []
+    for run_dir in run_dirs:
+        if not os.path.isdir(os.fspath(run_dir)):
+            raise predictions_lib.PredictionsError(f"{run_dir}: no such run directory")
+        # The manifests are cheap to check: most bad directories are reported before any work.
+        predictions_lib.read_manifest(pathlib.Path(os.fspath(run_dir)) / "predictions")
+        name = run_name(run_dir)
+        if name in names:
+            raise ScoringError(f"{run_dir}: another run directory has the same base name "
+                               f"'{name}' (run names must be unique)")
+        names.append(name)
+    return names
+
+
+def score_runs_report(run_dirs: Sequence, *, knn_k: int = KNN_K,
+                      progress: bool = False) -> ScoreReport:
+    """Like `score_runs`, and also says which scores were skipped in which run and why."""
+    names = _check_run_dirs(run_dirs)
+    named = ((name, predictions_lib.read(pathlib.Path(os.fspath(d)) / "predictions"))
+             for name, d in zip(names, run_dirs, strict=True))
+    return score_predictions(named, knn_k=knn_k, progress=progress, total=len(names))
+
+
+def score_runs(run_dirs: Sequence[str], *, knn_k: int = KNN_K,
+               progress: bool = False) -> list[MetricRow]:
+    """Reads `<run_dir>/predictions` of each run and computes every score and metric.
+
+    Rows per run: accuracy and ece of the ID test split (empty score and ood), then for each
+    score (LOGIT_SCORES, then FEATURE_SCORES when the run has features and an id_train split)
+    and each OOD split in manifest order, the METRICS in order. Raises PredictionsError for a
+    missing or invalid run directory and ScoringError for clashing run names.
+    """
+    return score_runs_report(run_dirs, knn_k=knn_k, progress=progress).rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Files.
+
+
+def _csv_text(rows: Iterable[MetricRow]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_HEADER)
+    for row in rows:
+        # repr gives the shortest string that reads back as the same float.
+        writer.writerow([row.run, row.score, row.ood, row.metric, repr(float(row.value))])
+    return buffer.getvalue()
+
+
+def _percent(value: float) -> str:
+    return "n/a" if np.isnan(value) else f"{100.0 * value:.2f}"
+
+
+def _markdown_text(rows: Sequence[MetricRow], skipped: Mapping[str, Mapping[str, str]]) -> str:
+    lines = ["# OOD detection metrics", "",
+             "Values in percent. Lower is better for fpr95 and fpr95_ood_positive, higher for the "
+             "others; `mean` is the unweighted mean over the OOD splits. Definitions: "
+             "docs/scores_and_metrics.md.", ""]
+    runs = list(dict.fromkeys([r.run for r in rows] + list(skipped)))
+    for run in runs:
+        lines += [f"## {run}", ""]
+        run_rows = [r for r in rows if r.run == run]
+        id_values = {r.metric: r.value for r in run_rows if not r.score}
+        if id_values:
+            lines += [", ".join(f"{m} {_percent(id_values[m])}" for m in ID_METRICS
+                                if m in id_values) + " (ID test split)", ""]
+        computed = list(dict.fromkeys(r.score for r in run_rows if r.score))
+        known = [*LOGIT_SCORES, *FEATURE_SCORES]
+        run_scores = [s for s in known if s in computed or s in skipped.get(run, {})]
+        run_scores += [s for s in computed if s not in known]
+        for score in run_scores:
+            lines += [f"### {score}", ""]
+            if score in skipped.get(run, {}):
+                lines += [skipped[run][score], ""]
+                continue
+            table: dict[str, dict[str, float]] = {}
+            for r in run_rows:
+                if r.score == score:
+                    table.setdefault(r.ood, {})[r.metric] = r.value
+            columns = [m for m in METRICS if any(m in v for v in table.values())]
+            lines.append("| ood | " + " | ".join(columns) + " |")
+            lines.append("|:--|" + "--:|" * len(columns))
+            for ood, values in table.items():
+                lines.append(f"| {ood} | " + " | ".join(
+                    _percent(values.get(m, float("nan"))) for m in columns) + " |")
+            if len(table) > 1:
+                means = [float(np.mean([v[m] for v in table.values() if m in v]))
+                         for m in columns]
+                lines.append("| mean | " + " | ".join(_percent(v) for v in means) + " |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _write_atomically(path: pathlib.Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_metrics(rows: Sequence[MetricRow], out_dir, *,
+                  skipped: Mapping[str, Mapping[str, str]] | None = None) -> None:
+    """Writes `<out_dir>/metrics.csv` and `<out_dir>/metrics.md`, each by write-then-rename."""
+    rows = list(rows)
+    csv_text = _csv_text(rows)
+    markdown = _markdown_text(rows, skipped or {})
+    out_dir = pathlib.Path(os.fspath(out_dir))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomically(out_dir / "metrics.csv", csv_text)
+    _write_atomically(out_dir / "metrics.md", markdown)
+
+
+def read_metrics_csv(path) -> list[MetricRow]:
+    """Reads a metrics.csv written by `write_metrics`."""
+    with open(os.fspath(path), newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or tuple(header) != CSV_HEADER:
+            raise ScoringError(f"{path}: header is {header}, expected {','.join(CSV_HEADER)}")
+        rows = []
+        for line, fields in enumerate(reader, start=2):
+            if len(fields) != len(CSV_HEADER):
+                raise ScoringError(f"{path}:{line}: expected {len(CSV_HEADER)} fields, "
+                                   f"got {len(fields)}")
+            try:
+                value = float(fields[4])
+            except ValueError:
+                raise ScoringError(f"{path}:{line}: field 'value' is {fields[4]!r}, "
+                                   "not a number") from None
+            rows.append(MetricRow(*fields[:4], value=value))
+    return rows

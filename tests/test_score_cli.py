@@ -1,0 +1,156 @@
+"""`python -m softlabel_ood.score` end to end, and the metrics files it writes."""
+
+from __future__ import annotations
+
+import csv
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from softlabel_ood import predictions, scoring
+from softlabel_ood.predictions import Split
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+K = 4
+
+
+def run_score(*args: str):
+    return subprocess.run([sys.executable, "-m", "softlabel_ood.score", *map(str, args)],
+                          cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+def make_run(run_dir: pathlib.Path, seed: int, features: bool) -> dict[str, Split]:
+    rng = np.random.default_rng(seed)
+
+    def split(role, n, shift):
+        labels = rng.integers(0, K, n) if role != "ood_test" else np.full(n, -1)
+        logits = rng.normal(size=(n, K)) + shift * np.eye(K)[np.maximum(labels, 0)]
+        # Quantized logits make tied scores, as saturated or constant inputs do.
+        return Split(role, np.round(logits, 1).astype(np.float32), labels.astype(np.int32),
+                     rng.normal(size=(n, 3)).astype(np.float32) if features else None)
+
+    splits = {"digits_test": split("id_test", 40, 3.0), "gaussian": split("ood_test", 25, 0.0),
+              "blobs": split("ood_test", 9, 1.0)}
+    if features:
+        splits["digits_train"] = split("id_train", 60, 3.0)
+    predictions.write(run_dir / "predictions", splits, num_classes=K, run={"seed": seed})
+    return splits
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    return {"ce": (root / "ce", make_run(root / "ce", 0, features=True)),
+            "ls_0.1": (root / "ls_0.1", make_run(root / "ls_0.1", 1, features=False))}
+
+
+@pytest.fixture(scope="module")
+def scored(runs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out") / "metrics"
+    result = run_score(runs["ce"][0], runs["ls_0.1"][0], f"--out={out}", "--knn_k=5")
+    return result, out
+
+
+def test_cli_writes_metrics_csv_and_md(scored, runs):
+    result, out = scored
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.csv", "metrics.md"]
+    with open(out / "metrics.csv", newline="") as f:
+        lines = list(csv.reader(f))
+    assert lines[0] == ["run", "score", "ood", "metric", "value"]
+    rows = scoring.read_metrics_csv(out / "metrics.csv")
+    # Per run: accuracy and ece, then scores x OOD splits x 7 metrics.
+    assert len(rows) == (2 + 6 * 2 * 7) + (2 + 4 * 2 * 7)
+    assert rows[0] == scoring.MetricRow("ce", "", "", "accuracy", rows[0].value)
+    assert all(0.0 <= r.value <= 1.0 for r in rows)
+    values = {(r.run, r.score, r.ood, r.metric): r.value for r in rows}
+    assert {s for (run, s, _, _) in values if run == "ls_0.1"} == {"", *scoring.LOGIT_SCORES}
+
+    # The command's numbers are the library's numbers on the same arrays.
+    for run, (_, splits) in runs.items():
+        logits = splits["digits_test"].logits
+        id_values = scoring.id_metrics(logits, splits["digits_test"].labels)
+        assert values[(run, "", "", "accuracy")] == id_values["accuracy"]
+        assert values[(run, "", "", "ece")] == pytest.approx(id_values["ece"], abs=1e-12)
+        for ood in ("gaussian", "blobs"):
+            expected = scoring.pair_metrics(
+                scoring.logit_scores(logits)["energy"],
+                scoring.logit_scores(splits[ood].logits)["energy"])
+            for metric, value in expected.items():
+                assert values[(run, "energy", ood, metric)] == pytest.approx(value, abs=1e-12)
+
+    # Feature scores of the run with features match the library's scores.
+    ce = runs["ce"][1]
+    train = ce["digits_train"]
+    knn_id = scoring.knn(ce["digits_test"].features, train.features, 5)
+    knn_ood = scoring.knn(ce["blobs"].features, train.features, 5)
+    assert values[("ce", "knn", "blobs", "auroc")] == pytest.approx(
+        scoring.pair_metrics(knn_id, knn_ood)["auroc"], abs=1e-12)
+
+
+def test_cli_metrics_md_and_skipped_feature_scores(scored):
+    result, out = scored
+    text = (out / "metrics.md").read_text()
+    assert "## ce" in text
+    assert "## ls_0.1" in text
+    assert "| ood | auroc | aupr_in | aupr_out | fpr95 | tnr95 | fpr95_ood_positive | " \
+           "detection_acc |" in text
+    ls_part = text.split("## ls_0.1")[1]
+    assert "### mahalanobis\n\nskipped: the predictions have no id_train split" in ls_part
+    assert "### knn\n\nskipped: the predictions have no id_train split" in ls_part
+    assert "ls_0.1: knn skipped: the predictions have no id_train split" in result.stderr
+    rows = scoring.read_metrics_csv(out / "metrics.csv")
+    auroc = next(r.value for r in rows if (r.run, r.score, r.ood, r.metric)
+                 == ("ce", "msp", "gaussian", "auroc"))
+    assert f"| gaussian | {100 * auroc:.2f} |" in text.split("## ce")[1].split("### max_logit")[0]
+
+
+def test_cli_bad_run_directories_exit_2_and_leave_out_alone(runs, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.csv").write_text("old\n")
+    broken = tmp_path / "broken"
+    (broken / "predictions").mkdir(parents=True)
+    (broken / "predictions" / "manifest.json").write_text('{"format": "v0"}')
+    twin = tmp_path / "other" / "ce"
+    make_run(twin, 2, features=False)
+    cases = [
+        ([tmp_path / "missing"], f"error: {tmp_path / 'missing'}: no such run directory"),
+        ([broken], f"error: {broken / 'predictions' / 'manifest.json'}: field 'format' is "
+                   "'v0', expected 'softlabel_ood.predictions/v1'"),
+        ([runs["ce"][0], twin], f"error: {twin}: another run directory has the same base "
+                                "name 'ce'"),
+    ]
+    for run_dirs, message in cases:
+        result = run_score(*run_dirs, f"--out={out}")
+        assert result.returncode == 2
+        # One line: bad directories are found before any progress is shown.
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("error: ")
+        assert message in line
+        assert sorted(p.name for p in out.iterdir()) == ["metrics.csv"]
+        assert (out / "metrics.csv").read_text() == "old\n"
+    assert not (tmp_path / "never").exists()
+    assert run_score(tmp_path / "missing", f"--out={tmp_path / 'never'}").returncode == 2
+    assert not (tmp_path / "never").exists()
+
+
+def test_metrics_files_round_trip(tmp_path):
+    rows = [scoring.MetricRow("a", "", "", "accuracy", 0.9),
+            scoring.MetricRow("a", "msp", "svhn", "auroc", 1 / 3)]
+    scoring.write_metrics(rows, tmp_path / "m")
+    assert scoring.read_metrics_csv(tmp_path / "m" / "metrics.csv") == rows
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["metrics.csv", "metrics.md"]
+    (tmp_path / "bad.csv").write_text("run,score,metric,value\n")
+    with pytest.raises(scoring.ScoringError, match="header"):
+        scoring.read_metrics_csv(tmp_path / "bad.csv")
+
+
+def test_run_names_are_directory_base_names(tmp_path):
+    assert scoring.run_name(tmp_path / "runs" / "ls_0.1") == "ls_0.1"
+    assert scoring.run_name(f"{tmp_path}/runs/ls_0.1/") == "ls_0.1"

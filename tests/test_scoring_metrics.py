@@ -1,0 +1,241 @@
+"""OOD metrics against scikit-learn (the oracle), hand-worked cases, batching, and calibration."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn import metrics as sk
+
+from softlabel_ood.scoring import metrics
+from softlabel_ood.scoring.metrics import METRICS, ScoringError
+
+
+def sklearn_metrics(id_scores, ood_scores) -> dict[str, float]:
+    """DESIGN.md §6, written with scikit-learn exactly as the definitions read."""
+    y = np.concatenate([np.ones(len(id_scores)), np.zeros(len(ood_scores))])
+    s = np.concatenate([id_scores, ood_scores]).astype(np.float64)
+    fpr, tpr, _ = sk.roc_curve(y, s, drop_intermediate=False)
+    fpr_o, tpr_o, _ = sk.roc_curve(1 - y, -s, drop_intermediate=False)
+    fpr95 = fpr[np.argmax(tpr >= 0.95)]
+    return {"auroc": sk.roc_auc_score(y, s), "aupr_in": sk.average_precision_score(y, s),
+            "aupr_out": sk.average_precision_score(1 - y, -s), "fpr95": fpr95,
+            "tnr95": 1 - fpr95, "fpr95_ood_positive": fpr_o[np.argmax(tpr_o >= 0.95)],
+            "detection_acc": np.max(0.5 * (tpr + 1 - fpr))}
+
+
+def assert_matches_sklearn(ours: dict[str, float], id_scores, ood_scores, tol=1e-9):
+    expected = sklearn_metrics(id_scores, ood_scores)
+    for m in METRICS:
+        assert ours[m] == pytest.approx(expected[m], abs=tol), (m, id_scores, ood_scores)
+
+
+def quantized(rng, n, levels, shift=0.0):
+    """Heavily tied scores: n draws from `levels` distinct values."""
+    return np.round(rng.normal(shift, 1.0, n) * levels / 3) / levels
+
+
+@pytest.mark.parametrize(("num_id", "num_ood", "levels"), [
+    (200, 50, 3), (37, 400, 5), (1000, 1000, 20), (64, 65, 2), (500, 7, 1)])
+def test_heavy_ties_and_unequal_sizes_match_sklearn(num_id, num_ood, levels):
+    rng = np.random.default_rng(num_id * 7 + num_ood)
+    id_scores = quantized(rng, num_id, levels, shift=0.5)
+    ood_scores = quantized(rng, num_ood, levels)
+    assert_matches_sklearn(metrics.pair_metrics(id_scores, ood_scores), id_scores, ood_scores)
+
+
+def test_every_tiny_case_matches_sklearn():
+    # All ID and OOD sets of 1 to 3 examples over 3 values, in one batched call with padding.
+    cases = [(np.array(i, float), np.array(o, float))
+             for p in range(1, 4) for n in range(1, 4)
+             for i in itertools.product(range(3), repeat=p)
+             for o in itertools.product(range(2), repeat=n)]
+    id_scores = np.zeros((len(cases), 3))
+    ood_scores = np.full((len(cases), 1, 3), 99.0)  # padding values must never be read
+    for g, (i, o) in enumerate(cases):
+        id_scores[g, :len(i)] = i
+        ood_scores[g, 0, :len(o)] = o
+    out = metrics.ood_metrics(id_scores, ood_scores,
+                              id_sizes=np.array([len(i) for i, _ in cases]),
+                              ood_sizes=np.array([[len(o)] for _, o in cases]))
+    for g, (i, o) in enumerate(cases):
+        assert_matches_sklearn({m: out[m][g, 0] for m in METRICS}, i, o)
+
+
+@pytest.mark.parametrize("name", ["all equal", "separated", "reversed", "single", "signed zero"])
+def test_edge_cases_match_sklearn(name):
+    id_scores, ood_scores = {
+        "all equal": (np.full(10, 0.3), np.full(4, 0.3)),
+        "separated": (np.linspace(1, 2, 30), np.linspace(-2, 0, 11)),
+        "reversed": (np.linspace(-2, 0, 11), np.linspace(1, 2, 30)),
+        "single": (np.array([0.2]), np.array([0.1])),
+        # -0.0 == 0.0: a tie, although the two floats' bits differ.
+        "signed zero": (np.array([0.0, 1.0]), np.array([-0.0, -1.0])),
+    }[name]
+    ours = metrics.pair_metrics(id_scores, ood_scores)
+    assert_matches_sklearn(ours, id_scores, ood_scores)
+    if name == "all equal":
+        assert ours == {"auroc": 0.5, "aupr_in": 10 / 14, "aupr_out": 4 / 14, "fpr95": 1.0,
+                        "tnr95": 0.0, "fpr95_ood_positive": 1.0, "detection_acc": 0.5}
+    if name == "separated":
+        assert ours == {"auroc": 1.0, "aupr_in": 1.0, "aupr_out": 1.0, "fpr95": 0.0,
+                        "tnr95": 1.0, "fpr95_ood_positive": 0.0, "detection_acc": 1.0}
+    if name == "reversed":
+        assert ours["auroc"] == 0.0
+        assert ours["fpr95"] == 1.0
+        assert ours["detection_acc"] == 0.5
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(-3, 3), min_size=1, max_size=40),
+       st.lists(st.integers(-3, 3), min_size=1, max_size=40))
+def test_property_quantized_scores_match_sklearn(id_ints, ood_ints):
+    id_scores, ood_scores = np.array(id_ints) / 2, np.array(ood_ints) / 2
+    assert_matches_sklearn(metrics.pair_metrics(id_scores, ood_scores), id_scores, ood_scores)
+
+
+def test_hand_worked_fpr95_and_fpr95_ood_positive_differ():
+    id_scores = np.arange(1.0, 21.0)  # 1, 2, ..., 20: P = 20
+    ood_scores = np.array([0.0, 1.5, 2.5, 30.0])  # N = 4
+    ours = metrics.pair_metrics(id_scores, ood_scores)
+    # fpr95: the highest threshold accepting >= 95% of ID is s >= 2 (19/20 = 0.95 accepted);
+    # it accepts the OOD scores 2.5 and 30: 2/4.
+    assert ours["fpr95"] == 0.5
+    assert ours["tnr95"] == 0.5
+    # fpr95_ood_positive: rejecting >= 95% of OOD (3.8 of 4, so all 4) needs s <= 30, which
+    # rejects every ID example: 20/20.
+    assert ours["fpr95_ood_positive"] == 1.0
+    # auroc: ID scores above each OOD score: 20 + 19 + 18 + 0 = 57 of 20 * 4 pairs.
+    assert ours["auroc"] == 57 / 80
+    # detection_acc: s >= 3 accepts 18/20 ID and 1/4 OOD: 0.5 * (0.9 + 0.75) = 0.825; lower
+    # thresholds add OOD faster than ID, higher ones lose ID.
+    assert ours["detection_acc"] == pytest.approx(0.825, abs=1e-15)
+    assert_matches_sklearn(ours, id_scores, ood_scores)
+
+
+def test_hand_worked_ties_at_the_threshold():
+    id_scores = np.array([3.0] * 19 + [1.0])  # P = 20
+    ood_scores = np.array([3.0, 3.0, 0.0, 0.0])  # N = 4
+    ours = metrics.pair_metrics(id_scores, ood_scores)
+    # s >= 3 accepts 19/20 = 0.95 of ID and, through the tie, 2/4 of OOD.
+    assert ours["fpr95"] == 0.5
+    # Rejecting all 4 OOD examples (>= 3.8) needs s <= 3: every ID example is rejected too.
+    assert ours["fpr95_ood_positive"] == 1.0
+    # The other way round: a low ID outlier, OOD between it and the rest.
+    id_scores = np.concatenate([[-10.0], np.arange(1.0, 20.0)])  # P = 20
+    ood_scores = np.arange(1, 21) / 100  # 0.01 ... 0.20, N = 20
+    ours = metrics.pair_metrics(id_scores, ood_scores)
+    # s >= 1 accepts 19/20 ID and no OOD.
+    assert ours["fpr95"] == 0.0
+    # Rejecting 19/20 OOD needs s <= 0.19, which rejects the ID outlier: 1/20.
+    assert ours["fpr95_ood_positive"] == 0.05
+    assert_matches_sklearn(ours, id_scores, ood_scores)
+
+
+def test_fpr95_keeps_collinear_roc_points():
+    # ROC points (fpr, tpr) = (0, 0.9), (0.05, 0.95), (0.1, 1.0) lie on one line; roc_curve's
+    # default drop_intermediate=True drops the middle one, and argmax(tpr >= 0.95) then lands
+    # on fpr 0.1 instead of the correct 0.05.
+    id_scores = np.concatenate([np.arange(10.0, 28.0), [2.5, 1.5]])  # 18 high, then 2 tied
+    ood_scores = np.concatenate([[2.5, 1.5], np.linspace(-20, -3, 18)])
+    assert metrics.pair_metrics(id_scores, ood_scores)["fpr95"] == 0.05
+    y = np.r_[np.ones(20), np.zeros(20)]
+    fpr, tpr, _ = sk.roc_curve(y, np.r_[id_scores, ood_scores])
+    assert fpr[np.argmax(tpr >= 0.95)] == 0.1  # the common, wrong pattern
+
+
+def test_batched_equals_per_pair_with_padding_and_absent_splits():
+    rng = np.random.default_rng(3)
+    id_sizes = np.array([50, 7, 120])
+    ood_sizes = np.array([[30, 200, 0], [5, 1, 64], [90, 0, 0]])  # 0: no such split
+    id_scores = np.full((3, 120), np.nan)  # padding may hold anything, even NaN
+    ood_scores = np.full((3, 3, 200), np.nan)
+    for g in range(3):
+        id_scores[g, :id_sizes[g]] = quantized(rng, id_sizes[g], 4, shift=0.3)
+        for o in range(3):
+            ood_scores[g, o, :ood_sizes[g, o]] = quantized(rng, ood_sizes[g, o], 4)
+    out = metrics.ood_metrics(id_scores, ood_scores, id_sizes=id_sizes, ood_sizes=ood_sizes)
+    for g, o in itertools.product(range(3), range(3)):
+        if ood_sizes[g, o] == 0:
+            assert all(np.isnan(out[m][g, o]) for m in METRICS)
+            continue
+        pair = metrics.pair_metrics(id_scores[g, :id_sizes[g]],
+                                    ood_scores[g, o, :ood_sizes[g, o]])
+        for m in METRICS:
+            assert out[m][g, o] == pytest.approx(pair[m], abs=1e-12)
+
+
+def test_leading_batch_axes_are_kept():
+    rng = np.random.default_rng(4)
+    out = metrics.ood_metrics(rng.normal(size=(2, 3, 10)), rng.normal(size=(2, 3, 4, 8)))
+    assert out["auroc"].shape == (2, 3, 4)
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda: metrics.ood_metrics(np.zeros(5), np.zeros((2, 5, 3))), "does not match id_scores"),
+    (lambda: metrics.ood_metrics(np.array([np.nan, 1.0]), np.zeros((1, 3))),
+     "id_scores: 1 NaN or infinite scores"),
+    (lambda: metrics.ood_metrics(np.zeros(2), np.array([[np.inf, 0.0]])),
+     "ood_scores: 1 NaN or infinite scores"),
+    (lambda: metrics.ood_metrics(np.zeros(2), np.zeros((1, 3)), id_sizes=np.array(0)),
+     "id_sizes: sizes must lie in [1, 2]"),
+    (lambda: metrics.ood_metrics(np.zeros(2), np.zeros((1, 3)), ood_sizes=np.array([4])),
+     "ood_sizes: sizes must lie in [0, 3]"),
+    (lambda: metrics.ood_metrics(np.zeros(2), np.zeros((1, 3)), ood_sizes=np.array([[1]])),
+     "ood_sizes: expected integers of shape (1,)"),
+    (lambda: metrics.pair_metrics([], [1.0]), "expected two non-empty 1-D score arrays"),
+])
+def test_invalid_inputs_are_rejected(call, message):
+    with pytest.raises(ScoringError) as error:
+        call()
+    assert message in str(error.value)
+
+
+def reference_ece(logits, labels, num_bins=15):
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    confidence, correct = p.max(1), p.argmax(1) == labels
+    edges = np.linspace(0, 1, num_bins + 1)
+    total = 0.0
+    for lo, hi in itertools.pairwise(edges):
+        in_bin = (lo < confidence) & (confidence <= hi)
+        if in_bin.any():
+            total += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return total
+
+
+def test_accuracy_and_ece_match_a_reference():
+    rng = np.random.default_rng(5)
+    logits = (rng.normal(size=(500, 10)) * rng.uniform(0.1, 5, (500, 1))).astype(np.float32)
+    labels = rng.integers(0, 10, 500)
+    logits[np.arange(500), labels] += 2.0
+    values = metrics.id_metrics(logits, labels)
+    assert values["accuracy"] == pytest.approx(np.mean(logits.argmax(1) == labels), abs=1e-15)
+    assert values["ece"] == pytest.approx(reference_ece(logits.astype(np.float64), labels),
+                                          abs=1e-12)
+
+
+def test_ece_bins_are_closed_on_the_right():
+    # Two bins, (0, 0.5] and (0.5, 1]. Confidences: 0.5 (equal logits), 0.75 (logits log 3, 0).
+    log3 = np.log(3.0)
+    logits = np.array([[0, 0], [log3, 0], [0, log3], [0, 0]], np.float32)
+    labels = np.array([0, 1, 1, 0])
+    # Bin (0, 0.5]: examples 1 and 4 (confidence 0.5, predicted class 0, both right):
+    #   |accuracy 1 - confidence 0.5| * 2/4 = 0.25.
+    # Bin (0.5, 1]: examples 2 (wrong) and 3 (right) at 0.75: |0.5 - 0.75| * 2/4 = 0.125.
+    # Total 0.375; were 0.5 put in the upper bin it would be |0.75 - 0.625| = 0.125.
+    values = metrics.id_metrics(logits, labels, num_bins=2)
+    assert values["accuracy"] == 0.75
+    assert values["ece"] == pytest.approx(0.375, abs=1e-7)
+    # Argmax ties go to the first class, as np.argmax does.
+    assert metrics.accuracy(np.zeros((1, 3), np.float32), np.array([0])) == 1.0
+    # A confidence of exactly 1 falls in the last bin.
+    assert metrics.ece(np.array([[50.0, -50.0]], np.float32), np.array([0])) == 0.0
+
+
+def test_calibration_rejects_confidences_outside_the_unit_interval():
+    with pytest.raises(ScoringError, match=r"confidence: values must lie in \(0, 1\]"):
+        metrics.calibration_metrics(np.array([0.0, 0.5]), np.array([True, False]))
