@@ -28,9 +28,14 @@ class Checkpoints:
 
     def __init__(self, directory: epath.PathLike, *, read_only: bool = False):
         self.directory = epath.Path(directory)
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=MAX_TO_KEEP, create=not read_only, read_only=read_only,
-            enable_async_checkpointing=False, cleanup_tmp_directories=not read_only)
+        if read_only:
+            options = ocp.CheckpointManagerOptions(
+                read_only=True, create=False, max_to_keep=None, save_interval_steps=0,
+                enable_async_checkpointing=False)
+        else:
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=MAX_TO_KEEP, create=True, enable_async_checkpointing=False,
+                cleanup_tmp_directories=True)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:

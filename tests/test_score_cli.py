@@ -154,3 +154,18 @@ def test_metrics_files_round_trip(tmp_path):
 def test_run_names_are_directory_base_names(tmp_path):
     assert scoring.run_name(tmp_path / "runs" / "ls_0.1") == "ls_0.1"
     assert scoring.run_name(f"{tmp_path}/runs/ls_0.1/") == "ls_0.1"
+
+
+def test_many_runs_scored_together_equal_each_run_scored_alone(tmp_path):
+    # 5 runs with features (6 scores each) and 1 without (4 scores): 34 (run, score) groups,
+    # which the batched metrics pad to a bucket of 36, so padding between runs is exercised.
+    dirs = [tmp_path / f"run{i}" for i in range(6)]
+    for i, d in enumerate(dirs):
+        make_run(d, seed=10 + i, features=i < 5)
+    together = {(r.run, r.score, r.ood, r.metric): r.value
+                for r in scoring.score_runs(dirs, knn_k=5)}
+    alone = {(r.run, r.score, r.ood, r.metric): r.value
+             for d in dirs for r in scoring.score_runs([d], knn_k=5)}
+    assert together.keys() == alone.keys()
+    for key, value in alone.items():
+        assert together[key] == pytest.approx(value, abs=1e-12), key

@@ -141,7 +141,11 @@ def _ood_rows(runs: Sequence[_RunScores]) -> list[list[MetricRow]]:
         for o, split in enumerate(run.ood):
             ood_sizes[g, o] = len(values[split])
             ood_scores[g, o, :ood_sizes[g, o]] = values[split]
-    out = metrics.ood_metrics(id_scores, ood_scores, id_sizes=id_sizes, ood_sizes=ood_sizes)
+    # Only the real groups go in: a padded group has no ID scores, which ood_metrics rejects; it
+    # pads again to the same bucketed shape.
+    n = len(groups)
+    out = metrics.ood_metrics(id_scores[:n], ood_scores[:n], id_sizes=id_sizes[:n],
+                              ood_sizes=ood_sizes[:n])
 
     rows = {run.name: [] for run in runs}
     for g, (run, score) in enumerate(groups):
