@@ -16,6 +16,15 @@ from softlabel_ood import saved_runs
 JSONL_FILE = "metrics.jsonl"
 
 
+def _parse(line: str) -> dict | None:
+    """A logged record, or None for a line that a killed process left half-written."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) and "step" in record else None
+
+
 class MetricsLog:
     def __init__(self, workdir: epath.PathLike, *, resume_step: int, enabled: bool):
         self.enabled = enabled
@@ -24,7 +33,7 @@ class MetricsLog:
         self.path = epath.Path(workdir) / JSONL_FILE
         if self.path.exists():
             kept = [line for line in self.path.read_text().splitlines()
-                    if line and json.loads(line)["step"] <= resume_step]
+                    if (record := _parse(line)) is not None and record["step"] <= resume_step]
             saved_runs.write_text_atomically(self.path, "".join(f"{k}\n" for k in kept))
         self._file = self.path.open("a")
         self._writer = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ml_collections
+import numpy as np
 
 from softlabel_ood import datasets
 
@@ -34,6 +35,6 @@ def load_ood(config: ml_collections.ConfigDict) -> dict[str, datasets.ArrayDatas
     sets = {}
     for name in config.ood_datasets:
         ds = _load(config, name, "test", image_shape=shape, num_examples=config.num_ood_examples)
-        sets[name] = datasets.ArrayDataset(images=ds.images, labels=ds.labels * 0 - 1,
+        sets[name] = datasets.ArrayDataset(images=ds.images, labels=np.full_like(ds.labels, -1),
                                            name=ds.name, split=ds.split)
     return sets

@@ -9,7 +9,14 @@ import jax
 import numpy as np
 import pytest
 
-from softlabel_ood import config_validation, predictions, run_model, saved_runs, train
+from softlabel_ood import (
+    config_validation,
+    metrics_log,
+    predictions,
+    run_model,
+    saved_runs,
+    train,
+)
 from tests.train_helpers import tiny_digits_config
 
 
@@ -150,3 +157,16 @@ def test_a_diverging_run_stops_with_a_clear_error_before_checkpointing_it(tmp_pa
     # No checkpoint holds the diverged weights, and the run is not marked finished.
     assert not train.is_finished(tmp_path / "run")
     assert not [p for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()]
+
+
+def test_metrics_log_rewinds_to_the_checkpoint_and_drops_a_torn_line(tmp_path):
+    lines = ['{"step": 4, "train_loss": 1.0}', '{"step": 8, "train_loss": 0.5}',
+             '{"step": 12, "train_loss": 0.4}', '{"step": 1']  # the last write was cut short
+    (tmp_path / metrics_log.JSONL_FILE).write_text("\n".join(lines))
+    log = metrics_log.MetricsLog(tmp_path, resume_step=8, enabled=True)
+    log.write(12, {"train_loss": 0.3})
+    log.close()
+    records = [json.loads(line) for line in (tmp_path / metrics_log.JSONL_FILE).read_text()
+               .splitlines()]
+    assert records == [{"step": 4, "train_loss": 1.0}, {"step": 8, "train_loss": 0.5},
+                       {"step": 12, "train_loss": 0.3}]
