@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from softlabel_ood import predictions, train
 from tests.train_helpers import REPO
@@ -31,3 +33,31 @@ def test_cifar10_config_runs_a_few_steps_on_mock_data(tmp_path):
     assert preds.splits["cifar10_train"].logits.shape == (48, 10)
     assert preds.splits["svhn"].logits.shape[0] == 32  # capped at num_ood_examples
     assert (preds.splits["cifar100"].labels == -1).all()
+
+
+def test_cifar10_oe_reads_outliers_and_ood_sets_from_local_files(tmp_path):
+    sys.path.insert(0, str(REPO))
+    from configs import cifar10
+
+    rng = np.random.default_rng(0)
+    # 300K Random Images ships as one uint8 [N, 32, 32, 3] .npy; LSUN (crop) as a folder of images.
+    np.save(tmp_path / "300K_random_images.npy", rng.integers(0, 256, (40, 32, 32, 3), np.uint8))
+    lsun = tmp_path / "LSUN_C" / "test"
+    lsun.mkdir(parents=True)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (36, 36, 3), np.uint8)).save(lsun / f"{i}.jpg")
+
+    config = cifar10.get_config("oe")
+    config.model = "wrn10_1"
+    config.num_epochs = 1
+    config.batch_size = 16
+    config.oe.batch_size = 8
+    config.eval_batch_size = 32
+    config.ood_datasets = ("lsun_crop",)
+    config.dataset_paths.random_300k = str(tmp_path / "300K_random_images.npy")
+    config.dataset_paths.lsun_crop = str(tmp_path / "LSUN_C")
+    with tfds.testing.mock_data(num_examples=32):
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+    preds = predictions.read(tmp_path / "run" / "predictions")
+    assert preds.run["oe_dataset"] == "random_300k"
+    assert preds.splits["lsun_crop"].logits.shape == (6, 10)
