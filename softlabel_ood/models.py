@@ -63,6 +63,19 @@ def _outputs(logits, features, return_features: bool):
     return logits
 
 
+def _pooled_head(x, num_classes: int, dropout_rate: float, dtype: Dtype, train: bool,
+                 return_features: bool):
+    """Global pool -> (optional dropout) -> classifier, for the models whose published
+    architectures have no dropout: when asked for, it acts on the pooled features only.
+    Called inside a module's compact __call__, so its layers belong to that module."""
+    features = _global_average_pool(x)
+    hidden = features
+    if dropout_rate > 0:
+        hidden = nn.Dropout(dropout_rate, deterministic=not train)(hidden)
+    logits = _classifier(num_classes, dtype)(hidden)
+    return _outputs(logits, features, return_features)
+
+
 def _global_average_pool(x):
     # The references use avg_pool2d(8) (WRN) / avg_pool2d(4) (ResNet) on 32x32 inputs, which is
     # the global mean; the global mean also serves other image sizes.
@@ -161,12 +174,8 @@ class CifarResNet(nn.Module):
             for i in range(num_blocks):
                 stride = 2 if stage > 0 and i == 0 else 1
                 x = ResNetBlock(64 * 2**stage, stride, self.dtype)(x, train)
-        features = _global_average_pool(x)
-        hidden = features
-        if self.dropout_rate > 0:
-            hidden = nn.Dropout(self.dropout_rate, deterministic=not train)(hidden)
-        logits = _classifier(self.num_classes, self.dtype)(hidden)
-        return _outputs(logits, features, return_features)
+        return _pooled_head(x, self.num_classes, self.dropout_rate, self.dtype, train,
+                            return_features)
 
 
 class SmallCNN(nn.Module):
@@ -184,12 +193,8 @@ class SmallCNN(nn.Module):
         for i, channels in enumerate(self.channels):
             x = _conv(channels, 3, 1 if i == 0 else 2, self.dtype)(x)
             x = nn.relu(_batch_norm(train, self.dtype)(x))
-        features = _global_average_pool(x)
-        hidden = features
-        if self.dropout_rate > 0:
-            hidden = nn.Dropout(self.dropout_rate, deterministic=not train)(hidden)
-        logits = _classifier(self.num_classes, self.dtype)(hidden)
-        return _outputs(logits, features, return_features)
+        return _pooled_head(x, self.num_classes, self.dropout_rate, self.dtype, train,
+                            return_features)
 
 
 _RESNET_STAGES = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
