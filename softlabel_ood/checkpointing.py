@@ -3,6 +3,8 @@ run's model (a KD teacher, or the run that OE fine-tuning starts from)."""
 
 from __future__ import annotations
 
+import os
+
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
@@ -27,7 +29,10 @@ class Checkpoints:
     """The checkpoints of one run. Saving is synchronous: a checkpoint on disk is complete."""
 
     def __init__(self, directory: epath.PathLike, *, read_only: bool = False):
-        self.directory = epath.Path(directory)
+        # Orbax accepts absolute paths only; a workdir given relative to the current directory
+        # is made absolute here (a bucket path such as gs://... already is).
+        directory = str(directory)
+        self.directory = epath.Path(directory if "://" in directory else os.path.abspath(directory))
         if read_only:
             options = ocp.CheckpointManagerOptions(
                 read_only=True, create=False, max_to_keep=None, save_interval_steps=0,

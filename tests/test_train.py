@@ -170,3 +170,9 @@ def test_metrics_log_rewinds_to_the_checkpoint_and_drops_a_torn_line(tmp_path):
                .splitlines()]
     assert records == [{"step": 4, "train_loss": 1.0}, {"step": 8, "train_loss": 0.5},
                        {"step": 12, "train_loss": 0.3}]
+
+
+def test_a_relative_workdir_works(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train.train_and_evaluate(tiny_digits_config("ce", num_epochs=1), "relative/run")
+    assert train.is_finished(tmp_path / "relative" / "run")
