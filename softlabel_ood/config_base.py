@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import ml_collections
 
-METHODS = ("ce", "ls", "oe", "kd", "kd_incorrect")
+# The methods a config may name are those the train step implements.
+from softlabel_ood.train_step import METHODS
 
 
 def base_config(method: str | None) -> ml_collections.ConfigDict:

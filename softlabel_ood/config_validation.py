@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from softlabel_ood import config_base, datasets
+from softlabel_ood import config_base, datasets, train_step
 
 
 class ConfigError(ValueError):
@@ -35,7 +35,7 @@ def check(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.label_smoothing: {config.label_smoothing} is outside [0, 1)")
     if config.method == "oe" and not config.oe_dataset:
         raise ConfigError("config.oe_dataset: method oe needs an outlier dataset")
-    if config.method in ("kd", "kd_incorrect") and not config.kd.teacher_workdir:
+    if config.method in train_step.TEACHER_METHODS and not config.kd.teacher_workdir:
         raise ConfigError(f"config.kd.teacher_workdir: method {config.method} needs a teacher")
     if config.kd.temperature <= 0:
         raise ConfigError(f"config.kd.temperature: {config.kd.temperature} must be positive")

@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn import metrics as sk_metrics
 
-from softlabel_ood import predictions, results
+from softlabel_ood import predictions, results, scoring
 from softlabel_ood.results import MetricTable, RunInfo
 
 
@@ -77,17 +77,12 @@ def id_sweep(table: MetricTable, sweep: Sequence[tuple[float, Sequence[RunInfo]]
     return fig
 
 
-def msp(logits: np.ndarray) -> np.ndarray:
-    """Maximum softmax probability (the `msp` score), in float64: 1 / sum_k exp(l_k - max_j l_j)."""
-    z = np.asarray(logits, dtype=np.float64)
-    return 1.0 / np.exp(z - z.max(axis=1, keepdims=True)).sum(axis=1)
-
-
 def id_ood_msp(preds: predictions.Predictions, ood: str) -> tuple[np.ndarray, np.ndarray]:
     """MSP on the ID test split and on the OOD split `ood`."""
     if ood not in preds.splits:
         raise predictions.PredictionsError(f"{preds.directory}: no split named {ood!r}")
-    return (msp(preds.splits[preds.id_test_name].logits), msp(preds.splits[ood].logits))
+    return (scoring.logit_scores(preds.splits[preds.id_test_name].logits)["msp"],
+            scoring.logit_scores(preds.splits[ood].logits)["msp"])
 
 
 def msp_histograms(panels: Sequence[tuple[str, predictions.Predictions]], ood: str) -> Figure:

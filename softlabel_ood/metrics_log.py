@@ -11,7 +11,7 @@ import json
 from etils import epath
 from tensorboardX import SummaryWriter
 
-from softlabel_ood import saved_runs
+from softlabel_ood import atomic_files
 
 JSONL_FILE = "metrics.jsonl"
 
@@ -34,7 +34,7 @@ class MetricsLog:
         if self.path.exists():
             kept = [line for line in self.path.read_text().splitlines()
                     if (record := _parse(line)) is not None and record["step"] <= resume_step]
-            saved_runs.write_text_atomically(self.path, "".join(f"{k}\n" for k in kept))
+            atomic_files.write_text_atomically(self.path, "".join(f"{k}\n" for k in kept))
         self._file = self.path.open("a")
         self._writer = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
 

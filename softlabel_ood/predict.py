@@ -86,7 +86,7 @@ def write_predictions(config: ml_collections.ConfigDict, workdir: epath.PathLike
 
 
 def predict_from_checkpoint(config: ml_collections.ConfigDict, workdir: epath.PathLike) -> None:
-    mesh = run_model.make_mesh()
+    mesh = train_step.data_mesh()
     model = run_model.create_model(config)
     like = run_model.create_state(config, model, mesh, num_train_examples=config.batch_size)
     ckpts = checkpointing.Checkpoints(epath.Path(workdir) / "checkpoints", read_only=True)

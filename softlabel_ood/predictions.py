@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from softlabel_ood import atomic_files
+
 ROLES = ("id_test", "ood_test", "id_train")
 FORMAT = "softlabel_ood.predictions/v1"
 MANIFEST = "manifest.json"
@@ -156,17 +158,6 @@ def _check_num_classes(where: str, num_classes: Any) -> int:
 # Writing.
 
 
-def _atomic_write(path: pathlib.Path, write_fn) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write_fn(f)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write(directory, splits: Mapping[str, Split], *, num_classes: int, run: Mapping) -> None:
     """Writes `splits` to `directory` (`<run_dir>/predictions`), validating them first.
 
@@ -203,8 +194,9 @@ def write(directory, splits: Mapping[str, Split], *, num_classes: int, run: Mapp
 
     directory.mkdir(parents=True, exist_ok=True)
     for name, fields in arrays.items():
-        _atomic_write(directory / f"{name}.npz", lambda f, fields=fields: np.savez(f, **fields))
-    _atomic_write(directory / MANIFEST, lambda f: f.write(manifest_text.encode()))
+        atomic_files.write_atomically(directory / f"{name}.npz",
+                                      lambda f, fields=fields: np.savez(f, **fields))
+    atomic_files.write_text_atomically(directory / MANIFEST, manifest_text)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from softlabel_ood import (
     results,
     scoring,
     train,
+    train_step,
 )
 
 _RUN_KEYS = frozenset({"name", "method", "overrides", "teacher", "init_from"})
@@ -87,9 +88,9 @@ def validate_grid(config: ml_collections.ConfigDict) -> None:
             raise GridError(f"{where}: unknown method {method!r}; expected one of "
                             f"{config_base.METHODS}")
         teacher, init_from = run.get("teacher", ""), run.get("init_from", "")
-        if method in ("kd", "kd_incorrect") and not teacher:
+        if method in train_step.TEACHER_METHODS and not teacher:
             raise GridError(f"{where}: method {method} needs a teacher")
-        if teacher and method not in ("kd", "kd_incorrect"):
+        if teacher and method not in train_step.TEACHER_METHODS:
             raise GridError(f"{where}: teacher {teacher!r} given, but method {method} uses none")
         for key, ref in (("teacher", teacher), ("init_from", init_from)):
             if ref and ref not in earlier:

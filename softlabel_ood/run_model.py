@@ -6,17 +6,11 @@ from the dataset, the number of steps from the dataset size, batch size and epoc
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import linen as nn
 
 from softlabel_ood import datasets, input_pipeline, models, train_step
-
-
-def make_mesh() -> jax.sharding.Mesh:
-    """One `data` axis over every device of every process: pure data parallelism."""
-    return train_step.data_mesh()
 
 
 def create_model(config: ml_collections.ConfigDict) -> nn.Module:

@@ -9,12 +9,11 @@
 from __future__ import annotations
 
 import json
-import os
 
 import ml_collections
 from etils import epath
 
-from softlabel_ood import checkpointing, run_model
+from softlabel_ood import atomic_files, checkpointing, run_model
 
 CONFIG_FILE = "config.json"
 DONE_FILE = "DONE"
@@ -22,12 +21,6 @@ DONE_FILE = "DONE"
 
 class RunError(ValueError):
     """Another run's directory cannot serve as a teacher or a starting point."""
-
-
-def write_text_atomically(path: epath.Path, text: str) -> None:
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    tmp.write_text(text)
-    tmp.replace(path)  # replace, unlike rename, overwrites on every platform
 
 
 def config_to_dict(config: ml_collections.ConfigDict) -> dict:
@@ -39,7 +32,8 @@ def config_to_dict(config: ml_collections.ConfigDict) -> dict:
 
 def write_config(workdir: epath.PathLike, config: ml_collections.ConfigDict) -> None:
     path = epath.Path(workdir) / CONFIG_FILE
-    write_text_atomically(path, json.dumps(config_to_dict(config), indent=2, sort_keys=True) + "\n")
+    text = json.dumps(config_to_dict(config), indent=2, sort_keys=True) + "\n"
+    atomic_files.write_text_atomically(path, text)
 
 
 def read_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
@@ -67,7 +61,7 @@ def is_finished(workdir: epath.PathLike) -> bool:
 
 
 def mark_finished(workdir: epath.PathLike) -> None:
-    write_text_atomically(epath.Path(workdir) / DONE_FILE, "finished\n")
+    atomic_files.write_text_atomically(epath.Path(workdir) / DONE_FILE, "finished\n")
 
 
 def load_finished_model(workdir: str, mesh, *, role: str, dataset: str):

@@ -114,10 +114,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> None:
     workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     _check_resumable(config, workdir)
-    mesh = run_model.make_mesh()
+    mesh = train_step.data_mesh()
 
     teacher_model, teacher_variables = None, None
-    if config.method in ("kd", "kd_incorrect"):
+    if config.method in train_step.TEACHER_METHODS:
         teacher_model, teacher_variables, _ = saved_runs.load_finished_model(
             config.kd.teacher_workdir, mesh, role="config.kd.teacher_workdir",
             dataset=config.dataset)

@@ -13,9 +13,9 @@ from softlabel_ood import (
     config_validation,
     metrics_log,
     predictions,
-    run_model,
     saved_runs,
     train,
+    train_step,
 )
 from tests.train_helpers import tiny_digits_config
 
@@ -84,7 +84,7 @@ def test_oe_fine_tuning_starts_from_the_finished_run(ce_teacher, tmp_path):
     # The OE schedule never goes below 1e-6 (its absolute floor), so the weights move by ~1e-6.
     config.learning_rate = 1e-9
     train.train_and_evaluate(config, str(tmp_path / "oe_ft"))
-    mesh = run_model.make_mesh()
+    mesh = train_step.data_mesh()
     _, ours, _ = saved_runs.load_finished_model(str(tmp_path / "oe_ft"), mesh, role="test",
                                                 dataset="digits")
     _, theirs, _ = saved_runs.load_finished_model(str(ce_teacher), mesh, role="test",

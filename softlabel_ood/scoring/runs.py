@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from softlabel_ood import atomic_files
 from softlabel_ood import predictions as predictions_lib
 from softlabel_ood.scoring import float64, metrics, scores
 from softlabel_ood.scoring.metrics import ID_METRICS, METRICS, ScoringError
@@ -287,16 +288,6 @@ def _markdown_text(rows: Sequence[MetricRow], skipped: Mapping[str, Mapping[str,
     return "\n".join(lines)
 
 
-def _write_atomically(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_metrics(rows: Sequence[MetricRow], out_dir, *,
                   skipped: Mapping[str, Mapping[str, str]] | None = None) -> None:
     """Writes `<out_dir>/metrics.csv` and `<out_dir>/metrics.md`, each by write-then-rename."""
@@ -305,8 +296,8 @@ def write_metrics(rows: Sequence[MetricRow], out_dir, *,
     markdown = _markdown_text(rows, skipped or {})
     out_dir = pathlib.Path(os.fspath(out_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomically(out_dir / "metrics.csv", csv_text)
-    _write_atomically(out_dir / "metrics.md", markdown)
+    atomic_files.write_text_atomically(out_dir / "metrics.csv", csv_text)
+    atomic_files.write_text_atomically(out_dir / "metrics.md", markdown)
 
 
 def read_metrics_csv(path) -> list[MetricRow]:
