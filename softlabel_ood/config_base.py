@@ -62,6 +62,12 @@ def base_config(method: str | None) -> ml_collections.ConfigDict:
     # Bookkeeping.
     c.checkpoint_every_steps = 1000
     c.log_every_steps = 100
+
+    # Speed; results do not depend on these (DESIGN.md §3).
+    # Train steps in one compiled call, cut at log/epoch/checkpoint steps; 0 = automatic
+    # (1 on CPU, 100 on GPU and TPU: see run_model.AUTO_STEPS_PER_CALL).
+    c.steps_per_call = 0
+    c.device_data_max_mb = 2048  # training arrays up to this size stay on every device
     return c
 
 

@@ -15,7 +15,7 @@ class ConfigError(ValueError):
 # they change what is evaluated or logged, not what is trained.
 RESUMABLE_CHANGES = frozenset({
     "ood_datasets", "dataset_paths", "data_dir", "num_ood_examples", "eval_batch_size",
-    "log_every_steps", "checkpoint_every_steps",
+    "log_every_steps", "checkpoint_every_steps", "steps_per_call", "device_data_max_mb",
 })
 
 
@@ -48,6 +48,12 @@ def check(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"config.{field}: {config[field]} must be positive")
     if config.method == "oe" and config.oe.batch_size <= 0:
         raise ConfigError(f"config.oe.batch_size: {config.oe.batch_size} must be positive")
+    if config.steps_per_call < 0:
+        raise ConfigError(f"config.steps_per_call: {config.steps_per_call} must be >= 0 "
+                          "(0 chooses by platform)")
+    if config.device_data_max_mb < 0:
+        raise ConfigError(f"config.device_data_max_mb: {config.device_data_max_mb} must be >= 0 "
+                          "(0 feeds every batch from the host)")
     if config.weight_decay < 0:
         raise ConfigError(f"config.weight_decay: {config.weight_decay} must be >= 0")
     if config.compute_dtype not in ("float32", "bfloat16"):

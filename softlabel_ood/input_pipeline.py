@@ -1,4 +1,4 @@
-"""Deterministic batches of in-memory datasets, as global arrays sharded over a mesh's "data" axis.
+"""The order of training batches, and evaluation batches as global arrays sharded over "data".
 
 Training order. Epoch e of a dataset of N examples visits them in the order
 `np.random.default_rng((seed, e)).permutation(N)`: a numpy Generator seeded with the tuple
@@ -29,8 +29,10 @@ Every process derives the same count from N and B, so all run the same number of
 Prefetch. The next batch is built, and its host-to-device copy started, before the current one is
 handed out, so the copy overlaps the step that consumes the current batch.
 
-Normalisation (`datasets.info(name).mean/std`) is not applied here: batches stay uint8 (4x less
-host-to-device traffic than float32) and the jitted step normalises on device.
+Training batches reach the devices through `train_feed`, which applies this order to arrays that
+stay on the devices (or, for sets too large for them, to batches gathered here on the host).
+Normalisation (`datasets.info(name).mean/std`) is not applied here: images stay uint8 (4x less
+host-to-device traffic and device memory than float32) and the jitted step normalises on device.
 """
 
 from __future__ import annotations
@@ -128,54 +130,12 @@ def data_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
-def train_batches(dataset: ArrayDataset, *, global_batch_size: int, seed: int, mesh: Mesh,
-                  start_step: int = 0, outliers: ArrayDataset | None = None,
-                  outlier_batch_size: int = 0) -> Iterator[dict[str, jax.Array]]:
-    """Infinite training batches from `start_step` on (see the module docstring).
-
-    Yields {"image": uint8 [B, H, W, C], "label": int32 [B]}, plus "outlier_image"
-    uint8 [B_oe, H, W, C] when `outliers` is given, as global arrays sharded over "data".
-    """
-    sharding = data_sharding(mesh)
-    process_index, process_count = jax.process_index(), jax.process_count()
-    _check_global_batch(sharding, global_batch_size, process_count, "global batch size")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    id_indices = train_indices(
-        len(dataset), global_batch_size=global_batch_size, seed=seed, start_step=start_step,
-        process_index=process_index, process_count=process_count)
-    outlier_indices = None
-    if outliers is not None or outlier_batch_size:
-        if outliers is None or outlier_batch_size <= 0:
-            raise ValueError("outliers and a positive outlier_batch_size go together, got "
-                             f"outliers={outliers is not None}, "
-                             f"outlier_batch_size={outlier_batch_size}")
-        _check_global_batch(sharding, outlier_batch_size, process_count, "outlier batch size")
-        outlier_indices = train_indices(
-            len(outliers), global_batch_size=outlier_batch_size, seed=seed,
-            start_step=start_step, process_index=process_index, process_count=process_count,
-            stream=OUTLIER_STREAM)
-
-    def batches():
-        for indices in id_indices:
-            batch = {
-                "image": _global(sharding, dataset.images[indices], global_batch_size),
-                "label": _global(sharding, dataset.labels[indices], global_batch_size),
-            }
-            if outlier_indices is not None:
-                batch["outlier_image"] = _global(
-                    sharding, outliers.images[next(outlier_indices)], outlier_batch_size)
-            yield batch
-
-    return _prefetch_one(batches())
-
-
 def eval_batches(dataset: ArrayDataset, *, global_batch_size: int, mesh: Mesh
                  ) -> Iterator[dict[str, jax.Array]]:
     """The dataset once, in order: {"image", "label", "mask": bool [B]}, last batch padded."""
     sharding = data_sharding(mesh)
     process_index, process_count = jax.process_index(), jax.process_count()
-    _check_global_batch(sharding, global_batch_size, process_count, "eval batch size")
+    check_global_batch(sharding, global_batch_size, process_count, "eval batch size")
     indices = eval_indices(len(dataset), global_batch_size=global_batch_size,
                            process_index=process_index, process_count=process_count)
 
@@ -192,7 +152,7 @@ def eval_batches(dataset: ArrayDataset, *, global_batch_size: int, mesh: Mesh
                 "mask": _global(sharding, mask, global_batch_size),
             }
 
-    return _prefetch_one(batches())
+    return prefetch_one(batches())
 
 
 def _global(sharding: NamedSharding, local: np.ndarray, global_rows: int) -> jax.Array:
@@ -200,7 +160,7 @@ def _global(sharding: NamedSharding, local: np.ndarray, global_rows: int) -> jax
         sharding, local, (global_rows, *local.shape[1:]))
 
 
-def _prefetch_one(batches: Iterable[dict]) -> Iterator[dict]:
+def prefetch_one(batches: Iterable[dict]) -> Iterator[dict]:
     batches = iter(batches)
     current = next(batches, None)
     while current is not None:
@@ -216,7 +176,7 @@ def _check_positive(what: str, value: int) -> None:
         raise ValueError(f"{what} must be a positive integer, got {value!r}")
 
 
-def _check_global_batch(sharding: NamedSharding, size: int, process_count: int,
+def check_global_batch(sharding: NamedSharding, size: int, process_count: int,
                         what: str) -> None:
     _check_positive(what, size)
     devices = sharding.mesh.shape[DATA_AXIS]

@@ -21,6 +21,7 @@ from ml_collections import config_flags
 from softlabel_ood import (
     checkpointing,
     cli_errors,
+    compilation_cache,
     datasets,
     distributed,
     input_pipeline,
@@ -63,12 +64,18 @@ def run_summary(config: ml_collections.ConfigDict) -> dict:
 
 
 def write_predictions(config: ml_collections.ConfigDict, workdir: epath.PathLike, model,
-                      variables, mesh) -> None:
-    """Evaluates the ID test and train sets and every OOD set; process 0 writes the files."""
+                      variables, mesh, *,
+                      id_sets: dict[str, datasets.ArrayDataset] | None = None) -> None:
+    """Evaluates the ID test and train sets and every OOD set; process 0 writes the files.
+
+    `id_sets` ({"train": ..., "test": ...}) are the ID splits when the caller has them in memory
+    already, as training does; otherwise they are loaded.
+    """
     eval_fn = train_step.make_eval_step(model, run_model.step_config(config), mesh)
+    id_sets = id_sets or {split: run_data.load_id(config, split) for split in ("test", "train")}
     sets = {
-        f"{config.dataset}_test": ("id_test", run_data.load_id(config, "test")),
-        f"{config.dataset}_train": ("id_train", run_data.load_id(config, "train")),
+        f"{config.dataset}_test": ("id_test", id_sets["test"]),
+        f"{config.dataset}_train": ("id_train", id_sets["train"]),
     }
     sets.update({name: ("ood_test", ds) for name, ds in run_data.load_ood(config).items()})
     splits = {}
@@ -88,12 +95,11 @@ def write_predictions(config: ml_collections.ConfigDict, workdir: epath.PathLike
 def predict_from_checkpoint(config: ml_collections.ConfigDict, workdir: epath.PathLike) -> None:
     mesh = train_step.data_mesh()
     model = run_model.create_model(config)
-    like = run_model.create_state(config, model, mesh, num_train_examples=config.batch_size)
+    like = run_model.create_state(config, model, mesh)
     ckpts = checkpointing.Checkpoints(epath.Path(workdir) / "checkpoints", read_only=True)
     state = ckpts.restore(like)
     ckpts.close()
-    write_predictions(config, workdir, model,
-                      {"params": state.params, "batch_stats": state.batch_stats}, mesh)
+    write_predictions(config, workdir, model, state.variables, mesh)
 
 
 def _stored_config_from_argv(argv: list[str]) -> ml_collections.ConfigDict:
@@ -112,6 +118,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     distributed.initialize_from_flags()
     distributed.quiet_library_logs()
+    compilation_cache.enable()
     predict_from_checkpoint(flags.FLAGS.config, flags.FLAGS.workdir)
 
 

@@ -26,6 +26,7 @@ from ml_collections import config_flags
 from softlabel_ood import (
     claims,
     cli_errors,
+    compilation_cache,
     config_base,
     config_validation,
     distributed,
@@ -213,6 +214,7 @@ def main(argv: Sequence[str]) -> None:
         # --verbosity=0 brings them back.
         logging.set_verbosity(logging.WARNING)
     distributed.initialize_from_flags()
+    compilation_cache.enable()
     run_grid(flags.FLAGS.config, flags.FLAGS.workdir)
 
 

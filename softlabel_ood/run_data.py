@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 import numpy as np
 
@@ -38,3 +40,17 @@ def load_ood(config: ml_collections.ConfigDict) -> dict[str, datasets.ArrayDatas
         sets[name] = datasets.ArrayDataset(images=ds.images, labels=np.full_like(ds.labels, -1),
                                            name=ds.name, split=ds.split)
     return sets
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingData:
+    """What training reads, loaded once per run: `predict` reuses train and test afterwards."""
+
+    train: datasets.ArrayDataset
+    test: datasets.ArrayDataset
+    outliers: datasets.ArrayDataset | None = None  # OE's auxiliary set
+
+
+def load_training(config: ml_collections.ConfigDict) -> TrainingData:
+    return TrainingData(train=load_id(config, "train"), test=load_id(config, "test"),
+                        outliers=load_outliers(config) if config.method == "oe" else None)

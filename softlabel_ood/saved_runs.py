@@ -79,9 +79,8 @@ def load_finished_model(workdir: str, mesh, *, role: str, dataset: str):
         raise RunError(f"{role}: {workdir} was trained on {config.dataset!r}, this run uses "
                        f"{dataset!r}")
     model = run_model.create_model(config)
-    like = run_model.create_state(config, model, mesh, num_train_examples=config.batch_size)
+    like = run_model.create_state(config, model, mesh)
     ckpts = checkpointing.Checkpoints(epath.Path(workdir) / "checkpoints", read_only=True)
     state = ckpts.restore(like)
     ckpts.close()
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    return model, variables, config
+    return model, state.variables, config

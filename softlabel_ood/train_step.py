@@ -1,42 +1,55 @@
-"""Train state, optimizer and the pure train/eval steps, compiled once over a `data` mesh.
+"""Train state, hyperparameters and the pure train/eval steps, compiled once over a `data` mesh.
 
 The step is one `jax.jit` with explicit shardings at its boundary: the batch is split over the
 mesh's "data" axis, the state is replicated and donated. The compiler inserts the gradient and
 BatchNorm all-reduces, so BatchNorm sees the global batch and the same code gives the same
 numbers on 1 device and on N devices. Randomness is derived from (seed, step), never carried.
+
+What is compiled in and what is not. `StepConfig` holds what changes the program (method, model
+shapes, normalisation, optimizer kind); `Hyperparams` holds the values that the runs of a grid
+vary (seed, learning rate, α, KD temperature and weight, OE weight) and is an argument of the
+compiled function. So every run of a grid with the same `StepConfig` and shapes runs one
+executable, and the builders below are memoised: a process that trains many runs traces and
+compiles each program once.
+
+`make_train_steps` compiles up to `steps_per_call` steps into one call (a `fori_loop` over the
+step with a runtime trip count), taking each step's batch from arrays already on the devices,
+so that the host neither sends images nor waits between steps.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from softlabel_ood import augment, soft_labels
+from softlabel_ood import augment, optimizer, soft_labels
 
 DATA_AXIS = "data"
 METHODS = ("ce", "ls", "oe", "kd", "kd_incorrect")
 TEACHER_METHODS = ("kd", "kd_incorrect")
-OPTIMIZERS = ("sgd", "adam", "adamw")
-# The OE reference anneals to an absolute learning rate of 1e-6 (lr_min = 1e-6 / lr as a factor).
-FINAL_LEARNING_RATE = 1e-6
+METRICS = ("loss", "accuracy", "learning_rate")
+# Compiled programs kept per process: a grid needs a handful (one per method and model).
+_PROGRAM_CACHE_SIZE = 32
 
 
 class TrainState(struct.PyTreeNode):
+    """Arrays only: the model and the optimizer are part of the compiled step, not the state."""
+
     step: jax.Array  # int32 scalar: the number of updates applied so far
     params: Any
     batch_stats: Any
     opt_state: Any
-    apply_fn: Callable = struct.field(pytree_node=False)
-    tx: optax.GradientTransformation = struct.field(pytree_node=False)
 
     @property
     def variables(self) -> dict[str, Any]:
@@ -44,25 +57,53 @@ class TrainState(struct.PyTreeNode):
         return {"params": self.params, "batch_stats": self.batch_stats}
 
 
+class Hyperparams(struct.PyTreeNode):
+    """Per-run values that are arguments of the compiled step, not constants inside it."""
+
+    seed: jax.Array  # int32: dropout and augmentation keys are fold_in(key(seed), step)
+    learning_rate: jax.Array  # float32: the peak of the OE cosine schedule
+    total_steps: jax.Array  # int32: the schedule's length
+    label_smoothing: jax.Array  # float32: α of ls, the incorrect-class mass of kd_incorrect
+    kd_temperature: jax.Array  # float32
+    kd_weight: jax.Array  # float32
+    oe_weight: jax.Array  # float32
+
+    @classmethod
+    def create(cls, *, seed: int, learning_rate: float, total_steps: int,
+               label_smoothing: float = 0.0, kd_temperature: float = 1.0, kd_weight: float = 0.0,
+               oe_weight: float = 0.5) -> Hyperparams:
+        # Fixed dtypes, so that every run presents the same argument types to the compiled step.
+        return cls(seed=np.int32(seed), learning_rate=np.float32(learning_rate),
+                   total_steps=np.int32(total_steps), label_smoothing=np.float32(label_smoothing),
+                   kd_temperature=np.float32(kd_temperature), kd_weight=np.float32(kd_weight),
+                   oe_weight=np.float32(oe_weight))
+
+
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
-    """Everything static that the step needs; train.py builds it from the config."""
+    """Everything static that the step needs; run_model.py builds it from the config."""
 
     method: str  # ce | ls | oe | kd | kd_incorrect
     num_classes: int
-    seed: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
     augment: bool = True
-    label_smoothing: float = 0.0  # alpha for ls, and for kd_incorrect
-    kd_temperature: float = 1.0
-    kd_weight: float = 0.0
-    oe_weight: float = 0.5
     compute_dtype: str = "float32"  # dtype of the normalized images fed to the model
+    optimizer: str = "sgd"
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    nesterov: bool = True
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method {self.method!r}: expected one of {METHODS}")
+        if self.optimizer not in optimizer.OPTIMIZERS:
+            raise ValueError(f"optimizer {self.optimizer!r}: expected one of "
+                             f"{optimizer.OPTIMIZERS}")
+
+    def make_optimizer(self) -> optax.GradientTransformation:
+        return optimizer.make_optimizer(weight_decay=self.weight_decay, momentum=self.momentum,
+                                        nesterov=self.nesterov, optimizer=self.optimizer)
 
 
 def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -77,83 +118,30 @@ def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
 
 
 # --------------------------------------------------------------------------------------------
-# Optimizer
-
-
-def oe_cosine_schedule(learning_rate: float, total_steps: int) -> optax.Schedule:
-    """The OE reference's learning rate, as a function of optax's update count.
-
-    The reference multiplies lr by `cosine_annealing(t, T, 1, 1e-6 / lr)`, i.e.
-    lr_t = 1e-6 + (lr - 1e-6)·½(1 + cos(π t / T)), which is `optax.cosine_decay_schedule` with
-    alpha = 1e-6 / lr. It calls `scheduler.step()` before `optimizer.step()`, so its k-th update
-    (k = 0, 1, ...) uses lr_{k+1}: the first update is already slightly decayed and the last one
-    runs at 1e-6. The shift by one below reproduces that exactly. Past T it stays at 1e-6.
-    """
-    if learning_rate <= 0 or total_steps <= 0:
-        raise ValueError(f"need learning_rate > 0 and total_steps > 0, got {learning_rate}, "
-                         f"{total_steps}")
-    cosine = optax.cosine_decay_schedule(
-        learning_rate, total_steps, alpha=FINAL_LEARNING_RATE / learning_rate)
-    return lambda count: cosine(count + 1)
-
-
-def make_optimizer(*, learning_rate: float, weight_decay: float, total_steps: int,
-                   momentum: float = 0.9, nesterov: bool = True,
-                   optimizer: str = "sgd") -> optax.GradientTransformation:
-    """The OE reference optimizer (default) or Adam/AdamW, on the OE cosine schedule.
-
-    sgd: torch.optim.SGD(lr, momentum, weight_decay, nesterov) exactly: the L2 term wd·θ is added
-    to the gradient of every parameter (BatchNorm scales and biases included, as torch does)
-    before the momentum buffer, and the update is -lr·(g + μ·buf) with buf = μ·buf + g.
-    adam: the same L2-in-gradient decay in front of Adam (torch.optim.Adam's weight_decay).
-    adamw: decoupled decay (torch.optim.AdamW / optax.adamw: θ -= lr·wd·θ).
-
-    The learning rate is injected as a hyperparameter, so the optimizer state records the rate
-    each update used; the train step reports it as a metric.
-    """
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer {optimizer!r}: expected one of {OPTIMIZERS}")
-
-    def build(learning_rate):
-        if optimizer == "adamw":
-            return optax.adamw(learning_rate, weight_decay=weight_decay)
-        if optimizer == "adam":
-            step = optax.adam(learning_rate)
-        else:
-            step = optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov)
-        # Order matters: the decay must reach the momentum buffer, as torch's weight_decay does.
-        return optax.chain(optax.add_decayed_weights(weight_decay), step)
-
-    return optax.inject_hyperparams(build)(
-        learning_rate=oe_cosine_schedule(learning_rate, total_steps))
-
-
-def _learning_rate(opt_state) -> jax.Array:
-    """The rate `inject_hyperparams` recorded for the latest update (NaN for other optimizers)."""
-    value = getattr(opt_state, "hyperparams", {}).get("learning_rate", jnp.nan)
-    return jnp.asarray(value, jnp.float32)
-
-
-# --------------------------------------------------------------------------------------------
 # State
 
 
-def create_train_state(model: nn.Module, tx: optax.GradientTransformation, *,
-                       image_shape: Sequence[int], seed: int, mesh: Mesh) -> TrainState:
+def create_train_state(model: nn.Module, config: StepConfig, *, image_shape: Sequence[int],
+                       seed: int, mesh: Mesh) -> TrainState:
     """Initial state, a function of `seed` alone, placed replicated on `mesh`."""
-    replicated = NamedSharding(mesh, P())
+    return _init_program(model, config, tuple(image_shape), mesh)(np.int32(seed))
 
-    def init():
+
+@functools.lru_cache(maxsize=_PROGRAM_CACHE_SIZE)
+def _init_program(model: nn.Module, config: StepConfig, image_shape: tuple[int, ...],
+                  mesh: Mesh) -> Callable:
+    tx = config.make_optimizer()
+
+    def init(seed):
         params_key, dropout_key = jax.random.split(jax.random.key(seed))
         variables = model.init({"params": params_key, "dropout": dropout_key},
                                jnp.zeros((1, *image_shape), jnp.float32), train=False)
         params = variables["params"]
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
-                          apply_fn=model.apply, tx=tx)
+                          batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
 
     # Initialising under jit writes every replica in place instead of copying from one device.
-    return jax.jit(init, out_shardings=replicated)()
+    return jax.jit(init, out_shardings=NamedSharding(mesh, P()))
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,48 +167,37 @@ def _prepare_images(images: jax.Array, key: jax.Array, config: StepConfig) -> ja
     return augment.normalize(images, config.mean, config.std, dtype=jnp.dtype(config.compute_dtype))
 
 
-def _loss(config: StepConfig, logits: jax.Array, labels: jax.Array,
+def _loss(config: StepConfig, hp: Hyperparams, logits: jax.Array, labels: jax.Array,
           outlier_logits: jax.Array | None, teacher_logits: jax.Array | None) -> jax.Array:
     """The batch-mean training loss of `config.method` (logits are the ID rows only)."""
     k = config.num_classes
     if config.method == "ce":
         return jnp.mean(soft_labels.cross_entropy(logits, soft_labels.one_hot(labels, k)))
     if config.method == "ls":
-        targets = soft_labels.label_smoothing(labels, k, config.label_smoothing)
+        targets = soft_labels.label_smoothing(labels, k, hp.label_smoothing)
         return jnp.mean(soft_labels.cross_entropy(logits, targets))
     if config.method == "oe":
         hard = jnp.mean(soft_labels.cross_entropy(logits, soft_labels.one_hot(labels, k)))
-        return hard + soft_labels.outlier_exposure_loss(outlier_logits, weight=config.oe_weight)
+        return hard + soft_labels.outlier_exposure_loss(outlier_logits, weight=hp.oe_weight)
     if config.method == "kd":
         return jnp.mean(soft_labels.kd_loss(
-            logits, teacher_logits, labels, temperature=config.kd_temperature,
-            weight=config.kd_weight, num_classes=k))
+            logits, teacher_logits, labels, temperature=hp.kd_temperature,
+            weight=hp.kd_weight, num_classes=k))
     # kd_incorrect: the teacher shapes only the incorrect-class mass, at temperature T.
     targets = soft_labels.teacher_incorrect(
-        labels, teacher_logits / config.kd_temperature, config.label_smoothing)
+        labels, teacher_logits / hp.kd_temperature, hp.label_smoothing)
     return jnp.mean(soft_labels.cross_entropy(logits, targets))
 
 
-def make_train_step(model: nn.Module, step_config: StepConfig, mesh: Mesh, *,
-                    teacher_model: nn.Module | None = None) -> Callable:
-    """Returns jitted `step(state, batch, teacher_variables) -> (state, metrics)`.
-
-    batch: {"image": uint8 [B, H, W, C], "label": int32 [B]} sharded over "data", plus
-    "outlier_image" uint8 [B_oe, H, W, C] for oe. teacher_variables: the teacher's
-    {"params", "batch_stats"} for kd and kd_incorrect, else None; place them on the mesh once
-    (`jax.device_put(v, NamedSharding(mesh, P()))`), since host arrays would be copied to the
-    devices at every step. metrics: float32 scalars
-    loss, accuracy (ID rows only) and learning_rate (the rate this update used).
-    The state argument is donated: do not use it after the call.
-    """
-    config = step_config
+def _train_step_fn(model: nn.Module, config: StepConfig,
+                   teacher_model: nn.Module | None) -> Callable:
+    """The pure, unjitted step: (state, hparams, batch, teacher_variables) -> (state, metrics)."""
     if config.method in TEACHER_METHODS and teacher_model is None:
         raise ValueError(f"method {config.method!r} needs a teacher_model")
-    replicated = NamedSharding(mesh, P())
-    batch_sharded = NamedSharding(mesh, P(DATA_AXIS))
+    tx = config.make_optimizer()
 
-    def train_step(state: TrainState, batch, teacher_variables):
-        key = jax.random.fold_in(jax.random.key(config.seed), state.step)
+    def train_step(state: TrainState, hp: Hyperparams, batch, teacher_variables):
+        key = jax.random.fold_in(jax.random.key(hp.seed), state.step)
         dropout_key, augment_key = jax.random.split(key)
         labels = batch["label"]
         num_id = labels.shape[0]
@@ -239,35 +216,119 @@ def make_train_step(model: nn.Module, step_config: StepConfig, mesh: Mesh, *,
                 teacher_model.apply(teacher_variables, x, train=False))
 
         def loss_fn(params):
-            logits, updates = state.apply_fn(
+            logits, updates = model.apply(
                 {"params": params, "batch_stats": state.batch_stats}, x, train=True,
                 mutable=["batch_stats"], rngs={"dropout": dropout_key})
             id_logits, outlier_logits = logits[:num_id], logits[num_id:]
-            loss = _loss(config, id_logits, labels, outlier_logits, teacher_logits)
+            loss = _loss(config, hp, id_logits, labels, outlier_logits, teacher_logits)
             return loss, (id_logits, updates["batch_stats"])
 
         (loss, (id_logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params)
-        updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+        rate = optimizer.oe_cosine_learning_rate(state.step, hp.learning_rate, hp.total_steps)
+        opt_state = optimizer.with_learning_rate(state.opt_state, rate)
+        updates, opt_state = tx.update(grads, opt_state, state.params)
         new_state = state.replace(
             step=state.step + 1, params=optax.apply_updates(state.params, updates),
             batch_stats=batch_stats, opt_state=opt_state)
         metrics = {
             "loss": loss.astype(jnp.float32),
             "accuracy": jnp.mean((jnp.argmax(id_logits, -1) == labels).astype(jnp.float32)),
-            "learning_rate": _learning_rate(opt_state),
+            "learning_rate": optimizer.learning_rate(opt_state),
         }
         return new_state, metrics
 
+    return train_step
+
+
+@functools.lru_cache(maxsize=_PROGRAM_CACHE_SIZE)
+def make_train_step(model: nn.Module, step_config: StepConfig, mesh: Mesh, *,
+                    teacher_model: nn.Module | None = None) -> Callable:
+    """Returns jitted `step(state, hparams, batch, teacher_variables) -> (state, metrics)`.
+
+    batch: {"image": uint8 [B, H, W, C], "label": int32 [B]} sharded over "data", plus
+    "outlier_image" uint8 [B_oe, H, W, C] for oe. teacher_variables: the teacher's
+    {"params", "batch_stats"} for kd and kd_incorrect, else None; place them on the mesh once
+    (`jax.device_put(v, NamedSharding(mesh, P()))`), since host arrays would be copied to the
+    devices at every step. metrics: float32 scalars loss, accuracy (ID rows only) and
+    learning_rate (the rate this update used). The state argument is donated: do not use it
+    after the call. One step per call; the train command runs `make_train_steps`.
+    """
+    replicated = NamedSharding(mesh, P())
+    batch_sharded = NamedSharding(mesh, P(DATA_AXIS))
     out_shardings = (replicated, replicated)
     return jax.jit(
-        _auto_sharded(train_step, mesh, out_shardings),
-        in_shardings=(replicated, batch_sharded, replicated),
+        _auto_sharded(_train_step_fn(model, step_config, teacher_model), mesh, out_shardings),
+        in_shardings=(replicated, replicated, batch_sharded, replicated),
         out_shardings=out_shardings,
         donate_argnums=0,
     )
 
 
+@functools.lru_cache(maxsize=_PROGRAM_CACHE_SIZE)
+def make_train_steps(model: nn.Module, step_config: StepConfig, mesh: Mesh, *,
+                     steps_per_call: int, resident: bool,
+                     teacher_model: nn.Module | None = None) -> Callable:
+    """Returns jitted `run(state, hparams, teacher_variables, data, feed, first, num_steps)`.
+
+    Runs `num_steps` (a runtime value, 0 < num_steps <= steps_per_call) train steps in one call
+    and returns (state, metrics), metrics float32 [steps_per_call] per name of `METRICS`, of
+    which the first num_steps entries are the steps' (the rest NaN). Step i uses row first + i
+    of the feed arrays (first is a runtime value too):
+      resident=True:  data["image"][feed["index"][first + i]] and data["label"][...], with data
+                      the whole training set replicated on every device (and "outlier_image"
+                      with feed["outlier_index"] for oe); feed holds int32 [rows, B] index
+                      tables, e.g. a whole epoch's;
+      resident=False: feed["image"][first + i], feed["label"][...] (and feed["outlier_image"]),
+                      batches gathered on the host; data is {}.
+    feed is sharded over "data" along its batch axis (axis 1). With steps_per_call > 1 the body
+    is one compiled step whatever first and num_steps are, so how a run's steps are cut into
+    calls never changes its bits. The state argument is donated.
+    """
+    if steps_per_call < 1:
+        raise ValueError(f"steps_per_call must be >= 1, got {steps_per_call}")
+    step = _train_step_fn(model, step_config, teacher_model)
+    replicated = NamedSharding(mesh, P())
+    batch_sharded = NamedSharding(mesh, P(DATA_AXIS))
+    feed_sharded = NamedSharding(mesh, P(None, DATA_AXIS))
+
+    def batch_at(row, data, feed):
+        if not resident:
+            return jax.tree.map(lambda x: x[row], feed)
+        rows = feed["index"][row]
+        batch = {"image": data["image"][rows], "label": data["label"][rows]}
+        if "outlier_index" in feed:
+            batch["outlier_image"] = data["outlier_image"][feed["outlier_index"][row]]
+        return batch
+
+    def run(state, hp, teacher_variables, data, feed, first, num_steps):
+        def body(i, carry):
+            state, metrics = carry
+            batch = jax.lax.with_sharding_constraint(batch_at(first + i, data, feed),
+                                                     batch_sharded)
+            state, step_metrics = step(state, hp, batch, teacher_variables)
+            metrics = {name: metrics[name].at[i].set(step_metrics[name]) for name in METRICS}
+            return state, metrics
+
+        empty = {name: jnp.full((steps_per_call,), jnp.nan, jnp.float32) for name in METRICS}
+        if steps_per_call == 1:
+            # No loop at all: XLA's CPU backend runs convolution gradients inside a while loop
+            # 5-30x slower than outside one (measured in benchmarks/train_loop.py), so one step
+            # per call is the fast choice there; num_steps is then always 1.
+            return body(0, (state, empty))
+        return jax.lax.fori_loop(0, num_steps, body, (state, empty))
+
+    out_shardings = (replicated, replicated)
+    return jax.jit(
+        _auto_sharded(run, mesh, out_shardings),
+        in_shardings=(replicated, replicated, replicated, replicated, feed_sharded, replicated,
+                      replicated),
+        out_shardings=out_shardings,
+        donate_argnums=0,
+    )
+
+
+@functools.lru_cache(maxsize=_PROGRAM_CACHE_SIZE)
 def make_eval_step(model: nn.Module, step_config: StepConfig, mesh: Mesh) -> Callable:
     """Returns jitted `eval_step(variables, batch) -> {"logits": [B, K], "features": [B, D]}`.
 

@@ -9,3 +9,11 @@ import os
 # Keep TensorFlow (used by tfds) quiet and off any accelerator; JAX owns the devices.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+# One persistent compilation cache for the whole session, outside the home directory: the
+# commands that tests start as subprocesses share their compiled programs, and nothing is left
+# in ~/.cache. A test that is about the cache sets its own.
+import tempfile
+
+os.environ.setdefault("SOFTLABEL_OOD_COMPILATION_CACHE",
+                      tempfile.mkdtemp(prefix="softlabel_ood_test_jax_cache_"))

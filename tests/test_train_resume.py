@@ -8,6 +8,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from softlabel_ood import predictions
 from tests.train_helpers import REPO
@@ -20,8 +21,9 @@ ARGS = [
 ]
 
 
-def _train_command(workdir):
-    return [sys.executable, "-m", "softlabel_ood.train", *ARGS, f"--workdir={workdir}"]
+def _train_command(workdir, steps_per_call):
+    return [sys.executable, "-m", "softlabel_ood.train", *ARGS,
+            f"--config.steps_per_call={steps_per_call}", f"--workdir={workdir}"]
 
 
 def _checkpoint_steps(workdir):
@@ -29,11 +31,16 @@ def _checkpoint_steps(workdir):
     return sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) if ckpt.exists() else []
 
 
-def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
+# 0: one step per call (the CPU default); 5: calls of up to 5 steps, cut at the checkpoints
+# every 8 steps, so the kill that follows the first checkpoint lands inside a call.
+@pytest.mark.parametrize("steps_per_call", [0, 5])
+def test_sigkill_then_resume_is_bitwise_identical(tmp_path, steps_per_call):
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
-    subprocess.run(_train_command(whole), cwd=REPO, check=True, capture_output=True)
+    subprocess.run(_train_command(whole, steps_per_call), cwd=REPO, check=True,
+                   capture_output=True)
 
-    proc = subprocess.Popen(_train_command(resumed), cwd=REPO, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(_train_command(resumed, steps_per_call), cwd=REPO,
+                            stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not _checkpoint_steps(resumed) and time.time() < deadline and proc.poll() is None:
@@ -45,7 +52,8 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
     assert killed_at[-1] < 12 * 8, "the run finished before it could be killed"
     assert not (resumed / "DONE").exists()
 
-    subprocess.run(_train_command(resumed), cwd=REPO, check=True, capture_output=True)
+    subprocess.run(_train_command(resumed, steps_per_call), cwd=REPO, check=True,
+                   capture_output=True)
     a = predictions.read(whole / "predictions")
     b = predictions.read(resumed / "predictions")
     assert list(a.splits) == list(b.splits)

@@ -12,7 +12,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from softlabel_ood import models
+from softlabel_ood import models, optimizer
 from softlabel_ood import train_step as ts
 
 NUM_CLASSES = 4
@@ -31,8 +31,13 @@ def tiny_model(**kwargs):
 
 def step_config(method="ce", **kwargs):
     kwargs.setdefault("augment", False)
-    return ts.StepConfig(method=method, num_classes=NUM_CLASSES, seed=0, mean=(0.5,),
-                         std=(0.25,), **kwargs)
+    return ts.StepConfig(method=method, num_classes=NUM_CLASSES, mean=(0.5,), std=(0.25,),
+                         **kwargs)
+
+
+def hparams(learning_rate=0.3, total_steps=1000, seed=0, **kwargs):
+    return ts.Hyperparams.create(seed=seed, learning_rate=learning_rate, total_steps=total_steps,
+                                 **kwargs)
 
 
 def learnable_batch(mesh, seed=0, batch_size=32, outliers=0):
@@ -49,11 +54,9 @@ def learnable_batch(mesh, seed=0, batch_size=32, outliers=0):
     return jax.device_put(batch, NamedSharding(mesh, P(ts.DATA_AXIS)))
 
 
-def make_state(mesh, model=None, learning_rate=0.3, total_steps=1000, seed=0, **kwargs):
-    tx = ts.make_optimizer(learning_rate=learning_rate, weight_decay=5e-4,
-                           total_steps=total_steps, **kwargs)
-    return ts.create_train_state(model or tiny_model(), tx, image_shape=IMAGE_SHAPE, seed=seed,
-                                 mesh=mesh)
+def make_state(mesh, model=None, seed=0, config=None):
+    return ts.create_train_state(model or tiny_model(), config or step_config(),
+                                 image_shape=IMAGE_SHAPE, seed=seed, mesh=mesh)
 
 
 def copy_tree(tree):
@@ -70,7 +73,7 @@ def oe_reference_lr(step, total, lr):
 
 
 def test_schedule_matches_the_oe_reference():
-    schedule = ts.oe_cosine_schedule(0.1, 100)
+    schedule = optimizer.oe_cosine_schedule(0.1, 100)
     # The reference steps its scheduler before its optimizer: update k runs at lr_{k+1}.
     for k in (0, 1, 37, 50, 98, 99):
         np.testing.assert_allclose(schedule(k), oe_reference_lr(k + 1, 100, 0.1), rtol=1e-5,
@@ -81,13 +84,15 @@ def test_schedule_matches_the_oe_reference():
 
 def test_sgd_matches_torch_sgd_with_nesterov_and_weight_decay():
     lr, wd, mu, total = 0.1, 5e-4, 0.9, 10
-    tx = ts.make_optimizer(learning_rate=lr, weight_decay=wd, total_steps=total)
+    tx = optimizer.make_optimizer(weight_decay=wd)
     params = {"w": jnp.array([1.0, -2.0, 0.5])}
     state = tx.init(params)
     # torch.optim.SGD(nesterov=True, dampening=0), written out.
     theta, buf = np.array([1.0, -2.0, 0.5]), None
     for k in range(3):
         grad = np.array([0.3, -0.1, 0.2]) * (k + 1)
+        state = optimizer.with_learning_rate(
+            state, optimizer.oe_cosine_learning_rate(k, lr, total))
         updates, state = tx.update({"w": jnp.asarray(grad, jnp.float32)}, state, params)
         params = jax.tree.map(lambda p, u: p + u, params, updates)
         d = grad + wd * theta
@@ -96,18 +101,28 @@ def test_sgd_matches_torch_sgd_with_nesterov_and_weight_decay():
     np.testing.assert_allclose(params["w"], theta, rtol=1e-5)
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
-def test_other_optimizers(optimizer):
-    tx = ts.make_optimizer(learning_rate=1e-3, weight_decay=1e-4, total_steps=10,
-                           optimizer=optimizer)
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_other_optimizers(name):
+    tx = optimizer.make_optimizer(weight_decay=1e-4, optimizer=name)
+    params = {"w": jnp.ones(3)}
+    state = optimizer.with_learning_rate(tx.init(params), 1e-3)
+    updates, state = tx.update({"w": jnp.ones(3)}, state, params)
+    assert np.all(np.asarray(updates["w"]) < 0)
+    assert float(optimizer.learning_rate(state)) == np.float32(1e-3)
+
+
+def test_an_update_without_a_learning_rate_is_nan():
+    tx = optimizer.make_optimizer(weight_decay=0.0)
     params = {"w": jnp.ones(3)}
     updates, _ = tx.update({"w": jnp.ones(3)}, tx.init(params), params)
-    assert np.all(np.asarray(updates["w"]) < 0)
+    assert np.isnan(np.asarray(updates["w"])).all()
 
 
 def test_bad_optimizer_and_method_are_rejected():
     with pytest.raises(ValueError, match="rmsprop"):
-        ts.make_optimizer(learning_rate=0.1, weight_decay=0.0, total_steps=1, optimizer="rmsprop")
+        optimizer.make_optimizer(weight_decay=0.0, optimizer="rmsprop")
+    with pytest.raises(ValueError, match="rmsprop"):
+        step_config(optimizer="rmsprop")
     with pytest.raises(ValueError, match="mixup"):
         step_config("mixup")
 
@@ -141,7 +156,8 @@ def test_create_train_state_is_deterministic_and_replicated(mesh):
     ],
 )
 def test_every_method_lowers_the_loss(mesh, method, kwargs):
-    config = step_config(method, **kwargs)
+    config = step_config(method)
+    hp = hparams(**kwargs)
     teacher, teacher_variables = None, None
     if method in ts.TEACHER_METHODS:
         teacher = tiny_model()
@@ -153,7 +169,7 @@ def test_every_method_lowers_the_loss(mesh, method, kwargs):
     teacher_before = copy_tree(teacher_variables)
     losses = []
     for _ in range(10):
-        state, metrics = step(state, batch, teacher_variables)
+        state, metrics = step(state, hp, batch, teacher_variables)
         losses.append(float(metrics["loss"]))
         assert 0.0 <= float(metrics["accuracy"]) <= 1.0
     assert all(math.isfinite(v) for v in losses)
@@ -170,25 +186,30 @@ def test_teacher_methods_need_a_teacher(mesh):
         ts.make_train_step(tiny_model(), step_config("kd"), mesh)
 
 
-def test_step_compiles_once_and_reports_metrics(mesh):
-    traces = []
+def counting_model(traces: list, **kwargs) -> nn.Module:
+    """tiny_model(**kwargs) that appends to `traces` each time it is traced (not run)."""
 
     class CountingModel(nn.Module):
         @nn.compact
         def __call__(self, x, train, return_features=False):
-            traces.append(1)  # runs once per trace, not per execution
-            return tiny_model(dropout_rate=0.2)(x, train, return_features)
+            traces.append(1)
+            return tiny_model(**kwargs)(x, train, return_features)
 
-    model = CountingModel()
-    state = make_state(mesh, model=model, learning_rate=0.1, total_steps=4)
+    return CountingModel()
+
+
+def test_step_compiles_once_and_reports_metrics(mesh):
+    traces = []
+    model = counting_model(traces, dropout_rate=0.2)
     config = step_config("ce", augment=True)
+    state = make_state(mesh, model=model, config=config)
     step = ts.make_train_step(model, config, mesh)
-    schedule = ts.oe_cosine_schedule(0.1, 4)
+    schedule = optimizer.oe_cosine_schedule(0.1, 4)
     params_before = copy_tree(state.params)
     stats_before = copy_tree(state.batch_stats)
     traced_after_first = None
     for k in range(3):
-        state, metrics = step(state, learnable_batch(mesh, seed=k), None)
+        state, metrics = step(state, hparams(0.1, 4), learnable_batch(mesh, seed=k), None)
         traced_after_first = traced_after_first or len(traces)
         assert set(metrics) == {"loss", "accuracy", "learning_rate"}
         assert all(v.shape == () and v.dtype == jnp.float32 for v in metrics.values())
@@ -204,9 +225,8 @@ def test_step_compiles_once_and_reports_metrics(mesh):
 def test_bfloat16_step_keeps_float32_state(mesh):
     model = tiny_model(dtype=jnp.bfloat16)
     state = make_state(mesh, model=model)
-    step = ts.make_train_step(model, step_config("ls", label_smoothing=0.1,
-                                                 compute_dtype="bfloat16"), mesh)
-    state, metrics = step(state, learnable_batch(mesh), None)
+    step = ts.make_train_step(model, step_config("ls", compute_dtype="bfloat16"), mesh)
+    state, metrics = step(state, hparams(label_smoothing=0.1), learnable_batch(mesh), None)
     assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.float32)}
     assert math.isfinite(float(metrics["loss"]))
 
@@ -218,7 +238,8 @@ def test_eval_step_uses_running_statistics(mesh):
     model = tiny_model()
     state = make_state(mesh, model=model)
     config = step_config("ce")
-    state, _ = ts.make_train_step(model, config, mesh)(state, learnable_batch(mesh), None)
+    state, _ = ts.make_train_step(model, config, mesh)(state, hparams(), learnable_batch(mesh),
+                                                       None)
     eval_step = ts.make_eval_step(model, config, mesh)
     batch = dict(learnable_batch(mesh, seed=5, batch_size=8))
     batch["mask"] = jnp.ones(8, bool)
@@ -254,13 +275,13 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent("""
         # OE with dropout and augmentation: every source of randomness and the ID/outlier
         # concatenation are exercised.
         model = models.SmallCNN(num_classes=4, channels=(8, 16), dropout_rate=0.3)
-        tx = ts.make_optimizer(learning_rate=0.1, weight_decay=5e-4, total_steps=10)
-        state = ts.create_train_state(model, tx, image_shape=(8, 8, 1), seed=0, mesh=mesh)
-        config = ts.StepConfig(method="oe", num_classes=4, seed=0, mean=(0.5,), std=(0.25,))
+        config = ts.StepConfig(method="oe", num_classes=4, mean=(0.5,), std=(0.25,))
+        state = ts.create_train_state(model, config, image_shape=(8, 8, 1), seed=0, mesh=mesh)
+        hp = ts.Hyperparams.create(seed=0, learning_rate=0.1, total_steps=10)
         step = ts.make_train_step(model, config, mesh)
         batch = jax.device_put(host_batch, NamedSharding(mesh, P("data")))
         for _ in range(2):
-            state, metrics = step(state, batch, None)
+            state, metrics = step(state, hp, batch, None)
         assert len(state.params["Conv_0"]["kernel"].sharding.device_set) == mesh.size
         results[name] = jax.tree.map(np.asarray, (state.params, state.batch_stats, metrics))
     reference = jax.tree.leaves(results.pop("1 device"))
@@ -280,3 +301,126 @@ def test_one_step_on_eight_devices_equals_one_device():
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "SAME" in result.stdout
+
+
+# ---- many steps per call, one program per grid
+
+
+def _resident(mesh, n=64, seed=0):
+    data = dict(learnable_batch(mesh, seed=seed, batch_size=n))
+    return jax.device_put(data, NamedSharding(mesh, P()))
+
+
+def _indices(mesh, steps, batch_size=16, n=64, seed=0):
+    rows = np.random.default_rng(seed).integers(0, n, (steps, batch_size)).astype(np.int32)
+    return rows, jax.device_put(rows, NamedSharding(mesh, P(None, ts.DATA_AXIS)))
+
+
+def test_calls_of_many_steps_equal_each_other_and_single_steps(mesh):
+    """The cut into calls never changes a bit; one step per call agrees to rounding."""
+    model, config = tiny_model(dropout_rate=0.2), step_config("ce", augment=True)
+    data = _resident(mesh)
+    rows, index = _indices(mesh, 6)
+    hp = hparams(0.1, 6)
+
+    def run(k, cuts):
+        state = make_state(mesh, model=model, config=config)
+        run_steps = ts.make_train_steps(model, config, mesh, steps_per_call=k, resident=True)
+        losses, start = [], 0
+        for n in cuts:
+            # The whole index table goes with every call; `first` picks the call's rows.
+            state, metrics = run_steps(state, hp, None, data, {"index": index},
+                                       np.int32(start), np.int32(n))
+            assert np.isnan(np.asarray(metrics["loss"])[n:]).all()
+            losses += np.asarray(metrics["loss"])[:n].tolist()
+            start += n
+        assert int(state.step) == 6
+        return copy_tree(state), losses
+
+    a, losses_a = run(6, [6])
+    b, losses_b = run(4, [4, 2])
+    c, losses_c = run(4, [1, 3, 2])
+    assert losses_a == losses_b == losses_c
+    for x, y, z in zip(jax.tree.leaves(a), jax.tree.leaves(b), jax.tree.leaves(c), strict=True):
+        np.testing.assert_array_equal(x, y)
+        np.testing.assert_array_equal(x, z)
+    # One step per call compiles without a loop: the same math, equal up to rounding.
+    d, losses_d = run(1, [1] * 6)
+    np.testing.assert_allclose(losses_d, losses_a, rtol=1e-5)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(d), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+
+    # The same batches through the single-step program: another compilation of the same math.
+    state = make_state(mesh, model=model, config=config)
+    step = ts.make_train_step(model, config, mesh)
+    host = {k: np.asarray(v) for k, v in data.items()}
+    single = []
+    for i in range(6):
+        batch = jax.device_put({k: v[rows[i]] for k, v in host.items()},
+                               NamedSharding(mesh, P(ts.DATA_AXIS)))
+        state, metrics = step(state, hp, batch, None)
+        single.append(float(metrics["loss"]))
+    np.testing.assert_allclose(single, losses_a, rtol=1e-5)
+    for x, y in zip(jax.tree.leaves(copy_tree(state)), jax.tree.leaves(a), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+
+
+def test_host_fed_calls_equal_device_resident_calls(mesh):
+    model, config = tiny_model(), step_config("oe", augment=True)
+    data = {**_resident(mesh), "outlier_image": _resident(mesh, seed=3)["image"]}
+    rows, index = _indices(mesh, 3)
+    outlier_rows, outlier_index = _indices(mesh, 3, batch_size=8, seed=1)
+    hp = hparams(0.1, 3)
+    resident = ts.make_train_steps(model, config, mesh, steps_per_call=3, resident=True)
+    a, ma = resident(make_state(mesh, model=model, config=config), hp, None, data,
+                     {"index": index, "outlier_index": outlier_index}, np.int32(0), np.int32(3))
+    host = {k: np.asarray(v) for k, v in data.items()}
+    feed = jax.device_put({"image": host["image"][rows], "label": host["label"][rows],
+                           "outlier_image": host["outlier_image"][outlier_rows]},
+                          NamedSharding(mesh, P(None, ts.DATA_AXIS)))
+    fed = ts.make_train_steps(model, config, mesh, steps_per_call=3, resident=False)
+    b, mb = fed(make_state(mesh, model=model, config=config), hp, None, {}, feed, np.int32(0),
+                np.int32(3))
+    np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-6)
+    for x, y in zip(jax.tree.leaves(copy_tree(a)), jax.tree.leaves(copy_tree(b)), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_runs_that_differ_in_hyperparameters_share_one_compiled_program(mesh):
+    traces = []
+    model_class = type(counting_model(traces))  # one class; each run makes its own instance
+
+    data = _resident(mesh)
+    _, index = _indices(mesh, 2)
+    losses = {}
+    grid = {"a": dict(seed=0, learning_rate=0.1, label_smoothing=0.1),
+            "b": dict(seed=1, learning_rate=0.1, label_smoothing=0.1),
+            "c": dict(seed=0, learning_rate=0.3, label_smoothing=0.1),
+            "d": dict(seed=0, learning_rate=0.1, label_smoothing=0.4, total_steps=7)}
+    for name, values in grid.items():
+        # Each run builds its model, config and program as the train command does.
+        model, config = model_class(), step_config("ls", augment=True)
+        state = make_state(mesh, model=model, seed=values["seed"], config=config)
+        run_steps = ts.make_train_steps(model, config, mesh, steps_per_call=2, resident=True)
+        _, metrics = run_steps(state, hparams(**{"total_steps": 4, **values}), None, data,
+                               {"index": index}, np.int32(0), np.int32(2))
+        losses[name] = np.asarray(metrics["loss"]).tolist()
+        if name == "a":
+            traced_after_first = len(traces)
+    # Traced (so compiled) by the first run only, and every value took effect.
+    assert len(traces) == traced_after_first
+    assert run_steps._cache_size() == 1
+    assert len({tuple(v) for v in losses.values()}) == len(grid)
+
+
+def test_learning_rate_and_total_steps_are_runtime_values(mesh):
+    model, config = tiny_model(), step_config("ce")
+    step = ts.make_train_step(model, config, mesh)
+    for lr, total in ((0.1, 4), (0.02, 50)):
+        state = make_state(mesh, model=model, config=config)
+        rates = []
+        for k in range(3):
+            state, metrics = step(state, hparams(lr, total), learnable_batch(mesh, seed=k), None)
+            rates.append(float(metrics["learning_rate"]))
+        np.testing.assert_allclose(rates, [oe_reference_lr(k + 1, total, lr) for k in range(3)],
+                                   rtol=1e-5)

@@ -1,0 +1,157 @@
+"""What each call of the train loop's compiled steps consumes (see `train_step.make_train_steps`).
+
+Two ways to feed the same batches (the order of `input_pipeline`: epoch permutations drawn from
+(seed, epoch), each process reading its contiguous rows of every global batch):
+
+- resident: when the training arrays (ID images and labels, and outliers for OE) take at most
+  `max_device_bytes`, they are placed on every device once, replicated, and a call receives only
+  the example indices of its steps, int32 [steps_per_call, B]. The device gathers each batch
+  inside the compiled program; the host sends no images while training.
+- host: larger sets are gathered on the host, a call's batches stacked into
+  [steps_per_call, B, H, W, C], and the next call's arrays are built and copied while the current
+  call runs.
+
+Both hand the compiled step the same images in the same order, so the choice never changes a
+result. Each process places only its own devices' rows (`make_array_from_process_local_data`):
+a multi-process run feeds every device from the process that owns it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Iterable, Iterator
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from softlabel_ood import input_pipeline
+from softlabel_ood.datasets import ArrayDataset
+
+
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+    """One call's worth of steps: steps [start, start + num_steps), rows [first, first + num_steps)
+    of `feed`."""
+
+    start: int
+    num_steps: int
+    first: int
+    feed: dict  # the `feed` argument of the compiled steps, on the devices
+
+
+def training_bytes(train: ArrayDataset, outliers: ArrayDataset | None) -> int:
+    sets = [train] if outliers is None else [train, outliers]
+    return sum(ds.images.nbytes + ds.labels.nbytes for ds in sets)
+
+
+class TrainFeed:
+    """Feeds of the compiled steps. `rows_per_feed` is the leading size of every feed array:
+    a whole epoch's index table when resident (sent once per epoch; a call then selects its
+    steps by `first`), `steps_per_call` stacked batches otherwise."""
+
+    def __init__(self, train: ArrayDataset, *, global_batch_size: int, seed: int, mesh: Mesh,
+                 steps_per_call: int, max_device_bytes: int,
+                 outliers: ArrayDataset | None = None, outlier_batch_size: int = 0):
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        if (outliers is None) != (outlier_batch_size <= 0):
+            raise ValueError("outliers and a positive outlier_batch_size go together, got "
+                             f"outliers={outliers is not None}, "
+                             f"outlier_batch_size={outlier_batch_size}")
+        sharding = input_pipeline.data_sharding(mesh)
+        input_pipeline.check_global_batch(sharding, global_batch_size, jax.process_count(),
+                                          "global batch size")
+        if outliers is not None:
+            input_pipeline.check_global_batch(sharding, outlier_batch_size, jax.process_count(),
+                                              "outlier batch size")
+        self.train, self.outliers = train, outliers
+        self.batch_size, self.outlier_batch_size = global_batch_size, outlier_batch_size
+        self.seed, self.mesh, self.steps_per_call = seed, mesh, steps_per_call
+        self.steps_per_epoch = input_pipeline.steps_per_epoch(len(train), global_batch_size)
+        self._feed_sharding = NamedSharding(mesh, P(None, input_pipeline.DATA_AXIS))
+        self.resident = training_bytes(train, outliers) <= max_device_bytes
+        self.rows_per_feed = self.steps_per_epoch if self.resident else steps_per_call
+        self.data = self._place_on_devices() if self.resident else {}
+
+    def _place_on_devices(self) -> dict[str, jax.Array]:
+        replicated = NamedSharding(self.mesh, P())
+
+        def put(array):
+            # Every process holds the whole set, so its local data is the global array.
+            return jax.make_array_from_process_local_data(replicated, array, array.shape)
+
+        data = {"image": put(self.train.images), "label": put(self.train.labels)}
+        if self.outliers is not None:
+            data["outlier_image"] = put(self.outliers.images)
+        return data
+
+    def chunks(self, plan: Iterable[tuple[int, int]]) -> Iterator[Chunk]:
+        """The feed of every (start, num_steps) of `plan`: consecutive steps, none of its calls
+        crossing an epoch's end when resident; built one call ahead."""
+        plan = list(plan)
+        for (start, n), (following, _) in itertools.pairwise(plan):
+            if start + n != following:
+                raise ValueError(f"plan is not consecutive: ({start}, {n}) then {following}")
+        for start, n in plan:
+            if n > self.steps_per_call or (self.resident and (start % self.steps_per_epoch) + n
+                                           > self.steps_per_epoch):
+                raise ValueError(f"call ({start}, {n}) is longer than {self.steps_per_call} "
+                                 f"steps or crosses the end of an epoch")
+        if not plan:
+            return iter(())
+        build = self._resident_chunks if self.resident else self._host_chunks
+        return input_pipeline.prefetch_one(build(plan))
+
+    def _resident_chunks(self, plan) -> Iterator[Chunk]:
+        # One index table per epoch; a resumed run starts its table at the epoch's first step.
+        epoch, feed = None, None
+        for start, n in plan:
+            if start // self.steps_per_epoch != epoch:
+                epoch = start // self.steps_per_epoch
+                first_step = epoch * self.steps_per_epoch
+                rows = {"index": self._rows(len(self.train), self.batch_size, first_step, 0)}
+                if self.outliers is not None:
+                    rows["outlier_index"] = self._rows(
+                        len(self.outliers), self.outlier_batch_size, first_step,
+                        input_pipeline.OUTLIER_STREAM)
+                feed = {name: self._global(table) for name, table in rows.items()}
+            yield Chunk(start, n, start - epoch * self.steps_per_epoch, feed)
+
+    def _host_chunks(self, plan) -> Iterator[Chunk]:
+        id_rows = self._indices(len(self.train), self.batch_size, plan[0][0], 0)
+        outlier_rows = None
+        if self.outliers is not None:
+            outlier_rows = self._indices(len(self.outliers), self.outlier_batch_size, plan[0][0],
+                                         input_pipeline.OUTLIER_STREAM)
+        for start, n in plan:
+            rows = self._padded(itertools.islice(id_rows, n))
+            feed = {"image": self.train.images[rows], "label": self.train.labels[rows]}
+            if outlier_rows is not None:
+                feed["outlier_image"] = self.outliers.images[
+                    self._padded(itertools.islice(outlier_rows, n))]
+            yield Chunk(start, n, 0, {name: self._global(a) for name, a in feed.items()})
+
+    def _indices(self, num_examples: int, batch_size: int, start_step: int, stream: int):
+        return input_pipeline.train_indices(
+            num_examples, global_batch_size=batch_size, seed=self.seed, start_step=start_step,
+            process_index=jax.process_index(), process_count=jax.process_count(), stream=stream)
+
+    def _rows(self, num_examples: int, batch_size: int, first_step: int, stream: int
+              ) -> np.ndarray:
+        """This process's rows of the steps of one ID epoch, int32 [steps_per_epoch, B / P]."""
+        indices = self._indices(num_examples, batch_size, first_step, stream)
+        return np.stack(list(itertools.islice(indices, self.steps_per_epoch))).astype(np.int32)
+
+    def _padded(self, rows: Iterable[np.ndarray]) -> np.ndarray:
+        """Stacked rows, padded with index 0 to steps_per_call."""
+        rows = np.stack(list(rows)).astype(np.int32)
+        padding = np.zeros((self.steps_per_call - len(rows), rows.shape[1]), np.int32)
+        return np.concatenate([rows, padding])
+
+    def _global(self, local: np.ndarray) -> jax.Array:
+        processes = jax.process_count()
+        shape = (local.shape[0], local.shape[1] * processes, *local.shape[2:])
+        return jax.make_array_from_process_local_data(self._feed_sharding, local, shape)
