@@ -13,8 +13,8 @@ split mixed in), so a call returns the same arrays on every host.
 
 Sources
 -------
-TensorFlow Datasets (prepared beforehand, never downloaded unless download=True; how they are
-read is explained in `data_sources/tfds_source.py`):
+TensorFlow Datasets (prepared beforehand with `tfds build`, never downloaded by the commands; how
+they are read is explained in `data_sources/tfds_source.py`):
 
 | name          | tfds name:version     | "train" split | "test" split            | shape          |
 |---------------|-----------------------|---------------|-------------------------|----------------|
@@ -77,6 +77,7 @@ and for every OOD-only source.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 
@@ -97,6 +98,7 @@ __all__ = [
     "ArrayDataset",
     "DatasetError",
     "DatasetInfo",
+    "check_available",
     "info",
     "load",
 ]
@@ -231,6 +233,38 @@ def load(name: str, split: str, *, image_shape: tuple[int, int, int] | None = No
     return ArrayDataset(
         images=np.ascontiguousarray(images), labels=int32_labels(labels, images.shape[0]),
         name=name, split=split)
+
+
+def check_available(name: str, split: str, *, path: str | None = None,
+                    data_dir: str | None = None) -> None:
+    """Raises DatasetError unless `load(name, split, path=..., data_dir=...)` can find its data.
+
+    Cheap (nothing is read): tfds splits are opened, local files and folders looked up. The
+    commands call it for every set a run will read before its first step.
+    """
+    info(name)
+    if split not in SPLITS:
+        raise DatasetError(f"{name}: unknown split {split!r} (use one of {', '.join(SPLITS)})")
+    path = path or None
+    if path is not None and name not in _LOCAL and name not in _IDX_CAPABLE:
+        raise DatasetError(f"{name}/{split}: this source reads no local files, but path={path} "
+                           "was given")
+    if name in _LOCAL and path is None:
+        raise DatasetError(f"{name}/{split}: no path given; point it (config "
+                           f"dataset_paths.{name}) at {_LOCAL[name][1]}")
+    if path is not None:
+        if not os.path.exists(os.path.expanduser(path)):
+            raise DatasetError(f"{name}/{split}: {path} does not exist (config "
+                               f"dataset_paths.{name})")
+    elif name in tfds_source.SOURCES:
+        try:
+            tfds_source.check_prepared(tfds_source.SOURCES[name], name, split,
+                                       data_dir=data_dir or None)
+        except DatasetError as e:
+            if name not in _IDX_CAPABLE:
+                raise
+            raise DatasetError(f"{e}; or set dataset_paths.{name} to a folder of IDX "
+                               "files") from e
 
 
 def _check_shape(name, shape) -> tuple[int, int, int]:

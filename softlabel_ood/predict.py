@@ -93,6 +93,7 @@ def write_predictions(config: ml_collections.ConfigDict, workdir: epath.PathLike
 
 
 def predict_from_checkpoint(config: ml_collections.ConfigDict, workdir: epath.PathLike) -> None:
+    run_data.check_available(config, training=False)
     mesh = train_step.data_mesh()
     model = run_model.create_model(config)
     like = run_model.create_state(config, model, mesh)

@@ -12,7 +12,6 @@ every host runs the same command; only process 0 scores and writes the report.
 from __future__ import annotations
 
 import copy
-import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -29,10 +28,12 @@ from softlabel_ood import (
     compilation_cache,
     config_base,
     config_validation,
+    datasets,
     distributed,
     grid,
     report,
     results,
+    run_data,
     scoring,
     train,
     train_step,
@@ -104,24 +105,6 @@ def validate_grid(config: ml_collections.ConfigDict) -> None:
         earlier[name] = method
 
 
-def check_dataset_paths(config: ml_collections.ConfigDict) -> None:
-    """Local dataset files the grid will read exist; raises ConfigError naming the field.
-
-    A missing OOD set would otherwise surface only when the first run writes its predictions,
-    after its whole training.
-    """
-    methods = {run["method"] for run in config.grid.runs}
-    used = [config.dataset, *config.ood_datasets]
-    if "oe" in methods and config.oe_dataset:
-        used.append(config.oe_dataset)
-    for name in used:
-        path = config.dataset_paths.get(name) or ""
-        if path and not epath.Path(os.path.expanduser(path)).exists():
-            raise config_validation.ConfigError(
-                f"config.dataset_paths.{name}: {path} does not exist (see docs/reproduction.md, "
-                f"datasets that tfds does not provide)")
-
-
 def run_dir(workdir: epath.PathLike, name: str, seed: int) -> epath.Path:
     return epath.Path(workdir) / "runs" / grid.run_dir_name(name, seed)
 
@@ -152,7 +135,6 @@ def planned_runs(config: ml_collections.ConfigDict, workdir: epath.PathLike
     Everything is checked here, before the first run trains, so that bad input fails at once.
     """
     validate_grid(config)
-    check_dataset_paths(config)
     planned = []
     for seed in config.grid.seeds:
         for run in config.grid.runs:
@@ -164,6 +146,12 @@ def planned_runs(config: ml_collections.ConfigDict, workdir: epath.PathLike
                 teacher=run.get("teacher", ""), init_from=run.get("init_from", ""),
                 directory=str(run_dir(workdir, run["name"], seed)))
             planned.append((info, c))
+    # Every set any run reads, looked up once before the first run trains: a missing OOD set
+    # would otherwise surface when the first run writes its predictions, after its training.
+    sets = {(name, split, path, c.data_dir) for _, c in planned
+            for name, split, path in run_data.used_sets(c)}
+    for name, split, path, data_dir in sorted(sets):
+        datasets.check_available(name, split, path=path, data_dir=data_dir or None)
     return planned
 
 

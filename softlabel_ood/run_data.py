@@ -42,6 +42,24 @@ def load_ood(config: ml_collections.ConfigDict) -> dict[str, datasets.ArrayDatas
     return sets
 
 
+def used_sets(config: ml_collections.ConfigDict, *,
+              training: bool = True) -> list[tuple[str, str, str]]:
+    """(name, split, path) of every set that training (unless `training` is False: OE's
+    outliers are read by training only) and the predictions of `config` read."""
+    used = [(config.dataset, "train"), (config.dataset, "test")]
+    if training and config.method == "oe":
+        used.append((config.oe_dataset, "train"))
+    used += [(name, "test") for name in config.ood_datasets]
+    return [(name, split, config.dataset_paths.get(name) or "") for name, split in used]
+
+
+def check_available(config: ml_collections.ConfigDict, *, training: bool = True) -> None:
+    """Raises DatasetError naming the first set of the run that cannot be found (nothing is
+    read), so that a missing OOD set stops a run before its first step, not after its last."""
+    for name, split, path in used_sets(config, training=training):
+        datasets.check_available(name, split, path=path, data_dir=config.data_dir or None)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainingData:
     """What training reads, loaded once per run: `predict` reuses train and test afterwards."""

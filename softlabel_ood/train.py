@@ -40,6 +40,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> None:
     mesh = train_step.data_mesh()
     # The teacher first: a missing or unfinished teacher is found before any data is loaded.
     teacher = train_loop.load_teacher(config, mesh)
+    run_data.check_available(config)
     data = run_data.load_training(config)
     state = train_loop.train(config, workdir, data, mesh, teacher=teacher)
     predict.write_predictions(config, workdir, run_model.create_model(config), state.variables,

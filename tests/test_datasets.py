@@ -210,6 +210,32 @@ def test_image_folder_reads_nested_files_in_sorted_order(tmp_path):
     _check(gray, 2, (16, 16, 1))
 
 
+def test_availability_is_checked_without_reading(tfds_lib, tmp_path):
+    with pytest.raises(datasets.DatasetError, match=r"cifar100/test: tfds dataset cifar100:3\.0\.2 "
+                       r".*prepare it once with `tfds build cifar100:3\.0\.2 --data_dir="):
+        datasets.check_available("cifar100", "test", data_dir=str(tmp_path))
+    # The message names the command to run, not an option that the commands do not have.
+    with pytest.raises(datasets.DatasetError) as error:
+        datasets.check_available("svhn", "test", data_dir=str(tmp_path))
+    assert "download" not in str(error.value)
+    with tfds_lib.testing.mock_data(num_examples=3):
+        datasets.check_available("cifar100", "test", data_dir=str(tmp_path))
+    with pytest.raises(datasets.DatasetError, match=r"fashion_mnist/train: .*dataset_paths\."
+                                                    r"fashion_mnist to a folder of IDX files"):
+        datasets.check_available("fashion_mnist", "train", data_dir=str(tmp_path))
+    with pytest.raises(datasets.DatasetError, match=r"lsun_crop/test: no path given"):
+        datasets.check_available("lsun_crop", "test")
+    with pytest.raises(datasets.DatasetError, match=r"isun/test: .* does not exist \(config "
+                                                    r"dataset_paths\.isun\)"):
+        datasets.check_available("isun", "test", path=str(tmp_path / "iSUN"))
+    (tmp_path / "iSUN").mkdir()
+    datasets.check_available("isun", "test", path=str(tmp_path / "iSUN"))
+    for name in ("gaussian", "digits", "flower_patches"):  # generated or shipped: always there
+        datasets.check_available(name, "test")
+    with pytest.raises(datasets.DatasetError, match="unknown dataset"):
+        datasets.check_available("nope", "test")
+
+
 def test_local_sources_fail_clearly(tmp_path):
     with pytest.raises(datasets.DatasetError,
                        match=r"lsun_crop/test: no path given; .*dataset_paths\.lsun_crop"):

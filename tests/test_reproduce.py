@@ -7,7 +7,14 @@ import textwrap
 
 import pytest
 
-from softlabel_ood import config_validation, grid, reproduce, saved_runs, scoring, train
+from softlabel_ood import (
+    datasets,
+    grid,
+    reproduce,
+    saved_runs,
+    scoring,
+    train,
+)
 from tests.report_helpers import write_predictions
 from tests.train_helpers import run_module, tiny_digits_config
 
@@ -50,8 +57,18 @@ def test_missing_local_dataset_is_reported_before_training(tmp_path):
     config = _config([spec("ce", "ce")])
     config.ood_datasets = ("gaussian", "lsun_crop")
     config.dataset_paths.lsun_crop = str(tmp_path / "LSUN_C")
-    with pytest.raises(config_validation.ConfigError, match=r"config\.dataset_paths\.lsun_crop"):
+    with pytest.raises(datasets.DatasetError, match=r"config dataset_paths\.lsun_crop"):
         reproduce.planned_runs(config, tmp_path)
+
+
+def test_unprepared_tfds_set_is_reported_before_training(tmp_path):
+    config = _config([spec("ce", "ce")])
+    config.ood_datasets = ("gaussian", "svhn")
+    config.data_dir = str(tmp_path / "tfds")
+    with pytest.raises(datasets.DatasetError, match=r"svhn/test: .*`tfds build svhn_cropped:3"
+                                                    r"\.1\.0 --data_dir=.*tfds`"):
+        reproduce.planned_runs(config, tmp_path)
+    assert not (tmp_path / "runs").exists()
 
 
 def test_planned_runs_follow_the_grid_seed_by_seed(tmp_path):

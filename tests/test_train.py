@@ -11,6 +11,7 @@ import pytest
 
 from softlabel_ood import (
     config_validation,
+    datasets,
     metrics_log,
     predictions,
     saved_runs,
@@ -115,6 +116,14 @@ def test_running_again_resumes_and_only_rewrites_predictions(ce_teacher):
 def test_bad_config_is_rejected_before_training(overrides, message, tmp_path):
     config = tiny_digits_config("ce", **overrides)
     with pytest.raises(config_validation.ConfigError, match=re.escape(message)):
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_missing_ood_set_stops_the_run_before_training(tmp_path):
+    config = tiny_digits_config("ce", ood_datasets=("gaussian", "lsun_crop"))
+    config.dataset_paths.lsun_crop = str(tmp_path / "LSUN_C")
+    with pytest.raises(datasets.DatasetError, match=r"lsun_crop/test: .* does not exist"):
         train.train_and_evaluate(config, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from softlabel_ood import predictions
 from tests.train_helpers import REPO
@@ -25,15 +26,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one_process(tmp_path):
+# The training set on the devices (the default), and fed from the host.
+@pytest.mark.parametrize("device_data_max_mb", [2048, 0])
+def test_two_processes_match_one_process(tmp_path, device_data_max_mb):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     one, two = tmp_path / "one", tmp_path / "two"
-    subprocess.run([sys.executable, "-m", "softlabel_ood.train", *ARGS, f"--workdir={one}"],
+    args = [*ARGS, f"--config.device_data_max_mb={device_data_max_mb}"]
+    subprocess.run([sys.executable, "-m", "softlabel_ood.train", *args, f"--workdir={one}"],
                    cwd=REPO, env=env, check=True, capture_output=True)
     port = _free_port()
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "softlabel_ood.train", *ARGS, f"--workdir={two}",
+            [sys.executable, "-m", "softlabel_ood.train", *args, f"--workdir={two}",
              f"--coordinator_address=localhost:{port}", "--num_processes=2",
              f"--process_id={i}"],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -71,6 +71,40 @@ def _encoded_batches(ds, tfds) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     yield from tfds.as_numpy(ds)
 
 
+def check_prepared(source: TfdsSource, name: str, split: str, *, data_dir: str | None) -> None:
+    """Raises DatasetError (with the `tfds build` command) unless the split can be read.
+
+    The split is opened as `load` opens it, without reading a record: a missing set is found
+    before any training, not when predictions are written after the last epoch.
+    """
+    if split not in source.splits:
+        raise DatasetError(
+            f"{name}: no split {split!r} (available: {', '.join(source.splits)})")
+    _open(source, name, split, data_dir, download=False)
+
+
+def _open(source: TfdsSource, name: str, split: str, data_dir: str | None, download: bool):
+    import tensorflow as tf  # imported here: importing TensorFlow costs seconds
+    import tensorflow_datasets as tfds
+
+    _hide_gpus_from_tensorflow(tf)
+    tfds_split = source.splits[split]
+    where = data_dir or "the default tfds data_dir"
+    try:
+        return tfds.load(
+            source.versioned_name, split=tfds_split, data_dir=data_dir, download=download,
+            shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
+    except (AssertionError, ValueError, OSError, tfds.core.DatasetNotFoundError) as e:
+        # tfds reports "not prepared" as an AssertionError; name what is missing and the fix.
+        text = str(e).strip()
+        first_sentence = text.splitlines()[0].split(". ")[0] if text else type(e).__name__
+        build = f"tfds build {source.versioned_name}" + (
+            f" --data_dir={data_dir}" if data_dir else "")
+        raise DatasetError(
+            f"{name}/{split}: tfds dataset {source.versioned_name} split {tfds_split!r} is not "
+            f"available in {where} ({first_sentence}); prepare it once with `{build}`") from e
+
+
 def load(source: TfdsSource, name: str, split: str, *, shape: tuple[int, int, int],
          num_examples: int | None, rng: np.random.Generator, data_dir: str | None,
          download: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -81,23 +115,8 @@ def load(source: TfdsSource, name: str, split: str, *, shape: tuple[int, int, in
     import tensorflow as tf  # imported here: importing TensorFlow costs seconds
     import tensorflow_datasets as tfds
 
-    _hide_gpus_from_tensorflow(tf)
-    tfds_split = source.splits[split]
+    ds = _open(source, name, split, data_dir, download)
     where = data_dir or "the default tfds data_dir"
-    try:
-        ds = tfds.load(
-            source.versioned_name, split=tfds_split, data_dir=data_dir, download=download,
-            shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
-    except (AssertionError, ValueError, OSError, tfds.core.DatasetNotFoundError) as e:
-        # tfds reports "not prepared" as an AssertionError; name what is missing and the fix.
-        text = str(e).strip()
-        first_sentence = text.splitlines()[0].split(". ")[0] if text else type(e).__name__
-        raise DatasetError(
-            f"{name}/{split}: tfds dataset {source.versioned_name} split {tfds_split!r} is not "
-            f"available in {where} ({first_sentence}); prepare it once with `tfds build "
-            f"{source.versioned_name}" + (f" --data_dir={data_dir}`" if data_dir else "`")
-            + " or pass download=True") from e
-
     try:
         total = int(ds.cardinality())
         if total < 0:  # unknown length: count once (cheap, nothing is decoded)
