@@ -68,6 +68,21 @@ class Checkpoints:
         tree = self._manager.restore(step, args=ocp.args.StandardRestore(target))
         return like.replace(**tree)
 
+    def restore_variables(self, like: dict, step: int | None = None) -> dict:
+        """Only {"params", "batch_stats"} of a checkpoint, shaped and sharded like `like`.
+
+        What a teacher, a fine-tuning start or `predict` needs. The optimizer state is not read,
+        so checkpoints whose optimizer state has another layout (those written before the
+        learning rate became a runtime value) still serve.
+        """
+        step = self._manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"{self.directory}: no checkpoint to restore")
+        target = _abstract({"params": like["params"], "batch_stats": like["batch_stats"]})
+        return self._manager.restore(step, args=ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True))
+
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()

@@ -19,7 +19,6 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from softlabel_ood import (
-    checkpointing,
     cli_errors,
     compilation_cache,
     datasets,
@@ -96,11 +95,8 @@ def predict_from_checkpoint(config: ml_collections.ConfigDict, workdir: epath.Pa
     run_data.check_available(config, training=False)
     mesh = train_step.data_mesh()
     model = run_model.create_model(config)
-    like = run_model.create_state(config, model, mesh)
-    ckpts = checkpointing.Checkpoints(epath.Path(workdir) / "checkpoints", read_only=True)
-    state = ckpts.restore(like)
-    ckpts.close()
-    write_predictions(config, workdir, model, state.variables, mesh)
+    variables = saved_runs.restore_variables(config, model, workdir, mesh)
+    write_predictions(config, workdir, model, variables, mesh)
 
 
 def _stored_config_from_argv(argv: list[str]) -> ml_collections.ConfigDict:

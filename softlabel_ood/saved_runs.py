@@ -79,8 +79,16 @@ def load_finished_model(workdir: str, mesh, *, role: str, dataset: str):
         raise RunError(f"{role}: {workdir} was trained on {config.dataset!r}, this run uses "
                        f"{dataset!r}")
     model = run_model.create_model(config)
-    like = run_model.create_state(config, model, mesh)
+    variables = restore_variables(config, model, workdir, mesh)
+    return model, variables, config
+
+
+def restore_variables(config: ml_collections.ConfigDict, model, workdir: epath.PathLike,
+                      mesh) -> dict:
+    """The latest checkpoint's {"params", "batch_stats"}, replicated on `mesh`."""
+    like = run_model.create_state(config, model, mesh).variables
     ckpts = checkpointing.Checkpoints(epath.Path(workdir) / "checkpoints", read_only=True)
-    state = ckpts.restore(like)
-    ckpts.close()
-    return model, state.variables, config
+    try:
+        return ckpts.restore_variables(like)
+    finally:
+        ckpts.close()

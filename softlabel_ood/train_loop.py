@@ -137,7 +137,15 @@ def _check_resumable(config: ml_collections.ConfigDict, workdir: epath.Path) -> 
 def _initial_state(config, model, mesh, ckpts) -> train_step.TrainState:
     state = run_model.create_state(config, model, mesh)
     if ckpts.latest_step() is not None:
-        return ckpts.restore(state)
+        try:
+            return ckpts.restore(state)
+        except (ValueError, KeyError, TypeError) as e:
+            # The model fits (the config check passed), so the layout is another version's.
+            raise saved_runs.RunError(
+                f"{ckpts.directory}: its latest checkpoint's optimizer state does not fit this "
+                f"version's train state ({type(e).__name__}), so it cannot be resumed; train in "
+                f"a new workdir (its model can still serve as a teacher or be predicted)"
+            ) from None
     if config.method == "oe" and config.oe.finetune_from:
         # OE fine-tuning starts from the finished run's weights with a fresh optimizer and schedule.
         _, variables, start_config = saved_runs.load_finished_model(

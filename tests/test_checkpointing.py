@@ -1,0 +1,58 @@
+"""softlabel_ood.checkpointing: full restores, and model-only restores of other layouts."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from softlabel_ood import checkpointing, run_model, saved_runs, train, train_step
+from tests.train_helpers import tiny_digits_config
+
+
+def _state(seed: int) -> train_step.TrainState:
+    config = tiny_digits_config("ce", seed=seed)
+    return run_model.create_state(config, run_model.create_model(config), train_step.data_mesh())
+
+
+def test_full_restore_equals_what_was_saved(tmp_path):
+    saved = _state(0).replace(step=jnp.int32(7))
+    ckpts = checkpointing.Checkpoints(tmp_path / "checkpoints")
+    ckpts.save(saved)
+    ckpts.close()
+    reader = checkpointing.Checkpoints(tmp_path / "checkpoints", read_only=True)
+    restored = reader.restore(_state(1))
+    reader.close()
+    assert int(restored.step) == 7
+    for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(restored), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_model_variables_restore_from_another_optimizer_layout(tmp_path):
+    # A checkpoint whose optimizer state has another structure (as those written before the
+    # learning rate became an argument of the step): its model still serves as a teacher.
+    state = _state(0)
+    other = state.replace(step=jnp.int32(3), opt_state={"old_schedule_count": jnp.int32(3)})
+    ckpts = checkpointing.Checkpoints(tmp_path / "checkpoints")
+    ckpts.save(other)
+    ckpts.close()
+    reader = checkpointing.Checkpoints(tmp_path / "checkpoints", read_only=True)
+    variables = reader.restore_variables(_state(1).variables)
+    reader.close()
+    assert set(variables) == {"params", "batch_stats"}
+    for a, b in zip(jax.tree.leaves(state.variables), jax.tree.leaves(variables), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_resuming_another_optimizer_layout_is_refused_with_one_line(tmp_path):
+    config = tiny_digits_config("ce")
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    saved_runs.write_config(workdir, config)
+    other = _state(0).replace(step=jnp.int32(3), opt_state={"old_schedule_count": jnp.int32(3)})
+    ckpts = checkpointing.Checkpoints(workdir / "checkpoints")
+    ckpts.save(other)
+    ckpts.close()
+    with pytest.raises(saved_runs.RunError, match=r"cannot be resumed; train in a new workdir"):
+        train.train_and_evaluate(config, str(workdir))
