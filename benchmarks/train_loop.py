@@ -45,7 +45,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import train_step as benchmarks_train_step
 from softlabel_ood import (
+    compilation_cache,
     datasets,
     run_data,
     run_model,
@@ -147,21 +149,14 @@ def bare_step_images_per_s(config, data, mesh, repeats: int) -> float:
         host["outlier_image"] = data.outliers.images[np.arange(config.oe.batch_size)]
     batch = jax.device_put(host, jax.sharding.NamedSharding(
         mesh, jax.sharding.PartitionSpec(train_step.DATA_AXIS)))
-    for _ in range(2):
-        state, metrics = step(state, hp, batch, None)
-    jax.block_until_ready((state, metrics))
-    start = time.perf_counter()
-    for _ in range(repeats):
-        state, metrics = step(state, hp, batch, None)
-    jax.block_until_ready((state, metrics))
-    return repeats * config.batch_size / (time.perf_counter() - start)
+    seconds = benchmarks_train_step.time_steps(step, state, hp, batch, warmup=2, steps=repeats)
+    return repeats * config.batch_size / seconds
 
 
 def child(args) -> None:
     """One cold run in this process, with the persistent cache that the parent chose."""
-    jax.config.update("jax_compilation_cache_dir", args.child)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    os.environ[compilation_cache.ENV] = args.child
+    compilation_cache.enable()
     saved = EventSeconds(CACHE_SAVED_EVENT)
     compiled = EventSeconds(COMPILE_EVENT)
     config = load_config(args)

@@ -39,6 +39,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def time_steps(step, state, hparams, batch, *, warmup: int, steps: int) -> float:
+    """Seconds of `steps` calls of a jitted single step on one batch on the devices, after
+    `warmup` untimed calls (the first compiles). The state is donated call by call."""
+    for _ in range(warmup):
+        state, metrics = step(state, hparams, batch, None)
+    jax.block_until_ready((state, metrics))
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = step(state, hparams, batch, None)
+    jax.block_until_ready((state, metrics))
+    return time.perf_counter() - start
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     mesh = ts.data_mesh()
@@ -48,11 +61,11 @@ def main(argv=None) -> None:
     model = models.create_model(args.model, num_classes=args.num_classes,
                                 dropout_rate=args.dropout_rate, dtype=jnp.dtype(args.dtype))
     total_steps = args.warmup_steps + args.steps
-    tx = ts.make_optimizer(learning_rate=0.1, weight_decay=5e-4, total_steps=total_steps)
-    state = ts.create_train_state(model, tx, image_shape=image_shape, seed=0, mesh=mesh)
-    config = ts.StepConfig(method="ce", num_classes=args.num_classes, seed=0,
+    config = ts.StepConfig(method="ce", num_classes=args.num_classes,
                            mean=(0.5,) * args.channels, std=(0.25,) * args.channels,
                            compute_dtype=args.dtype)
+    state = ts.create_train_state(model, config, image_shape=image_shape, seed=0, mesh=mesh)
+    hparams = ts.Hyperparams.create(seed=0, learning_rate=0.1, total_steps=total_steps)
     step = ts.make_train_step(model, config, mesh)
 
     rng = np.random.default_rng(0)
@@ -60,15 +73,8 @@ def main(argv=None) -> None:
         {"image": rng.integers(0, 256, (args.batch_size, *image_shape), dtype=np.uint8),
          "label": rng.integers(0, args.num_classes, args.batch_size).astype(np.int32)},
         NamedSharding(mesh, P(ts.DATA_AXIS)))
-
-    for _ in range(args.warmup_steps):
-        state, metrics = step(state, batch, None)
-    jax.block_until_ready((state, metrics))
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        state, metrics = step(state, batch, None)
-    jax.block_until_ready((state, metrics))
-    seconds = time.perf_counter() - start
+    seconds = time_steps(step, state, hparams, batch, warmup=args.warmup_steps,
+                         steps=args.steps)
 
     device = jax.local_devices()[0]
     print(f"images_per_sec={args.steps * args.batch_size / seconds:.1f} "

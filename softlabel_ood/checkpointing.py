@@ -61,11 +61,8 @@ class Checkpoints:
     def restore(self, like: train_step.TrainState, step: int | None = None
                 ) -> train_step.TrainState:
         """The checkpoint at `step` (default: the latest), shaped and sharded like `like`."""
-        step = self._manager.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"{self.directory}: no checkpoint to restore")
         target = _abstract(_saved_tree(like))
-        tree = self._manager.restore(step, args=ocp.args.StandardRestore(target))
+        tree = self._manager.restore(self._step(step), args=ocp.args.StandardRestore(target))
         return like.replace(**tree)
 
     def restore_variables(self, like: dict, step: int | None = None) -> dict:
@@ -75,13 +72,16 @@ class Checkpoints:
         so checkpoints whose optimizer state has another layout (those written before the
         learning rate became a runtime value) still serve.
         """
+        target = _abstract({"params": like["params"], "batch_stats": like["batch_stats"]})
+        return self._manager.restore(self._step(step), args=ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True))
+
+    def _step(self, step: int | None) -> int:
         step = self._manager.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"{self.directory}: no checkpoint to restore")
-        target = _abstract({"params": like["params"], "batch_stats": like["batch_stats"]})
-        return self._manager.restore(step, args=ocp.args.PyTreeRestore(
-            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-            partial_restore=True))
+        return step
 
     def close(self) -> None:
         self._manager.wait_until_finished()

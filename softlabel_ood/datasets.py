@@ -76,6 +76,7 @@ and for every OOD-only source.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 
@@ -210,11 +211,11 @@ def load(name: str, split: str, *, image_shape: tuple[int, int, int] | None = No
     data_dir = data_dir or None
     rng = source_rng(seed, name, split)
 
-    if path is not None and name not in _LOCAL and name not in _IDX_CAPABLE:
-        raise DatasetError(f"{name}/{split}: this source reads no local files, but path={path} "
-                           "was given")
+    _check_path(name, split, path)
     if name in _LOCAL:
-        images, labels = _load_local(name, split, path, shape, num_examples, rng)
+        method, _ = _LOCAL[name]
+        images, labels = local_files.load_path(
+            name, split, path, shape=shape, num_examples=num_examples, rng=rng, method=method)
     elif name in _IDX_CAPABLE and path is not None:
         images, labels = local_files.load_idx(
             name, split, path, shape=shape, num_examples=num_examples, rng=rng)
@@ -246,25 +247,39 @@ def check_available(name: str, split: str, *, path: str | None = None,
     if split not in SPLITS:
         raise DatasetError(f"{name}: unknown split {split!r} (use one of {', '.join(SPLITS)})")
     path = path or None
+    _check_path(name, split, path)
+    if path is not None:
+        if not os.path.exists(os.path.expanduser(path)):
+            raise DatasetError(f"{name}/{split}: {path} does not exist (config "
+                               f"dataset_paths.{name})")
+    elif name in tfds_source.SOURCES:
+        with _idx_hint(name):
+            tfds_source.check_prepared(tfds_source.SOURCES[name], name, split,
+                                       data_dir=data_dir or None)
+
+
+def _check_path(name: str, split: str, path: str | None) -> None:
+    """A path only for sources that read files, and always for those that read nothing else."""
     if path is not None and name not in _LOCAL and name not in _IDX_CAPABLE:
         raise DatasetError(f"{name}/{split}: this source reads no local files, but path={path} "
                            "was given")
     if name in _LOCAL and path is None:
         raise DatasetError(f"{name}/{split}: no path given; point it (config "
                            f"dataset_paths.{name}) at {_LOCAL[name][1]}")
-    if path is not None:
-        if not os.path.exists(os.path.expanduser(path)):
-            raise DatasetError(f"{name}/{split}: {path} does not exist (config "
-                               f"dataset_paths.{name})")
-    elif name in tfds_source.SOURCES:
-        try:
-            tfds_source.check_prepared(tfds_source.SOURCES[name], name, split,
-                                       data_dir=data_dir or None)
-        except DatasetError as e:
-            if name not in _IDX_CAPABLE:
-                raise
-            raise DatasetError(f"{e}; or set dataset_paths.{name} to a folder of IDX "
-                               "files") from e
+
+
+@contextlib.contextmanager
+def _idx_hint(name: str):
+    """For sources that IDX files can replace, a tfds error also names that way out."""
+    try:
+        yield
+    except DatasetError as e:
+        if name not in _IDX_CAPABLE:
+            raise
+        hint = (f" (Debian's dataset-fashion-mnist installs them in {FASHION_MNIST_IDX_DIR})"
+                if name == "fashion_mnist" else "")
+        raise DatasetError(f"{e}; or set dataset_paths.{name} to a folder of IDX files (path= "
+                           f"of datasets.load){hint}") from e
 
 
 def _check_shape(name, shape) -> tuple[int, int, int]:
@@ -275,23 +290,8 @@ def _check_shape(name, shape) -> tuple[int, int, int]:
     return shape
 
 
-def _load_local(name, split, path, shape, num_examples, rng):
-    method, what = _LOCAL[name]
-    if path is None:
-        raise DatasetError(
-            f"{name}/{split}: no path given; point it (config dataset_paths.{name}) at {what}")
-    return local_files.load_path(
-        name, split, path, shape=shape, num_examples=num_examples, rng=rng, method=method)
-
-
 def _load_tfds(name, split, shape, num_examples, rng, data_dir, download):
-    try:
+    with _idx_hint(name):
         return tfds_source.load(
             tfds_source.SOURCES[name], name, split, shape=shape, num_examples=num_examples,
             rng=rng, data_dir=data_dir, download=download)
-    except DatasetError as e:
-        if name not in _IDX_CAPABLE:
-            raise
-        hint = (f" (Debian's dataset-fashion-mnist installs them in {FASHION_MNIST_IDX_DIR})"
-                if name == "fashion_mnist" else "")
-        raise DatasetError(f"{e}; or pass path= to a folder of IDX files{hint}") from e

@@ -1,4 +1,4 @@
-"""The loop benchmark runs end to end at tiny sizes and prints every figure it documents."""
+"""The benchmarks run end to end at tiny sizes and print every figure they document."""
 
 from __future__ import annotations
 
@@ -27,3 +27,12 @@ def test_train_loop_benchmark_prints_its_figures():
         math.isnan(figures["loop_efficiency"]) and math.isnan(efficiency))
     assert values["resident"] == "True"
     assert values["steps_per_call"] == "1"
+
+
+def test_train_step_benchmark_prints_images_per_second():
+    result = run_module("benchmarks.train_step", "--model=small_cnn", "--batch_size=16",
+                        "--image_size=8", "--channels=1", "--steps=2", "--warmup_steps=1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    values = dict(re.findall(r"(\w+)=(\S+)", result.stdout.strip().splitlines()[-1]))
+    assert float(values["images_per_sec"]) > 0
+    assert values["model"] == "small_cnn"

@@ -77,19 +77,22 @@ def check_prepared(source: TfdsSource, name: str, split: str, *, data_dir: str |
     The split is opened as `load` opens it, without reading a record: a missing set is found
     before any training, not when predictions are written after the last epoch.
     """
-    if split not in source.splits:
-        raise DatasetError(
-            f"{name}: no split {split!r} (available: {', '.join(source.splits)})")
     _open(source, name, split, data_dir, download=False)
 
 
+def _where(data_dir: str | None) -> str:
+    return data_dir or "the default tfds data_dir"
+
+
 def _open(source: TfdsSource, name: str, split: str, data_dir: str | None, download: bool):
+    if split not in source.splits:
+        raise DatasetError(
+            f"{name}: no split {split!r} (available: {', '.join(source.splits)})")
     import tensorflow as tf  # imported here: importing TensorFlow costs seconds
     import tensorflow_datasets as tfds
 
     _hide_gpus_from_tensorflow(tf)
     tfds_split = source.splits[split]
-    where = data_dir or "the default tfds data_dir"
     try:
         return tfds.load(
             source.versioned_name, split=tfds_split, data_dir=data_dir, download=download,
@@ -102,21 +105,18 @@ def _open(source: TfdsSource, name: str, split: str, data_dir: str | None, downl
             f" --data_dir={data_dir}" if data_dir else "")
         raise DatasetError(
             f"{name}/{split}: tfds dataset {source.versioned_name} split {tfds_split!r} is not "
-            f"available in {where} ({first_sentence}); prepare it once with `{build}`") from e
+            f"available in {_where(data_dir)} ({first_sentence}); prepare it once with "
+            f"`{build}`") from e
 
 
 def load(source: TfdsSource, name: str, split: str, *, shape: tuple[int, int, int],
          num_examples: int | None, rng: np.random.Generator, data_dir: str | None,
          download: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Reads one split -> (uint8 images [N, *shape], int32 labels [N])."""
-    if split not in source.splits:
-        raise DatasetError(
-            f"{name}: no split {split!r} (available: {', '.join(source.splits)})")
-    import tensorflow as tf  # imported here: importing TensorFlow costs seconds
+    ds = _open(source, name, split, data_dir, download)
+    import tensorflow as tf  # already imported by _open
     import tensorflow_datasets as tfds
 
-    ds = _open(source, name, split, data_dir, download)
-    where = data_dir or "the default tfds data_dir"
     try:
         total = int(ds.cardinality())
         if total < 0:  # unknown length: count once (cheap, nothing is decoded)
@@ -127,7 +127,7 @@ def load(source: TfdsSource, name: str, split: str, *, shape: tuple[int, int, in
     except tf.errors.OpError as e:
         message = e.message.splitlines()[0] if e.message else type(e).__name__
         raise DatasetError(
-            f"{name}/{split}: reading tfds dataset {source.versioned_name} from {where} "
+            f"{name}/{split}: reading tfds dataset {source.versioned_name} from {_where(data_dir)} "
             f"failed: {message}") from e
     if read != len(labels):
         raise DatasetError(f"{name}/{split}: tfds dataset {source.versioned_name} announced "
