@@ -12,7 +12,6 @@ import sys
 
 import ml_collections
 import numpy as np
-import tqdm
 from absl import app, flags
 from etils import epath
 from jax.experimental import multihost_utils
@@ -25,6 +24,7 @@ from softlabel_ood import (
     distributed,
     input_pipeline,
     predictions,
+    progress,
     run_data,
     run_model,
     saved_runs,
@@ -78,7 +78,7 @@ def write_predictions(config: ml_collections.ConfigDict, workdir: epath.PathLike
     }
     sets.update({name: ("ood_test", ds) for name, ds in run_data.load_ood(config).items()})
     splits = {}
-    bar = tqdm.tqdm(sets.items(), desc="predictions", unit="split",
+    bar = progress.bar(sets.items(), desc="predictions", unit="split",
                     disable=not distributed.is_writer())
     for name, (role, ds) in bar:
         bar.set_postfix_str(name)

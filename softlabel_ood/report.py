@@ -281,7 +281,8 @@ def _write_figures(table: MetricTable, runs: Sequence[RunInfo], out_dir: epath.P
     if panels:
         figures.save(figures.msp_histograms(panels, focus_ood), out_dir / "msp_histograms.png")
         written.append(("msp_histograms.png", f"MSP on the ID test set and on {focus_ood} "
-                                              f"(normalised histograms, 30 bins from 1/K to 1), "
+                                              f"(normalised histograms, 30 bins from 1/K to 1, log "
+                                              f"density axis), "
                                               f"first seed of each run."))
     groups = []
     for title, members in roc_groups(runs):

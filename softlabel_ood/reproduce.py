@@ -31,6 +31,7 @@ from softlabel_ood import (
     datasets,
     distributed,
     grid,
+    progress,
     report,
     results,
     run_data,
@@ -160,7 +161,7 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str, *,
     """Trains every unfinished run of `config.grid`, then scores them and writes the report."""
     planned = planned_runs(config, workdir)
     writer = distributed.is_writer()
-    bar = tqdm.tqdm(planned, desc="grid", unit="run", disable=not writer)
+    bar = progress.bar(planned, desc="grid", unit="run", disable=not writer)
     for i, (info, c) in enumerate(bar, start=1):
         bar.set_postfix_str(info.run)
         where = info.directory

@@ -39,6 +39,7 @@ from softlabel_ood import (
     distributed,
     input_pipeline,
     metrics_log,
+    progress,
     run_data,
     run_model,
     saved_runs,
@@ -208,7 +209,7 @@ def train(config: ml_collections.ConfigDict, workdir: epath.PathLike,
     log = metrics_log.MetricsLog(workdir, resume_step=start_step, enabled=distributed.is_writer())
     if start_step and distributed.is_writer():
         tqdm.tqdm.write(f"{workdir}: resuming from step {start_step} of {total_steps}")
-    bar = tqdm.tqdm(total=total_steps, initial=start_step, desc=workdir.name, unit="step",
+    bar = progress.bar(total=total_steps, initial=start_step, desc=workdir.name, unit="step",
                     disable=not distributed.is_writer())
     pending = _StepMetrics()
     # Calls dispatched but not yet read, each with the host work that waits for its results.

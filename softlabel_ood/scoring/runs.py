@@ -157,15 +157,15 @@ def _ood_rows(runs: Sequence[_RunScores]) -> list[list[MetricRow]]:
 
 
 def _progress(items: Iterable, total: int | None) -> Iterable:
-    # tqdm is optional here so that scoring needs nothing beyond numpy and jax.
+    # tqdm (behind `progress`) is optional here so that scoring needs nothing beyond numpy and jax.
     try:
-        import tqdm
+        from softlabel_ood import progress
     except ImportError:  # pragma: no cover
         for i, item in enumerate(items):
             print(f"scoring run {i + 1}/{total or '?'}: {item[0]}", file=sys.stderr)
             yield item
         return
-    bar = tqdm.tqdm(items, total=total, desc="scoring runs", unit="run", file=sys.stderr)
+    bar = progress.bar(items, total=total, desc="scoring runs", unit="run", file=sys.stderr)
     for item in bar:
         bar.set_postfix_str(item[0])
         yield item

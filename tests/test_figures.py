@@ -1,0 +1,134 @@
+"""The report's figures, read back from their matplotlib artists."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn import metrics as sk_metrics
+
+from softlabel_ood import figures, predictions, results
+from softlabel_ood.scoring import MetricRow
+
+# AUROC of three seeds per grid entry: ce close to 1, ls0.1 in the middle, ls0.2 close to 0, so
+# that mean ± std leaves [0, 1] at both ends.
+AUROC = {"ce": (0.97, 0.99, 1.0), "ls0.1": (0.6, 0.7, 0.8), "ls0.2": (0.05, 0.0, 0.01)}
+ALPHAS = {"ce": 0.0, "ls0.1": 0.1, "ls0.2": 0.2}
+
+
+def _runs_and_table(directory=""):
+    runs, rows = [], []
+    for name, values in AUROC.items():
+        for seed, value in enumerate(values):
+            run = f"{name}_seed{seed}"
+            runs.append(results.RunInfo(run=run, name=name, seed=seed,
+                                        method="ce" if name == "ce" else "ls",
+                                        alpha=ALPHAS[name], directory=directory))
+            rows += [MetricRow(run, "msp", "noise", "auroc", value),
+                     MetricRow(run, "", "", "accuracy", 0.9), MetricRow(run, "", "", "ece", 0.1)]
+    return runs, results.MetricTable(rows)
+
+
+def _bar_extents(ax):
+    """(x, lower end, upper end) of each error bar of the panel's first line."""
+    container = ax.containers[0]
+    segments = container.lines[2][0].get_segments()
+    return [(seg[0][0], seg[0][1], seg[1][1]) for seg in segments]
+
+
+def test_alpha_sweep_error_bars_are_cut_at_0_and_100():
+    runs, table = _runs_and_table()
+    fig = figures.alpha_sweep(table, results.ls_sweep(runs), metric="auroc", scores=["msp"],
+                              dataset="digits")
+    for ax in fig.axes[:2]:  # the mean over OOD sets, and the one OOD set
+        extents = _bar_extents(ax)
+        assert [x for x, _, _ in extents] == [0.0, 0.1, 0.2]
+        for (x, low, high), name in zip(extents, AUROC, strict=True):
+            values = 100 * np.array(AUROC[name])
+            mean, std = values.mean(), values.std(ddof=1)
+            assert ALPHAS[name] == x
+            assert low == pytest.approx(max(mean - std, 0.0))
+            assert high == pytest.approx(min(mean + std, 100.0))
+    # The cuts are the point: without them these bars would reach 101.5 and -1.6.
+    (_, _, ce_high), _, (_, ls02_low, _) = _bar_extents(fig.axes[0])
+    assert ce_high == 100.0
+    assert ls02_low == 0.0
+
+
+def test_alpha_sweep_titles_name_the_dataset_and_the_seeds(tmp_path):
+    runs, table = _runs_and_table()
+    fig = figures.alpha_sweep(table, results.ls_sweep(runs), metric="auroc", scores=["msp"],
+                              dataset="digits")
+    assert fig.get_suptitle() == "AUROC against α on digits; mean ± std over 3 seeds (0, 1, 2)"
+    # Without `dataset`, the runs' predictions name it.
+    run_dir = tmp_path / "run"
+    splits = {"toy_test": predictions.Split("id_test", np.eye(3, dtype=np.float32),
+                                            np.arange(3, dtype=np.int32))}
+    predictions.write(run_dir / "predictions", splits, num_classes=3,
+                      run={"dataset": "fashion_mnist"})
+    runs, table = _runs_and_table(directory=str(run_dir))
+    fig = figures.id_sweep(table, results.ls_sweep(runs))
+    assert fig.get_suptitle() == ("Accuracy and ECE against α on fashion_mnist; mean ± std over "
+                                  "3 seeds (0, 1, 2)")
+
+
+def _predictions(tmp_path, id_logits, ood_logits):
+    k = id_logits.shape[1]
+    splits = {"toy_test": predictions.Split("id_test", id_logits.astype(np.float32),
+                                            np.zeros(len(id_logits), np.int32)),
+              "noise": predictions.Split("ood_test", ood_logits.astype(np.float32),
+                                         np.full(len(ood_logits), -1, np.int32))}
+    predictions.write(tmp_path / "predictions", splits, num_classes=k, run={})
+    return predictions.read(tmp_path / "predictions")
+
+
+def test_msp_histograms_show_a_thin_ood_tail(tmp_path):
+    rng = np.random.default_rng(0)
+    # A confident model: every ID example and 990 of 1000 OOD examples in the last bin, the
+    # other 10 OOD examples spread thinly over the lower bins.
+    id_logits = np.stack([np.full(2000, 12.0), np.zeros(2000)], axis=1)
+    ood_top = np.r_[np.full(990, 12.0), rng.uniform(0.0, 3.0, 10)]
+    ood_logits = np.stack([ood_top, np.zeros(1000)], axis=1)
+    fig = figures.msp_histograms([("ce", _predictions(tmp_path, id_logits, ood_logits))], "noise")
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log"
+    bars = [p for p in ax.patches if p.get_height() > 0]
+    heights = np.array([p.get_height() for p in bars])
+    assert heights.max() / heights.min() > 500  # on a linear axis the tail would be invisible
+    bottom, top = ax.get_ylim()
+    to_axes = ax.transAxes.inverted()
+    for p in bars:  # every non-empty bin rises visibly above the bottom of its panel
+        _, y = to_axes.transform(ax.transData.transform((p.get_x(), p.get_height())))
+        assert 0.05 < y <= 1.0
+    assert bottom < heights.min()
+    assert top > heights.max()
+
+
+def test_roc_points_are_scikit_learns_with_ties():
+    rng = np.random.default_rng(1)
+    id_scores = rng.integers(0, 8, 300).astype(float)  # many ties, inside and across the sets
+    ood_scores = rng.integers(0, 6, 200).astype(float)
+    fpr, tpr = figures.roc_points(id_scores, ood_scores)
+    y = np.r_[np.ones(300), np.zeros(200)]
+    sk_fpr, sk_tpr, _ = sk_metrics.roc_curve(y, np.r_[id_scores, ood_scores],
+                                             drop_intermediate=False)
+    np.testing.assert_allclose(fpr, sk_fpr)
+    np.testing.assert_allclose(tpr, sk_tpr)
+
+
+def test_roc_figure_labels_the_95_percent_tpr_line(tmp_path):
+    rng = np.random.default_rng(2)
+    id_logits = rng.normal(size=(400, 3))
+    id_logits[:, 0] += 3.0
+    ood_logits = rng.normal(size=(300, 3))
+    preds = _predictions(tmp_path, id_logits, ood_logits)
+    fig = figures.roc_curves([("runs", [("ce", preds)])], "noise")
+    ax = fig.axes[0]
+    horizontal = [line for line in ax.get_lines() if set(line.get_ydata()) == {95}]
+    assert len(horizontal) == 1
+    labels = [t for t in ax.texts if "TPR = 95%" in t.get_text()]
+    assert len(labels) == 1
+    assert labels[0].get_position()[1] == pytest.approx(95, abs=2)
+    # The legend's AUROC is scikit-learn's.
+    id_msp, ood_msp = figures.id_ood_msp(preds, "noise")
+    auroc = sk_metrics.roc_auc_score(np.r_[np.ones(400), np.zeros(300)], np.r_[id_msp, ood_msp])
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [f"ce ({100 * auroc:.1f})"]
