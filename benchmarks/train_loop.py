@@ -48,6 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import train_step as benchmarks_train_step
 from softlabel_ood import (
     compilation_cache,
+    configs,
     datasets,
     run_data,
     run_model,
@@ -81,7 +82,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load_config(args):
-    path, _, arg = args.config.partition(":")
+    path, _, arg = configs.resolve(args.config).partition(":")
     spec = importlib.util.spec_from_file_location("bench_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -28,6 +28,7 @@ from softlabel_ood import (
     compilation_cache,
     config_base,
     config_validation,
+    configs,
     datasets,
     distributed,
     grid,
@@ -210,6 +211,7 @@ def main(argv: Sequence[str]) -> None:
 if __name__ == "__main__":
     # Defined here rather than at import, as in train.py and predict.py: the commands share absl's
     # flag namespace, and importing one module from another must not define a flag twice.
+    sys.argv = configs.resolve_argv(sys.argv)  # configs/<file>.py: the packaged file if not here
     config_flags.DEFINE_config_file("config", None, "e.g. configs/digits.py")
     flags.DEFINE_string("workdir", None, "Directory of the whole grid (created if missing).")
     flags.mark_flags_as_required(["config", "workdir"])

@@ -21,6 +21,7 @@ from softlabel_ood import (
     cli_errors,
     compilation_cache,
     config_validation,
+    configs,
     distributed,
     predict,
     run_data,
@@ -65,6 +66,7 @@ def main(argv):
 
 if __name__ == "__main__":
     # Flags are defined only when this module is the command, so that other commands can import it.
+    sys.argv = configs.resolve_argv(sys.argv)  # configs/<file>.py: the packaged file if not here
     config_flags.DEFINE_config_file("config", None, "e.g. configs/cifar10.py:ls")
     flags.DEFINE_string("workdir", None, "Directory of this run (created if missing).")
     flags.mark_flags_as_required(["config", "workdir"])

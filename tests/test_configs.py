@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import importlib
-import sys
 
 import numpy as np
 import pytest
 
 from softlabel_ood import config_base, config_validation, grid, predictions, train
 from tests import idx_files
-from tests.train_helpers import REPO
 
 FAMILIES = ("digits", "fashion_mnist", "cifar10", "cifar100")
 REQUIRED = (
@@ -22,8 +20,7 @@ REQUIRED = (
 
 
 def _family(name):
-    sys.path.insert(0, str(REPO))
-    return importlib.import_module(f"configs.{name}")
+    return importlib.import_module(f"softlabel_ood.configs.{name}")
 
 
 @pytest.mark.parametrize("family", FAMILIES)

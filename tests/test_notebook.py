@@ -1,10 +1,29 @@
-"""notebooks/explore_results.ipynb runs top to bottom against a small workdir made here."""
+"""notebooks/explore_results.ipynb runs top to bottom as Colab runs it.
+
+Colab starts the kernel in an empty directory (/content), with no clone of the repository, and
+the notebook installs the package with the `core` extra only. A fresh virtual environment per
+test would take minutes, so the core-only import path is proved in the kernel itself instead: a
+first cell, added here and not stored in the notebook, makes every top-level module of the
+`train` and `tfds` extras unimportable (None in sys.modules) before the notebook's own cells
+run, a last cell prints which of them got imported (none may), and the kernel's working
+directory is an empty temporary directory.
+The package is found on PYTHONPATH, as an installed package would be. The digits job, which
+needs the `train` extra, runs as the notebook runs it: in a subprocess, which the blocker does
+not reach.
+"""
 
 from __future__ import annotations
+
+import re
 
 import nbclient
 import nbformat
 import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pytest depends on tomli there
+    import tomli as tomllib
 
 from softlabel_ood import report
 from tests.report_helpers import metric_rows, paper_runs, write_predictions
@@ -12,6 +31,75 @@ from tests.test_claims import PAPER_LIKE
 from tests.train_helpers import REPO
 
 NOTEBOOK = REPO / "notebooks" / "explore_results.ipynb"
+
+# The import names of the distributions in the `train` and `tfds` extras of pyproject.toml.
+EXTRA_MODULES = {
+    "flax": "flax", "optax": "optax", "orbax-checkpoint": "orbax",
+    "ml-collections": "ml_collections",
+    "scikit-learn": "sklearn", "tqdm": "tqdm", "tensorboardX": "tensorboardX", "absl-py": "absl",
+    "pillow": "PIL", "tensorflow-datasets": "tensorflow_datasets", "tensorflow-cpu": "tensorflow",
+}
+# matplotlib itself depends on pillow, so PIL is importable with the core extra.
+BLOCKED = sorted(set(EXTRA_MODULES.values()) - {"PIL"})
+
+BLOCKER_CELL = f"""
+import sys
+
+BLOCKED = {BLOCKED!r}
+already = sorted({{m for m in sys.modules if m.split(".")[0] in BLOCKED}})
+assert not already, f"imported before the notebook started: {{already}}"
+# None in sys.modules is the import system's "not installed": `import x` raises
+# ModuleNotFoundError and importlib.util.find_spec("x") returns None, as libraries that probe
+# for optional packages (etils probes for tensorflow) expect.
+for name in BLOCKED:
+    sys.modules[name] = None
+"""
+
+# What the notebook's cells import last: none of it may come from the train or tfds extras.
+IMPORTED_CHECK_CELL = f"""
+import sys
+print("blocked modules imported:", sorted({{m for m, module in sys.modules.items()
+                                            if module is not None
+                                            and m.split(".")[0] in {BLOCKED!r}}}))
+"""
+
+
+def _extra_distributions() -> set[str]:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    return {re.split(r"[<>=\[;]", dep)[0] for name in ("train", "tfds") for dep in extras[name]}
+
+
+def test_blocked_modules_are_those_of_the_train_and_tfds_extras():
+    assert set(EXTRA_MODULES) == _extra_distributions()
+
+
+def _run_as_colab(tmp_path, monkeypatch, **env) -> list:
+    """Executes the notebook, core extra only, from an empty directory; returns the outputs."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # stands for the installed package
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    content = tmp_path / "content"
+    content.mkdir()
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb.cells.insert(0, nbformat.v4.new_code_cell(BLOCKER_CELL))
+    nb.cells.append(nbformat.v4.new_code_cell(IMPORTED_CHECK_CELL))
+    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                                     resources={"metadata": {"path": str(content)}})
+    client.execute()
+    outputs = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs]
+    assert not [out for out in outputs if out.output_type == "error"]
+    return outputs
+
+
+def _text(outputs) -> str:
+    return "\n".join(str(out.get("text", "")) + str(out.get("data", {}).get("text/markdown", ""))
+                     for out in outputs)
+
+
+def _images(outputs) -> list:
+    return [out for out in outputs if "image/png" in out.get("data", {})]
 
 
 @pytest.fixture(scope="module")
@@ -33,21 +121,32 @@ def test_notebook_is_stored_without_outputs():
             assert cell.execution_count is None
 
 
-def test_notebook_runs_top_to_bottom(workdir, monkeypatch):
-    # The parameters cell reads the results path from this variable; the kernel inherits it.
-    monkeypatch.setenv("SOFTLABEL_OOD_RESULTS", str(workdir))
-    monkeypatch.setenv("PYTHONPATH", str(REPO))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
-                                     resources={"metadata": {"path": str(REPO)}})
-    client.execute()
-    outputs = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs]
-    assert not [out for out in outputs if out.output_type == "error"]
-    text = "\n".join(str(out.get("text", "")) + str(out.get("data", {}).get("text/markdown", ""))
-                     for out in outputs)
+def test_notebook_reads_results_made_elsewhere_with_the_core_extra(workdir, tmp_path,
+                                                                  monkeypatch):
+    outputs = _run_as_colab(tmp_path, monkeypatch, SOFTLABEL_OOD_RESULTS=str(workdir))
+    text = _text(outputs)
+    assert f"reading results from {workdir}" in text
     assert "20 runs in 10 grid entries" in text
     assert "Table 1. Label-smoothing sweep" in text
     assert "### Claim 1: supported" in text
-    images = [out for out in outputs if "image/png" in out.get("data", {})]
-    assert len(images) == 4  # α sweep, accuracy/ECE sweep, histograms, ROC curves
+    assert "blocked modules imported: []" in text
+    assert len(_images(outputs)) == 4  # α sweep, accuracy/ECE sweep, histograms, ROC curves
+    assert list((tmp_path / "content").iterdir()) == []  # reading writes nothing
+
+
+def test_notebook_runs_the_digits_job_itself(tmp_path, monkeypatch):
+    # The README's main job, cut to one seed, one epoch and a few examples for the test's sake.
+    job_args = ("--config.num_epochs=1 --config.num_train_examples=256 "
+                "--config.num_ood_examples=64 --config.grid.seeds=(0,)")
+    outputs = _run_as_colab(tmp_path, monkeypatch, SOFTLABEL_OOD_RESULTS="",
+                            SOFTLABEL_OOD_JOB_ARGS=job_args,
+                            SOFTLABEL_OOD_COMPILATION_CACHE=str(tmp_path / "jax_cache"))
+    text = _text(outputs)
+    assert "$ python -m softlabel_ood.reproduce --config=configs/digits.py --workdir=digits" in text
+    assert "[12/12] kdi_oe_seed0 (kd_incorrect): trained" in text
+    assert "\r" not in text  # the job's progress arrives as plain lines
+    assert "12 runs in 12 grid entries" in text
+    assert "Table 2. Teachers and students" in text
+    assert "blocked modules imported: []" in text
+    assert (tmp_path / "content" / "digits" / "report" / "report.md").is_file()
+    assert len(_images(outputs)) == 4

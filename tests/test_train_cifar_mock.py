@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
 from softlabel_ood import predictions, train
-from tests.train_helpers import REPO
 
 
 def test_cifar10_config_runs_a_few_steps_on_mock_data(tmp_path):
-    sys.path.insert(0, str(REPO))
-    from configs import cifar10
+    from softlabel_ood.configs import cifar10
 
     config = cifar10.get_config("ce")
     config.model = "wrn10_1"  # the real protocol's model family at its smallest depth and width
@@ -36,8 +32,7 @@ def test_cifar10_config_runs_a_few_steps_on_mock_data(tmp_path):
 
 
 def test_cifar10_oe_reads_outliers_and_ood_sets_from_local_files(tmp_path):
-    sys.path.insert(0, str(REPO))
-    from configs import cifar10
+    from softlabel_ood.configs import cifar10
 
     rng = np.random.default_rng(0)
     # 300K Random Images ships as one uint8 [N, 32, 32, 3] .npy; LSUN (crop) as a folder of images.

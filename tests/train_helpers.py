@@ -14,8 +14,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 def tiny_digits_config(method: str = "ce", /, **overrides) -> ml_collections.ConfigDict:
     """The digits config cut down to 2 short epochs: seconds per run on a CPU."""
-    sys.path.insert(0, str(REPO))
-    from configs import digits
+    from softlabel_ood.configs import digits
 
     config = digits.get_config(method)
     config.num_epochs = 2
