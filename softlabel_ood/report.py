@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from etils import epath
 
-from softlabel_ood import __version__, claims, figures, predictions, results, scoring
+from softlabel_ood import __version__, claims, environment, figures, predictions, results, scoring
 from softlabel_ood.results import MetricTable, RunInfo
 
 OOD_METRICS = ("auroc", "fpr95", "aupr_out")
@@ -364,11 +364,13 @@ def write_report(rows: Sequence[scoring.MetricRow], out_dir: epath.PathLike, *,
                     (epath.Path(tmp) / name).copy(out_dir / name, overwrite=True)
     else:
         scoring.write_metrics(rows, str(out_dir))
+    env = environment.describe()
     results.write_runs_json([dataclasses.replace(r, directory="") for r in runs],
-                            out_dir / results.RUNS_FILE)
+                            out_dir / results.RUNS_FILE, environment=env)
     scores = _scores(table, scores)
     if focus_ood is None:
         focus_ood = default_focus_ood(table, runs, rules.score)
     figure_files = _write_figures(table, runs, out_dir, scores=scores, focus_ood=focus_ood)
     text = render(table, runs, title=title, scores=scores, rules=rules, figure_files=figure_files)
+    text += "\n" + environment.markdown(env)
     (out_dir / "report.md").write_text(text)

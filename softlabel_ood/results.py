@@ -153,13 +153,18 @@ def format_stat(s: Stat, *, scale: float = 100.0, digits: int = 2) -> str:
     return f"{s.mean * scale:.{digits}f} ± {s.std * scale:.{digits}f}"
 
 
-def write_runs_json(runs: Sequence[RunInfo], path: epath.PathLike) -> None:
-    data = [dataclasses.asdict(r) for r in runs]
+def write_runs_json(runs: Sequence[RunInfo], path: epath.PathLike, *,
+                    environment: dict[str, str] | None = None) -> None:
+    """`{"environment": {...}, "runs": [...]}`; `environment.describe()` says what it holds."""
+    data = {"environment": environment or {}, "runs": [dataclasses.asdict(r) for r in runs]}
     epath.Path(path).write_text(json.dumps(data, indent=1) + "\n")
 
 
 def read_runs_json(path: epath.PathLike) -> list[RunInfo]:
-    return [RunInfo(**entry) for entry in json.loads(epath.Path(path).read_text())]
+    data = json.loads(epath.Path(path).read_text())
+    # Reports written before the environment was recorded hold the list of runs alone.
+    entries = data if isinstance(data, list) else data["runs"]
+    return [RunInfo(**entry) for entry in entries]
 
 
 def grid_name(run_dir_name: str) -> str:
