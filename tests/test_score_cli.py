@@ -64,8 +64,8 @@ def test_cli_writes_metrics_csv_and_md(scored, runs):
         lines = list(csv.reader(f))
     assert lines[0] == ["run", "score", "ood", "metric", "value"]
     rows = scoring.read_metrics_csv(out / "metrics.csv")
-    # Per run: accuracy and ece, then scores x OOD splits x 7 metrics.
-    assert len(rows) == (2 + 6 * 2 * 7) + (2 + 4 * 2 * 7)
+    # Per run: accuracy and ece, then scores x OOD splits x 8 metrics.
+    assert len(rows) == (2 + 6 * 2 * 8) + (2 + 4 * 2 * 8)
     assert rows[0] == scoring.MetricRow("ce", "", "", "accuracy", rows[0].value)
     assert all(0.0 <= r.value <= 1.0 for r in rows)
     values = {(r.run, r.score, r.ood, r.metric): r.value for r in rows}
@@ -99,7 +99,7 @@ def test_cli_metrics_md_and_skipped_feature_scores(scored):
     assert "## ce" in text
     assert "## ls_0.1" in text
     assert "| ood | auroc | aupr_in | aupr_out | fpr95 | tnr95 | fpr95_ood_positive | " \
-           "detection_acc |" in text
+           "detection_acc | fpr95_oe |" in text
     ls_part = text.split("## ls_0.1")[1]
     assert "### mahalanobis\n\nskipped: the predictions have no id_train split" in ls_part
     assert "### knn\n\nskipped: the predictions have no id_train split" in ls_part

@@ -14,6 +14,40 @@ from softlabel_ood.scoring import metrics
 from softlabel_ood.scoring.metrics import METRICS, ScoringError
 
 
+def stable_cumsum(arr, rtol=1e-05, atol=1e-08):
+    """Transcribed from the Outlier Exposure code (utils/display_results.py)."""
+    out = np.cumsum(arr, dtype=np.float64)
+    expected = np.sum(arr, dtype=np.float64)
+    if not np.allclose(out[-1], expected, rtol=rtol, atol=atol):
+        raise RuntimeError("cumsum was found to be unstable")
+    return out
+
+
+def oe_fpr_and_fdr_at_recall(y_true, y_score, recall_level=0.95, pos_label=1.0):
+    """Transcribed line by line from the Outlier Exposure code (utils/display_results.py)."""
+    y_true = (y_true == pos_label)
+    desc_score_indices = np.argsort(y_score, kind="mergesort")[::-1]
+    y_score = y_score[desc_score_indices]
+    y_true = y_true[desc_score_indices]
+    distinct_value_indices = np.where(np.diff(y_score))[0]
+    threshold_idxs = np.r_[distinct_value_indices, y_true.size - 1]
+    tps = stable_cumsum(y_true)[threshold_idxs]
+    fps = 1 + threshold_idxs - tps
+    recall = tps / tps[-1]
+    last_ind = tps.searchsorted(tps[-1])
+    sl = slice(last_ind, None, -1)
+    recall, fps = np.r_[recall[sl], 1], np.r_[fps[sl], 0]
+    cutoff = np.argmin(np.abs(recall - recall_level))
+    return fps[cutoff] / (np.sum(np.logical_not(y_true)))
+
+
+def oe_fpr95(id_scores, ood_scores) -> float:
+    """As the OE code's get_measures(out_score, in_score) calls it: OOD positive, anomaly
+    score = -s."""
+    y = np.r_[np.zeros(len(id_scores)), np.ones(len(ood_scores))]
+    return oe_fpr_and_fdr_at_recall(y, -np.r_[id_scores, ood_scores].astype(np.float64))
+
+
 def sklearn_metrics(id_scores, ood_scores) -> dict[str, float]:
     """DESIGN.md §6, written with scikit-learn exactly as the definitions read."""
     y = np.concatenate([np.ones(len(id_scores)), np.zeros(len(ood_scores))])
@@ -24,7 +58,8 @@ def sklearn_metrics(id_scores, ood_scores) -> dict[str, float]:
     return {"auroc": sk.roc_auc_score(y, s), "aupr_in": sk.average_precision_score(y, s),
             "aupr_out": sk.average_precision_score(1 - y, -s), "fpr95": fpr95,
             "tnr95": 1 - fpr95, "fpr95_ood_positive": fpr_o[np.argmax(tpr_o >= 0.95)],
-            "detection_acc": np.max(0.5 * (tpr + 1 - fpr))}
+            "detection_acc": np.max(0.5 * (tpr + 1 - fpr)),
+            "fpr95_oe": oe_fpr95(id_scores, ood_scores)}
 
 
 def assert_matches_sklearn(ours: dict[str, float], id_scores, ood_scores, tol=1e-9):
@@ -79,10 +114,12 @@ def test_edge_cases_match_sklearn(name):
     assert_matches_sklearn(ours, id_scores, ood_scores)
     if name == "all equal":
         assert ours == {"auroc": 0.5, "aupr_in": 10 / 14, "aupr_out": 4 / 14, "fpr95": 1.0,
-                        "tnr95": 0.0, "fpr95_ood_positive": 1.0, "detection_acc": 0.5}
+                        "tnr95": 0.0, "fpr95_ood_positive": 1.0, "detection_acc": 0.5,
+                        "fpr95_oe": 1.0}
     if name == "separated":
         assert ours == {"auroc": 1.0, "aupr_in": 1.0, "aupr_out": 1.0, "fpr95": 0.0,
-                        "tnr95": 1.0, "fpr95_ood_positive": 0.0, "detection_acc": 1.0}
+                        "tnr95": 1.0, "fpr95_ood_positive": 0.0, "detection_acc": 1.0,
+                        "fpr95_oe": 0.0}
     if name == "reversed":
         assert ours["auroc"] == 0.0
         assert ours["fpr95"] == 1.0
@@ -133,6 +170,77 @@ def test_hand_worked_ties_at_the_threshold():
     # Rejecting 19/20 OOD needs s <= 0.19, which rejects the ID outlier: 1/20.
     assert ours["fpr95_ood_positive"] == 0.05
     assert_matches_sklearn(ours, id_scores, ood_scores)
+
+
+def test_hand_worked_fpr95_oe_plateau_and_nearest_recall():
+    # An exact 0.95 plateau: OOD scores 1..20 (N = 20), five ID scores in (19, 20). Calling
+    # s <= c OOD for any c in [19, 20) has recall 19/20 = 0.95. The OE code scans thresholds
+    # from high recall down and keeps the first nearest point: c just below 20, which calls the
+    # five ID examples OOD. fpr95_ood_positive takes the highest threshold, c = 19: none.
+    ood_scores = np.arange(1.0, 21.0)
+    id_scores = np.r_[np.linspace(19.1, 19.9, 5), np.full(5, 50.0)]  # P = 10
+    ours = metrics.pair_metrics(id_scores, ood_scores)
+    assert ours["fpr95_oe"] == 0.5
+    assert ours["fpr95_ood_positive"] == 0.0
+    assert ours["fpr95_oe"] == oe_fpr95(id_scores, ood_scores)
+
+    # A recall below 0.95: OOD 1..36 and four tied at 40 (N = 40), so recall jumps from 0.9
+    # to 1.0. Both are 0.05 from 0.95 in exact arithmetic; in float64 0.9 is nearer, and the
+    # OE code takes recall 0.9, with c just below 40: the ID example tied at 40 stays ID.
+    assert abs(36 / 40 - 0.95) < abs(40 / 40 - 0.95)
+    ood_scores = np.r_[np.arange(1.0, 37.0), [40.0] * 4]
+    id_scores = np.r_[[36.5, 40.0], np.full(18, 50.0)]  # P = 20
+    ours = metrics.pair_metrics(id_scores, ood_scores)
+    assert ours["fpr95_oe"] == 1 / 20  # 36.5 only
+    assert ours["fpr95_ood_positive"] == 2 / 20  # recall >= 0.95 needs c = 40: 36.5 and 40
+    assert ours["fpr95_oe"] == oe_fpr95(id_scores, ood_scores)
+
+    # Recall 1.0 nearest (OOD 1..8 and two tied at 9, N = 10: 0.8 or 1.0): the scan starts at
+    # c = 9, the largest OOD score, never above it.
+    ood_scores = np.r_[np.arange(1.0, 9.0), [9.0, 9.0]]
+    id_scores = np.r_[[8.5], np.full(9, 20.0)]  # P = 10
+    ours = metrics.pair_metrics(id_scores, ood_scores)
+    assert ours["fpr95_oe"] == 0.1
+    assert ours["fpr95_oe"] == oe_fpr95(id_scores, ood_scores)
+
+
+@pytest.mark.parametrize(("num_id", "num_ood", "levels"), [
+    (300, 40, 4), (50, 500, 9), (2000, 400, 200), (10, 10, 1), (1000, 20, 2)])
+def test_fpr95_oe_matches_the_oe_code_on_tie_heavy_scores(num_id, num_ood, levels):
+    rng = np.random.default_rng(num_id + 13 * num_ood)
+    id_scores = quantized(rng, num_id, levels, shift=0.7)
+    ood_scores = quantized(rng, num_ood, levels)
+    assert metrics.pair_metrics(id_scores, ood_scores)["fpr95_oe"] == \
+        oe_fpr95(id_scores, ood_scores)
+
+
+def test_fpr95_oe_exceeds_fpr95_ood_positive_at_the_oe_sizes():
+    # Continuous scores at the OE evaluation sizes (10k ID, 2k OOD): 1900/2000 is exactly the
+    # float64 0.95, so the OE rule sits on that plateau's lowest threshold and adds the ID
+    # examples between the 1900th and 1901st OOD scores.
+    rng = np.random.default_rng(0)
+    gaps = []
+    for _ in range(5):
+        id_scores, ood_scores = rng.normal(1.0, 1.0, 10_000), rng.normal(0.0, 1.0, 2_000)
+        ours = metrics.pair_metrics(id_scores, ood_scores)
+        assert ours["fpr95_oe"] == oe_fpr95(id_scores, ood_scores)
+        v = np.sort(ood_scores)
+        assert ours["fpr95_oe"] == pytest.approx(np.mean(id_scores < v[1900]), abs=1e-15)
+        assert ours["fpr95_ood_positive"] == pytest.approx(np.mean(id_scores <= v[1899]),
+                                                           abs=1e-15)
+        gaps.append(ours["fpr95_oe"] - ours["fpr95_ood_positive"])
+    assert min(gaps) >= 0
+    assert np.mean(gaps) > 0
+
+
+def test_subnormal_scores_are_not_ties_with_zero():
+    # XLA on CPU flushes subnormals in float comparisons; keys come from the bits instead.
+    tiny = np.nextafter(0.0, 1.0)  # 5e-324
+    ours = metrics.pair_metrics(np.array([tiny]), np.array([0.0]))
+    assert ours["auroc"] == 1.0
+    assert_matches_sklearn(ours, np.array([tiny]), np.array([0.0]))
+    ours = metrics.pair_metrics(np.array([-0.0, tiny]), np.array([0.0, -tiny]))
+    assert_matches_sklearn(ours, np.array([-0.0, tiny]), np.array([0.0, -tiny]))
 
 
 def test_fpr95_keeps_collinear_roc_points():

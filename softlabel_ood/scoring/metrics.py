@@ -10,6 +10,10 @@ a score is higher for "more in-distribution"):
                         fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
     tnr95               1 - fpr95
     fpr95_ood_positive  the same rule with OOD as the positive class and -s as its score
+    fpr95_oe            the Outlier Exposure code's fpr_and_fdr_at_recall(y_ood, -s, 0.95)
+                        (OOD positive): among the ROC points up to full recall, scanned from
+                        high recall down, the first whose recall is nearest 0.95; the fraction
+                        of ID examples it accepts as OOD
     detection_acc       max over the ROC points of 0.5 * (tpr + 1 - fpr)
     accuracy            mean(argmax(logits) == label) on the ID test split
     ece                 sum over 15 equal-width bins (lo, hi] of (n_b / n) |acc_b - conf_b|, with
@@ -29,6 +33,10 @@ distinct score values. For P ID scores u and N OOD scores v:
     aupr_out      = mean_j  ood_le_self / (ood_le_self + id_le)
     fpr95         = min_i { (N - ood_lt) / N  :  id_ge / P >= 0.95 }
     fpr95_ood_pos = min_j { id_le / P  :  ood_le_self / N >= 0.95 }
+    fpr95_oe      = #{u < v_(t+1)} / P (#{u <= max v} / P when t = N), where t is the value of
+                    ood_le_self nearest 0.95 N (|t / N - 0.95| in float64, as the OE code
+                    computes it; the larger t on an exact tie) and v_(t+1) the (t+1)-th smallest
+                    OOD score: the lowest point of t's recall plateau in the OE code's scan
     detection_acc = max(0.5, max_i 0.5 * (id_ge / P + 1 - (N - ood_lt) / N))
 
 Only ID scores need to be visited for fpr95 and detection_acc: moving a threshold up past a group
@@ -41,7 +49,9 @@ Each (run, score) group sorts its ID scores once and shares them across all its 
 OOD split is sorted once and located in the ID order with one binary search. Counts for the ID
 examples then come from a histogram of those positions and a cumulative sum. Scores are compared
 as int64 keys that order exactly like the float64 values (integer sorts are several times faster
-than float sorts on CPU); -0.0 is folded into +0.0 first so that the two remain a tie.
+than float sorts on CPU); -0.0 is folded into +0.0 on the integer bits so that the two remain a
+tie (a float comparison x == 0 would also fold subnormals into 0, because XLA on CPU flushes
+denormals).
 Splits of different sizes share one array through padding: padded entries get the largest key,
 which no finite score reaches, and are masked out of every count.
 """
@@ -55,12 +65,13 @@ import numpy as np
 from softlabel_ood.scoring import float64, scores
 
 METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95", "tnr95", "fpr95_ood_positive",
-           "detection_acc")
+           "detection_acc", "fpr95_oe")
 ID_METRICS = ("accuracy", "ece")
 ECE_BINS = 15
 
 _PAD = np.iinfo(np.int64).max
 _SIGN_MASK_COMPLEMENT = np.int64(0x7FFF_FFFF_FFFF_FFFF)
+_NEGATIVE_ZERO_BITS = np.iinfo(np.int64).min  # the bits of -0.0: the sign bit alone
 
 
 class ScoringError(ValueError):
@@ -69,8 +80,10 @@ class ScoringError(ValueError):
 
 def _order_keys(x: jax.Array) -> jax.Array:
     """int64 keys with key(a) < key(b) exactly when a < b, for finite float64 a and b."""
-    x = jnp.where(x == 0, 0.0, x)  # -0.0 == 0.0 as floats; make their bits equal too
     bits = jax.lax.bitcast_convert_type(x, jnp.int64)
+    # -0.0 == 0.0 as floats; make their bits equal too. On the bits, not with x == 0: XLA on CPU
+    # flushes subnormals to zero in float comparisons, which would tie 5e-324 with 0.
+    bits = jnp.where(bits == _NEGATIVE_ZERO_BITS, 0, bits)
     # Negative floats order backwards by their magnitude bits: flip those bits.
     return jnp.where(bits < 0, bits ^ _SIGN_MASK_COMPLEMENT, bits)
 
@@ -149,9 +162,19 @@ def _one_pair(id_sorted, id_first, id_size, ood_sorted, id_le, ood_size):
     aupr_out = jnp.sum(jnp.where(ood_valid, ood_le_self / (ood_le_self + id_le), 0.0)) / n
     fpr95_ood = jnp.min(jnp.where(ood_valid & (ood_le_self / n >= 0.95), id_le / p, jnp.inf))
 
+    # The OE code's rule: the recall t / N nearest 0.95, the larger t when two are equally near
+    # (its scan meets higher recall first), then the plateau's lowest threshold, just below the
+    # next OOD score, which accepts the most ID examples as OOD.
+    distance = jnp.where(ood_valid, jnp.abs(ood_le_self / n - 0.95), jnp.inf)
+    nearest = ood_valid & (distance == jnp.min(distance))
+    t = jnp.max(jnp.where(nearest, ood_le_self, 0.0)).astype(jnp.int32)
+    last = jnp.maximum(ood_size - 1, 0)
+    fpr95_oe = jnp.where(t < ood_size, id_lt[jnp.minimum(t, num_ood_slots - 1)],
+                         id_le[last]) / p
+
     values = {"auroc": auroc, "aupr_in": aupr_in, "aupr_out": aupr_out, "fpr95": fpr95,
               "tnr95": 1.0 - fpr95, "fpr95_ood_positive": fpr95_ood,
-              "detection_acc": detection_acc}
+              "detection_acc": detection_acc, "fpr95_oe": fpr95_oe}
     exists = (id_size > 0) & (ood_size > 0)
     return {k: jnp.where(exists, v, jnp.nan) for k, v in values.items()}
 

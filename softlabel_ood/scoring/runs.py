@@ -250,9 +250,9 @@ def _percent(value: float) -> str:
 
 def _markdown_text(rows: Sequence[MetricRow], skipped: Mapping[str, Mapping[str, str]]) -> str:
     lines = ["# OOD detection metrics", "",
-             "Values in percent. Lower is better for fpr95 and fpr95_ood_positive, higher for the "
-             "others; `mean` is the unweighted mean over the OOD splits. Definitions: "
-             "docs/scores_and_metrics.md.", ""]
+             "Values in percent. Lower is better for fpr95, fpr95_ood_positive and fpr95_oe, "
+             "higher for the others; `mean` is the unweighted mean over the OOD splits. "
+             "Definitions: docs/scores_and_metrics.md.", ""]
     runs = list(dict.fromkeys([r.run for r in rows] + list(skipped)))
     for run in runs:
         lines += [f"## {run}", ""]
