@@ -1,11 +1,21 @@
 """The paper's three claims (DESIGN.md §1), decided from metrics by rules stated in advance.
 
 Every verdict is one of SUPPORTED, NOT_SUPPORTED or INCONCLUSIVE and comes with the numbers that
-decided it. The rules compare means over seeds of one quantity, by default the MSP AUROC averaged
-over the OOD sets (`results.MetricTable.ood_sets`); a difference between two grid entries counts
-only when it exceeds both `ClaimRules.min_effect` and their combined seed spread
-sqrt(std_a² + std_b²) (sample stds, ddof = 1). With fewer than `ClaimRules.min_seeds` seeds the
-spread is unknown and a claim that needs it is INCONCLUSIVE.
+decided it. The rules compare one quantity, by default the MSP AUROC averaged over the OOD sets
+(`results.MetricTable.ood_sets`), between two grid entries.
+
+Runs are paired by seed. Within a seed every run of the grid shares its initialisation, data order
+and augmentation (teachers and students included), so the two entries' runs with the same seed
+differ only in the method; seed-to-seed variation common to both cancels in their difference.
+The deciding rule is therefore paired (`PairedComparison`): over the seeds both entries have, the
+differences d_s = a_s - b_s; a difference counts when their mean exceeds the noise threshold
+max(`ClaimRules.min_effect`, std(d)) (sample std, ddof = 1) and every d_s has the same sign.
+With fewer than `ClaimRules.min_seeds` common seeds the spread is unknown and a claim that needs
+it is INCONCLUSIVE.
+
+The earlier rule, which treats the two entries' seeds as independent samples (the difference of
+the seed means against max(min_effect, sqrt(std_a² + std_b²)), `Comparison`), is still computed
+and reported beside it for comparison (`ClaimResult.independent_verdict`).
 """
 
 from __future__ import annotations
@@ -50,9 +60,10 @@ class ClaimRules:
 class ClaimResult:
     number: int
     statement: str
-    verdict: str  # SUPPORTED | NOT_SUPPORTED | INCONCLUSIVE
+    verdict: str  # SUPPORTED | NOT_SUPPORTED | INCONCLUSIVE, by the paired rule
     rule: str  # the decision rule, in words
     evidence: tuple[str, ...]  # the deciding numbers, one line each
+    independent_verdict: str = ""  # the same rule with seeds treated as independent
 
 
 def _pct(x: float) -> str:
@@ -87,6 +98,65 @@ class Comparison:
         return f"difference {_pct(self.difference)}, noise threshold {_pct(self.threshold)}"
 
 
+@dataclasses.dataclass(frozen=True)
+class PairedComparison:
+    """a - b paired by seed: the per-seed differences against max(min_effect, std of them)."""
+
+    differences: tuple[tuple[int, float], ...]  # (seed, a_seed - b_seed), seeds both have
+    min_effect: float
+    min_seeds: int
+
+    @property
+    def values(self) -> np.ndarray:
+        return np.array([d for _, d in self.differences], dtype=np.float64)
+
+    @property
+    def n(self) -> int:
+        return len(self.differences)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values)) if self.n else math.nan
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.values, ddof=1)) if self.n >= 2 else math.nan
+
+    @property
+    def threshold(self) -> float:
+        """NaN when there are fewer than min_seeds pairs (the spread is unknown)."""
+        if self.n < max(self.min_seeds, 1):
+            return math.nan
+        return max(self.min_effect, self.std if self.n >= 2 else 0.0)
+
+    @property
+    def direction(self) -> int:
+        """+1: a > b beyond noise with every seed's difference positive; -1 the mirror; else 0."""
+        if math.isnan(self.threshold):
+            return 0
+        if self.mean > self.threshold and (self.values > 0).all():
+            return 1
+        if self.mean < -self.threshold and (self.values < 0).all():
+            return -1
+        return 0
+
+    def text(self) -> str:
+        per_seed = ", ".join(f"seed {seed}: {_pct(d):s}" for seed, d in self.differences)
+        signs = "".join("+" if d > 0 else "−" if d < 0 else "0" for _, d in self.differences)
+        spread = "" if self.n < 2 else f" ± {_pct(self.std)}"
+        threshold = ("unknown" if math.isnan(self.threshold) else _pct(self.threshold))
+        return (f"paired over {self.n} seed(s) ({per_seed}): mean difference "
+                f"{_pct(self.mean)}{spread}, signs {signs or '–'}, noise threshold {threshold}")
+
+
+def compare_paired(a: dict[int, float], b: dict[int, float],
+                   rules: ClaimRules) -> PairedComparison:
+    """a - b over the seeds present in both ({seed: value})."""
+    seeds = sorted(set(a) & set(b))
+    return PairedComparison(tuple((s, a[s] - b[s]) for s in seeds), rules.min_effect,
+                            rules.min_seeds)
+
+
 def compare(a: Stat, b: Stat, rules: ClaimRules) -> Comparison:
     if min(a.n, b.n) < max(rules.min_seeds, 1):
         return Comparison(a.mean - b.mean, math.nan)
@@ -113,6 +183,11 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
+def _ood_mean_by_seed(table: MetricTable, group: Sequence[RunInfo],
+                      rules: ClaimRules) -> dict[int, float]:
+    return results.by_seed(group, lambda run: table.ood_mean(run, rules.score, rules.metric))
+
+
 def _quantity(rules: ClaimRules) -> str:
     label = results.METRIC_LABELS.get(rules.metric, rules.metric)
     return f"{rules.score} {label} (mean over OOD sets)"
@@ -123,46 +198,56 @@ def claim1(table: MetricTable, runs: Sequence[RunInfo], rules: ClaimRules) -> Cl
     rule = (
         f"Over the LS sweep (α = 0 is the ce run), let A(α) be the seed mean of {q} and "
         f"ρ its Spearman rank correlation with α. SUPPORTED iff ρ ≤ {rules.spearman_max}, "
-        f"A(0) − A(α_max) exceeds the noise threshold, and no α > 0 has a mean accuracy more "
-        f"than {_pct(rules.accuracy_margin)} points below α = 0. NOT SUPPORTED iff ρ ≥ 0, or "
-        f"A(α_max) − A(0) exceeds the noise threshold, or such an accuracy drop occurs. "
-        f"Otherwise INCONCLUSIVE, and always INCONCLUSIVE with fewer than 3 sweep points or "
-        f"fewer than {rules.min_seeds} seeds per point.")
+        f"A(0) − A(α_max) paired by seed exceeds the noise threshold with every seed's "
+        f"difference positive, and no α > 0 has a mean accuracy more than "
+        f"{_pct(rules.accuracy_margin)} points below α = 0. NOT SUPPORTED iff ρ ≥ 0, or "
+        f"A(α_max) − A(0) exceeds the noise threshold in the same way, or such an accuracy drop "
+        f"occurs. Otherwise INCONCLUSIVE, and always INCONCLUSIVE with fewer than 3 sweep points "
+        f"or fewer than {rules.min_seeds} seeds per point.")
     sweep = results.ls_sweep(runs)
     ood = [(a, results.ood_mean_stat(table, g, rules.score, rules.metric)) for a, g in sweep]
     acc = [(a, results.id_stat(table, g, "accuracy")) for a, g in sweep]
+    groups = dict(sweep)
     ood = [(a, s) for a, s in ood if s.n]
     acc = [(a, s) for a, s in acc if s.n]
     evidence = [f"α = {a:g}: {q} {_stat_text(s)}" for a, s in ood]
     evidence += [f"α = {a:g}: accuracy {_stat_text(s)}" for a, s in acc]
     if len(ood) < 3 or ood[0][0] != 0.0 or not acc or acc[0][0] != 0.0:
         evidence.append("needs the ce run (α = 0) and at least two ls runs with metrics")
-        return ClaimResult(1, STATEMENTS[1], INCONCLUSIVE, rule, tuple(evidence))
+        return ClaimResult(1, STATEMENTS[1], INCONCLUSIVE, rule, tuple(evidence), INCONCLUSIVE)
 
     rho = spearman([a for a, _ in ood], [s.mean for _, s in ood])
-    drop = compare(ood[0][1], ood[-1][1], rules)  # A(0) - A(α_max)
+    alpha_max = ood[-1][0]
+    drop = compare_paired(_ood_mean_by_seed(table, groups[0.0], rules),
+                          _ood_mean_by_seed(table, groups[alpha_max], rules), rules)
+    drop_independent = compare(ood[0][1], ood[-1][1], rules)  # A(0) - A(α_max)
     acc0 = acc[0][1].mean
     worst_alpha, worst = min(acc[1:], key=lambda p: p[1].mean, default=(math.nan, Stat(())))
     acc_drop = acc0 - worst.mean
     evidence += [
         f"Spearman ρ(α, A) = {rho:.3f} (threshold ≤ {rules.spearman_max})",
-        f"A(0) − A({ood[-1][0]:g}): {drop.text()}",
+        f"A(0) − A({alpha_max:g}): {drop.text()}",
+        f"A(0) − A({alpha_max:g}), seeds as independent samples: {drop_independent.text()}",
         f"lowest mean accuracy for α > 0: {_pct(worst.mean)} at α = {worst_alpha:g}, "
         f"{_pct(-acc_drop)} points from α = 0 (a drop of more than "
         f"{_pct(rules.accuracy_margin)} points goes against the claim)",
     ]
     accuracy_ok = not acc_drop > rules.accuracy_margin
     fewest = min(s.n for _, s in ood + acc)
+
+    def verdict(direction: int) -> str:
+        if fewest < rules.min_seeds:
+            return INCONCLUSIVE
+        if (not math.isnan(rho) and rho >= 0) or direction < 0 or not accuracy_ok:
+            return NOT_SUPPORTED
+        if not math.isnan(rho) and rho <= rules.spearman_max and direction > 0:
+            return SUPPORTED
+        return INCONCLUSIVE
+
     if fewest < rules.min_seeds:
         evidence.append(f"only {fewest} seed(s) for some sweep point; {rules.min_seeds} needed")
-        verdict = INCONCLUSIVE
-    elif (not math.isnan(rho) and rho >= 0) or drop.direction < 0 or not accuracy_ok:
-        verdict = NOT_SUPPORTED
-    elif not math.isnan(rho) and rho <= rules.spearman_max and drop.direction > 0:
-        verdict = SUPPORTED
-    else:
-        verdict = INCONCLUSIVE
-    return ClaimResult(1, STATEMENTS[1], verdict, rule, tuple(evidence))
+    return ClaimResult(1, STATEMENTS[1], verdict(drop.direction), rule, tuple(evidence),
+                       verdict(drop_independent.direction))
 
 
 def _students(runs: Sequence[RunInfo], method: str) -> dict[str, list[RunInfo]]:
@@ -184,13 +269,25 @@ def _students(runs: Sequence[RunInfo], method: str) -> dict[str, list[RunInfo]]:
     return out
 
 
-def _part(name: str, c: Comparison, want: int) -> tuple[int, str]:
-    """(+1 holds, -1 contradicted, 0 neither) for a part that wants `c.direction == want`."""
-    outcome = 0 if c.direction == 0 else (1 if c.direction == want else -1)
-    word = {1: "holds", -1: "contradicted", 0: "within noise"}[outcome]
-    if math.isnan(c.threshold):
-        word = "undecided (fewer than the required seeds)"
-    return outcome, f"{name}: {c.text()} → {word}"
+def _outcome(direction: int, want: int) -> int:
+    return 0 if direction == 0 else (1 if direction == want else -1)
+
+
+def _part(name: str, paired: PairedComparison, independent: Comparison,
+          want: int) -> tuple[int, int, list[str]]:
+    """(paired outcome, independent outcome, evidence lines) for a part that wants a − b to
+    have the sign of `want`; an outcome is +1 holds, -1 contradicted, 0 neither."""
+    words = {1: "holds", -1: "contradicted", 0: "within noise"}
+    lines = []
+    outcomes = []
+    for label, c in (("", paired), (", seeds as independent samples", independent)):
+        outcome = _outcome(c.direction, want)
+        word = words[outcome]
+        if math.isnan(c.threshold):
+            word = "undecided (fewer than the required seeds)"
+        outcomes.append(outcome)
+        lines.append(f"{name}{label}: {c.text()} → {word}")
+    return outcomes[0], outcomes[1], lines
 
 
 def _combine(outcomes: Sequence[int]) -> str:
@@ -201,13 +298,25 @@ def _combine(outcomes: Sequence[int]) -> str:
     return INCONCLUSIVE
 
 
+def _both(table: MetricTable, a: Sequence[RunInfo], b: Sequence[RunInfo],
+          rules: ClaimRules) -> tuple[PairedComparison, Comparison]:
+    """a − b of the claims' quantity, paired by seed and with seeds as independent samples."""
+    paired = compare_paired(_ood_mean_by_seed(table, a, rules),
+                            _ood_mean_by_seed(table, b, rules), rules)
+    independent = compare(results.ood_mean_stat(table, a, rules.score, rules.metric),
+                          results.ood_mean_stat(table, b, rules.score, rules.metric), rules)
+    return paired, independent
+
+
 def claim2(table: MetricTable, runs: Sequence[RunInfo], rules: ClaimRules) -> ClaimResult:
     q = _quantity(rules)
     rule = (
-        f"Compare kd students by {q}. Part OE: kd-from-oe minus kd-from-ce; part LS: kd-from-ls "
-        f"minus kd-from-ce. A part holds when its difference is beyond the noise threshold in the "
-        f"claimed direction (OE above, LS below) and is contradicted when beyond it in the other. "
-        f"SUPPORTED iff both parts hold; NOT SUPPORTED iff one is contradicted; else INCONCLUSIVE.")
+        f"Compare kd students by {q}, paired by seed. Part OE: kd-from-oe minus kd-from-ce; "
+        f"part LS: kd-from-ls minus kd-from-ce. A part holds when its mean difference is beyond "
+        f"the noise threshold in the claimed direction (OE above, LS below) with every seed's "
+        f"difference of that sign, and is contradicted when the same holds in the other "
+        f"direction. SUPPORTED iff both parts hold; NOT SUPPORTED iff one is contradicted; else "
+        f"INCONCLUSIVE.")
     students = _students(runs, "kd")
     stats = {k: results.ood_mean_stat(table, g, rules.score, rules.metric)
              for k, g in students.items()}
@@ -215,27 +324,29 @@ def claim2(table: MetricTable, runs: Sequence[RunInfo], rules: ClaimRules) -> Cl
                 for k, s in stats.items()]
     if any(k not in stats or not stats[k].n for k in ("ce", "ls", "oe")):
         evidence.append("needs kd students of a ce, an ls and an oe teacher, with metrics")
-        return ClaimResult(2, STATEMENTS[2], INCONCLUSIVE, rule, tuple(evidence))
-    oe_part, oe_text = _part("kd-from-oe − kd-from-ce", compare(stats["oe"], stats["ce"], rules),
-                             +1)
-    ls_part, ls_text = _part("kd-from-ls − kd-from-ce", compare(stats["ls"], stats["ce"], rules),
-                             -1)
-    evidence += [oe_text, ls_text]
-    return ClaimResult(2, STATEMENTS[2], _combine([oe_part, ls_part]), rule, tuple(evidence))
+        return ClaimResult(2, STATEMENTS[2], INCONCLUSIVE, rule, tuple(evidence), INCONCLUSIVE)
+    oe, oe_independent, oe_text = _part(
+        "kd-from-oe − kd-from-ce", *_both(table, students["oe"], students["ce"], rules), +1)
+    ls, ls_independent, ls_text = _part(
+        "kd-from-ls − kd-from-ce", *_both(table, students["ls"], students["ce"], rules), -1)
+    evidence += oe_text + ls_text
+    return ClaimResult(2, STATEMENTS[2], _combine([oe, ls]), rule, tuple(evidence),
+                       _combine([oe_independent, ls_independent]))
 
 
 def claim3(table: MetricTable, runs: Sequence[RunInfo], rules: ClaimRules) -> ClaimResult:
     q = _quantity(rules)
     rule = (
-        f"Compare by {q} the kd_incorrect student of the oe teacher (mass α on the incorrect "
-        f"classes, shaped like the teacher's outputs) with the ls run of the same α (uniform "
-        f"mass α). SUPPORTED iff kd_incorrect-from-oe minus ls is above the noise threshold; NOT "
-        f"SUPPORTED iff it is below minus the threshold; else INCONCLUSIVE. The kd_incorrect "
+        f"Compare by {q}, paired by seed, the kd_incorrect student of the oe teacher (mass α on "
+        f"the incorrect classes, shaped like the teacher's outputs) with the ls run of the same "
+        f"α (uniform mass α). SUPPORTED iff kd_incorrect-from-oe minus ls is above the noise "
+        f"threshold with every seed's difference positive; NOT SUPPORTED iff it is below minus "
+        f"the threshold with every difference negative; else INCONCLUSIVE. The kd_incorrect "
         f"student of the ce teacher is shown for context and does not decide.")
     students = _students(runs, "kd_incorrect")
     if "oe" not in students:
         return ClaimResult(3, STATEMENTS[3], INCONCLUSIVE, rule,
-                           ("needs a kd_incorrect student of an oe teacher",))
+                           ("needs a kd_incorrect student of an oe teacher",), INCONCLUSIVE)
     alpha = students["oe"][0].alpha
     ls = dict(results.ls_sweep(runs)).get(alpha) if alpha > 0 else None
     kdi = results.ood_mean_stat(table, students["oe"], rules.score, rules.metric)
@@ -247,15 +358,17 @@ def claim3(table: MetricTable, runs: Sequence[RunInfo], rules: ClaimRules) -> Cl
                         f"{_stat_text(ctx)}")
     if ls is None:
         evidence.append(f"needs an ls run with α = {alpha:g}")
-        return ClaimResult(3, STATEMENTS[3], INCONCLUSIVE, rule, tuple(evidence))
+        return ClaimResult(3, STATEMENTS[3], INCONCLUSIVE, rule, tuple(evidence), INCONCLUSIVE)
     ls_stat = results.ood_mean_stat(table, ls, rules.score, rules.metric)
     evidence.append(f"ls with α = {alpha:g} ({ls[0].name}): {q} {_stat_text(ls_stat)}")
     if not kdi.n or not ls_stat.n:
         evidence.append("missing metrics")
-        return ClaimResult(3, STATEMENTS[3], INCONCLUSIVE, rule, tuple(evidence))
-    outcome, text = _part("kd_incorrect-from-oe − ls", compare(kdi, ls_stat, rules), +1)
-    evidence.append(text)
-    return ClaimResult(3, STATEMENTS[3], _combine([outcome]), rule, tuple(evidence))
+        return ClaimResult(3, STATEMENTS[3], INCONCLUSIVE, rule, tuple(evidence), INCONCLUSIVE)
+    outcome, independent, text = _part("kd_incorrect-from-oe − ls",
+                                       *_both(table, students["oe"], ls, rules), +1)
+    evidence += text
+    return ClaimResult(3, STATEMENTS[3], _combine([outcome]), rule, tuple(evidence),
+                       _combine([independent]))
 
 
 def evaluate_claims(table: MetricTable, runs: Sequence[RunInfo],

@@ -174,19 +174,30 @@ def claims_markdown(claim_results: Sequence[claims.ClaimResult], rules: claims.C
     out = [
         "Each claim of the paper is decided from the metrics above by the rule printed with it. "
         f"The rules compare {rules.score} "
-        f"{results.METRIC_LABELS.get(rules.metric, rules.metric)} averaged over the OOD sets. "
-        "A difference between two grid entries counts only when it exceeds the **noise "
-        f"threshold** max({100 * rules.min_effect:g} points, sqrt(std_a² + std_b²)), the stds "
-        f"being the sample stds over seeds; below {rules.min_seeds} seeds per entry that "
-        "threshold is unknown. Verdicts: **supported** (the rule's conditions hold), **not "
-        "supported** (the numbers go against the claim), **inconclusive** (neither, or the runs "
-        "or seeds needed are missing). Numbers are in percent; differences in percentage "
-        "points.\n",
+        f"{results.METRIC_LABELS.get(rules.metric, rules.metric)} averaged over the OOD sets, "
+        "**paired by seed**: within a seed every run of the grid shares its initialisation, "
+        "data order and augmentation (teachers and students included), so two grid entries are "
+        "compared through the per-seed differences d_s = a_s − b_s over the seeds both have. A "
+        "difference counts only when the mean of the d_s exceeds the **noise threshold** "
+        f"max({100 * rules.min_effect:g} points, std of the d_s) (sample std, ddof = 1) and "
+        f"every d_s has the same sign; below {rules.min_seeds} paired seeds that threshold is "
+        "unknown. Verdicts: **supported** (the rule's conditions hold), **not supported** (the "
+        "numbers go against the claim), **inconclusive** (neither, or the runs or seeds needed "
+        "are missing). For comparison, each claim also shows the verdict of the earlier rule, "
+        "which treats the two entries' seeds as independent samples (difference of the seed "
+        "means against max(min effect, sqrt(std_a² + std_b²))). Numbers are in percent; "
+        "differences in percentage points.\n",
     ]
+    out.append(_md_table(["claim", "verdict (paired by seed)", "verdict (seeds independent)"],
+                         [[str(c.number), c.verdict, c.independent_verdict or "–"]
+                          for c in claim_results]))
     for c in claim_results:
         out.append(f"### Claim {c.number}: {c.verdict}\n")
         out.append(f"*{c.statement}*\n")
         out.append(f"Rule: {c.rule}\n")
+        if c.independent_verdict:
+            out.append(f"With seeds treated as independent samples the verdict is "
+                       f"*{c.independent_verdict}*.\n")
         out.append("\n".join(f"- {line}" for line in c.evidence) + "\n")
     return "\n".join(out)
 

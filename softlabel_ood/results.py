@@ -115,6 +115,15 @@ def stat(runs: Sequence[RunInfo], value: Callable[[str], float | None]) -> Stat:
     return Stat(tuple(v for v in values if v is not None))
 
 
+def by_seed(runs: Sequence[RunInfo], value: Callable[[str], float | None]) -> dict[int, float]:
+    """{seed: value(run)} over the seeds of one grid entry, skipping runs without that metric.
+
+    Runs of different grid entries with the same seed share initialisation, data order and
+    augmentation, so claims compare entries seed by seed."""
+    values = {r.seed: value(r.run) for r in runs}
+    return {seed: v for seed, v in values.items() if v is not None}
+
+
 def id_stat(table: MetricTable, runs: Sequence[RunInfo], metric: str) -> Stat:
     return stat(runs, lambda run: table.value(run, metric))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy import stats as scipy_stats
@@ -14,10 +16,14 @@ PAPER_LIKE = {"ce": 0.95, "ls0.1": 0.93, "ls0.2": 0.90, "ls0.3": 0.86, "oe": 0.9
               "kd_ce": 0.94, "kd_ls0.3": 0.88, "kd_oe": 0.97, "kdi_ce": 0.93, "kdi_oe": 0.96}
 
 
-def _evaluate(auroc=None, accuracy=None, runs=None, rules=None):
+def _evaluate(auroc=None, accuracy=None, runs=None, rules=None, spread=0.002, shifts=None):
+    """Claims on PAPER_LIKE metrics; `shifts` {(name, seed): delta} moves one run's AUROC."""
     runs = paper_runs() if runs is None else runs
-    table = results.MetricTable(metric_rows(runs, {**PAPER_LIKE, **(auroc or {})}, accuracy))
-    return claims.evaluate_claims(table, runs, rules)
+    rows = metric_rows(runs, {**PAPER_LIKE, **(auroc or {})}, accuracy, spread=spread)
+    seeds = {r.run: (r.name, r.seed) for r in runs}
+    rows = [dataclasses.replace(row, value=row.value + (shifts or {}).get(seeds[row.run], 0.0))
+            if row.metric == "auroc" else row for row in rows]
+    return claims.evaluate_claims(results.MetricTable(rows), runs, rules)
 
 
 def _verdicts(claim_results):
@@ -29,9 +35,20 @@ def test_paper_like_metrics_support_every_claim():
     assert _verdicts([c1, c2, c3]) == [claims.SUPPORTED] * 3
     # The deciding numbers are printed, in percent: A(0) - A(0.3) = 9 points.
     assert any("Spearman ρ(α, A) = -1.000" in line for line in c1.evidence)
-    assert any("difference 9.00, noise threshold 0.50" in line for line in c1.evidence)
-    assert any("kd-from-oe − kd-from-ce: difference 3.00" in line for line in c2.evidence)
-    assert any("kd_incorrect-from-oe − ls: difference 10.00" in line for line in c3.evidence)
+    # Paired by seed: metric_rows moves every entry by the same per-seed offset, so each seed's
+    # difference is the difference of the means and their std is 0.
+    assert any("A(0) − A(0.3): paired over 3 seed(s) (seed 0: 9.00, seed 1: 9.00, seed 2: 9.00)"
+               ": mean difference 9.00 ± 0.00, signs +++, noise threshold 0.50" in line
+               for line in c1.evidence)
+    assert any("seeds as independent samples: difference 9.00, noise threshold 0.50" in line
+               for line in c1.evidence)
+    assert any("kd-from-oe − kd-from-ce: paired over 3 seed(s)" in line
+               and "mean difference 3.00" in line for line in c2.evidence)
+    assert any("kd-from-oe − kd-from-ce, seeds as independent samples: difference 3.00" in line
+               for line in c2.evidence)
+    assert any("kd_incorrect-from-oe − ls: paired" in line and "mean difference 10.00" in line
+               for line in c3.evidence)
+    assert [c.independent_verdict for c in (c1, c2, c3)] == [claims.SUPPORTED] * 3
     assert any("95.00 ± 0.20 (n = 3)" in line for line in c1.evidence)
 
 
@@ -107,3 +124,43 @@ def test_spearman_matches_scipy_with_ties():
         assert np.isnan(got) == np.isnan(expected)
         if not np.isnan(expected):
             assert got == pytest.approx(expected)
+
+
+def test_pairing_by_seed_removes_the_seed_to_seed_spread():
+    # Every entry moves by ±3 points with the seed. Independent samples: kd-from-oe minus
+    # kd-from-ce is 3 points against a threshold of sqrt(2) * 3 = 4.24, within noise. Paired,
+    # each seed's difference is 3 points and the differences' std is 0: it holds.
+    c2 = _evaluate(spread=0.03)[1]
+    assert c2.verdict == claims.SUPPORTED
+    assert c2.independent_verdict == claims.INCONCLUSIVE
+    assert any("seeds as independent samples: difference 3.00, noise threshold 4.24 → within "
+               "noise" in line for line in c2.evidence)
+
+
+def test_paired_difference_needs_every_seed_to_agree_in_sign():
+    # kd_incorrect-from-oe − ls0.3 is 10 points for seeds 0 and 1 and -0.3 for seed 2: the mean
+    # (6.57) exceeds the differences' std (5.95), but one seed goes the other way.
+    c3 = _evaluate(shifts={("kdi_oe", 2): -0.103})[2]
+    assert c3.verdict == claims.INCONCLUSIVE
+    assert any("signs ++−" in line and "→ within noise" in line for line in c3.evidence)
+    # The same mean with every seed positive holds.
+    c3 = _evaluate(shifts={("kdi_oe", 2): -0.09})[2]
+    assert c3.verdict == claims.SUPPORTED
+
+
+def test_compare_paired_by_hand():
+    rules = claims.ClaimRules(min_effect=0.005, min_seeds=2)
+    a = {0: 0.90, 1: 0.95, 2: 1.00, 7: 0.5}  # seed 7 has no partner: left out
+    b = {0: 0.80, 1: 0.86, 2: 0.89, 3: 0.1}
+    c = claims.compare_paired(a, b, rules)
+    assert [seed for seed, _ in c.differences] == [0, 1, 2]
+    d = np.array([0.10, 0.09, 0.11])
+    assert c.mean == pytest.approx(d.mean())
+    assert c.std == pytest.approx(d.std(ddof=1))
+    assert c.threshold == pytest.approx(max(0.005, d.std(ddof=1)))
+    assert c.direction == 1
+    assert claims.compare_paired(b, a, rules).direction == -1
+    # One pair: the spread is unknown below min_seeds.
+    one = claims.compare_paired({0: 0.9}, {0: 0.1}, rules)
+    assert np.isnan(one.threshold)
+    assert one.direction == 0

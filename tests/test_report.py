@@ -69,6 +69,8 @@ def test_report_tables_print_percent_mean_and_std(workdir):
     assert "| `kdi_oe` | kd_incorrect |" in text
     for n in (1, 2, 3):
         assert f"### Claim {n}: supported" in text
+        assert f"| {n} | supported | supported |" in text  # paired and independent verdicts
+    assert "**paired by seed**" in text
     # The histogram and ROC figures use the OOD set that is hardest for the ce run.
     assert "MSP on the ID test set and on patches" in text
 
