@@ -1,11 +1,17 @@
-"""The predictions directory, format v1 (DESIGN.md §5): write, read and validate.
+"""The predictions directory, format v2 (DESIGN.md §5): write, read and validate.
 
 A run's outputs on every split live in `<run_dir>/predictions/`:
 
     manifest.json    {"format": FORMAT, "num_classes": K, "splits": {name: {"file", "role",
-                      "num_examples"}}, "run": {...}}
+                      "num_examples"}}, "run": {...}, optionally "head": {"file": "head.npz"}
+                      and "odin": {"pairs": [[T, eps], ...]}}
     <name>.npz       logits float32 [N, K], labels int32 [N] (-1 for OOD splits),
-                     optionally features float32 [N, D]
+                     optionally features float32 [N, D]; odin float32 [N, P] when the manifest
+                     lists P ODIN pairs (column p: the ODIN score of pair p)
+    head.npz         kernel float32 [D, K] and bias float32 [K] of the final dense layer:
+                     logits = features @ kernel + bias (up to float32 rounding)
+
+Directories in format v1 (no head, no ODIN arrays) are read as well.
 
 This module needs numpy only, so predictions can be inspected and scored on a machine that has
 neither flax nor tensorflow. Every problem is reported as a `PredictionsError` whose message is
@@ -31,8 +37,11 @@ import numpy as np
 from softlabel_ood import atomic_files
 
 ROLES = ("id_test", "ood_test", "id_train")
-FORMAT = "softlabel_ood.predictions/v1"
+FORMAT = "softlabel_ood.predictions/v2"
+FORMAT_V1 = "softlabel_ood.predictions/v1"
+READABLE_FORMATS = (FORMAT_V1, FORMAT)
 MANIFEST = "manifest.json"
+HEAD_FILE = "head.npz"
 
 
 class PredictionsError(ValueError):
@@ -45,6 +54,15 @@ class Split:
     logits: np.ndarray  # float32 [N, K]
     labels: np.ndarray  # int32 [N]; -1 for ood_test
     features: np.ndarray | None = None  # float32 [N, D]
+    odin: np.ndarray | None = None  # float32 [N, P]: ODIN scores, one column per (T, eps) pair
+
+
+@dataclasses.dataclass(frozen=True)
+class Head:
+    """The final dense layer: logits = features @ kernel + bias."""
+
+    kernel: np.ndarray  # float32 [D, K]
+    bias: np.ndarray  # float32 [K]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +71,8 @@ class Predictions:
     run: dict
     splits: dict[str, Split]  # insertion order = manifest order
     directory: pathlib.Path
+    head: Head | None = None
+    odin_pairs: tuple[tuple[float, float], ...] = ()  # (temperature, epsilon) per odin column
 
     def names(self, role: str) -> list[str]:
         """The names of the splits with `role`, in manifest order."""
@@ -154,20 +174,84 @@ def _check_num_classes(where: str, num_classes: Any) -> int:
     return int(num_classes)
 
 
+def _check_head(where: str, kernel, bias, num_classes: int) -> None:
+    kernel = _check_array(where, "kernel", kernel, np.float32, 2)
+    bias = _check_array(where, "bias", bias, np.float32, 1)
+    if kernel.shape[1] != num_classes or kernel.shape[0] == 0:
+        raise PredictionsError(f"{where}: field 'kernel' has shape {kernel.shape}, expected "
+                               f"[D, num_classes = {num_classes}] with D > 0")
+    if bias.shape[0] != num_classes:
+        raise PredictionsError(f"{where}: field 'bias' has {bias.shape[0]} entries, expected "
+                               f"num_classes = {num_classes}")
+    _check_finite(where, "kernel", kernel)
+    _check_finite(where, "bias", bias)
+
+
+def _check_head_matches_features(where: str, features, feature_dim: int) -> None:
+    if features is not None and features.shape[1] != feature_dim:
+        raise PredictionsError(f"{where}: field 'features' has {features.shape[1]} columns, but "
+                               f"the head's kernel has {feature_dim} rows")
+
+
+def _check_odin_pairs(where: str, pairs: Any) -> tuple[tuple[float, float], ...]:
+    """[[T, eps], ...] with T > 0 and eps >= 0, finite and distinct."""
+    def number(x):
+        return isinstance(x, int | float | np.floating | np.integer) and not isinstance(x, bool)
+
+    if not isinstance(pairs, list | tuple) or not pairs:
+        raise PredictionsError(f"{where}: field 'odin.pairs' is {pairs!r}, expected a non-empty "
+                               "list of [temperature, epsilon]")
+    out = []
+    for pair in pairs:
+        if not isinstance(pair, list | tuple) or len(pair) != 2 or not all(map(number, pair)) \
+                or not np.isfinite(pair).all() or pair[0] <= 0 or pair[1] < 0:
+            raise PredictionsError(f"{where}: field 'odin.pairs' has entry {pair!r}, expected "
+                                   "[temperature > 0, epsilon >= 0]")
+        out.append((float(pair[0]), float(pair[1])))
+    if len(set(out)) != len(out):
+        raise PredictionsError(f"{where}: field 'odin.pairs' lists a pair twice")
+    return tuple(out)
+
+
+def _check_odin(where: str, odin, num_pairs: int, num_examples: int) -> None:
+    if num_pairs == 0:
+        if odin is not None:
+            raise PredictionsError(f"{where}: field 'odin' is present, but the manifest lists no "
+                                   "ODIN pairs")
+        return
+    if odin is None:
+        raise PredictionsError(f"{where}: field 'odin' is missing (the manifest lists "
+                               f"{num_pairs} ODIN pairs)")
+    odin = _check_array(where, "odin", odin, np.float32, 2)
+    if odin.shape != (num_examples, num_pairs):
+        raise PredictionsError(f"{where}: field 'odin' has shape {odin.shape}, expected "
+                               f"({num_examples}, {num_pairs}): one column per ODIN pair")
+    _check_finite(where, "odin", odin)
+    if not ((odin > 0) & (odin <= 1)).all():
+        raise PredictionsError(f"{where}: field 'odin' has values outside (0, 1] (ODIN scores "
+                               "are softmax probabilities)")
+
+
 # ---------------------------------------------------------------------------------------------
 # Writing.
 
 
-def write(directory, splits: Mapping[str, Split], *, num_classes: int, run: Mapping) -> None:
+def write(directory, splits: Mapping[str, Split], *, num_classes: int, run: Mapping,
+          head: Head | None = None, odin_pairs=()) -> None:
     """Writes `splits` to `directory` (`<run_dir>/predictions`), validating them first.
 
-    Nothing is written when a split is invalid. Array files are written to temporary names and
-    renamed; the manifest is written last.
+    `head` is the final dense layer (written to head.npz); `odin_pairs` the (temperature,
+    epsilon) of each column of the splits' `odin` arrays. Nothing is written when a split is
+    invalid. Array files are written to temporary names and renamed; the manifest goes last.
     """
     directory = _path(directory)
     num_classes = _check_num_classes("num_classes", num_classes)
     if not splits:
         raise PredictionsError("splits: no splits to write")
+    odin_pairs = _check_odin_pairs("odin_pairs", list(odin_pairs)) if len(odin_pairs) else ()
+    if head is not None:
+        head = Head(np.asarray(head.kernel), np.asarray(head.bias))
+        _check_head("head", head.kernel, head.bias, num_classes)
     arrays = {}
     for name, split in splits.items():
         _check_name(name, f"split {name!r}")
@@ -176,19 +260,30 @@ def write(directory, splits: Mapping[str, Split], *, num_classes: int, run: Mapp
         labels = np.asarray(split.labels)
         features = None if split.features is None else np.asarray(split.features)
         _check_split(where, split.role, logits, labels, features, num_classes)
+        odin = None if split.odin is None else np.asarray(split.odin)
+        _check_odin(where, odin, len(odin_pairs), logits.shape[0])
+        if head is not None:
+            _check_head_matches_features(where, features, head.kernel.shape[0])
         arrays[name] = {"logits": logits, "labels": labels}
         if features is not None:
             arrays[name]["features"] = features
+        if odin is not None:
+            arrays[name]["odin"] = odin
     _check_roles("splits", {name: split.role for name, split in splits.items()})
+    manifest = {
+        "format": FORMAT,
+        "num_classes": num_classes,
+        "splits": {name: {"file": f"{name}.npz", "role": split.role,
+                          "num_examples": int(arrays[name]["logits"].shape[0])}
+                   for name, split in splits.items()},
+        "run": dict(run),
+    }
+    if head is not None:
+        manifest["head"] = {"file": HEAD_FILE}
+    if odin_pairs:
+        manifest["odin"] = {"pairs": [list(pair) for pair in odin_pairs]}
     try:
-        manifest_text = json.dumps({
-            "format": FORMAT,
-            "num_classes": num_classes,
-            "splits": {name: {"file": f"{name}.npz", "role": split.role,
-                              "num_examples": int(arrays[name]["logits"].shape[0])}
-                       for name, split in splits.items()},
-            "run": dict(run),
-        }, indent=2)
+        manifest_text = json.dumps(manifest, indent=2)
     except (TypeError, ValueError) as e:
         raise PredictionsError(f"run: not JSON-serializable ({e})") from None
 
@@ -196,6 +291,9 @@ def write(directory, splits: Mapping[str, Split], *, num_classes: int, run: Mapp
     for name, fields in arrays.items():
         atomic_files.write_atomically(directory / f"{name}.npz",
                                       lambda f, fields=fields: np.savez(f, **fields))
+    if head is not None:
+        atomic_files.write_atomically(directory / HEAD_FILE, lambda f: np.savez(
+            f, kernel=head.kernel, bias=head.bias))
     atomic_files.write_text_atomically(directory / MANIFEST, manifest_text)
 
 
@@ -217,9 +315,9 @@ def read_manifest(directory) -> dict:
         raise PredictionsError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(manifest, dict):
         raise PredictionsError(f"{path}: expected a JSON object at the top level")
-    if manifest.get("format") != FORMAT:
+    if manifest.get("format") not in READABLE_FORMATS:
         raise PredictionsError(f"{path}: field 'format' is {manifest.get('format')!r}, "
-                               f"expected {FORMAT!r}")
+                               f"expected one of {', '.join(map(repr, READABLE_FORMATS))}")
     _check_num_classes(str(path), manifest.get("num_classes"))
     splits = manifest.get("splits")
     if not isinstance(splits, dict) or not splits:
@@ -241,16 +339,30 @@ def read_manifest(directory) -> dict:
     run = manifest.get("run", {})
     if not isinstance(run, dict):
         raise PredictionsError(f"{path}: field 'run' must be an object")
+    if manifest["format"] == FORMAT_V1:
+        # v1 knew neither the head nor ODIN arrays; anything under those names is not ours.
+        return {k: v for k, v in manifest.items() if k not in ("head", "odin")}
+    if "head" in manifest:
+        head = manifest["head"]
+        file = head.get("file") if isinstance(head, dict) else None
+        if not isinstance(file, str) or pathlib.PurePath(file).name != file \
+                or file.startswith("."):
+            raise PredictionsError(f"{path}: field 'head.file' is {file!r}, expected a file "
+                                   "name inside the predictions directory")
+    if "odin" in manifest:
+        odin = manifest["odin"]
+        _check_odin_pairs(str(path), odin.get("pairs") if isinstance(odin, dict) else odin)
     return manifest
 
 
-def _load_npz(path: pathlib.Path, with_features: bool) -> dict[str, np.ndarray]:
+def _load_npz(path: pathlib.Path, with_features: bool,
+              required=("logits", "labels"), optional=("odin",)) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise PredictionsError(f"{path}: missing (listed in the manifest)")
     try:
         with np.load(path, allow_pickle=False) as npz:
-            keys = ["logits", "labels"] + (["features"] if with_features else [])
-            for key in ("logits", "labels"):
+            keys = [*required, *optional] + (["features"] if with_features else [])
+            for key in required:
                 if key not in npz.files:
                     raise PredictionsError(f"{path}: field '{key}' is missing")
             return {key: npz[key] for key in keys if key in npz.files}
@@ -270,19 +382,33 @@ def read(directory, *, features: bool = True) -> Predictions:
     directory = _path(directory)
     manifest = read_manifest(directory)
     num_classes = int(manifest["num_classes"])
+    head = None
+    if "head" in manifest:
+        path = directory / manifest["head"]["file"]
+        arrays = _load_npz(path, False, required=("kernel", "bias"), optional=())
+        _check_head(str(path), arrays["kernel"], arrays["bias"], num_classes)
+        head = Head(arrays["kernel"], arrays["bias"])
+    odin_pairs = ()
+    if "odin" in manifest:
+        odin_pairs = _check_odin_pairs(str(directory / MANIFEST), manifest["odin"]["pairs"])
     splits = {}
     for name, entry in manifest["splits"].items():
         path = directory / entry["file"]
-        arrays = _load_npz(path, features)
+        arrays = _load_npz(path, features, optional=("odin",) if odin_pairs else ())
         _check_split(str(path), entry["role"], arrays["logits"], arrays["labels"],
                      arrays.get("features"), num_classes, entry["num_examples"])
+        _check_odin(str(path), arrays.get("odin"), len(odin_pairs), entry["num_examples"])
+        if head is not None:
+            _check_head_matches_features(str(path), arrays.get("features"),
+                                         head.kernel.shape[0])
         splits[name] = Split(role=entry["role"], logits=arrays["logits"],
-                             labels=arrays["labels"], features=arrays.get("features"))
+                             labels=arrays["labels"], features=arrays.get("features"),
+                             odin=arrays.get("odin"))
     return Predictions(num_classes=num_classes, run=manifest.get("run", {}), splits=splits,
-                       directory=directory)
+                       directory=directory, head=head, odin_pairs=odin_pairs)
 
 
 def validate(directory) -> None:
-    """Raises PredictionsError when `directory` does not hold valid v1 predictions."""
+    """Raises PredictionsError when `directory` does not hold valid v1 or v2 predictions."""
     read(directory, features=True)
 

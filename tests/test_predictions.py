@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -120,8 +121,8 @@ FILE_CASES = {
     "not json": (lambda d: (d / "manifest.json").write_text("{"),
                  "manifest.json: not valid JSON"),
     "wrong format": (lambda d: _edit_manifest(d, lambda m: m.update(format="v0")),
-                     "manifest.json: field 'format' is 'v0', expected "
-                     "'softlabel_ood.predictions/v1'"),
+                     "manifest.json: field 'format' is 'v0', expected one of "
+                     "'softlabel_ood.predictions/v1', 'softlabel_ood.predictions/v2'"),
     "bad num_classes": (lambda d: _edit_manifest(d, lambda m: m.update(num_classes="3")),
                         "manifest.json: field 'num_classes' is '3'"),
     "missing split file": (lambda d: (d / "svhn.npz").unlink(),
@@ -197,6 +198,119 @@ def test_validation_errors_name_the_file_and_field(pred_dir, case):
     text = str(error.value)
     assert message in text
     assert "\n" not in text
+
+
+PAIRS = ((1.0, 0.0), (1000.0, 0.0014))
+
+
+def _v2_splits() -> dict[str, Split]:
+    rng = np.random.default_rng(1)
+    return {name: dataclasses.replace(split, odin=rng.uniform(
+        1 / K, 1, (len(split.labels), len(PAIRS))).astype(np.float32))
+        for name, split in _splits().items()}
+
+
+def _head() -> predictions.Head:
+    rng = np.random.default_rng(2)
+    return predictions.Head(rng.normal(size=(2, K)).astype(np.float32),
+                            rng.normal(size=K).astype(np.float32))
+
+
+@pytest.fixture
+def v2_dir(tmp_path):
+    directory = tmp_path / "run" / "predictions"
+    predictions.write(directory, _v2_splits(), num_classes=K, run={}, head=_head(),
+                      odin_pairs=PAIRS)
+    return directory
+
+
+def test_v2_round_trip_with_head_and_odin(v2_dir):
+    manifest = json.loads((v2_dir / "manifest.json").read_text())
+    assert manifest["format"] == "softlabel_ood.predictions/v2"
+    assert manifest["head"] == {"file": "head.npz"}
+    assert manifest["odin"] == {"pairs": [[1.0, 0.0], [1000.0, 0.0014]]}
+    preds = predictions.read(v2_dir)
+    assert preds.odin_pairs == PAIRS
+    np.testing.assert_array_equal(preds.head.kernel, _head().kernel)
+    np.testing.assert_array_equal(preds.head.bias, _head().bias)
+    for name, split in _v2_splits().items():
+        np.testing.assert_array_equal(preds.splits[name].odin, split.odin)
+    assert sorted(p.name for p in v2_dir.iterdir()) == sorted(
+        ["manifest.json", "head.npz", *(f"{n}.npz" for n in _splits())])
+
+
+def test_v1_directories_are_still_read(pred_dir):
+    # A v1 manifest as v1 wrote it: the same fields, no head and no ODIN arrays.
+    _edit_manifest(pred_dir, lambda m: m.update(format="softlabel_ood.predictions/v1"))
+    preds = predictions.read(pred_dir)
+    assert preds.head is None
+    assert preds.odin_pairs == ()
+    assert all(split.odin is None for split in preds.splits.values())
+    np.testing.assert_array_equal(preds.splits["svhn"].logits, _splits()["svhn"].logits)
+
+
+V2_CASES = {
+    "kernel dtype": (lambda d: _rewrite_npz(d / "head.npz", kernel=np.zeros((2, K))),
+                     "head.npz: field 'kernel' has dtype float64, expected float32"),
+    "kernel columns": (lambda d: _rewrite_npz(d / "head.npz",
+                                              kernel=np.zeros((2, K + 1), np.float32)),
+                       "head.npz: field 'kernel' has shape (2, 4), expected [D, num_classes = 3]"),
+    "bias length": (lambda d: _rewrite_npz(d / "head.npz", bias=np.zeros(2, np.float32)),
+                    "head.npz: field 'bias' has 2 entries, expected num_classes = 3"),
+    "nan kernel": (lambda d: _rewrite_npz(d / "head.npz", kernel=np.full((2, K), np.nan,
+                                                                         np.float32)),
+                   "head.npz: field 'kernel' has 6 NaN or Inf values"),
+    "head vs features": (lambda d: _rewrite_npz(d / "head.npz",
+                                                kernel=np.zeros((5, K), np.float32)),
+                         "cifar_test.npz: field 'features' has 2 columns, but the head's kernel "
+                         "has 5 rows"),
+    "missing head file": (lambda d: (d / "head.npz").unlink(),
+                          "head.npz: missing (listed in the manifest)"),
+    "head outside": (lambda d: _edit_manifest(d, lambda m: m["head"].update(file="../h.npz")),
+                     "manifest.json: field 'head.file' is '../h.npz'"),
+    "missing odin": (lambda d: _rewrite_npz(d / "svhn.npz", odin=None),
+                     "svhn.npz: field 'odin' is missing (the manifest lists 2 ODIN pairs)"),
+    "odin shape": (lambda d: _rewrite_npz(d / "svhn.npz", odin=np.full((3, 1), 0.5, np.float32)),
+                   "svhn.npz: field 'odin' has shape (3, 1), expected (3, 2)"),
+    "odin dtype": (lambda d: _rewrite_npz(d / "svhn.npz", odin=np.full((3, 2), 0.5)),
+                   "svhn.npz: field 'odin' has dtype float64, expected float32"),
+    "odin range": (lambda d: _rewrite_npz(d / "svhn.npz", odin=np.full((3, 2), 1.5, np.float32)),
+                   "svhn.npz: field 'odin' has values outside (0, 1]"),
+    "odin pair": (lambda d: _edit_manifest(d, lambda m: m["odin"].update(pairs=[[0, 0.1]])),
+                  "manifest.json: field 'odin.pairs' has entry [0, 0.1], expected "
+                  "[temperature > 0, epsilon >= 0]"),
+    "odin pairs": (lambda d: _edit_manifest(d, lambda m: m.update(odin={"pairs": []})),
+                   "manifest.json: field 'odin.pairs' is [], expected a non-empty list"),
+}
+
+
+@pytest.mark.parametrize("case", list(V2_CASES))
+def test_v2_validation_errors_name_the_file_and_field(v2_dir, case):
+    breaks, message = V2_CASES[case]
+    breaks(v2_dir)
+    with pytest.raises(PredictionsError) as error:
+        predictions.validate(v2_dir)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"odin_pairs": PAIRS}, "split 'cifar_test': field 'odin' is missing"),
+    ({"head": predictions.Head(np.zeros((3, K), np.float32), np.zeros(K, np.float32))},
+     "split 'cifar_test': field 'features' has 2 columns, but the head's kernel has 3 rows"),
+    ({"head": predictions.Head(np.zeros((2, K), np.float32), np.zeros(K))},
+     "head: field 'bias' has dtype float64"),
+    ({"odin_pairs": ((1.0, -0.1),)}, "odin_pairs: field 'odin.pairs' has entry (1.0, -0.1)"),
+])
+def test_write_rejects_bad_v2_arrays_and_writes_nothing(tmp_path, kwargs, message):
+    with pytest.raises(PredictionsError, match=re.escape(message)):
+        predictions.write(tmp_path / "p", _splits(), num_classes=K, run={}, **kwargs)
+    assert not (tmp_path / "p").exists()
+
+
+def test_write_rejects_odin_arrays_without_pairs(tmp_path):
+    with pytest.raises(PredictionsError, match="the manifest lists no ODIN pairs"):
+        predictions.write(tmp_path / "p", _v2_splits(), num_classes=K, run={})
 
 
 def test_missing_directory(tmp_path):
