@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from softlabel_ood import odin
+
 # The methods a config may name are those the train step implements.
 from softlabel_ood.train_step import METHODS
 
@@ -58,6 +60,11 @@ def base_config(method: str | None) -> ml_collections.ConfigDict:
     c.nesterov = True
     c.weight_decay = 5e-4
     c.seed = 0
+
+    # Evaluation: the (temperature, epsilon) pairs whose ODIN scores predict saves for every
+    # split (softlabel_ood/odin.py); () saves none. Each temperature with an epsilon > 0 costs a
+    # forward and a backward pass, each such pair one more forward pass.
+    c.odin_pairs = odin.DEFAULT_PAIRS
 
     # Bookkeeping.
     c.checkpoint_every_steps = 1000

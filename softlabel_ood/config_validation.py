@@ -16,6 +16,7 @@ class ConfigError(ValueError):
 RESUMABLE_CHANGES = frozenset({
     "ood_datasets", "dataset_paths", "data_dir", "num_ood_examples", "eval_batch_size",
     "log_every_steps", "checkpoint_every_steps", "steps_per_call", "device_data_max_mb",
+    "odin_pairs",
 })
 
 
@@ -56,6 +57,10 @@ def check(config: ml_collections.ConfigDict) -> None:
                           "(0 feeds every batch from the host)")
     if config.weight_decay < 0:
         raise ConfigError(f"config.weight_decay: {config.weight_decay} must be >= 0")
+    for pair in config.get("odin_pairs", ()):
+        if len(pair) != 2 or not pair[0] > 0 or not pair[1] >= 0:
+            raise ConfigError(f"config.odin_pairs: entry {tuple(pair)} is not a (temperature > 0, "
+                              "epsilon >= 0) pair")
     if config.compute_dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"config.compute_dtype: {config.compute_dtype!r} is not float32 "
                           "or bfloat16")

@@ -219,3 +219,16 @@ def create_model(name: str, *, num_classes: int, dropout_rate: float = 0.0,
         raise ValueError(
             f"unknown model {name!r}; expected wrn<depth>_<width>, resnet18, resnet34 or small_cnn")
     return make(num_classes=num_classes, dropout_rate=dropout_rate, dtype=dtype)
+
+
+def classifier_head(params) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(kernel [D, K], bias [K]) of the final dense layer: logits = features @ kernel + bias.
+
+    Every model here has exactly one dense layer, the classifier, created inside the top-level
+    module (so flax names it `Dense_0` at the top of `params`).
+    """
+    dense = [name for name in params if name.startswith("Dense_")]
+    if len(dense) != 1:
+        raise ValueError(f"expected one top-level dense layer in params, found {dense}")
+    layer = params[dense[0]]
+    return jnp.asarray(layer["kernel"], jnp.float32), jnp.asarray(layer["bias"], jnp.float32)

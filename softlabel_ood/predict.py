@@ -23,6 +23,8 @@ from softlabel_ood import (
     datasets,
     distributed,
     input_pipeline,
+    models,
+    odin,
     predictions,
     progress,
     run_data,
@@ -32,24 +34,26 @@ from softlabel_ood import (
 )
 
 
-def _outputs(eval_fn, variables, ds: datasets.ArrayDataset, mesh, batch_size: int):
-    """Logits and features of every example of `ds`, in order, on every process."""
-    logits, features, masks = [], [], []
+def _outputs(eval_fn, variables, ds: datasets.ArrayDataset, mesh, batch_size: int,
+             odin_fn=None) -> dict[str, np.ndarray]:
+    """Logits, features and (with `odin_fn`) ODIN scores of every example of `ds`, in order,
+    on every process."""
+    parts = {"logits": [], "features": [], "odin": [], "mask": []}
     for batch in input_pipeline.eval_batches(ds, global_batch_size=batch_size, mesh=mesh):
         out = eval_fn(variables, batch)
+        out = {"logits": out["logits"], "features": out["features"], "mask": batch["mask"]}
+        if odin_fn is not None:
+            out["odin"] = odin_fn(variables, batch)
         # Each process holds only its rows of the global batch; gather them (a no-op on one host).
-        gathered = multihost_utils.process_allgather(
-            {"logits": out["logits"], "features": out["features"], "mask": batch["mask"]},
-            tiled=True)
-        logits.append(gathered["logits"])
-        features.append(gathered["features"])
-        masks.append(gathered["mask"])
-    keep = np.concatenate(masks)
+        gathered = multihost_utils.process_allgather(out, tiled=True)
+        for key, value in gathered.items():
+            parts[key].append(value)
+    keep = np.concatenate(parts.pop("mask"))
     if keep.sum() != len(ds.labels):
         raise RuntimeError(f"{ds.name}/{ds.split}: evaluation returned {keep.sum()} rows for "
                            f"{len(ds.labels)} examples")
-    return (np.concatenate(logits)[keep].astype(np.float32),
-            np.concatenate(features)[keep].astype(np.float32))
+    return {key: np.concatenate(values)[keep].astype(np.float32)
+            for key, values in parts.items() if values}
 
 
 def run_summary(config: ml_collections.ConfigDict) -> dict:
@@ -70,7 +74,12 @@ def write_predictions(config: ml_collections.ConfigDict, workdir: epath.PathLike
     `id_sets` ({"train": ..., "test": ...}) are the ID splits when the caller has them in memory
     already, as training does; otherwise they are loaded.
     """
-    eval_fn = train_step.make_eval_step(model, run_model.step_config(config), mesh)
+    step_config = run_model.step_config(config)
+    eval_fn = train_step.make_eval_step(model, step_config, mesh)
+    # Runs saved before ODIN existed have no odin_pairs in their stored config: the defaults.
+    odin_pairs = tuple((float(t), float(e)) for t, e in config.get("odin_pairs",
+                                                                   odin.DEFAULT_PAIRS))
+    odin_fn = odin.make_odin_step(model, step_config, mesh, odin_pairs) if odin_pairs else None
     id_sets = id_sets or {split: run_data.load_id(config, split) for split in ("test", "train")}
     sets = {
         f"{config.dataset}_test": ("id_test", id_sets["test"]),
@@ -82,13 +91,16 @@ def write_predictions(config: ml_collections.ConfigDict, workdir: epath.PathLike
                     disable=not distributed.is_writer())
     for name, (role, ds) in bar:
         bar.set_postfix_str(name)
-        logits, features = _outputs(eval_fn, variables, ds, mesh, config.eval_batch_size)
-        splits[name] = predictions.Split(role=role, logits=logits, features=features,
+        out = _outputs(eval_fn, variables, ds, mesh, config.eval_batch_size, odin_fn)
+        splits[name] = predictions.Split(role=role, logits=out["logits"],
+                                         features=out["features"], odin=out.get("odin"),
                                          labels=ds.labels.astype(np.int32))
+    kernel, bias = models.classifier_head(variables["params"])
+    head = predictions.Head(np.asarray(kernel), np.asarray(bias))
     if distributed.is_writer():
         predictions.write(epath.Path(workdir) / "predictions", splits,
                           num_classes=datasets.info(config.dataset).num_classes,
-                          run=run_summary(config))
+                          run=run_summary(config), head=head, odin_pairs=odin_pairs)
 
 
 def predict_from_checkpoint(config: ml_collections.ConfigDict, workdir: epath.PathLike) -> None:

@@ -38,6 +38,15 @@ def _check_run(workdir, config, *, min_accuracy=0.3):
     assert len(preds.splits["digits_train"].labels) == config.num_train_examples
     assert len(preds.splits["gaussian"].labels) == config.num_ood_examples
     assert all(split.features is not None for split in preds.splits.values())
+    # The head and the ODIN scores travel with the predictions (format v2).
+    assert preds.odin_pairs == tuple(config.odin_pairs)
+    for split in preds.splits.values():
+        np.testing.assert_allclose(split.features @ preds.head.kernel + preds.head.bias,
+                                   split.logits, rtol=1e-4, atol=1e-4)
+        msp = np.exp(split.logits - split.logits.max(1, keepdims=True))
+        msp = (msp / msp.sum(1, keepdims=True)).max(1)
+        np.testing.assert_allclose(split.odin[:, preds.odin_pairs.index((1.0, 0.0))], msp,
+                                   rtol=1e-6)
     assert preds.run["method"] == config.method
     # Two short epochs on digits already classify better than chance (10%).
     test = preds.splits["digits_test"]
@@ -112,6 +121,7 @@ def test_running_again_resumes_and_only_rewrites_predictions(ce_teacher):
     ({"label_smoothing": -0.1}, "config.label_smoothing: -0.1 is outside [0, 1)"),
     ({"method": "mixup"}, "config.method: 'mixup' is not one of"),
     ({"batch_size": 0}, "config.batch_size: 0 must be positive"),
+    ({"odin_pairs": ((1000.0, -0.1),)}, "config.odin_pairs: entry (1000.0, -0.1) is not a"),
 ])
 def test_bad_config_is_rejected_before_training(overrides, message, tmp_path):
     config = tiny_digits_config("ce", **overrides)
