@@ -45,8 +45,13 @@ DEFINITIONS = """\
   softmax probability; `max_logit` largest logit; `energy` logsumexp of the logits (T = 1);
   `entropy` negative entropy of the softmax; `mahalanobis` negative smallest squared Mahalanobis
   distance to a class mean of the ID train features (shared covariance); `knn` cosine similarity
-  to the k-th most similar ID train feature minus 1 (k = {knn_k}). Feature scores are missing for
-  runs saved without features.
+  to the k-th most similar ID train feature minus 1 (k = {knn_k}); `react` energy of the logits
+  of the features clipped at the 90th percentile of the ID train activations; `vim` energy minus
+  the scaled norm of the features' residual outside the principal subspace of the ID train
+  features (`softlabel_ood/scoring/head_scores.py`); `odin` max softmax at temperature T of the
+  input perturbed by ε, at the pair chosen on ID train data only (see "ODIN pairs" below).
+  Feature scores are missing for runs saved without features, `react` and `vim` for runs saved
+  without the classifier head, `odin` for runs saved without ODIN scores.
 - **Runs.** α is `config.label_smoothing`: the label-smoothing factor of an ls run, and the mass
   on the incorrect classes of a kd_incorrect run. The LS sweep's α = 0 row is the ce run (label
   smoothing with α = 0 is cross-entropy with one-hot targets). A kd student minimises
@@ -310,6 +315,25 @@ def _write_figures(table: MetricTable, runs: Sequence[RunInfo], out_dir: epath.P
     return written
 
 
+def odin_pairs_markdown(runs: Sequence[RunInfo]) -> str:
+    """Per run at hand: the (T, ε) pair the odin score used, chosen on ID train data only."""
+    rows = []
+    for r in runs:
+        directory = epath.Path(r.directory) / "predictions" if r.directory else None
+        if directory is None or not (directory / predictions.MANIFEST).exists():
+            continue
+        choice = scoring.odin_selection.choose_from_directory(results.local_copy(directory))
+        if choice is not None:
+            rows.append([f"`{r.run}`", f"{choice.temperature:g}", f"{choice.epsilon:g}",
+                         ", ".join(f"{100 * m:.2f}" for m in choice.id_train_means)])
+    if not rows:
+        return ""
+    return ("The `odin` score of each run uses one saved (T, ε) pair, chosen without OOD data: "
+            f"{scoring.odin_selection.RULE}. Last column: the mean id_train ODIN score (%) of "
+            "each ε at that T, smallest ε first.\n\n"
+            + _md_table(["run", "T", "ε", "mean id_train score per ε"], rows))
+
+
 def render(table: MetricTable, runs: Sequence[RunInfo], *, title: str,
            scores: Sequence[str], rules: claims.ClaimRules,
            figure_files: Sequence[tuple[str, str]]) -> str:
@@ -325,6 +349,10 @@ def render(table: MetricTable, runs: Sequence[RunInfo], *, title: str,
         out.append(f"OOD sets not scored for every run, left out of the means: "
                    f"{', '.join(left_out)}.\n")
     out += ["## Runs\n", runs_markdown(runs)]
+    if "odin" in scores:
+        odin_text = odin_pairs_markdown(runs)
+        if odin_text:
+            out += ["### ODIN pairs\n", odin_text]
     out += ["## Table 1. Label-smoothing sweep\n",
             "Rows: α (0 = the ce run). Columns: ID test accuracy and ECE, then for each score "
             "AUROC, FPR95 and AUPR-out, each averaged over the OOD sets.\n",

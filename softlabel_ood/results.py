@@ -87,7 +87,7 @@ class MetricTable:
                     oods.append(row.ood)
             if row.score and row.score not in self.scores:
                 self.scores.append(row.score)
-        known = [*scoring.LOGIT_SCORES, *scoring.FEATURE_SCORES]
+        known = list(scoring.ALL_SCORES)
         self.scores.sort(key=lambda s: (known.index(s) if s in known else len(known), s))
         self.runs = list(dict.fromkeys(run for run, *_ in self._values))
         # Means over OOD sets compare runs only when they average over the same sets.

@@ -55,7 +55,10 @@ def main(argv=None) -> int:
     for run, reasons in report.skipped.items():
         for score, reason in reasons.items():
             print(f"{run}: {score} {reason}", file=sys.stderr)
-    scoring.write_metrics(report.rows, args.out, skipped=report.skipped)
+    for run, notes in report.notes.items():
+        for score, note in notes.items():
+            print(f"{run}: {score} {note}", file=sys.stderr)
+    scoring.write_metrics(report.rows, args.out, skipped=report.skipped, notes=report.notes)
     print(f"wrote {os.path.join(args.out, 'metrics.csv')} and "
           f"{os.path.join(args.out, 'metrics.md')}", file=sys.stderr)
     return 0

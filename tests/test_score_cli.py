@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import json
 import os
 import pathlib
 import subprocess
@@ -36,10 +38,23 @@ def make_run(run_dir: pathlib.Path, seed: int, features: bool) -> dict[str, Spli
 
     splits = {"digits_test": split("id_test", 40, 3.0), "gaussian": split("ood_test", 25, 0.0),
               "blobs": split("ood_test", 9, 1.0)}
-    if features:
-        splits["digits_train"] = split("id_train", 60, 3.0)
-    predictions.write(run_dir / "predictions", splits, num_classes=K, run={"seed": seed})
+    if not features:
+        predictions.write(run_dir / "predictions", splits, num_classes=K, run={"seed": seed})
+        return splits
+    # With features, also the head and ODIN scores (format v2); on the train split the pair
+    # (1000, 0.0014) has the highest mean, so the selection rule picks it.
+    splits["digits_train"] = split("id_train", 60, 3.0)
+    splits = {name: dataclasses.replace(sp, odin=rng.uniform(
+        0.3, 0.7 + 0.1 * (name == "digits_train") * np.arange(3), (len(sp.labels), 3)).astype(
+        np.float32)) for name, sp in splits.items()}
+    head = predictions.Head(rng.normal(size=(3, K)).astype(np.float32),
+                            rng.normal(size=K).astype(np.float32))
+    predictions.write(run_dir / "predictions", splits, num_classes=K, run={"seed": seed},
+                      head=head, odin_pairs=ODIN_PAIRS)
     return splits
+
+
+ODIN_PAIRS = ((1.0, 0.0), (1000.0, 0.0), (1000.0, 0.0014))
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +80,7 @@ def test_cli_writes_metrics_csv_and_md(scored, runs):
     assert lines[0] == ["run", "score", "ood", "metric", "value"]
     rows = scoring.read_metrics_csv(out / "metrics.csv")
     # Per run: accuracy and ece, then scores x OOD splits x 8 metrics.
-    assert len(rows) == (2 + 6 * 2 * 8) + (2 + 4 * 2 * 8)
+    assert len(rows) == (2 + 9 * 2 * 8) + (2 + 4 * 2 * 8)
     assert rows[0] == scoring.MetricRow("ce", "", "", "accuracy", rows[0].value)
     assert all(0.0 <= r.value <= 1.0 for r in rows)
     values = {(r.run, r.score, r.ood, r.metric): r.value for r in rows}
@@ -91,6 +106,17 @@ def test_cli_writes_metrics_csv_and_md(scored, runs):
     knn_ood = scoring.knn(ce["blobs"].features, train.features, 5)
     assert values[("ce", "knn", "blobs", "auroc")] == pytest.approx(
         scoring.pair_metrics(knn_id, knn_ood)["auroc"], abs=1e-12)
+    # Head-aware scores from the saved head, and ODIN at the pair the rule picks.
+    preds = predictions.read(runs["ce"][0] / "predictions")
+    head = (train.features, preds.head.kernel, preds.head.bias)
+    for score, fn in (("react", scoring.react), ("vim", scoring.vim)):
+        expected = scoring.pair_metrics(fn(ce["digits_test"].features, *head),
+                                        fn(ce["gaussian"].features, *head))
+        for metric, value in expected.items():
+            assert values[("ce", score, "gaussian", metric)] == pytest.approx(value, abs=1e-12)
+    expected = scoring.pair_metrics(ce["digits_test"].odin[:, 2], ce["blobs"].odin[:, 2])
+    assert values[("ce", "odin", "blobs", "auroc")] == pytest.approx(expected["auroc"], abs=1e-12)
+    assert "ce: odin T = 1000, ε = 0.0014 (chosen by the rule" in result.stderr
 
 
 def test_cli_metrics_md_and_skipped_feature_scores(scored):
@@ -103,6 +129,9 @@ def test_cli_metrics_md_and_skipped_feature_scores(scored):
     ls_part = text.split("## ls_0.1")[1]
     assert "### mahalanobis\n\nskipped: the predictions have no id_train split" in ls_part
     assert "### knn\n\nskipped: the predictions have no id_train split" in ls_part
+    assert "### vim\n\nskipped: the predictions have no id_train split" in ls_part
+    assert "### odin\n\nskipped: the predictions hold no ODIN scores" in ls_part
+    assert "### odin\n\nT = 1000, ε = 0.0014 (chosen by the rule" in text.split("## ls_0.1")[0]
     assert "ls_0.1: knn skipped: the predictions have no id_train split" in result.stderr
     rows = scoring.read_metrics_csv(out / "metrics.csv")
     auroc = next(r.value for r in rows if (r.run, r.score, r.ood, r.metric)
@@ -122,7 +151,8 @@ def test_cli_bad_run_directories_exit_2_and_leave_out_alone(runs, tmp_path):
     cases = [
         ([tmp_path / "missing"], f"error: {tmp_path / 'missing'}: no such run directory"),
         ([broken], f"error: {broken / 'predictions' / 'manifest.json'}: field 'format' is "
-                   "'v0', expected 'softlabel_ood.predictions/v1'"),
+                   "'v0', expected one of 'softlabel_ood.predictions/v1', "
+                   "'softlabel_ood.predictions/v2'"),
         ([runs["ce"][0], twin], f"error: {twin}: another run directory has the same base "
                                 "name 'ce'"),
     ]
@@ -157,8 +187,8 @@ def test_run_names_are_directory_base_names(tmp_path):
 
 
 def test_many_runs_scored_together_equal_each_run_scored_alone(tmp_path):
-    # 5 runs with features (6 scores each) and 1 without (4 scores): 34 (run, score) groups,
-    # which the batched metrics pad to a bucket of 36, so padding between runs is exercised.
+    # 5 runs with features (9 scores each) and 1 without (4 scores): 49 (run, score) groups,
+    # which the batched metrics pad to a bucket of 52, so padding between runs is exercised.
     dirs = [tmp_path / f"run{i}" for i in range(6)]
     for i, d in enumerate(dirs):
         make_run(d, seed=10 + i, features=i < 5)
@@ -169,3 +199,18 @@ def test_many_runs_scored_together_equal_each_run_scored_alone(tmp_path):
     assert together.keys() == alone.keys()
     for key, value in alone.items():
         assert together[key] == pytest.approx(value, abs=1e-12), key
+
+
+def test_v1_run_directories_are_scored_without_head_scores(tmp_path):
+    make_run(tmp_path / "old", seed=3, features=True)
+    directory = tmp_path / "old" / "predictions"
+    manifest = json.loads((directory / "manifest.json").read_text())
+    for key in ("head", "odin"):
+        manifest.pop(key)
+    manifest["format"] = "softlabel_ood.predictions/v1"
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    report = scoring.score_runs_report([tmp_path / "old"], knn_k=5)
+    assert {r.score for r in report.rows if r.score} == {*scoring.LOGIT_SCORES,
+                                                         *scoring.FEATURE_SCORES}
+    assert report.skipped["old"]["react"] == \
+        "skipped: the predictions have no classifier head (format v1)"

@@ -5,6 +5,8 @@ Definitions: `scores` (the scores) and `metrics` (the metrics) module docstrings
 docs/scores_and_metrics.md.
 """
 
+from softlabel_ood.scoring import odin_selection
+from softlabel_ood.scoring.head_scores import HEAD_SCORES, react, vim
 from softlabel_ood.scoring.metrics import (
     ECE_BINS,
     ID_METRICS,
@@ -18,6 +20,7 @@ from softlabel_ood.scoring.metrics import (
     pair_metrics,
 )
 from softlabel_ood.scoring.runs import (
+    ALL_SCORES,
     CSV_HEADER,
     MetricRow,
     ScoreReport,
@@ -39,9 +42,11 @@ from softlabel_ood.scoring.scores import (
 )
 
 __all__ = [
+    "ALL_SCORES",
     "CSV_HEADER",
     "ECE_BINS",
     "FEATURE_SCORES",
+    "HEAD_SCORES",
     "ID_METRICS",
     "KNN_K",
     "LOGIT_SCORES",
@@ -56,13 +61,16 @@ __all__ = [
     "knn",
     "logit_scores",
     "mahalanobis",
+    "odin_selection",
     "ood_metrics",
     "pair_metrics",
     "predicted_class",
+    "react",
     "read_metrics_csv",
     "run_name",
     "score_predictions",
     "score_runs",
     "score_runs_report",
+    "vim",
     "write_metrics",
 ]

@@ -21,9 +21,14 @@ import numpy as np
 
 from softlabel_ood import atomic_files
 from softlabel_ood import predictions as predictions_lib
-from softlabel_ood.scoring import float64, metrics, scores
+from softlabel_ood.scoring import float64, head_scores, metrics, odin_selection, scores
+from softlabel_ood.scoring.head_scores import HEAD_SCORES
 from softlabel_ood.scoring.metrics import ID_METRICS, METRICS, ScoringError
 from softlabel_ood.scoring.scores import FEATURE_SCORES, KNN_K, LOGIT_SCORES
+
+# Every score, in the order of metrics.csv and metrics.md. Definitions: docs/scores_and_metrics.md.
+ODIN_SCORES = ("odin",)
+ALL_SCORES = (*LOGIT_SCORES, *FEATURE_SCORES, *HEAD_SCORES, *ODIN_SCORES)
 
 CSV_HEADER = ("run", "score", "ood", "metric", "value")
 
@@ -42,6 +47,8 @@ class ScoreReport:
     rows: list[MetricRow]
     # run -> {score: why it was not computed}, for feature scores a run cannot provide.
     skipped: dict[str, dict[str, str]]
+    # run -> {score: what was chosen for it}, e.g. the ODIN pair.
+    notes: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -52,6 +59,7 @@ class _RunScores:
     values: dict[str, dict[str, Any]]  # score -> split -> float64 [N]
     id_metrics: dict[str, Any]
     skipped: dict[str, str]
+    notes: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def run_name(run_dir) -> str:
@@ -103,7 +111,27 @@ def _dispatch_run(name: str, preds: predictions_lib.Predictions, knn_k: int) -> 
             values[score] = dict(zip(evaluated, np.split(per_row, ends[:-1]), strict=True))
     else:
         skipped = dict.fromkeys(FEATURE_SCORES, f"skipped: {problem}")
-    return _RunScores(name, id_test, ood, values, id_values, skipped)
+
+    if problem is None and preds.head is None:
+        problem = "the predictions have no classifier head (format v1)"
+    if problem is None:
+        head = (train.features, preds.head.kernel, preds.head.bias)
+        for score, per_row in [("react", head_scores.react(features, *head)),
+                               ("vim", head_scores.vim(features, *head))]:
+            values[score] = dict(zip(evaluated, np.split(per_row, ends[:-1]), strict=True))
+    else:
+        skipped.update(dict.fromkeys(HEAD_SCORES, f"skipped: {problem}"))
+
+    notes = {}
+    problem = odin_selection.odin_problem(preds)
+    if problem is None:
+        choice = odin_selection.choose_for(preds)
+        values["odin"] = {s: preds.splits[s].odin[:, choice.index].astype(np.float64)
+                          for s in evaluated}
+        notes["odin"] = choice.text()
+    else:
+        skipped["odin"] = f"skipped: {problem}"
+    return _RunScores(name, id_test, ood, values, id_values, skipped, notes)
 
 
 def _finish_run(run: _RunScores) -> _RunScores:
@@ -191,7 +219,8 @@ def score_predictions(named: Iterable[tuple[str, predictions_lib.Predictions]], 
     for run, run_ood_rows in zip(runs, ood_rows, strict=True):
         rows.extend(MetricRow(run.name, "", "", m, run.id_metrics[m]) for m in ID_METRICS)
         rows.extend(run_ood_rows)
-    return ScoreReport(rows=rows, skipped={run.name: run.skipped for run in runs if run.skipped})
+    return ScoreReport(rows=rows, skipped={run.name: run.skipped for run in runs if run.skipped},
+                       notes={run.name: run.notes for run in runs if run.notes})
 
 
 def _check_run_dirs(run_dirs: Sequence) -> list[str]:
@@ -223,9 +252,11 @@ def score_runs(run_dirs: Sequence[str], *, knn_k: int = KNN_K,
     """Reads `<run_dir>/predictions` of each run and computes every score and metric.
 
     Rows per run: accuracy and ece of the ID test split (empty score and ood), then for each
-    score (LOGIT_SCORES, then FEATURE_SCORES when the run has features and an id_train split)
-    and each OOD split in manifest order, the METRICS in order. Raises PredictionsError for a
-    missing or invalid run directory and ScoringError for clashing run names.
+    score (LOGIT_SCORES; FEATURE_SCORES when the run has features and an id_train split;
+    HEAD_SCORES when it also has the classifier head; odin when it has ODIN scores and an
+    id_train split) and each OOD split in manifest order, the METRICS in order. Raises
+    PredictionsError for a missing or invalid run directory and ScoringError for clashing run
+    names.
     """
     return score_runs_report(run_dirs, knn_k=knn_k, progress=progress).rows
 
@@ -248,7 +279,8 @@ def _percent(value: float) -> str:
     return "n/a" if np.isnan(value) else f"{100.0 * value:.2f}"
 
 
-def _markdown_text(rows: Sequence[MetricRow], skipped: Mapping[str, Mapping[str, str]]) -> str:
+def _markdown_text(rows: Sequence[MetricRow], skipped: Mapping[str, Mapping[str, str]],
+                   notes: Mapping[str, Mapping[str, str]]) -> str:
     lines = ["# OOD detection metrics", "",
              "Values in percent. Lower is better for fpr95, fpr95_ood_positive and fpr95_oe, "
              "higher for the others; `mean` is the unweighted mean over the OOD splits. "
@@ -262,7 +294,7 @@ def _markdown_text(rows: Sequence[MetricRow], skipped: Mapping[str, Mapping[str,
             lines += [", ".join(f"{m} {_percent(id_values[m])}" for m in ID_METRICS
                                 if m in id_values) + " (ID test split)", ""]
         computed = list(dict.fromkeys(r.score for r in run_rows if r.score))
-        known = [*LOGIT_SCORES, *FEATURE_SCORES]
+        known = list(ALL_SCORES)
         run_scores = [s for s in known if s in computed or s in skipped.get(run, {})]
         run_scores += [s for s in computed if s not in known]
         for score in run_scores:
@@ -270,6 +302,8 @@ def _markdown_text(rows: Sequence[MetricRow], skipped: Mapping[str, Mapping[str,
             if score in skipped.get(run, {}):
                 lines += [skipped[run][score], ""]
                 continue
+            if score in notes.get(run, {}):
+                lines += [notes[run][score], ""]
             table: dict[str, dict[str, float]] = {}
             for r in run_rows:
                 if r.score == score:
@@ -289,11 +323,12 @@ def _markdown_text(rows: Sequence[MetricRow], skipped: Mapping[str, Mapping[str,
 
 
 def write_metrics(rows: Sequence[MetricRow], out_dir, *,
-                  skipped: Mapping[str, Mapping[str, str]] | None = None) -> None:
+                  skipped: Mapping[str, Mapping[str, str]] | None = None,
+                  notes: Mapping[str, Mapping[str, str]] | None = None) -> None:
     """Writes `<out_dir>/metrics.csv` and `<out_dir>/metrics.md`, each by write-then-rename."""
     rows = list(rows)
     csv_text = _csv_text(rows)
-    markdown = _markdown_text(rows, skipped or {})
+    markdown = _markdown_text(rows, skipped or {}, notes or {})
     out_dir = pathlib.Path(os.fspath(out_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_files.write_text_atomically(out_dir / "metrics.csv", csv_text)
