@@ -64,6 +64,7 @@ class ClaimResult:
     rule: str  # the decision rule, in words
     evidence: tuple[str, ...]  # the deciding numbers, one line each
     independent_verdict: str = ""  # the same rule with seeds treated as independent
+    numbers: dict[str, float] = dataclasses.field(default_factory=dict)  # the key figures
 
 
 def _pct(x: float) -> str:
@@ -247,7 +248,8 @@ def claim1(table: MetricTable, runs: Sequence[RunInfo], rules: ClaimRules) -> Cl
     if fewest < rules.min_seeds:
         evidence.append(f"only {fewest} seed(s) for some sweep point; {rules.min_seeds} needed")
     return ClaimResult(1, STATEMENTS[1], verdict(drop.direction), rule, tuple(evidence),
-                       verdict(drop_independent.direction))
+                       verdict(drop_independent.direction),
+                       {"spearman": rho, "difference": drop.mean, "difference_std": drop.std})
 
 
 def _students(runs: Sequence[RunInfo], method: str) -> dict[str, list[RunInfo]]:

@@ -16,7 +16,7 @@ class ConfigError(ValueError):
 RESUMABLE_CHANGES = frozenset({
     "ood_datasets", "dataset_paths", "data_dir", "num_ood_examples", "eval_batch_size",
     "log_every_steps", "checkpoint_every_steps", "steps_per_call", "device_data_max_mb",
-    "odin_pairs",
+    "odin_pairs", "ood_groups",
 })
 
 

@@ -105,6 +105,40 @@ def table1_markdown(table: MetricTable, runs: Sequence[RunInfo], *,
     return _md_table(header, rows)
 
 
+def sweep_by_score_markdown(table: MetricTable, runs: Sequence[RunInfo], score: str, *,
+                            groups: dict[str, tuple[str, ...]] | None = None) -> str:
+    """Rows α of the LS sweep; accuracy, ECE, then `score`'s OOD metrics averaged over all OOD
+    sets and its AUROC averaged over each group's OOD sets."""
+    groups = {g: m for g, m in (groups or {}).items() if set(m) & set(table.ood_sets)}
+    header = ["α", _HEADERS["accuracy"], _HEADERS["ece"]]
+    header += [_HEADERS[m] for m in OOD_METRICS] + [f"AUROC {g} ↑" for g in groups]
+    rows = []
+    for alpha, group in results.ls_sweep(runs):
+        row = [f"{alpha:g}", _fmt(results.id_stat(table, group, "accuracy")),
+               _fmt(results.id_stat(table, group, "ece"))]
+        row += [_fmt(results.ood_mean_stat(table, group, score, m)) for m in OOD_METRICS]
+        row += [_fmt(results.ood_group_mean_stat(table, group, score, "auroc", members))
+                for members in groups.values()]
+        rows.append(row)
+    return _md_table(header, rows)
+
+
+def claim1_by_score_markdown(table: MetricTable, runs: Sequence[RunInfo],
+                             rules: claims.ClaimRules, scores: Sequence[str]) -> str:
+    """Claim 1's rule applied to each score in turn: for which scores does LS hurt detection?"""
+    rows = []
+    for score in scores:
+        c = claims.claim1(table, runs, dataclasses.replace(rules, score=score))
+        n = c.numbers
+        rho = "–" if math.isnan(n.get("spearman", math.nan)) else f"{n['spearman']:.3f}"
+        drop = results.format_stat(results.Stat(())) if "difference" not in n else (
+            f"{100 * n['difference']:.2f}" + ("" if math.isnan(n["difference_std"])
+                                              else f" ± {100 * n['difference_std']:.2f}"))
+        rows.append([f"`{score}`", c.verdict, c.independent_verdict or "–", rho, drop])
+    return _md_table(["score", "claim 1 (paired by seed)", "claim 1 (seeds independent)",
+                      "Spearman ρ(α, A)", "A(0) − A(α_max)"], rows)
+
+
 def ood_table_markdown(table: MetricTable, runs: Sequence[RunInfo], ood: str, *,
                        scores: Sequence[str] | None = None) -> str:
     """Rows α of the LS sweep; per score, the OOD metrics on one OOD set."""
@@ -336,7 +370,8 @@ def odin_pairs_markdown(runs: Sequence[RunInfo]) -> str:
 
 def render(table: MetricTable, runs: Sequence[RunInfo], *, title: str,
            scores: Sequence[str], rules: claims.ClaimRules,
-           figure_files: Sequence[tuple[str, str]]) -> str:
+           figure_files: Sequence[tuple[str, str]],
+           groups: dict[str, tuple[str, ...]] | None = None) -> str:
     """report.md as a string."""
     oods = ", ".join(f"`{o}`" for o in table.ood_sets) or "(none)"
     out = [f"# {title}\n",
@@ -360,6 +395,15 @@ def render(table: MetricTable, runs: Sequence[RunInfo], *, title: str,
     for ood in table.all_ood_sets:
         out += [f"### Table 1, OOD set `{ood}`\n", ood_table_markdown(table, runs, ood,
                                                                      scores=scores)]
+    grouped = {g: m for g, m in (groups or {}).items() if set(m) & set(table.ood_sets)}
+    group_text = ("; then AUROC averaged over the OOD sets of each group: " + "; ".join(
+        f"{g} = {', '.join(f'`{o}`' for o in m if o in table.ood_sets)}"
+        for g, m in grouped.items())) if grouped else ""
+    for score in scores:
+        out += [f"### Table 1, score `{score}`\n",
+                f"Rows: α. Columns: ID test accuracy and ECE, {score} AUROC, FPR95 and AUPR-out "
+                f"averaged over the OOD sets{group_text}.\n",
+                sweep_by_score_markdown(table, runs, score, groups=grouped)]
     out += ["## Table 2. Teachers and students\n",
             f"Rows: the teacher of the kd and kd_incorrect students. Columns: ID test accuracy and "
             f"{rules.score} AUROC and FPR95 averaged over the OOD sets, for the teacher, its kd "
@@ -373,19 +417,38 @@ def render(table: MetricTable, runs: Sequence[RunInfo], *, title: str,
         out.append("## Figures\n")
         out += [f"![{name}]({name})\n\n*{caption}*\n" for name, caption in figure_files]
     out += ["## Claims\n", claims_markdown(claims.evaluate_claims(table, runs, rules), rules)]
+    out += ["### Claim 1 for every score\n",
+            f"Does label smoothing hurt detection for every score, or only for the softmax? "
+            f"Claim 1's rule above, unchanged, applied with each score in place of "
+            f"{rules.score} (A = that score's "
+            f"{results.METRIC_LABELS.get(rules.metric, rules.metric)} averaged over the OOD "
+            f"sets; ρ and the paired A(0) − A(α_max) in points, as in the rule).\n",
+            claim1_by_score_markdown(table, runs, rules, scores)]
     return "\n".join(out)
+
+
+def run_groups(runs: Sequence[RunInfo]) -> dict[str, tuple[str, ...]]:
+    """The OOD groups (`config.ood_groups`) stored with the first run at hand that names any."""
+    for r in runs:
+        if r.directory and "://" not in r.directory:
+            found = scoring.groups.read_groups(r.directory)
+            if found:
+                return found
+    return {}
 
 
 def write_report(rows: Sequence[scoring.MetricRow], out_dir: epath.PathLike, *,
                  runs: Sequence[RunInfo], title: str = "Soft labels and OOD detection: "
                  "reproduction report", scores: Sequence[str] | None = None,
                  focus_ood: str | None = None,
-                 rules: claims.ClaimRules | None = None) -> None:
+                 rules: claims.ClaimRules | None = None,
+                 groups: dict[str, tuple[str, ...]] | None = None) -> None:
     """Writes metrics.csv (+ metrics.md), runs.json, the PNG figures and, last, report.md.
 
     `runs` says which run is which (`results.RunInfo`); histograms and ROC curves need each
     run's `directory` and are left out for runs without one. `focus_ood` picks the OOD set of
-    those two figures (default: `default_focus_ood`).
+    those two figures (default: `default_focus_ood`). `groups` ({group: OOD sets}) adds group
+    means to the tables (default: the `ood_groups` stored with the runs, `run_groups`).
     """
     rules = rules or claims.ClaimRules()
     out_dir = epath.Path(out_dir)
@@ -395,14 +458,17 @@ def write_report(rows: Sequence[scoring.MetricRow], out_dir: epath.PathLike, *,
     unknown = sorted(set(table.runs) - known)
     if unknown:
         raise ValueError(f"metrics name runs that `runs` does not describe: {', '.join(unknown)}")
+    if groups is None:
+        groups = run_groups(runs)
+    per_run_groups = dict.fromkeys(table.runs, groups) if groups else {}
     if "://" in str(out_dir):
         with tempfile.TemporaryDirectory() as tmp:
-            scoring.write_metrics(rows, tmp)
+            scoring.write_metrics(rows, tmp, groups=per_run_groups)
             for name in ("metrics.csv", "metrics.md"):
                 if (epath.Path(tmp) / name).exists():
                     (epath.Path(tmp) / name).copy(out_dir / name, overwrite=True)
     else:
-        scoring.write_metrics(rows, str(out_dir))
+        scoring.write_metrics(rows, str(out_dir), groups=per_run_groups)
     env = environment.describe()
     results.write_runs_json([dataclasses.replace(r, directory="") for r in runs],
                             out_dir / results.RUNS_FILE, environment=env)
@@ -410,6 +476,7 @@ def write_report(rows: Sequence[scoring.MetricRow], out_dir: epath.PathLike, *,
     if focus_ood is None:
         focus_ood = default_focus_ood(table, runs, rules.score)
     figure_files = _write_figures(table, runs, out_dir, scores=scores, focus_ood=focus_ood)
-    text = render(table, runs, title=title, scores=scores, rules=rules, figure_files=figure_files)
+    text = render(table, runs, title=title, scores=scores, rules=rules, figure_files=figure_files,
+                  groups=groups)
     text += "\n" + environment.markdown(env)
     (out_dir / "report.md").write_text(text)

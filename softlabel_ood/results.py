@@ -109,6 +109,16 @@ class MetricTable:
         return float(np.mean(values))
 
 
+def ood_group_mean(table: MetricTable, run: str, score: str, metric: str,
+                   members: Sequence[str]) -> float | None:
+    """Unweighted mean of a metric over a group's OOD sets among `table.ood_sets` for one run;
+    None when the group has none of them or a value is missing."""
+    values = [table.value(run, metric, score, ood) for ood in table.ood_sets if ood in members]
+    if not values or any(v is None for v in values):
+        return None
+    return float(np.mean(values))
+
+
 def stat(runs: Sequence[RunInfo], value: Callable[[str], float | None]) -> Stat:
     """`value(run)` over the seeds of one grid entry, skipping runs without that metric."""
     values = (value(r.run) for r in runs)
@@ -130,6 +140,11 @@ def id_stat(table: MetricTable, runs: Sequence[RunInfo], metric: str) -> Stat:
 
 def ood_mean_stat(table: MetricTable, runs: Sequence[RunInfo], score: str, metric: str) -> Stat:
     return stat(runs, lambda run: table.ood_mean(run, score, metric))
+
+
+def ood_group_mean_stat(table: MetricTable, runs: Sequence[RunInfo], score: str, metric: str,
+                        members: Sequence[str]) -> Stat:
+    return stat(runs, lambda run: ood_group_mean(table, run, score, metric, members))
 
 
 def ood_stat(table: MetricTable, runs: Sequence[RunInfo], score: str, metric: str,

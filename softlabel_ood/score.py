@@ -28,6 +28,10 @@ def _parse(argv):
     parser.add_argument("--out", required=True, help="directory for metrics.csv and metrics.md")
     parser.add_argument("--knn_k", type=int, default=None,
                         help="k of the knn score (default 50, capped at the id_train size)")
+    parser.add_argument("--groups", default=None,
+                        help="groups of OOD sets whose means metrics.md shows, e.g. "
+                             "'near=cifar100;far=svhn,textures' (default: each run's "
+                             "config.ood_groups from its config.json)")
     parser.add_argument("--platform", default=None,
                         help="JAX platform to score on, e.g. cpu, gpu, tpu (default: "
                              "$JAX_PLATFORMS, else cpu)")
@@ -48,7 +52,9 @@ def main(argv=None) -> int:
     try:
         if knn_k < 1:
             raise scoring.ScoringError(f"--knn_k: must be at least 1, got {knn_k}")
-        report = scoring.score_runs_report(args.run_dirs, knn_k=knn_k, progress=True)
+        groups = None if args.groups is None else scoring.groups.parse_groups(args.groups)
+        report = scoring.score_runs_report(args.run_dirs, knn_k=knn_k, progress=True,
+                                           ood_groups=groups)
     except (predictions.PredictionsError, scoring.ScoringError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -58,7 +64,8 @@ def main(argv=None) -> int:
     for run, notes in report.notes.items():
         for score, note in notes.items():
             print(f"{run}: {score} {note}", file=sys.stderr)
-    scoring.write_metrics(report.rows, args.out, skipped=report.skipped, notes=report.notes)
+    scoring.write_metrics(report.rows, args.out, skipped=report.skipped, notes=report.notes,
+                          groups=report.groups)
     print(f"wrote {os.path.join(args.out, 'metrics.csv')} and "
           f"{os.path.join(args.out, 'metrics.md')}", file=sys.stderr)
     return 0

@@ -144,3 +144,37 @@ def test_report_states_the_odin_pair_of_each_run(tmp_path):
     text = report.odin_pairs_markdown(runs)
     assert "| `ce_seed0` | 1000 | 0.0014 | 30.00, 60.00 |" in text
     assert "the largest configured temperature T" in text
+
+
+def test_report_groups_and_claim_1_for_every_score(tmp_path):
+    runs = paper_runs(seeds=SEEDS)
+    report.write_report(metric_rows(runs, PAPER_LIKE), tmp_path, runs=runs,
+                        groups={"near": ("patches",), "far": ("noise", "absent")})
+    text = (tmp_path / "report.md").read_text()
+    lines = text.splitlines()
+    # Per score: the α sweep with AUROC per group. msp at α = 0: 94.9 over both sets, patches
+    # (near) 2 points below, noise (far) 2 above; energy 1 point higher throughout.
+    assert "### Table 1, score `energy`" in text
+    assert "| α | accuracy ↑ | ECE ↓ | AUROC ↑ | FPR95 ↓ | AUPR-out ↑ | AUROC near ↑ | " \
+           "AUROC far ↑ |" in lines
+    assert "| 0 | 89.90 ± 0.14 | 4.90 ± 0.14 | 94.90 ± 0.14 | 5.10 ± 0.14 | 93.90 ± 0.14 | " \
+           "92.90 ± 0.14 | 96.90 ± 0.14 |" in lines
+    assert "| 0 | 89.90 ± 0.14 | 4.90 ± 0.14 | 95.90 ± 0.14 | 4.10 ± 0.14 | 94.90 ± 0.14 | " \
+           "93.90 ± 0.14 | 97.90 ± 0.14 |" in lines
+    # Claim 1 decided for each score by the same rule: both fall by 9 points from α = 0 to 0.3.
+    assert "### Claim 1 for every score" in text
+    assert "| `msp` | supported | supported | -1.000 | 9.00 ± 0.00 |" in lines
+    assert "| `energy` | supported | supported | -1.000 | 9.00 ± 0.00 |" in lines
+    # metrics.md shows the group means beside the overall mean.
+    md = (tmp_path / "metrics.md").read_text()
+    assert "| mean (near) | " in md
+    assert "| mean (far) | " in md
+
+
+def test_group_means_by_hand():
+    assert scoring.groups.group_means({"a": 0.5, "b": 0.7, "c": 0.1},
+                                      {"g": ("a", "b", "x"), "h": ("x",)}) == {"g": 0.6}
+    assert scoring.groups.parse_groups("near=cifar100; far=svhn,textures") == {
+        "near": ("cifar100",), "far": ("svhn", "textures")}
+    with pytest.raises(scoring.ScoringError, match="--groups: 'near' is not"):
+        scoring.groups.parse_groups("near")

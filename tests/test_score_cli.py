@@ -214,3 +214,25 @@ def test_v1_run_directories_are_scored_without_head_scores(tmp_path):
                                                          *scoring.FEATURE_SCORES}
     assert report.skipped["old"]["react"] == \
         "skipped: the predictions have no classifier head (format v1)"
+
+
+def test_group_means_from_the_run_config_and_from_the_command_line(tmp_path):
+    make_run(tmp_path / "run", seed=4, features=False)
+    (tmp_path / "run" / "config.json").write_text(json.dumps(
+        {"ood_groups": {"near": ["blobs"], "far": ["gaussian", "not_scored"]}}))
+    result = run_score(tmp_path / "run", f"--out={tmp_path / 'a'}")
+    assert result.returncode == 0, result.stderr
+    text = (tmp_path / "a" / "metrics.md").read_text()
+    rows = {(r.score, r.ood, r.metric): r.value
+            for r in scoring.read_metrics_csv(tmp_path / "a" / "metrics.csv")}
+    msp = text.split("### msp")[1].split("###")[0]
+    assert f"| mean (near) | {100 * rows[('msp', 'blobs', 'auroc')]:.2f} |" in msp
+    assert f"| mean (far) | {100 * rows[('msp', 'gaussian', 'auroc')]:.2f} |" in msp
+    # --groups replaces the stored groups.
+    result = run_score(tmp_path / "run", f"--out={tmp_path / 'b'}", "--groups=all=blobs,gaussian")
+    text = (tmp_path / "b" / "metrics.md").read_text()
+    assert "| mean (all) |" in text
+    assert "mean (near)" not in text
+    result = run_score(tmp_path / "run", f"--out={tmp_path / 'c'}", "--groups=near")
+    assert result.returncode == 2
+    assert "--groups: 'near' is not <group>=<OOD set>" in result.stderr

@@ -15,6 +15,9 @@ def get_config(arg=None):
     c = config_base.base_config(method)
     c.dataset = "digits"
     c.ood_datasets = ("flower_patches", "gaussian", "rademacher", "blobs", "uniform")
+    # Natural-image patches are the near OOD set here, the synthetic noise the far ones.
+    c.ood_groups.near = ("flower_patches",)
+    c.ood_groups.far = ("gaussian", "rademacher", "blobs", "uniform")
     c.oe_dataset = "china_patches"  # used only when the method is oe
     c.oe.batch_size = 128
     c.num_ood_examples = 360  # about the size of the digits test split

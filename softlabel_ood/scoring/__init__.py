@@ -5,7 +5,7 @@ Definitions: `scores` (the scores) and `metrics` (the metrics) module docstrings
 docs/scores_and_metrics.md.
 """
 
-from softlabel_ood.scoring import odin_selection
+from softlabel_ood.scoring import groups, odin_selection
 from softlabel_ood.scoring.head_scores import HEAD_SCORES, react, vim
 from softlabel_ood.scoring.metrics import (
     ECE_BINS,
@@ -57,6 +57,7 @@ __all__ = [
     "accuracy",
     "calibration_metrics",
     "ece",
+    "groups",
     "id_metrics",
     "knn",
     "logit_scores",

@@ -21,7 +21,7 @@ import numpy as np
 
 from softlabel_ood import atomic_files
 from softlabel_ood import predictions as predictions_lib
-from softlabel_ood.scoring import float64, head_scores, metrics, odin_selection, scores
+from softlabel_ood.scoring import float64, groups, head_scores, metrics, odin_selection, scores
 from softlabel_ood.scoring.head_scores import HEAD_SCORES
 from softlabel_ood.scoring.metrics import ID_METRICS, METRICS, ScoringError
 from softlabel_ood.scoring.scores import FEATURE_SCORES, KNN_K, LOGIT_SCORES
@@ -49,6 +49,8 @@ class ScoreReport:
     skipped: dict[str, dict[str, str]]
     # run -> {score: what was chosen for it}, e.g. the ODIN pair.
     notes: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    # run -> {group: OOD sets}, the groups whose means metrics.md shows.
+    groups: dict[str, dict[str, tuple[str, ...]]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -238,13 +240,19 @@ def _check_run_dirs(run_dirs: Sequence) -> list[str]:
     return names
 
 
-def score_runs_report(run_dirs: Sequence, *, knn_k: int = KNN_K,
-                      progress: bool = False) -> ScoreReport:
-    """Like `score_runs`, and also says which scores were skipped in which run and why."""
+def score_runs_report(run_dirs: Sequence, *, knn_k: int = KNN_K, progress: bool = False,
+                      ood_groups: Mapping[str, Sequence[str]] | None = None) -> ScoreReport:
+    """Like `score_runs`, and also says which scores were skipped in which run and why.
+
+    `ood_groups` ({group: OOD sets}) overrides the groups each run names in its config.json.
+    """
     names = _check_run_dirs(run_dirs)
+    run_groups = {name: (dict(ood_groups) if ood_groups is not None else groups.read_groups(d))
+                  for name, d in zip(names, run_dirs, strict=True)}
     named = ((name, predictions_lib.read(pathlib.Path(os.fspath(d)) / "predictions"))
              for name, d in zip(names, run_dirs, strict=True))
-    return score_predictions(named, knn_k=knn_k, progress=progress, total=len(names))
+    report = score_predictions(named, knn_k=knn_k, progress=progress, total=len(names))
+    return dataclasses.replace(report, groups={n: g for n, g in run_groups.items() if g})
 
 
 def score_runs(run_dirs: Sequence[str], *, knn_k: int = KNN_K,
@@ -280,11 +288,13 @@ def _percent(value: float) -> str:
 
 
 def _markdown_text(rows: Sequence[MetricRow], skipped: Mapping[str, Mapping[str, str]],
-                   notes: Mapping[str, Mapping[str, str]]) -> str:
+                   notes: Mapping[str, Mapping[str, str]],
+                   run_groups: Mapping[str, Mapping[str, Sequence[str]]]) -> str:
     lines = ["# OOD detection metrics", "",
              "Values in percent. Lower is better for fpr95, fpr95_ood_positive and fpr95_oe, "
-             "higher for the others; `mean` is the unweighted mean over the OOD splits. "
-             "Definitions: docs/scores_and_metrics.md.", ""]
+             "higher for the others; `mean` is the unweighted mean over the OOD splits, "
+             "`mean (<group>)` the same over the OOD splits of a named group (config field "
+             "`ood_groups`). Definitions: docs/scores_and_metrics.md.", ""]
     runs = list(dict.fromkeys([r.run for r in rows] + list(skipped)))
     for run in runs:
         lines += [f"## {run}", ""]
@@ -314,9 +324,16 @@ def _markdown_text(rows: Sequence[MetricRow], skipped: Mapping[str, Mapping[str,
             for ood, values in table.items():
                 lines.append(f"| {ood} | " + " | ".join(
                     _percent(values.get(m, float("nan"))) for m in columns) + " |")
+            per_metric = {m: {ood: v[m] for ood, v in table.items() if m in v} for m in columns}
+            for group, members in run_groups.get(run, {}).items():
+                means = {m: groups.group_means(per_metric[m], {group: members}).get(group)
+                         for m in columns}
+                if any(v is not None for v in means.values()):
+                    lines.append(f"| mean ({group}) | " + " | ".join(
+                        _percent(float("nan") if v is None else v) for v in means.values())
+                        + " |")
             if len(table) > 1:
-                means = [float(np.mean([v[m] for v in table.values() if m in v]))
-                         for m in columns]
+                means = [float(np.mean(list(per_metric[m].values()))) for m in columns]
                 lines.append("| mean | " + " | ".join(_percent(v) for v in means) + " |")
             lines.append("")
     return "\n".join(lines)
@@ -324,11 +341,15 @@ def _markdown_text(rows: Sequence[MetricRow], skipped: Mapping[str, Mapping[str,
 
 def write_metrics(rows: Sequence[MetricRow], out_dir, *,
                   skipped: Mapping[str, Mapping[str, str]] | None = None,
-                  notes: Mapping[str, Mapping[str, str]] | None = None) -> None:
-    """Writes `<out_dir>/metrics.csv` and `<out_dir>/metrics.md`, each by write-then-rename."""
+                  notes: Mapping[str, Mapping[str, str]] | None = None,
+                  groups: Mapping[str, Mapping[str, Sequence[str]]] | None = None) -> None:
+    """Writes `<out_dir>/metrics.csv` and `<out_dir>/metrics.md`, each by write-then-rename.
+
+    `groups` ({run: {group: OOD sets}}) adds each group's mean to the run's tables in metrics.md.
+    """
     rows = list(rows)
     csv_text = _csv_text(rows)
-    markdown = _markdown_text(rows, skipped or {}, notes or {})
+    markdown = _markdown_text(rows, skipped or {}, notes or {}, groups or {})
     out_dir = pathlib.Path(os.fspath(out_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_files.write_text_atomically(out_dir / "metrics.csv", csv_text)
