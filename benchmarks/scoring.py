@@ -1,14 +1,19 @@
-"""Batched, jitted scoring against a per-pair scikit-learn loop computing the same metrics.
+"""Batched, jitted scoring against a per-pair numpy / scikit-learn loop computing the same metrics.
 
     python benchmarks/scoring.py [--runs=10] [--ood_splits=6] [--examples=10000] [--classes=100]
+                                 [--feature_dim=128] [--train_examples=5000]
 
-A grid of runs, each with an ID test split and several OOD splits of synthetic logits, is scored
-twice in one process, both after a warm-up: by `softlabel_ood.scoring.score_predictions` (all
-(run, score, OOD split) pairs in one batched computation) and by a loop that computes the same
-scores with numpy and the same metrics with scikit-learn, one pair at a time, as DESIGN.md §6
-defines them. It prints both times (best of --repeats), their ratio, and the largest difference
-between the two sets of results, and exits with status 1 when that exceeds --tolerance. A second
-comparison times the OOD metrics alone, both sides given the same float64 score arrays.
+A grid of runs, each with an ID test split, an ID train split and several OOD splits of synthetic
+logits, features, a classifier head and ODIN scores (predictions format v2), is scored twice in
+one process, both after a warm-up: by `softlabel_ood.scoring.score_predictions` (every score,
+and all (run, score, OOD split) pairs in one batched metrics computation) and by a loop that
+computes the same scores with numpy (logit scores, mahalanobis, knn, react, vim, the ODIN pair
+chosen by the same rule) and the same metrics with scikit-learn and a transcription of the OE
+code's FPR, one pair at a time, as DESIGN.md §6 and docs/scores_and_metrics.md define them. It
+prints both times (best of --repeats), their ratio, and the largest difference between the two
+sets of results, and exits with status 1 when that exceeds --tolerance. A second comparison
+times the OOD metrics alone, both sides given the same float64 score arrays. --feature_dim=0
+leaves features, head and ODIN scores out (logit scores only).
 
 One OOD split per run repeats a handful of logit rows many times (as constant or near-constant
 images do), so the comparison covers heavily tied scores as well as continuous ones.
@@ -31,9 +36,16 @@ from sklearn import metrics as sk
 
 from softlabel_ood import predictions, scoring
 
+ODIN_PAIRS = ((1.0, 0.0), (1000.0, 0.0), (1000.0, 0.0014), (1000.0, 0.004))
 
-def make_runs(num_runs, num_ood, num_examples, num_classes, seed=0):
-    """Synthetic runs: ID logits peak at the label, OOD logits are flatter; one OOD split tied."""
+
+def make_runs(num_runs, num_ood, num_examples, num_classes, feature_dim=0, train_examples=0,
+              seed=0):
+    """Synthetic runs: ID logits peak at the label, OOD logits are flatter; one OOD split tied.
+
+    With feature_dim > 0, every split also has features (the logits' source through a random
+    head), ODIN scores, and there is an id_train split.
+    """
     rng = np.random.default_rng(seed)
     runs = []
     for r in range(num_runs):
@@ -51,9 +63,66 @@ def make_runs(num_runs, num_ood, num_examples, num_classes, seed=0):
                 ood = ood[rng.integers(0, 20, num_examples)]
             splits[f"ood_{o}"] = predictions.Split(
                 "ood_test", ood.astype(np.float32), np.full(num_examples, -1, np.int32))
+        head = None
+        if feature_dim:
+            train_labels = rng.integers(0, num_classes, train_examples).astype(np.int32)
+            splits["id_train"] = predictions.Split(
+                "id_train", np.zeros((train_examples, num_classes), np.float32), train_labels)
+            head = predictions.Head(
+                rng.normal(0, 1 / np.sqrt(feature_dim), (feature_dim, num_classes)).astype(
+                    np.float32), rng.normal(0, 0.1, num_classes).astype(np.float32))
+            means = rng.normal(size=(num_classes, feature_dim))
+            for name, split in list(splits.items()):
+                n = len(split.labels)
+                shift = means[np.maximum(split.labels, 0)] * (split.role != "ood_test")
+                features = np.maximum(rng.normal(size=(n, feature_dim)) + shift, 0).astype(
+                    np.float32)
+                odin = rng.uniform(1 / num_classes, 1.0, (n, len(ODIN_PAIRS))).astype(np.float32)
+                splits[name] = predictions.Split(
+                    split.role, (features @ head.kernel + head.bias).astype(np.float32),
+                    split.labels, features, odin)
         runs.append((f"run_{r}", predictions.Predictions(
-            num_classes=num_classes, run={}, splits=splits, directory=None)))
+            num_classes=num_classes, run={}, splits=splits, directory=None, head=head,
+            odin_pairs=ODIN_PAIRS if feature_dim else ())))
     return runs
+
+
+def numpy_feature_scores(features, train, train_labels, num_classes, kernel, bias, knn_k):
+    """mahalanobis, knn, react and vim from their definitions, in numpy float64."""
+    f, g = features.astype(np.float64), train.astype(np.float64)
+    w, b = kernel.astype(np.float64), bias.astype(np.float64)
+    present = np.unique(train_labels)
+    means = np.stack([g[train_labels == c].mean(0) for c in present])
+    centered = g - means[np.searchsorted(present, train_labels)]
+    precision = np.linalg.pinv(centered.T @ centered / len(g), hermitian=True)
+    diff = f[:, None, :] - means[None]
+    mahalanobis = -np.einsum("ncd,de,nce->nc", diff, precision, diff).min(1)
+    # knn's similarities in float32, as the definition computes them (ample for a rank).
+    z = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    zt = train / np.maximum(np.linalg.norm(train, axis=1, keepdims=True), 1e-12)
+    k = min(knn_k, len(g))
+    knn = np.sort(z @ zt.T, axis=1)[:, -k].astype(np.float64) - 1.0
+    clip = np.percentile(g.reshape(-1), 90)
+    react = logsumexp(np.minimum(f, clip) @ w + b)
+    origin = -np.linalg.pinv(w.T) @ b
+    eigenvalues, eigenvectors = np.linalg.eigh((g - origin).T @ (g - origin) / len(g))
+    residual = eigenvectors[:, np.argsort(-eigenvalues)[scoring.head_scores.vim_dimension(
+        f.shape[1]):]]
+    alpha = (g @ w + b).max(1).mean() / np.linalg.norm((g - origin) @ residual, axis=1).mean()
+    vim = logsumexp(f @ w + b) - alpha * np.linalg.norm((f - origin) @ residual, axis=1)
+    return {"mahalanobis": mahalanobis, "knn": knn, "react": react, "vim": vim}
+
+
+def logsumexp(x):
+    top = x.max(1)
+    return top + np.log(np.exp(x - top[:, None]).sum(1))
+
+
+def numpy_odin_column(pairs, train_odin):
+    """The selection rule: the largest T, then the ε with the highest mean id_train score."""
+    top = max(t for t, _ in pairs)
+    candidates = sorted((e, i) for i, (t, e) in enumerate(pairs) if t == top)
+    return max(candidates, key=lambda c: (train_odin[:, c[1]].mean(), -c[0]))[1]
 
 
 def numpy_scores(logits):
@@ -86,7 +155,24 @@ def sklearn_pair(id_scores, ood_scores):
     return {"auroc": sk.roc_auc_score(y, s), "aupr_in": sk.average_precision_score(y, s),
             "aupr_out": sk.average_precision_score(1 - y, -s), "fpr95": fpr95,
             "tnr95": 1.0 - fpr95, "fpr95_ood_positive": fpr_o[np.argmax(tpr_o >= 0.95)],
-            "detection_acc": np.max(0.5 * (tpr + 1.0 - fpr))}
+            "detection_acc": np.max(0.5 * (tpr + 1.0 - fpr)),
+            "fpr95_oe": oe_fpr_at_recall(1 - y, -s)}
+
+
+def oe_fpr_at_recall(y_true, y_score, recall_level=0.95):
+    """The Outlier Exposure code's fpr_and_fdr_at_recall (utils/display_results.py), as it
+    computes FPR: OOD positive, anomaly score -s."""
+    y_true = y_true == 1
+    order = np.argsort(y_score, kind="mergesort")[::-1]
+    y_score, y_true = y_score[order], y_true[order]
+    threshold_idxs = np.r_[np.where(np.diff(y_score))[0], y_true.size - 1]
+    tps = np.cumsum(y_true, dtype=np.float64)[threshold_idxs]
+    fps = 1 + threshold_idxs - tps
+    recall = tps / tps[-1]
+    last_ind = tps.searchsorted(tps[-1])
+    sl = slice(last_ind, None, -1)
+    recall, fps = np.r_[recall[sl], 1], np.r_[fps[sl], 0]
+    return fps[np.argmin(np.abs(recall - recall_level))] / np.sum(np.logical_not(y_true))
 
 
 def sklearn_loop(runs):
@@ -100,7 +186,19 @@ def sklearn_loop(runs):
                 results[(name, "", "", "accuracy")] = correct.mean()
                 results[(name, "", "", "ece")] = numpy_ece(values[split_name]["msp"], correct)
         id_name = preds.id_test_name
-        for score in scoring.LOGIT_SCORES:
+        evaluated = [id_name, *preds.names("ood_test")]
+        score_names = list(scoring.LOGIT_SCORES)
+        if preds.head is not None:
+            train = preds.splits[preds.names("id_train")[0]]
+            column = numpy_odin_column(preds.odin_pairs, train.odin)
+            for split_name in evaluated:
+                split = preds.splits[split_name]
+                values[split_name].update(numpy_feature_scores(
+                    split.features, train.features, train.labels, preds.num_classes,
+                    preds.head.kernel, preds.head.bias, scoring.KNN_K))
+                values[split_name]["odin"] = split.odin[:, column].astype(np.float64)
+            score_names += ["mahalanobis", "knn", "react", "vim", "odin"]
+        for score in score_names:
             for ood in preds.names("ood_test"):
                 pair = sklearn_pair(values[id_name][score], values[ood][score])
                 for metric, value in pair.items():
@@ -131,7 +229,7 @@ def ours_metrics_only(id_scores, ood_scores):
             for o in range(ood_scores.shape[1]) for m in scoring.METRICS}
 
 
-def compare(title, ours_fn, sklearn_fn, repeats, tolerance):
+def compare(title, ours_fn, sklearn_fn, repeats, tolerance, knn_tolerance=None):
     ours_fn()  # warm-up: compiles for these shapes
     sklearn_fn()  # warm-up: first-call costs
     ours_time, ours_result = best_time(ours_fn, repeats)
@@ -143,14 +241,24 @@ def compare(title, ours_fn, sklearn_fn, repeats, tolerance):
     if ours_result.keys() != sk_result.keys():
         print("  FAIL: the two computations produced different sets of results")
         return False
-    worst = max(sk_result, key=lambda k: abs(ours_result[k] - sk_result[k]))
-    diff = abs(ours_result[worst] - sk_result[worst])
-    print(f"  largest difference over {len(sk_result)} values: {diff:.3g} (at {worst})")
-    if diff > tolerance:
-        print(f"  FAIL: difference above tolerance {tolerance}")
-        return False
-    print(f"  results identical to within {tolerance}")
-    return True
+    ok = True
+    # knn's similarities are float32 by definition, so two float32 products (XLA's and numpy's)
+    # may order a near-tie differently: its metrics get their own, looser tolerance.
+    parts = [("", [k for k in sk_result if k[1:2] != ("knn",)], tolerance)]
+    if knn_tolerance is not None:
+        parts.append((" (knn)", [k for k in sk_result if k[1:2] == ("knn",)], knn_tolerance))
+    for label, keys, limit in parts:
+        if not keys:
+            continue
+        worst = max(keys, key=lambda k: abs(ours_result[k] - sk_result[k]))
+        diff = abs(ours_result[worst] - sk_result[worst])
+        print(f"  largest difference over {len(keys)} values{label}: {diff:.3g} (at {worst})")
+        if diff > limit:
+            print(f"  FAIL: difference above tolerance {limit}")
+            ok = False
+        else:
+            print(f"  results identical to within {limit}")
+    return ok
 
 
 def ours(runs):
@@ -173,18 +281,26 @@ def main(argv=None) -> int:
     parser.add_argument("--ood_splits", type=int, default=6)
     parser.add_argument("--examples", type=int, default=10_000)
     parser.add_argument("--classes", type=int, default=100)
+    parser.add_argument("--feature_dim", type=int, default=128)
+    parser.add_argument("--train_examples", type=int, default=5000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tolerance", type=float, default=1e-6)
+    parser.add_argument("--knn_tolerance", type=float, default=1e-4)
     args = parser.parse_args(argv)
 
-    runs = make_runs(args.runs, args.ood_splits, args.examples, args.classes)
-    pairs = args.runs * len(scoring.LOGIT_SCORES) * args.ood_splits
-    print(f"{args.runs} runs x {len(scoring.LOGIT_SCORES)} logit scores x {args.ood_splits} OOD "
-          f"splits = {pairs} pairs; {args.examples} ID and {args.examples} OOD examples per "
-          f"split, K = {args.classes}; JAX on {jax.devices()[0].platform}")
+    runs = make_runs(args.runs, args.ood_splits, args.examples, args.classes, args.feature_dim,
+                     args.train_examples)
+    num_scores = len(scoring.ALL_SCORES) if args.feature_dim else len(scoring.LOGIT_SCORES)
+    pairs = args.runs * num_scores * args.ood_splits
+    train_examples = args.train_examples if args.feature_dim else 0
+    print(f"{args.runs} runs x {num_scores} scores x {args.ood_splits} OOD splits = {pairs} "
+          f"pairs; {args.examples} ID and {args.examples} OOD examples per split, K = "
+          f"{args.classes}, D = {args.feature_dim}, {train_examples} id_train examples; JAX on "
+          f"{jax.devices()[0].platform}")
 
-    ok = compare("From logits (scores, accuracy, ECE and the OOD metrics of every pair):",
-                 lambda: ours(runs), lambda: sklearn_loop(runs), args.repeats, args.tolerance)
+    ok = compare("Every score, accuracy, ECE and the OOD metrics of every pair:",
+                 lambda: ours(runs), lambda: sklearn_loop(runs), args.repeats, args.tolerance,
+                 args.knn_tolerance)
     id_scores, ood_scores = score_arrays(runs)
     ok &= compare("OOD metrics alone, on the same float64 score arrays:",
                   lambda: ours_metrics_only(id_scores, ood_scores),

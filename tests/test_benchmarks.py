@@ -36,3 +36,24 @@ def test_train_step_benchmark_prints_images_per_second():
     values = dict(re.findall(r"(\w+)=(\S+)", result.stdout.strip().splitlines()[-1]))
     assert float(values["images_per_sec"]) > 0
     assert values["model"] == "small_cnn"
+
+
+def test_scoring_benchmark_agrees_with_its_reference_on_every_score():
+    result = run_module("benchmarks.scoring", "--runs=2", "--ood_splits=2", "--examples=300",
+                        "--classes=5", "--feature_dim=32", "--train_examples=200", "--repeats=1")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "2 runs x 9 scores x 2 OOD splits = 36 pairs" in result.stdout
+    assert result.stdout.count("results identical to within") == 3
+    assert "FAIL" not in result.stdout
+
+
+def test_odin_benchmark_prints_its_figures():
+    result = run_module("benchmarks.odin", "--model=small_cnn", "--batch_size=16",
+                        "--image_size=8", "--channels=1", "--steps=1", "--repeats=1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    values = dict(re.findall(r"(\w+)=(\S+)", result.stdout.strip().splitlines()[-1]))
+    for field in ("forward_ms", "odin_eps0_x", "odin_one_pair_x", "odin_default_x",
+                  "per_extra_pair_x"):
+        assert math.isfinite(float(values[field])), field
+    assert float(values["forward_ms"]) > 0
+    assert values["default_pairs"] == "7"
