@@ -3,19 +3,21 @@
     python -m benchmarks.odin --model=wrn40_2 --batch_size=500 [--steps=10 --dtype=bfloat16]
 
 Times, on one batch of random images and a freshly initialised model, the predict eval step (a
-forward pass returning logits and features) and `softlabel_ood.odin.make_odin_step` for three
-sets of pairs: ε = 0 only (T = 1 and T = 1000), one pair with ε > 0, and `odin.DEFAULT_PAIRS`.
-Prints one line of `name=value` fields:
+forward pass returning logits and features) and `softlabel_ood.odin.make_odin_step`, which
+predict runs in its place when ODIN pairs are configured (it returns the eval step's outputs
+too), for three sets of pairs: ε = 0 only (T = 1 and T = 1000), one pair with ε > 0, and
+`odin.DEFAULT_PAIRS`. Prints one line of `name=value` fields, the ODIN figures as multiples of
+the plain forward pass:
 
     forward_ms        the eval step's time per batch
-    odin_eps0_x       the ODIN step with only ε = 0 pairs, in forward passes (its own forward)
+    odin_eps0_x       the ODIN step with only ε = 0 pairs (the forward pass and softmaxes)
     odin_one_pair_x   one (T, ε > 0) pair: forward, backward for the gradient sign, forward again
-    odin_default_x    every default pair (their count is `default_pairs`)
+    odin_default_x    every default pair (their count is `default_pairs`): what predict costs
+                      per batch with the default pairs, against 1 without ODIN
     per_extra_pair_x  (odin_default - odin_one_pair) / (pairs with ε > 0, minus one): the cost of
-                      each further ε at the same T, in forward passes
+                      each further ε at the same T
 
-so the cost of a predict run with ODIN is (1 + odin_default_x) forward passes per example where
-it was 1. Every figure is the best of --repeats timings of --steps calls after a warm-up call.
+Every figure is the best of --repeats timings of --steps calls after a warm-up call.
 """
 
 from __future__ import annotations

@@ -95,8 +95,11 @@ def numpy_feature_scores(features, train, train_labels, num_classes, kernel, bia
     means = np.stack([g[train_labels == c].mean(0) for c in present])
     centered = g - means[np.searchsorted(present, train_labels)]
     precision = np.linalg.pinv(centered.T @ centered / len(g), hermitian=True)
-    diff = f[:, None, :] - means[None]
-    mahalanobis = -np.einsum("ncd,de,nce->nc", diff, precision, diff).min(1)
+    # (f - mu)^T P (f - mu) expanded, so that no [N, classes, D] array is formed.
+    squared = (np.einsum("nd,de,ne->n", f, precision, f)[:, None]
+               - 2 * f @ precision @ means.T
+               + np.einsum("cd,de,ce->c", means, precision, means)[None])
+    mahalanobis = -np.maximum(squared, 0.0).min(1)
     # knn's similarities in float32, as the definition computes them (ample for a rank).
     z = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
     zt = train / np.maximum(np.linalg.norm(train, axis=1, keepdims=True), 1e-12)

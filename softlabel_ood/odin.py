@@ -15,8 +15,10 @@ with T = 1 as well it is `msp`.
 
 The gradient depends on T but not on ε, so one forward and backward pass per temperature serves
 all of its ε: a pair with ε > 0 costs one extra forward pass, and every ε = 0 pair comes from the
-plain logits at no cost. The pairs are compiled into the function (a static argument); the batch
-is split over the mesh's "data" axis like the eval step's.
+plain logits at no cost. The step returns the eval step's logits and features as well, so that
+predict runs one program per batch and the plain forward pass once. The pairs are compiled into
+the function (a static argument); the batch is split over the mesh's "data" axis like the eval
+step's.
 """
 
 from __future__ import annotations
@@ -43,14 +45,16 @@ def max_softmax(logits: jax.Array, temperature: float) -> jax.Array:
 
 def odin_scores(apply_fn: Callable, images_uint8: jax.Array, mean: Sequence[float],
                 std: Sequence[float], pairs: Sequence[tuple[float, float]],
-                dtype=jnp.float32) -> jax.Array:
+                dtype=jnp.float32, logits: jax.Array | None = None) -> jax.Array:
     """[B, P] ODIN scores of uint8 NHWC images for each (T, ε) in `pairs` (module docstring).
 
-    `apply_fn(x)` maps normalised float images to logits [B, K].
+    `apply_fn(x)` maps normalised float images to logits [B, K]; `logits`, when given, are its
+    outputs on the unperturbed images (saving that forward pass).
     """
     x = augment.normalize(images_uint8, mean, std, dtype=jnp.float32)
     std_array = jnp.asarray(std, jnp.float32)
-    logits = apply_fn(x.astype(dtype))
+    if logits is None:
+        logits = apply_fn(x.astype(dtype))
     predicted = jnp.argmax(logits, axis=-1)
 
     def input_gradient(temperature):
@@ -79,7 +83,9 @@ def odin_scores(apply_fn: Callable, images_uint8: jax.Array, mean: Sequence[floa
 
 def make_odin_step(model: nn.Module, step_config: train_step.StepConfig, mesh: Mesh,
                    pairs: tuple[tuple[float, float], ...]) -> Callable:
-    """Returns jitted `odin_step(variables, batch) -> float32 [B, len(pairs)]`."""
+    """Returns jitted `odin_step(variables, batch) -> {"logits": [B, K], "features": [B, D],
+    "odin": [B, len(pairs)]}`, all float32: the eval step's outputs and the ODIN scores from one
+    program, so the plain forward pass is shared."""
     replicated = NamedSharding(mesh, P())
     batch_sharded = NamedSharding(mesh, P(train_step.DATA_AXIS))
     dtype = jnp.dtype(step_config.compute_dtype)
@@ -87,8 +93,13 @@ def make_odin_step(model: nn.Module, step_config: train_step.StepConfig, mesh: M
     def odin_step(variables, batch):
         def apply_fn(x):
             return model.apply(variables, x, train=False)
-        return odin_scores(apply_fn, batch["image"], step_config.mean, step_config.std, pairs,
-                           dtype=dtype)
+        # The eval step's forward pass, exactly (train_step.make_eval_step).
+        x = augment.normalize(batch["image"], step_config.mean, step_config.std, dtype=dtype)
+        logits, features = model.apply(variables, x, train=False, return_features=True)
+        scores = odin_scores(apply_fn, batch["image"], step_config.mean, step_config.std, pairs,
+                             dtype=dtype, logits=logits)
+        return {"logits": logits.astype(jnp.float32), "features": features.astype(jnp.float32),
+                "odin": scores}
 
     return jax.jit(
         train_step._auto_sharded(odin_step, mesh, batch_sharded),

@@ -40,10 +40,8 @@ def _outputs(eval_fn, variables, ds: datasets.ArrayDataset, mesh, batch_size: in
     on every process."""
     parts = {"logits": [], "features": [], "odin": [], "mask": []}
     for batch in input_pipeline.eval_batches(ds, global_batch_size=batch_size, mesh=mesh):
-        out = eval_fn(variables, batch)
-        out = {"logits": out["logits"], "features": out["features"], "mask": batch["mask"]}
-        if odin_fn is not None:
-            out["odin"] = odin_fn(variables, batch)
+        # The ODIN step returns the eval step's outputs too, from the same forward pass.
+        out = dict((odin_fn or eval_fn)(variables, batch), mask=batch["mask"])
         # Each process holds only its rows of the global batch; gather them (a no-op on one host).
         gathered = multihost_utils.process_allgather(out, tiled=True)
         for key, value in gathered.items():

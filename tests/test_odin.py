@@ -88,6 +88,11 @@ def test_predict_odin_at_t1_eps0_is_msp_and_head_gives_the_logits(small_model):
     e = np.exp((logits - logits.max(1, keepdims=True)) / 1000)
     np.testing.assert_allclose(out["odin"][:, 1], (e / e.sum(1, keepdims=True)).max(1),
                                rtol=1e-6)
+    # The ODIN step's logits and features are the eval step's.
+    plain = predict._outputs(eval_fn, variables, _dataset(), mesh, 16)
+    assert "odin" not in plain
+    np.testing.assert_array_equal(plain["logits"], out["logits"])
+    np.testing.assert_array_equal(plain["features"], out["features"])
     # The saved head reproduces the logits from the features.
     kernel, bias = models.classifier_head(variables["params"])
     np.testing.assert_allclose(out["features"] @ np.asarray(kernel) + np.asarray(bias),
