@@ -109,3 +109,15 @@ def test_scoring_imports_neither_flax_nor_tensorflow():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_kth_largest_by_bisection_matches_numpy_with_ties_signs_and_zeros():
+    rng = np.random.default_rng(5)
+    rows = np.concatenate([
+        rng.normal(size=(20, 30)),
+        np.round(rng.normal(size=(20, 30)), 1),  # heavy ties
+        np.where(rng.random((20, 30)) < 0.5, 0.0, -rng.random((20, 30))),  # zeros, negatives
+    ]).astype(np.float32)
+    for k in (1, 7, 30):
+        got = np.asarray(scores._kth_largest(rows, k))
+        np.testing.assert_array_equal(got, np.sort(rows, axis=1)[:, -k])

@@ -148,6 +148,25 @@ def mahalanobis(features, train_features, train_labels, num_classes: int) -> np.
             _mahalanobis(features, train_features, train_labels, num_classes)))
 
 
+def _kth_largest(values, k: int):
+    """The k-th largest of each row of float32 `values` [B, M], exactly (ties counted).
+
+    A bisection over the 32 bits of order-preserving int32 keys: the largest key t with at
+    least k keys >= t is the k-th largest. 32 passes of compare-and-count over the rows are
+    about 10x faster on CPU than lax.top_k or a sort, which XLA's CPU backend runs slowly.
+    """
+    bits = jax.lax.bitcast_convert_type(values, jnp.int32)
+    flip = jnp.int32(0x7FFF_FFFF)  # negative floats order backwards by their magnitude bits
+    keys = jnp.where(bits < 0, bits ^ flip, bits)
+    found = jnp.full(values.shape[:1], jnp.iinfo(jnp.int32).min, jnp.int32)
+    for bit in range(31, -1, -1):
+        # From the sign bit down: keep the bit set when enough keys lie at or above.
+        candidate = found ^ jnp.int32(-(1 << 31)) if bit == 31 else found + jnp.int32(1 << bit)
+        enough = jnp.sum(keys >= candidate[:, None], axis=1) >= k
+        found = jnp.where(enough, candidate, found)
+    return jax.lax.bitcast_convert_type(jnp.where(found < 0, found ^ flip, found), jnp.float32)
+
+
 def _normalize(x):
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
@@ -164,7 +183,7 @@ def _knn(features, train_features, k, chunk):
         # The similarity matrix is built a chunk of queries at a time: [n, N_train] at once would
         # not fit in memory for CIFAR-sized splits.
         similarity = jnp.matmul(q, train.T, precision=_HIGHEST)
-        return jax.lax.top_k(similarity, k)[0][:, k - 1]
+        return _kth_largest(similarity, k)
 
     kth = jax.lax.map(kth_similarity, queries.reshape(num_chunks, chunk, -1)).reshape(-1)[:n]
     return kth.astype(jnp.float64) - 1.0
