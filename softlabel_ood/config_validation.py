@@ -58,8 +58,10 @@ def check(config: ml_collections.ConfigDict) -> None:
     if config.weight_decay < 0:
         raise ConfigError(f"config.weight_decay: {config.weight_decay} must be >= 0")
     for pair in config.get("odin_pairs", ()):
-        if len(pair) != 2 or not pair[0] > 0 or not pair[1] >= 0:
-            raise ConfigError(f"config.odin_pairs: entry {tuple(pair)} is not a (temperature > 0, "
+        if not isinstance(pair, tuple | list) or len(pair) != 2 \
+                or not all(isinstance(v, int | float) for v in pair) \
+                or not pair[0] > 0 or not pair[1] >= 0:
+            raise ConfigError(f"config.odin_pairs: entry {pair!r} is not a (temperature > 0, "
                               "epsilon >= 0) pair")
     if config.compute_dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"config.compute_dtype: {config.compute_dtype!r} is not float32 "
