@@ -16,6 +16,8 @@ so the id_train split (the training examples, seen by the model) stands in for i
 from __future__ import annotations
 
 import dataclasses
+import os
+import pathlib
 
 import numpy as np
 
@@ -69,5 +71,5 @@ def choose_from_directory(directory) -> OdinChoice | None:
     train = [e for e in manifest["splits"].values() if e["role"] == "id_train"]
     if not pairs or not train:
         return None
-    with np.load(predictions_lib._path(directory) / train[0]["file"]) as npz:
+    with np.load(pathlib.Path(os.fspath(directory)) / train[0]["file"]) as npz:
         return choose(pairs, npz["odin"]) if "odin" in npz.files else None
