@@ -53,6 +53,16 @@ class Checkpoints:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def drop_after(self, step: int) -> None:
+        """Deletes the checkpoints past `step`: a population rewinding a run that saved a step
+        the others did not (see `train_loop._initial_states`) writes them again, identical."""
+        for later in self._manager.all_steps():
+            if later > step:
+                self._manager.delete(later)
+
     def save(self, state: train_step.TrainState) -> None:
         step = int(jax.device_get(state.step))
         if self._manager.latest_step() != step:

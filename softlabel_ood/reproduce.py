@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 
+import jax
 import ml_collections
 import tqdm
 from absl import app, flags, logging
@@ -32,10 +33,12 @@ from softlabel_ood import (
     datasets,
     distributed,
     grid,
+    populations,
     progress,
     report,
     results,
     run_data,
+    saved_runs,
     scoring,
     train,
     train_step,
@@ -69,6 +72,10 @@ def validate_grid(config: ml_collections.ConfigDict) -> None:
         raise GridError(f"config.grid.seeds: {seeds!r} must be a non-empty list of integers")
     if len(set(seeds)) != len(seeds):
         raise GridError(f"config.grid.seeds: {seeds!r} repeats a seed")
+    for key, least in (("max_population", 0), ("run_devices", 1)):
+        value = g.get(key, least)
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise GridError(f"config.grid.{key}: {value!r} must be an integer >= {least}")
     runs = list(g.get("runs", ()))
     if not runs:
         raise GridError("config.grid.runs: empty; the grid has no runs")
@@ -157,32 +164,71 @@ def planned_runs(config: ml_collections.ConfigDict, workdir: epath.PathLike
     return planned
 
 
+class RunsFailedError(saved_runs.RunError):
+    """Some runs of the grid did not finish; the others were trained and scored."""
+
+
 def run_grid(config: ml_collections.ConfigDict, workdir: str, *,
              rules: claims.ClaimRules | None = None) -> list[results.RunInfo]:
-    """Trains every unfinished run of `config.grid`, then scores them and writes the report."""
+    """Trains every unfinished run of `config.grid` in populations (`populations.form`), then
+    scores the finished runs and writes the report.
+
+    A run that fails (its loss diverges, its teacher failed) is reported by name and does not
+    stop the others; RunsFailedError names every failed run after the report is written.
+    """
     planned = planned_runs(config, workdir)
+    configs = [c for _, c in planned]
+    directories = [info.directory for info, _ in planned]
+    groups = populations.form(configs, directories, populations.max_population(config.grid))
     writer = distributed.is_writer()
-    bar = progress.bar(planned, desc="grid", unit="run", disable=not writer)
-    for i, (info, c) in enumerate(bar, start=1):
-        bar.set_postfix_str(info.run)
-        where = info.directory
-        label = f"[{i}/{len(planned)}] {info.run} ({info.method})"
-        if train.is_finished(where):
-            if writer:
-                tqdm.tqdm.write(f"{label}: skipped, already finished", file=sys.stderr)
+    failed: dict[str, str] = {}  # run directory -> why it failed
+    bar = progress.bar(total=len(planned), desc="grid", unit="run", disable=not writer)
+
+    def say(i: int, what: str) -> None:
+        if writer:
+            info = planned[i][0]
+            tqdm.tqdm.write(f"[{i + 1}/{len(planned)}] {info.run} ({info.method}): {what}",
+                            file=sys.stderr)
+
+    for group in groups:
+        todo = []
+        for i in group:
+            inputs = [p for p in (configs[i].kd.teacher_workdir, configs[i].oe.finetune_from) if p]
+            if train.is_finished(directories[i]):
+                say(i, "skipped, already finished")
+            elif broken := [p for p in inputs if p in failed]:
+                failed[directories[i]] = f"not trained: {epath.Path(broken[0]).name} failed"
+                say(i, failed[directories[i]])
+            else:
+                todo.append(i)
+        bar.update(len(group) - len(todo))
+        if not todo:
             continue
+        bar.set_postfix_str(", ".join(planned[i][0].run for i in todo[:3])
+                            + (", ..." if len(todo) > 3 else ""))
         start = time.monotonic()
-        resumed = (epath.Path(where) / "checkpoints").exists()
+        resumed = {i: (epath.Path(directories[i]) / "checkpoints").exists() for i in todo}
+        mesh = train_step.data_mesh()
+        if len(todo) > 1:
+            mesh = train_step.population_mesh(populations.run_devices(
+                int(config.grid.get("run_devices", 1)), len(todo), jax.device_count()))
         # Every process takes part in training; each decides the same way whether to skip,
         # because the DONE marker lives in the shared workdir.
-        train.train_and_evaluate(c, where)
-        if writer:
-            how = "resumed and trained" if resumed else "trained"
-            tqdm.tqdm.write(f"{label}: {how} in {time.monotonic() - start:.0f} s",
-                            file=sys.stderr)
+        outcomes = train.train_and_evaluate_population(
+            [configs[i] for i in todo], [directories[i] for i in todo], mesh=mesh)
+        seconds = time.monotonic() - start
+        together = f" (together with {len(todo) - 1} more)" if len(todo) > 1 else ""
+        for i, failure in zip(todo, outcomes, strict=True):
+            if failure is not None:
+                failed[directories[i]] = f"failed: {failure}"
+                say(i, failed[directories[i]])
+            else:
+                say(i, f"{'resumed and trained' if resumed[i] else 'trained'} in "
+                       f"{seconds:.0f} s{together}")
+        bar.update(len(todo))
     bar.close()
 
-    runs = [info for info, _ in planned]
+    runs = [info for info, _ in planned if info.directory not in failed]
     # Every process scores (the same read-only work), so that none of them sits idle in JAX's
     # shutdown barrier, which has a timeout, while process 0 alone is busy.
     rows = scoring.score_runs([r.directory for r in runs], progress=writer)
@@ -192,6 +238,9 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str, *,
                             title=f"Soft labels and OOD detection on {config.dataset}: "
                                   f"reproduction report")
         print(f"report: {out / 'report.md'}")
+    if failed:
+        raise RunsFailedError(f"{len(failed)} of {len(planned)} runs did not finish: " + "; ".join(
+            f"{epath.Path(d).name} {why}" for d, why in failed.items()))
     return runs
 
 

@@ -39,11 +39,20 @@ def steps_per_call(config: ml_collections.ConfigDict) -> int:
     return AUTO_STEPS_PER_CALL.get(jax.default_backend(), AUTO_STEPS_PER_CALL_ACCELERATOR)
 
 
-def step_config(config: ml_collections.ConfigDict) -> train_step.StepConfig:
-    """What the compiled step is specialised to; runs that agree on it share one executable."""
+# In a population, ce runs take the ls program with α = 0: (1 - 0)·onehot + 0/K is the one-hot
+# target exactly, so ce and every α of the sweep train together.
+_POPULATION_METHOD = {"ce": "ls"}
+
+
+def step_config(config: ml_collections.ConfigDict, *,
+                population: bool = False) -> train_step.StepConfig:
+    """What the compiled step is specialised to; runs that agree on it share one executable.
+
+    `population=True` gives the program of a population (ce as ls with α = 0)."""
     info = datasets.info(config.dataset)
+    method = _POPULATION_METHOD.get(config.method, config.method) if population else config.method
     return train_step.StepConfig(
-        method=config.method, num_classes=info.num_classes, mean=tuple(info.mean),
+        method=method, num_classes=info.num_classes, mean=tuple(info.mean),
         std=tuple(info.std), augment=info.augment, compute_dtype=config.compute_dtype,
         optimizer=config.optimizer, weight_decay=float(config.weight_decay),
         momentum=float(config.momentum), nesterov=bool(config.nesterov))
@@ -55,8 +64,29 @@ def hyperparams(config: ml_collections.ConfigDict, *,
     return train_step.Hyperparams.create(
         seed=config.seed, learning_rate=config.learning_rate,
         total_steps=total_steps(config, num_train_examples),
-        label_smoothing=config.label_smoothing, kd_temperature=config.kd.temperature,
+        # Only ls and kd_incorrect read α; ce may share the ls program, where α must be 0.
+        label_smoothing=(config.label_smoothing if config.method in ("ls", "kd_incorrect")
+                         else 0.0),
+        kd_temperature=config.kd.temperature,
         kd_weight=config.kd.weight, oe_weight=config.oe.weight)
+
+
+def population_key(config: ml_collections.ConfigDict, teacher_model: str = "") -> tuple:
+    """Runs with equal keys can train together in one population: one compiled program (model,
+    method family, optimizer, shapes), the same training data, batches, steps and boundaries.
+    They may differ in seed, learning rate, α, KD temperature and weight, OE weight and teacher
+    (`teacher_model` names the teacher's architecture, which must agree too)."""
+    return (
+        step_config(config, population=True), config.model, float(config.dropout_rate),
+        config.dataset, str(config.get("data_dir", "")),
+        repr(sorted(config.dataset_paths.items())) if "dataset_paths" in config else "",
+        int(config.num_train_examples), int(config.batch_size), int(config.num_epochs),
+        int(config.eval_batch_size), int(config.log_every_steps),
+        int(config.checkpoint_every_steps), steps_per_call(config),
+        config.oe_dataset if config.method == "oe" else "",
+        int(config.oe.batch_size) if config.method == "oe" else 0,
+        teacher_model,
+    )
 
 
 def create_state(config: ml_collections.ConfigDict, model: nn.Module,

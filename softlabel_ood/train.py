@@ -11,6 +11,7 @@ workdir resumes from the latest checkpoint, and a finished run only rewrites its
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
 import ml_collections
 from absl import app, flags
@@ -36,18 +37,54 @@ TrainingDivergedError = train_loop.TrainingDivergedError
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> None:
-    config_validation.check(config)
-    workdir = epath.Path(workdir)
-    mesh = train_step.data_mesh()
-    # The teacher first: a missing or unfinished teacher is found before any data is loaded.
-    teacher = train_loop.load_teacher(config, mesh)
-    run_data.check_available(config)
-    data = run_data.load_training(config)
-    state = train_loop.train(config, workdir, data, mesh, teacher=teacher)
-    predict.write_predictions(config, workdir, run_model.create_model(config), state.variables,
-                              mesh, id_sets={"train": data.train, "test": data.test})
-    if distributed.is_writer():
-        saved_runs.mark_finished(workdir)
+    failure, = train_and_evaluate_population([config], [workdir])
+    if failure is not None:
+        raise failure
+
+
+def train_and_evaluate_population(configs: Sequence[ml_collections.ConfigDict],
+                                  workdirs: Sequence[epath.PathLike], *, mesh=None,
+                                  data: run_data.TrainingData | None = None
+                                  ) -> list[Exception | None]:
+    """Trains the runs of a population together (`train_loop.train_population`), then writes
+    each run's predictions and DONE marker: each run's files are those of the run trained alone.
+
+    A run that cannot start (its teacher is missing or unfinished) or whose loss diverges does
+    not stop the others: the returned list holds each run's failure, or None. `data` is the
+    population's training data when the caller has it loaded already.
+    """
+    for config in configs:
+        config_validation.check(config)
+    mesh = mesh or train_step.data_mesh()
+    failures: dict[int, Exception] = {}
+    members, indices, teacher_model = [], [], None
+    # Teachers first: a missing or unfinished teacher is found before any data is loaded.
+    for i, (config, workdir) in enumerate(zip(configs, workdirs, strict=True)):
+        try:
+            model, variables = train_loop.load_teacher(config, mesh)
+        except saved_runs.RunError as e:
+            if len(configs) == 1:
+                raise
+            failures[i] = e
+            continue
+        teacher_model = teacher_model or model
+        members.append(train_loop.Member(config, epath.Path(workdir), variables))
+        indices.append(i)
+    if members:
+        config = members[0].config
+        run_data.check_available(config)
+        data = data or run_data.load_training(config)
+        model = run_model.create_model(config)
+        results = train_loop.train_population(members, data, mesh, teacher_model=teacher_model)
+        for i, member, result in zip(indices, members, results, strict=True):
+            if isinstance(result, Exception):
+                failures[i] = result
+                continue
+            predict.write_predictions(member.config, member.workdir, model, result.variables,
+                                      mesh, id_sets={"train": data.train, "test": data.test})
+            if distributed.is_writer():
+                saved_runs.mark_finished(member.workdir)
+    return [failures.get(i) for i in range(len(configs))]
 
 
 @cli_errors.exit_on_user_error

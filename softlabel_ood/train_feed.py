@@ -29,6 +29,7 @@ from jax.sharding import PartitionSpec as P
 
 from softlabel_ood import input_pipeline
 from softlabel_ood.datasets import ArrayDataset
+from softlabel_ood.train_step import RUNS_AXIS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +146,18 @@ class TrainFeed:
         indices = self._indices(num_examples, batch_size, first_step, stream)
         return np.stack(list(itertools.islice(indices, self.steps_per_epoch))).astype(np.int32)
 
+    def global_epoch_table(self, name: str, first_step: int) -> np.ndarray:
+        """The whole global batch's rows ("index") or outlier rows ("outlier_index") of the steps
+        of the epoch that starts at `first_step`, int32 [steps_per_epoch, B]."""
+        if name == "index":
+            num, size, stream = len(self.train), self.batch_size, 0
+        else:
+            num, size = len(self.outliers), self.outlier_batch_size
+            stream = input_pipeline.OUTLIER_STREAM
+        indices = input_pipeline.train_indices(num, global_batch_size=size, seed=self.seed,
+                                               start_step=first_step, stream=stream)
+        return np.stack(list(itertools.islice(indices, self.steps_per_epoch))).astype(np.int32)
+
     def _padded(self, rows: Iterable[np.ndarray]) -> np.ndarray:
         """Stacked rows, padded with index 0 to steps_per_call."""
         rows = np.stack(list(rows)).astype(np.int32)
@@ -155,3 +168,42 @@ class TrainFeed:
         processes = jax.process_count()
         shape = (local.shape[0], local.shape[1] * processes, *local.shape[2:])
         return jax.make_array_from_process_local_data(self._feed_sharding, local, shape)
+
+
+class PopulationFeed:
+    """The feeds of a population (`train_step.make_population_steps`): one training set on every
+    device, shared, and per epoch an int32 [runs, steps_per_epoch, B] table with each run's own
+    batches, the ones `TrainFeed` gives that run alone (its seed's permutations).
+
+    Populations are resident only: a set larger than `max_device_bytes` is trained run by run.
+    Every process computes the whole table (a few integers per example) and places the part its
+    devices hold, whatever the split over the mesh's "runs" and "data" axes.
+    """
+
+    def __init__(self, train: ArrayDataset, *, global_batch_size: int, seeds: list[int],
+                 mesh: Mesh, outliers: ArrayDataset | None = None, outlier_batch_size: int = 0):
+        self._runs = [TrainFeed(train, global_batch_size=global_batch_size, seed=seed, mesh=mesh,
+                                steps_per_call=1, max_device_bytes=-1, outliers=outliers,
+                                outlier_batch_size=outlier_batch_size) for seed in seeds]
+        self.mesh, self.steps_per_epoch = mesh, self._runs[0].steps_per_epoch
+        self._table_sharding = NamedSharding(mesh, P(RUNS_AXIS, None, input_pipeline.DATA_AXIS))
+        self.data = self._runs[0]._place_on_devices()
+
+    def chunks(self, plan: Iterable[tuple[int, int]]) -> Iterator[Chunk]:
+        """The feed of every (start, num_steps) of `plan`, none crossing an epoch's end."""
+        epoch, feed = None, None
+        for start, n in plan:
+            if (start % self.steps_per_epoch) + n > self.steps_per_epoch:
+                raise ValueError(f"call ({start}, {n}) crosses the end of an epoch")
+            if start // self.steps_per_epoch != epoch:
+                epoch = start // self.steps_per_epoch
+                feed = self._epoch_tables(epoch * self.steps_per_epoch)
+            yield Chunk(start, n, start - epoch * self.steps_per_epoch, feed)
+
+    def _epoch_tables(self, first_step: int) -> dict[str, jax.Array]:
+        names = ["index"] + (["outlier_index"] if self._runs[0].outliers is not None else [])
+        tables = {name: np.stack([run.global_epoch_table(name, first_step) for run in self._runs])
+                  for name in names}
+        return {name: jax.make_array_from_callback(table.shape, self._table_sharding,
+                                                   lambda index, t=table: t[index])
+                for name, table in tables.items()}

@@ -21,8 +21,11 @@ run never saves a checkpoint past the divergence.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
+import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -95,28 +98,35 @@ class _StepMetrics:
     """The metrics of the calls since the last log, kept on the device until they are read."""
 
     def __init__(self):
-        self._calls = []  # (first step, num_steps, {name: float32 [steps_per_call]})
+        # (first step, num_steps, {name: float32 [steps_per_call] or [runs, steps_per_call]})
+        self._calls = []
 
     def add(self, start: int, num_steps: int, metrics: dict) -> None:
         self._calls.append((start, num_steps, metrics))
 
-    def take(self) -> Callable[[], dict[str, float]]:
-        """Hands over the pending calls; the returned function reads them and gives the means."""
+    def take(self) -> Callable[[], list[dict[str, float] | TrainingDivergedError]]:
+        """Hands over the pending calls; the returned function reads them and gives each run's
+        means, or its TrainingDivergedError if its loss was NaN or infinite at some step."""
         calls, self._calls = self._calls, []
 
-        def read() -> dict[str, float]:
+        def read() -> list[dict[str, float] | TrainingDivergedError]:
             values = jax.device_get([m for _, _, m in calls])
             counts = [n for _, n, _ in calls]
-            per_step = {name: np.concatenate([v[name][:n] for n, v in zip(counts, values,
-                                                                           strict=True)])
+            # [runs, steps since the last log] per name; a run trained alone is one row.
+            per_step = {name: np.concatenate([np.atleast_2d(v[name])[:, :n]
+                                              for n, v in zip(counts, values, strict=True)],
+                                             axis=1)
                         for name in train_step.METRICS}
-            losses = per_step["loss"]
-            if not np.isfinite(losses).all():
+            results = []
+            for run, losses in enumerate(per_step["loss"]):
+                if np.isfinite(losses).all():
+                    results.append({name: float(np.mean(v[run])) for name, v in per_step.items()})
+                    continue
                 bad = int(np.argmax(~np.isfinite(losses)))
-                raise TrainingDivergedError(
+                results.append(TrainingDivergedError(
                     f"loss is {losses[bad]} at step {calls[0][0] + bad + 1}; lower "
-                    f"config.learning_rate or check the data")
-            return {name: float(np.mean(v)) for name, v in per_step.items()}
+                    f"config.learning_rate or check the data"))
+            return results
 
         return read
 
@@ -168,50 +178,116 @@ def load_teacher(config: ml_collections.ConfigDict, mesh):
     return model, variables
 
 
+@dataclasses.dataclass
+class Member:
+    """One run of a population: its config, its directory and its KD teacher's variables."""
+
+    config: ml_collections.ConfigDict
+    workdir: epath.Path
+    teacher_variables: Any = None
+
+
 def train(config: ml_collections.ConfigDict, workdir: epath.PathLike,
           data: run_data.TrainingData, mesh, *, teacher=(None, None)) -> train_step.TrainState:
     """Trains the run in `workdir` to its last step (resuming from its latest checkpoint).
 
     `teacher` is `load_teacher(config, mesh)` for kd and kd_incorrect. Writes config.json,
     checkpoints, metrics.jsonl and TensorBoard events (process 0); returns the final state.
+    Raises TrainingDivergedError if the loss becomes NaN or infinite.
     """
-    workdir = epath.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    _check_resumable(config, workdir)
     teacher_model, teacher_variables = teacher
+    result, = train_population([Member(config, epath.Path(workdir), teacher_variables)], data,
+                               mesh, teacher_model=teacher_model)
+    if isinstance(result, TrainingDivergedError):
+        raise result
+    return result
+
+
+def train_population(members: Sequence[Member], data: run_data.TrainingData, mesh, *,
+                     teacher_model=None) -> list[train_step.TrainState | TrainingDivergedError]:
+    """Trains (or resumes) the runs of a population together, each to its last step.
+
+    The runs must agree on everything that shapes the compiled program (`run_model.
+    population_key`); they differ in seed, hyperparameters and teacher. One run takes the
+    single-run program (`make_train_steps`), several the stacked one (`make_population_steps`)
+    on the mesh's "runs" axis. Every run writes its own config.json, checkpoints, metrics.jsonl
+    and TensorBoard events, as if trained alone. A run whose loss becomes NaN or infinite stops
+    writing (its last good checkpoint stays) and its result is the TrainingDivergedError; the
+    others go on. Returns each run's final state (replicated, as a run trained alone holds it).
+    """
+    configs = [m.config for m in members]
+    keys = {run_model.population_key(c) for c in configs}
+    if len(keys) != 1:
+        raise ValueError(f"the runs of a population must share their compiled program, got "
+                         f"{len(keys)} different ones")
+    config = configs[0]
+    stacked = len(members) > 1
     model = run_model.create_model(config)
-    ckpts = checkpointing.Checkpoints(workdir / "checkpoints")
-    state = _initial_state(config, model, mesh, ckpts)
+    for m in members:
+        m.workdir.mkdir(parents=True, exist_ok=True)
+        _check_resumable(m.config, m.workdir)
+    ckpts = [checkpointing.Checkpoints(m.workdir / "checkpoints") for m in members]
+    try:
+        states, start_step = _initial_states(configs, model, mesh, ckpts)
+    except BaseException:
+        for c in ckpts:
+            c.close()
+        raise
     if distributed.is_writer():
-        saved_runs.write_config(workdir, config)
+        for m in members:
+            saved_runs.write_config(m.workdir, m.config)
 
     num_train = len(data.train.labels)
     per_call = run_model.steps_per_call(config)
     steps_per_epoch = input_pipeline.steps_per_epoch(num_train, config.batch_size)
     total_steps = steps_per_epoch * config.num_epochs
-    start_step = int(jax.device_get(state.step))
     replicated = NamedSharding(mesh, P())
-    hparams = jax.device_put(run_model.hyperparams(config, num_train_examples=num_train),
-                             replicated)
-    feed = train_feed.TrainFeed(
-        data.train, global_batch_size=config.batch_size, seed=config.seed, mesh=mesh,
-        steps_per_call=per_call, max_device_bytes=config.device_data_max_mb * MEGABYTE,
-        outliers=data.outliers,
-        outlier_batch_size=config.oe.batch_size if data.outliers is not None else 0)
-    step_config = run_model.step_config(config)
-    run_steps = train_step.make_train_steps(
-        model, step_config, mesh, steps_per_call=per_call, resident=feed.resident,
-        teacher_model=teacher_model)
-    eval_fn = train_step.make_eval_step(model, step_config, mesh)
+    hparams = [run_model.hyperparams(c, num_train_examples=num_train) for c in configs]
+    step_config = run_model.step_config(config, population=stacked)
+    outlier_batch = config.oe.batch_size if data.outliers is not None else 0
+    if stacked:
+        feed = train_feed.PopulationFeed(
+            data.train, global_batch_size=config.batch_size, seeds=[c.seed for c in configs],
+            mesh=mesh, outliers=data.outliers, outlier_batch_size=outlier_batch)
+        run_steps = train_step.make_population_steps(
+            model, step_config, mesh, steps_per_call=per_call, population=len(members),
+            teacher_model=teacher_model)
+        state = train_step.stack(states, mesh)
+        hparams = train_step.stack(hparams, mesh)
+        teacher_variables = (train_step.stack([m.teacher_variables for m in members], mesh)
+                             if teacher_model is not None else None)
+        evaluate = _population_evaluator(model, step_config, mesh, data.test,
+                                         config.eval_batch_size)
+    else:
+        feed = train_feed.TrainFeed(
+            data.train, global_batch_size=config.batch_size, seed=config.seed, mesh=mesh,
+            steps_per_call=per_call, max_device_bytes=config.device_data_max_mb * MEGABYTE,
+            outliers=data.outliers, outlier_batch_size=outlier_batch)
+        run_steps = train_step.make_train_steps(
+            model, step_config, mesh, steps_per_call=per_call, resident=feed.resident,
+            teacher_model=teacher_model)
+        state, = states
+        hparams = jax.device_put(hparams[0], replicated)
+        teacher_variables = members[0].teacher_variables
+        eval_fn = train_step.make_eval_step(model, step_config, mesh)
+
+        def evaluate(variables):
+            accuracy = evaluate_accuracy(eval_fn, variables, data.test, mesh,
+                                         config.eval_batch_size)
+            return lambda: [accuracy()]
+
     plan = chunk_plan(start_step, total_steps, per_call,
                       (config.log_every_steps, steps_per_epoch, config.checkpoint_every_steps))
-
-    log = metrics_log.MetricsLog(workdir, resume_step=start_step, enabled=distributed.is_writer())
-    if start_step and distributed.is_writer():
-        tqdm.tqdm.write(f"{workdir}: resuming from step {start_step} of {total_steps}")
-    bar = progress.bar(total=total_steps, initial=start_step, desc=workdir.name, unit="step",
-                    disable=not distributed.is_writer())
+    writer = distributed.is_writer()
+    logs = [metrics_log.MetricsLog(m.workdir, resume_step=start_step, enabled=writer)
+            for m in members]
+    name = members[0].workdir.name if not stacked else f"{len(members)} runs"
+    if start_step and writer:
+        tqdm.tqdm.write(f"{name}: resuming from step {start_step} of {total_steps}")
+    bar = progress.bar(total=total_steps, initial=start_step, desc=name, unit="step",
+                    disable=not writer)
     pending = _StepMetrics()
+    diverged: dict[int, TrainingDivergedError] = {}
     # Calls dispatched but not yet read, each with the host work that waits for its results.
     in_flight: collections.deque[tuple[dict, list[Callable[[], None]]]] = collections.deque()
 
@@ -221,10 +297,42 @@ def train(config: ml_collections.ConfigDict, workdir: epath.PathLike,
         for item in work:
             item()
 
+    def member_state(r: int):
+        return train_step.member(state, r, mesh) if stacked else state
+
+    def save_checkpoints():
+        for r, c in enumerate(ckpts):
+            if r not in diverged:
+                c.save(member_state(r))
+
     @functools.cache
     def on_device(value: int) -> jax.Array:
         # The few distinct row offsets and step counts, each copied to the devices once.
         return jax.device_put(np.int32(value), replicated)
+
+    def log_train(step: int, read_means):
+        def write():
+            for r, means in enumerate(read_means()):
+                if isinstance(means, TrainingDivergedError):
+                    if not stacked:
+                        raise means
+                    if r not in diverged and writer:
+                        tqdm.tqdm.write(f"{members[r].workdir}: {means}; the run stops here, "
+                                        f"the others go on", file=sys.stderr)
+                    diverged.setdefault(r, means)
+                elif r not in diverged:
+                    logs[r].write(step, {f"train_{k}": v for k, v in means.items()})
+            if not stacked and not diverged:
+                bar.set_postfix(loss=f"{means['loss']:.4f}", acc=f"{means['accuracy']:.3f}")
+        return write
+
+    def log_epoch(step: int, accuracies):
+        def write():
+            for r, accuracy in enumerate(accuracies()):
+                if r not in diverged:
+                    logs[r].write(step, {"epoch": step // steps_per_epoch,
+                                         "test_accuracy": accuracy})
+        return write
 
     try:
         for chunk in feed.chunks(plan):
@@ -236,12 +344,9 @@ def train(config: ml_collections.ConfigDict, workdir: epath.PathLike,
             epoch_end = done % steps_per_epoch == 0
             checkpoint_due = done % config.checkpoint_every_steps == 0 or done == total_steps
             if done % config.log_every_steps == 0 or epoch_end or checkpoint_due:
-                work.append(_log_train(log, bar, done, pending.take()))
+                work.append(log_train(done, pending.take()))
             if epoch_end:
-                accuracy = evaluate_accuracy(eval_fn, state.variables, data.test, mesh,
-                                             config.eval_batch_size)
-                work.append(lambda done=done, accuracy=accuracy: log.write(
-                    done, {"epoch": done // steps_per_epoch, "test_accuracy": accuracy()}))
+                work.append(log_epoch(done, evaluate(state.variables)))
             in_flight.append((metrics, work))
             # Finish older calls while newer ones keep the device busy.
             while len(in_flight) > MAX_CALLS_IN_FLIGHT:
@@ -249,21 +354,56 @@ def train(config: ml_collections.ConfigDict, workdir: epath.PathLike,
             if checkpoint_due:
                 while in_flight:  # the loss check comes before the checkpoint
                     finish_oldest()
-                ckpts.save(state)
+                save_checkpoints()
         while in_flight:
             finish_oldest()
-        ckpts.save(state)  # A run with no training steps left still has its final checkpoint.
+        save_checkpoints()  # A run with no training steps left still has its final checkpoint.
     finally:
         # Also on a diverged loss: the last good checkpoint's write completes, files are closed.
         bar.close()
-        log.close()
-        ckpts.close()
-    return state
+        for log in logs:
+            log.close()
+        for c in ckpts:
+            c.close()
+    return [diverged.get(r) or member_state(r) for r in range(len(members))]
 
 
-def _log_train(log, bar, step: int, read_means: Callable[[], dict[str, float]]):
-    def write():
-        means = read_means()
-        log.write(step, {f"train_{k}": v for k, v in means.items()})
-        bar.set_postfix(loss=f"{means['loss']:.4f}", acc=f"{means['accuracy']:.3f}")
-    return write
+def _initial_states(configs, model, mesh, ckpts) -> tuple[list[train_step.TrainState], int]:
+    """Each run's state at the population's common start step, and that step.
+
+    The runs of a population save their checkpoints at the same steps, but a killed process
+    may have finished writing some of the latest ones and not others. Every run then resumes
+    from the latest step that all of them saved, and checkpoints past it are dropped: they
+    will be written again, identical, since the population recomputes the same steps.
+    """
+    latest = [c.latest_step() or 0 for c in ckpts]
+    start = min(latest)
+    if start and not all(start in c.all_steps() for c in ckpts):
+        start = 0  # a run no longer holds the common step: the population starts again
+    states = []
+    for config, c in zip(configs, ckpts, strict=True):
+        if c.latest_step() is not None and c.latest_step() > start:
+            c.drop_after(start)
+        states.append(_initial_state(config, model, mesh, c))
+    return states, start
+
+
+def _population_evaluator(model, step_config, mesh, test, batch_size: int):
+    """`evaluate(stacked variables)` dispatches every run's test accuracy; the returned function
+    waits and gives the list of accuracies."""
+    eval_fn = train_step.make_population_eval_step(model, step_config, mesh)
+
+    def evaluate(variables):
+        correct = None
+        for batch in input_pipeline.eval_batches(test, global_batch_size=batch_size, mesh=mesh):
+            logits = eval_fn(variables, batch)
+            counts = _count_correct_per_run(logits, batch["label"], batch["mask"])
+            correct = counts if correct is None else correct + counts
+        return lambda: [int(c) / len(test.labels) for c in jax.device_get(correct)]
+
+    return evaluate
+
+
+@jax.jit
+def _count_correct_per_run(logits, labels, mask):
+    return jnp.sum((jnp.argmax(logits, axis=-1) == labels) & mask, axis=-1)

@@ -36,6 +36,7 @@ from jax.sharding import PartitionSpec as P
 from softlabel_ood import augment, optimizer, soft_labels
 
 DATA_AXIS = "data"
+RUNS_AXIS = "runs"  # the leading axis of a population's stacked states (`make_population_steps`)
 METHODS = ("ce", "ls", "oe", "kd", "kd_incorrect")
 TEACHER_METHODS = ("kd", "kd_incorrect")
 METRICS = ("loss", "accuracy", "learning_rate")
@@ -107,14 +108,24 @@ class StepConfig:
 
 
 def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A one-axis mesh named "data" over `devices` (default: all devices).
+    """The mesh of a run trained alone: every device on the "data" axis (runs axis of size 1)."""
+    return population_mesh(1, devices)
 
-    The axis is Auto: the compiler propagates shardings inside the step, as pure data
-    parallelism needs (see `_auto_sharded` for meshes with Explicit axes).
+
+def population_mesh(run_devices: int, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 2-D mesh ("runs", "data") over `devices` (default: all devices).
+
+    A population's stacked runs are split over "runs" and each run's batch over "data", so
+    `run_devices` = 1 is pure data parallelism and `run_devices` = the device count gives each
+    device whole runs. Both axes are Auto: the compiler propagates shardings inside the step,
+    as data parallelism needs (see `_auto_sharded` for meshes with Explicit axes).
     """
     devices = list(jax.devices() if devices is None else devices)
-    return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
-                         devices=devices)
+    if run_devices < 1 or len(devices) % run_devices:
+        raise ValueError(f"run_devices={run_devices} does not divide the {len(devices)} devices")
+    auto = jax.sharding.AxisType.Auto
+    return jax.make_mesh((run_devices, len(devices) // run_devices), (RUNS_AXIS, DATA_AXIS),
+                         axis_types=(auto, auto), devices=devices)
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,6 +340,117 @@ def make_train_steps(model: nn.Module, step_config: StepConfig, mesh: Mesh, *,
 
 
 @functools.lru_cache(maxsize=_PROGRAM_CACHE_SIZE)
+def make_population_steps(model: nn.Module, step_config: StepConfig, mesh: Mesh, *,
+                          steps_per_call: int, population: int,
+                          teacher_model: nn.Module | None = None) -> Callable:
+    """`make_train_steps(resident=True)` for `population` runs trained together in one program.
+
+    Returns jitted `run(states, hparams, teacher_variables, data, feed, first, num_steps)`:
+    states, hparams and teacher_variables are those of single runs stacked on a leading run
+    axis (`stack`), split over the mesh's "runs" axis; data is the training set replicated on
+    every device, shared by all runs; feed["index"] (and feed["outlier_index"]) are int32
+    [population, rows, B], each run's own index table (its own seed's permutations), split over
+    "runs" and, along the batch, over "data". The step is `jax.vmap`ped over the run axis, so
+    every run keeps its own BatchNorm statistics, dropout and augmentation keys (from its seed)
+    and teacher. Returns (states, metrics), metrics float32 [population, steps_per_call] per
+    name of `METRICS`, NaN past num_steps. The states argument is donated.
+
+    A run trained alone takes `make_train_steps`; a population agrees with its runs trained
+    alone up to floating-point reassociation (batched convolutions may sum in another order).
+    """
+    if steps_per_call < 1 or population < 2:
+        raise ValueError(f"need steps_per_call >= 1 and population >= 2, got {steps_per_call}, "
+                         f"{population}")
+    step = jax.vmap(_train_step_fn(model, step_config, teacher_model))
+    stacked = NamedSharding(mesh, P(RUNS_AXIS))
+    replicated = NamedSharding(mesh, P())
+    batch_sharded = NamedSharding(mesh, P(RUNS_AXIS, DATA_AXIS))
+    feed_sharded = NamedSharding(mesh, P(RUNS_AXIS, None, DATA_AXIS))
+
+    def batch_at(row, data, feed):
+        rows = feed["index"][:, row]  # [population, B]
+        batch = {"image": data["image"][rows], "label": data["label"][rows]}
+        if "outlier_index" in feed:
+            batch["outlier_image"] = data["outlier_image"][feed["outlier_index"][:, row]]
+        return batch
+
+    def run(states, hp, teacher_variables, data, feed, first, num_steps):
+        def body(i, carry):
+            states, metrics = carry
+            batch = jax.lax.with_sharding_constraint(batch_at(first + i, data, feed),
+                                                     batch_sharded)
+            states, step_metrics = step(states, hp, batch, teacher_variables)
+            metrics = {name: metrics[name].at[:, i].set(step_metrics[name]) for name in METRICS}
+            return states, metrics
+
+        empty = {name: jnp.full((population, steps_per_call), jnp.nan, jnp.float32)
+                 for name in METRICS}
+        if steps_per_call == 1:  # no loop: see make_train_steps
+            return body(0, (states, empty))
+        return jax.lax.fori_loop(0, num_steps, body, (states, empty))
+
+    out_shardings = (stacked, replicated)
+    return jax.jit(
+        _auto_sharded(run, mesh, out_shardings),
+        in_shardings=(stacked, stacked, stacked, replicated, feed_sharded, replicated,
+                      replicated),
+        out_shardings=out_shardings,
+        donate_argnums=0,
+    )
+
+
+def stack(trees: Sequence[Any], mesh: Mesh) -> Any:
+    """Single runs' pytrees (states, hyperparameters, teachers) stacked on a leading run axis,
+    split over the mesh's "runs" axis."""
+    return _stack_program(mesh)(*trees)
+
+
+@functools.lru_cache(maxsize=_PROGRAM_CACHE_SIZE)
+def _stack_program(mesh: Mesh) -> Callable:
+    return jax.jit(lambda *trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees),
+                   out_shardings=NamedSharding(mesh, P(RUNS_AXIS)))
+
+
+def member(tree: Any, index: int, mesh: Mesh) -> Any:
+    """Run `index` of a stacked pytree, replicated on the mesh (as a run trained alone holds it)."""
+    return _member_program(mesh)(tree, np.int32(index))
+
+
+@functools.lru_cache(maxsize=_PROGRAM_CACHE_SIZE)
+def _member_program(mesh: Mesh) -> Callable:
+    return jax.jit(lambda tree, i: jax.tree.map(lambda x: x[i], tree),
+                   out_shardings=NamedSharding(mesh, P()))
+
+
+@functools.lru_cache(maxsize=_PROGRAM_CACHE_SIZE)
+def make_population_eval_step(model: nn.Module, step_config: StepConfig, mesh: Mesh) -> Callable:
+    """`make_eval_step` for stacked variables: `eval(variables, batch)` gives logits
+    [population, B, K] (features are not computed); every run sees the same batch."""
+    single = _eval_fn(model, step_config)
+
+    def evaluate(variables, batch):
+        return jax.vmap(lambda v: single(v, batch)["logits"])(variables)
+
+    out = NamedSharding(mesh, P(RUNS_AXIS, DATA_AXIS))
+    return jax.jit(
+        _auto_sharded(evaluate, mesh, out),
+        in_shardings=(NamedSharding(mesh, P(RUNS_AXIS)), NamedSharding(mesh, P(DATA_AXIS))),
+        out_shardings=out,
+    )
+
+
+def _eval_fn(model: nn.Module, step_config: StepConfig) -> Callable:
+    dtype = jnp.dtype(step_config.compute_dtype)
+
+    def eval_step(variables, batch):
+        x = augment.normalize(batch["image"], step_config.mean, step_config.std, dtype=dtype)
+        logits, features = model.apply(variables, x, train=False, return_features=True)
+        return {"logits": logits.astype(jnp.float32), "features": features.astype(jnp.float32)}
+
+    return eval_step
+
+
+@functools.lru_cache(maxsize=_PROGRAM_CACHE_SIZE)
 def make_eval_step(model: nn.Module, step_config: StepConfig, mesh: Mesh) -> Callable:
     """Returns jitted `eval_step(variables, batch) -> {"logits": [B, K], "features": [B, D]}`.
 
@@ -338,15 +460,8 @@ def make_eval_step(model: nn.Module, step_config: StepConfig, mesh: Mesh) -> Cal
     """
     replicated = NamedSharding(mesh, P())
     batch_sharded = NamedSharding(mesh, P(DATA_AXIS))
-    dtype = jnp.dtype(step_config.compute_dtype)
-
-    def eval_step(variables, batch):
-        x = augment.normalize(batch["image"], step_config.mean, step_config.std, dtype=dtype)
-        logits, features = model.apply(variables, x, train=False, return_features=True)
-        return {"logits": logits.astype(jnp.float32), "features": features.astype(jnp.float32)}
-
     return jax.jit(
-        _auto_sharded(eval_step, mesh, batch_sharded),
+        _auto_sharded(_eval_fn(model, step_config), mesh, batch_sharded),
         in_shardings=(replicated, batch_sharded),
         out_shardings=batch_sharded,
     )

@@ -57,3 +57,20 @@ def test_odin_benchmark_prints_its_figures():
         assert math.isfinite(float(values[field])), field
     assert float(values["forward_ms"]) > 0
     assert values["default_pairs"] == "7"
+
+
+def test_population_benchmark_prints_one_ratio_per_population_size():
+    result = run_module("benchmarks.population", "--runs=1,2", "--steps=2", "--batch_size=8")
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 2
+    for line, runs in zip(lines, (1, 2), strict=True):
+        values = dict(re.findall(r"(\w+)=(\S+)", line))
+        assert int(values["R"]) == runs
+        together, sequential = (float(values["together_images_per_s"]),
+                                float(values["sequential_images_per_s"]))
+        assert together > 0
+        assert sequential > 0
+        assert math.isclose(float(values["ratio"]), together / sequential, rel_tol=1e-2)
+    # R = 1 is the single-run program both ways: one timing, ratio 1 by construction.
+    assert dict(re.findall(r"(\w+)=(\S+)", lines[0]))["ratio"] == "1.000"

@@ -84,3 +84,20 @@ def test_fashion_mnist_config_trains_from_idx_files(tmp_path):
     preds = predictions.read(tmp_path / "run" / "predictions")
     assert preds.splits["fashion_mnist_test"].logits.shape == (20, 10)
     assert preds.splits["digits28"].logits.shape == (16, 10)
+
+
+def test_cifar_grids_have_three_seeds_and_offer_oe_finetuning():
+    from configs import cifar10, cifar100
+
+    for family in (cifar10, cifar100):
+        plain, finetune = family.get_config(), family.get_config("finetune_grid")
+        assert tuple(plain.grid.seeds) == tuple(finetune.grid.seeds) == (0, 1, 2)
+        names = [r["name"] for r in plain.grid.runs]
+        assert "oe" in names
+        assert "oe_ft" not in names
+        runs = {r["name"]: r for r in finetune.grid.runs}
+        assert runs["oe_ft"]["init_from"] == "ce"
+        assert runs["oe_ft"]["overrides"] == {"num_epochs": 10, "learning_rate": 0.001}
+        assert runs["kd_oe_ft"]["teacher"] == runs["kdi_oe_ft"]["teacher"] == "oe_ft"
+        assert finetune.method == "ce"
+        assert finetune.num_epochs == plain.num_epochs

@@ -92,24 +92,27 @@ def test_planned_runs_follow_the_grid_seed_by_seed(tmp_path):
 
 
 def _fake_training(calls):
-    """Stands in for train.train_and_evaluate: records the call, writes predictions and DONE."""
+    """Stands in for train.train_and_evaluate_population: records each run, writes its
+    predictions and DONE."""
 
-    def train_and_evaluate(config, workdir):
-        if config.kd.teacher_workdir:  # teachers must be finished before their students start
-            assert train.is_finished(config.kd.teacher_workdir)
-        calls.append(pathlib.Path(workdir).name)
-        pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
-        write_predictions(pathlib.Path(workdir), seed=config.seed, method=config.method)
-        saved_runs.mark_finished(workdir)
+    def train_and_evaluate_population(configs, workdirs, *, mesh=None, data=None):
+        for config, workdir in zip(configs, workdirs, strict=True):
+            if config.kd.teacher_workdir:  # teachers are finished before their students start
+                assert train.is_finished(config.kd.teacher_workdir)
+            calls.append(pathlib.Path(workdir).name)
+            pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
+            write_predictions(pathlib.Path(workdir), seed=config.seed, method=config.method)
+            saved_runs.mark_finished(workdir)
+        return [None] * len(configs)
 
-    return train_and_evaluate
+    return train_and_evaluate_population
 
 
 def test_resume_trains_only_unfinished_runs(tmp_path, monkeypatch, capsys):
     config = _config([spec("ce", "ce"), spec("ls0.2", "ls", label_smoothing=0.2),
                       spec("kd_ce", "kd", teacher="ce")], seeds=(0, 1))
     calls = []
-    monkeypatch.setattr(train, "train_and_evaluate", _fake_training(calls))
+    monkeypatch.setattr(train, "train_and_evaluate_population", _fake_training(calls))
     reproduce.run_grid(config, str(tmp_path))
     assert calls == ["ce_seed0", "ls0.2_seed0", "kd_ce_seed0",
                      "ce_seed1", "ls0.2_seed1", "kd_ce_seed1"]
@@ -170,10 +173,10 @@ def test_second_invocation_trains_nothing(tiny_grid, monkeypatch):
     config_file, workdir, _ = tiny_grid
     stamps = {p: p.stat().st_mtime_ns for p in (workdir / "runs").glob("*/predictions/*")}
 
-    def no_training(config, workdir):
-        raise AssertionError(f"{workdir} was trained again")
+    def no_training(configs, workdirs, **kwargs):
+        raise AssertionError(f"{workdirs} were trained again")
 
-    monkeypatch.setattr(train, "train_and_evaluate", no_training)
+    monkeypatch.setattr(train, "train_and_evaluate_population", no_training)
     module = {}
     exec(config_file.read_text(), module)
     config = module["get_config"]()
@@ -200,3 +203,29 @@ def test_command_exits_2_with_one_line_on_a_bad_grid(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         "error: config.grid.runs[0] (kd): teacher 'ce' must name a run listed before it")
     assert not (tmp_path / "work").exists()
+
+
+def test_a_failed_run_is_named_and_the_others_finish(tmp_path, monkeypatch, capsys):
+    config = _config([spec("ce", "ce"), spec("ls0.2", "ls", label_smoothing=0.2),
+                      spec("kd_ls", "kd", teacher="ls0.2"), spec("kd_ce", "kd", teacher="ce")],
+                     seeds=(0,))
+    calls = []
+    fake = _fake_training(calls)
+
+    def one_diverges(configs, workdirs, **kwargs):
+        keep = [i for i, w in enumerate(workdirs) if pathlib.Path(w).name != "ls0.2_seed0"]
+        fake([configs[i] for i in keep], [workdirs[i] for i in keep])
+        return [None if i in keep else FloatingPointError("loss is nan at step 3")
+                for i in range(len(configs))]
+
+    monkeypatch.setattr(train, "train_and_evaluate_population", one_diverges)
+    with pytest.raises(reproduce.RunsFailedError) as failure:
+        reproduce.run_grid(config, str(tmp_path))
+    assert str(failure.value) == (
+        "2 of 4 runs did not finish: ls0.2_seed0 failed: loss is nan at step 3; "
+        "kd_ls_seed0 not trained: ls0.2_seed0 failed")
+    assert calls == ["ce_seed0", "kd_ce_seed0"]  # the student of the failed run never starts
+    err = capsys.readouterr().err
+    assert "[2/4] ls0.2_seed0 (ls): failed: loss is nan at step 3" in err
+    rows = scoring.read_metrics_csv(str(tmp_path / "report" / "metrics.csv"))
+    assert {r.run for r in rows} == {"ce_seed0", "kd_ce_seed0"}  # the finished runs are scored

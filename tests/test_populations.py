@@ -1,0 +1,223 @@
+"""Populations: how a grid is cut into them, and runs trained together equal runs trained alone."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from etils import epath
+
+from softlabel_ood import (
+    checkpointing,
+    grid,
+    populations,
+    reproduce,
+    run_data,
+    train_loop,
+    train_step,
+)
+from tests.jax_processes import run_on_devices
+from tests.train_helpers import tiny_digits_config
+
+spec = grid.run_spec
+# Runs of a population sum batched convolutions in another order than runs trained alone: after
+# one step their parameters agree to float32 rounding (STEP_ATOL, absolute, for parameters of
+# order 0.1-1). Training grows such differences, as any change of summation order does: after
+# 16 steps the logged losses agree to LOSS_RTOL (relative).
+STEP_ATOL = 1e-6
+LOSS_RTOL = 1e-3
+
+
+def _planned(runs, seeds, tmp_path, **grid_fields):
+    config = tiny_digits_config()
+    config.grid.runs, config.grid.seeds = runs, seeds
+    for key, value in grid_fields.items():
+        config.grid[key] = value
+    planned = reproduce.planned_runs(config, tmp_path)
+    return [c for _, c in planned], [info.run for info, _ in planned], \
+        [info.directory for info, _ in planned]
+
+
+def test_a_grid_is_cut_into_stages_and_families(tmp_path):
+    runs = [spec("ce", "ce"), spec("ls0.1", "ls", label_smoothing=0.1), spec("oe", "oe"),
+            spec("kd_ce", "kd", teacher="ce"), spec("kd_oe", "kd", teacher="oe"),
+            spec("kdi", "kd_incorrect", teacher="ce", label_smoothing=0.3),
+            spec("ft", "oe", init_from="ce"), spec("kd_ft", "kd", teacher="ft")]
+    configs, names, dirs = _planned(runs, (0, 1), tmp_path)
+    assert populations.stages(configs, dirs)[:8] == [0, 0, 0, 1, 1, 1, 1, 2]
+    groups = [[names[i] for i in group] for group in populations.form(configs, dirs, 12)]
+    assert groups == [
+        ["ce_seed0", "ls0.1_seed0", "ce_seed1", "ls0.1_seed1"],  # ce is ls with α = 0
+        ["oe_seed0", "oe_seed1"],
+        ["kd_ce_seed0", "kd_oe_seed0", "kd_ce_seed1", "kd_oe_seed1"],
+        ["kdi_seed0", "kdi_seed1"],
+        ["ft_seed0", "ft_seed1"],  # OE fine-tuning waits for ce
+        ["kd_ft_seed0", "kd_ft_seed1"],
+    ]
+    # One at a time keeps the grid's own order, seed by seed.
+    assert [names[g[0]] for g in populations.form(configs, dirs, 1)] == names
+
+
+def test_large_families_are_cut_into_near_equal_populations(tmp_path):
+    runs = [spec("ce", "ce")] + [spec(f"ls{a}", "ls", label_smoothing=a) for a in (.1, .2, .3, .4)]
+    configs, _, dirs = _planned(runs, (0, 1, 2), tmp_path)  # 15 runs of one family
+    assert [len(g) for g in populations.form(configs, dirs, 4)] == [4, 4, 4, 3]
+    assert [len(g) for g in populations.form(configs, dirs, 12)] == [8, 7]
+    assert sorted(i for g in populations.form(configs, dirs, 12) for i in g) == list(range(15))
+
+
+def test_runs_that_differ_in_shapes_or_steps_never_share_a_population(tmp_path):
+    runs = [spec("ce", "ce"), spec("ce_b", "ce", batch_size=64), spec("ce_e", "ce", num_epochs=3),
+            spec("ce_m", "ce", model="wrn16_2"), spec("ls", "ls", label_smoothing=0.1)]
+    configs, names, dirs = _planned(runs, (0,), tmp_path)
+    groups = [[names[i] for i in g] for g in populations.form(configs, dirs, 12)]
+    assert groups == [["ce_seed0", "ls_seed0"], ["ce_b_seed0"], ["ce_e_seed0"], ["ce_m_seed0"]]
+
+
+def test_mesh_split_and_grid_fields(tmp_path):
+    assert populations.run_devices(1, 12, 8) == 1
+    assert populations.run_devices(8, 12, 8) == 4  # divides both 12 runs and 8 devices
+    assert populations.run_devices(8, 3, 8) == 1
+    with pytest.raises(reproduce.GridError, match=r"config\.grid\.max_population: -1"):
+        _planned([spec("ce", "ce")], (0,), tmp_path, max_population=-1)
+    with pytest.raises(reproduce.GridError, match=r"config\.grid\.run_devices: 0"):
+        _planned([spec("ce", "ce")], (0,), tmp_path, run_devices=0)
+
+
+# ---- training
+
+
+def _members(root, configs):
+    return [train_loop.Member(c, epath.Path(root) / f"run{i}") for i, c in enumerate(configs)]
+
+
+def _leaves(state):
+    return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state))]
+
+
+def _configs():
+    return [tiny_digits_config("ce", seed=0), tiny_digits_config("ls", seed=1, label_smoothing=0.2),
+            tiny_digits_config("ls", seed=0, label_smoothing=0.1, learning_rate=0.1)]
+
+
+def test_one_step_together_equals_one_step_alone(tmp_path):
+    configs = [c for c in _configs()]
+    for c in configs:  # one step: 32 examples, batch 32, one epoch
+        c.num_train_examples, c.num_epochs = 32, 1
+    data = run_data.load_training(configs[0])
+    mesh = train_step.data_mesh()
+    together = train_loop.train_population(_members(tmp_path / "pop", configs), data, mesh)
+    for i, config in enumerate(configs):
+        alone = train_loop.train(config, tmp_path / f"alone{i}", data, mesh)
+        assert int(alone.step) == int(together[i].step) == 1
+        for a, b in zip(_leaves(alone), _leaves(together[i]), strict=True):
+            np.testing.assert_allclose(a, b, atol=STEP_ATOL)
+
+
+def test_runs_trained_together_log_what_runs_trained_alone_log(tmp_path):
+    configs = _configs()
+    data = run_data.load_training(configs[0])
+    mesh = train_step.data_mesh()
+    together = train_loop.train_population(_members(tmp_path / "pop", configs), data, mesh)
+    for i, config in enumerate(configs):
+        train_loop.train(config, tmp_path / f"alone{i}", data, mesh)
+        # Each run writes its own files: the same records as alone, the same losses.
+        records = [json.loads(line) for line in
+                   (tmp_path / "pop" / f"run{i}" / "metrics.jsonl").read_text().splitlines()]
+        reference = [json.loads(line) for line in
+                     (tmp_path / f"alone{i}" / "metrics.jsonl").read_text().splitlines()]
+        assert [sorted(r) for r in records] == [sorted(r) for r in reference]
+        for r, ref in zip(records, reference, strict=True):
+            assert r["step"] == ref["step"]
+            if "train_loss" in ref:
+                assert r["train_loss"] == pytest.approx(ref["train_loss"], rel=LOSS_RTOL)
+                assert r["train_learning_rate"] == ref["train_learning_rate"]
+    # The three runs really differ: seeds, α and learning rates give each its own trajectory.
+    assert not np.allclose(_leaves(together[0])[1], _leaves(together[1])[1])
+
+
+def test_a_diverging_run_stops_alone(tmp_path, capsys):
+    configs = _configs()
+    configs[1].learning_rate = 1e6
+    data = run_data.load_training(configs[0])
+    mesh = train_step.data_mesh()
+    results = train_loop.train_population(_members(tmp_path, configs), data, mesh)
+    assert isinstance(results[1], train_loop.TrainingDivergedError)
+    assert "run1" in capsys.readouterr().err
+    assert not isinstance(results[0], Exception)
+    assert not isinstance(results[2], Exception)
+    assert int(results[0].step) == int(results[2].step) == 16
+    # The diverged run's checkpoints stop at its last finite step.
+    saved = checkpointing.Checkpoints(tmp_path / "run1" / "checkpoints", read_only=True)
+    assert (saved.latest_step() or 0) < 16
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_population_killed_between_its_runs_checkpoints_resumes_bitwise(tmp_path, monkeypatch):
+    """A kill can land after some runs saved a step and before the others did: every run then
+    resumes from the last step all of them saved, and ends bitwise where an uninterrupted
+    population ends."""
+    configs = _configs()
+    data = run_data.load_training(configs[0])
+    mesh = train_step.data_mesh()
+    whole = train_loop.train_population(_members(tmp_path / "whole", configs), data, mesh)
+
+    saves = []
+    original = checkpointing.Checkpoints.save
+
+    def save_then_die(self, state):
+        original(self, state)
+        saves.append(self.directory)
+        if len(saves) == 3 * 2 + 1:  # steps 4 and 8 saved by all, step 12 by the first run only
+            raise _Killed
+
+    monkeypatch.setattr(checkpointing.Checkpoints, "save", save_then_die)
+    with pytest.raises(_Killed):
+        train_loop.train_population(_members(tmp_path / "resumed", configs), data, mesh)
+    monkeypatch.undo()
+    first = checkpointing.Checkpoints(tmp_path / "resumed" / "run0" / "checkpoints",
+                                      read_only=True)
+    assert first.latest_step() == 12
+    resumed = train_loop.train_population(_members(tmp_path / "resumed", configs), data, mesh)
+    for a, b in zip(whole, resumed, strict=True):
+        for x, y in zip(_leaves(a), _leaves(b), strict=True):
+            np.testing.assert_array_equal(x, y)
+    logged = (tmp_path / "resumed" / "run0" / "metrics.jsonl").read_text()
+    assert logged == (tmp_path / "whole" / "run0" / "metrics.jsonl").read_text()
+
+
+SHARDED_SCRIPT = """
+import json
+import numpy as np, jax
+from etils import epath
+import tempfile
+from softlabel_ood import run_data, train_loop, train_step
+from tests.train_helpers import tiny_digits_config
+configs = [tiny_digits_config("ce", seed=s, num_epochs=1, num_train_examples=32)
+           for s in (0, 1, 2, 3)]
+data = run_data.load_training(configs[0])
+root = epath.Path(tempfile.mkdtemp())
+finals = {}
+for runs in (1, 4):
+    members = [train_loop.Member(c, root / f"{runs}" / f"r{i}") for i, c in enumerate(configs)]
+    states = train_loop.train_population(members, data, train_step.population_mesh(runs))
+    finals[runs] = [[np.asarray(x) for x in jax.tree.leaves(jax.device_get(s))] for s in states]
+alone = train_loop.train(configs[3], root / "alone", data, train_step.data_mesh())
+finals["alone"] = [[np.asarray(x) for x in jax.tree.leaves(jax.device_get(alone))]]
+worst = 0.0
+for key in (4, "alone"):
+    pairs = zip(finals[1][-len(finals[key]):], finals[key])
+    worst = max(worst, max(float(np.max(np.abs(a - b))) for p, q in pairs for a, b in zip(p, q)))
+print(json.dumps({"worst": worst}))
+"""
+
+
+def test_a_population_spread_over_runs_and_data_devices_agrees():
+    """4 runs on 8 devices: each run's batch over 8 devices (runs axis 1), or whole runs on
+    pairs of devices (runs axis 4); and the last run alone on 8 devices."""
+    assert run_on_devices(SHARDED_SCRIPT, devices=8)["worst"] < STEP_ATOL
