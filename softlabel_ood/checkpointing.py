@@ -3,6 +3,7 @@ run's model (a KD teacher, or the run that OE fine-tuning starts from)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import jax
@@ -47,7 +48,12 @@ class Checkpoints:
         else:
             options = ocp.CheckpointManagerOptions(
                 max_to_keep=MAX_TO_KEEP, create=True, enable_async_checkpointing=True,
-                cleanup_tmp_directories=True)
+                cleanup_tmp_directories=True,
+                # The runs of a population save the same steps at the same time; with several
+                # processes their barriers must not share names ("commit of step 4").
+                multiprocessing_options=ocp.options.MultiprocessingOptions(
+                    barrier_sync_key_prefix=hashlib.sha1(
+                        str(self.directory).encode()).hexdigest()[:16]))
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 from absl import flags, logging
+from jax.experimental import multihost_utils
 
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", False,
@@ -28,6 +29,13 @@ def quiet_library_logs() -> None:
     """
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
+
+
+def wait_for_all(name: str) -> None:
+    """Every process waits here until all have arrived: what process 0 wrote before is then
+    there for the others to read."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
 
 
 def is_writer() -> bool:

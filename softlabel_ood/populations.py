@@ -88,8 +88,9 @@ def form(configs: Sequence[ml_collections.ConfigDict], directories: Sequence[str
     return populations
 
 
-def run_devices(requested: int, population: int, device_count: int) -> int:
+def run_devices(requested: int, population: int, local_devices: int) -> int:
     """Devices along the mesh's "runs" axis: the largest number up to `requested` that divides
-    both the population and the device count (1 = each run's batch over all devices)."""
-    return max(d for d in range(1, min(requested, population, device_count) + 1)
-               if population % d == 0 and device_count % d == 0)
+    both the population and each process's device count (1 = each run's batch over all
+    devices)."""
+    return max(d for d in range(1, min(requested, population, local_devices) + 1)
+               if population % d == 0 and local_devices % d == 0)

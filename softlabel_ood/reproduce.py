@@ -211,7 +211,7 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str, *,
         mesh = train_step.data_mesh()
         if len(todo) > 1:
             mesh = train_step.population_mesh(populations.run_devices(
-                int(config.grid.get("run_devices", 1)), len(todo), jax.device_count()))
+                int(config.grid.get("run_devices", 1)), len(todo), jax.local_device_count()))
         # Every process takes part in training; each decides the same way whether to skip,
         # because the DONE marker lives in the shared workdir.
         outcomes = train.train_and_evaluate_population(
@@ -228,6 +228,8 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str, *,
         bar.update(len(todo))
     bar.close()
 
+    # Process 0 wrote every run's predictions; the others read them to score.
+    distributed.wait_for_all("grid trained")
     runs = [info for info, _ in planned if info.directory not in failed]
     # Every process scores (the same read-only work), so that none of them sits idle in JAX's
     # shutdown barrier, which has a timeout, while process 0 alone is busy.

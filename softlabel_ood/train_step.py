@@ -117,15 +117,23 @@ def population_mesh(run_devices: int, devices: Sequence[jax.Device] | None = Non
 
     A population's stacked runs are split over "runs" and each run's batch over "data", so
     `run_devices` = 1 is pure data parallelism and `run_devices` = the device count gives each
-    device whole runs. Both axes are Auto: the compiler propagates shardings inside the step,
-    as data parallelism needs (see `_auto_sharded` for meshes with Explicit axes).
+    device whole runs. Every row of the mesh (the devices of one group of runs) takes an equal
+    share of every process's devices, in `jax.make_mesh`'s order, so the "data" axis spans the
+    processes as the input pipeline needs (each process feeds its contiguous rows of a batch).
+    Both axes are Auto: the compiler propagates shardings inside the step, as data parallelism
+    needs (see `_auto_sharded` for meshes with Explicit axes).
     """
     devices = list(jax.devices() if devices is None else devices)
-    if run_devices < 1 or len(devices) % run_devices:
-        raise ValueError(f"run_devices={run_devices} does not divide the {len(devices)} devices")
     auto = jax.sharding.AxisType.Auto
-    return jax.make_mesh((run_devices, len(devices) // run_devices), (RUNS_AXIS, DATA_AXIS),
-                         axis_types=(auto, auto), devices=devices)
+    ordered = np.asarray(jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(auto,),
+                                       devices=devices).devices)
+    processes = len({d.process_index for d in devices})
+    local = len(devices) // processes
+    if run_devices < 1 or local % run_devices:
+        raise ValueError(f"run_devices={run_devices} must divide the {local} devices of each "
+                         f"process")
+    grid = ordered.reshape(processes, run_devices, local // run_devices).transpose(1, 0, 2)
+    return Mesh(grid.reshape(run_devices, -1), (RUNS_AXIS, DATA_AXIS), axis_types=(auto, auto))
 
 
 # --------------------------------------------------------------------------------------------

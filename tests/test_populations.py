@@ -13,13 +13,14 @@ from softlabel_ood import (
     checkpointing,
     grid,
     populations,
+    predictions,
     reproduce,
     run_data,
     train_loop,
     train_step,
 )
 from tests.jax_processes import run_on_devices
-from tests.train_helpers import tiny_digits_config
+from tests.train_helpers import run_module, run_processes, tiny_digits_config
 
 spec = grid.run_spec
 # Runs of a population sum batched convolutions in another order than runs trained alone: after
@@ -197,7 +198,7 @@ import numpy as np, jax
 from etils import epath
 import tempfile
 from softlabel_ood import run_data, train_loop, train_step
-from tests.train_helpers import tiny_digits_config
+from tests.train_helpers import run_module, run_processes, tiny_digits_config
 configs = [tiny_digits_config("ce", seed=s, num_epochs=1, num_train_examples=32)
            for s in (0, 1, 2, 3)]
 data = run_data.load_training(configs[0])
@@ -221,3 +222,38 @@ def test_a_population_spread_over_runs_and_data_devices_agrees():
     """4 runs on 8 devices: each run's batch over 8 devices (runs axis 1), or whole runs on
     pairs of devices (runs axis 4); and the last run alone on 8 devices."""
     assert run_on_devices(SHARDED_SCRIPT, devices=8)["worst"] < STEP_ATOL
+
+
+GRID_CONFIG = """
+from softlabel_ood import grid
+from tests.train_helpers import run_module, run_processes, tiny_digits_config
+
+def get_config():
+    c = tiny_digits_config(num_epochs=1, eval_batch_size=64)
+    c.ood_datasets = ("gaussian",)
+    c.grid.seeds = (0, 1)
+    c.grid.runs = [grid.run_spec("ce", "ce"), grid.run_spec("ls", "ls", label_smoothing=0.2)]
+    c.grid.max_population = 4
+    return c
+"""
+
+
+def test_two_processes_train_a_population_as_one_process_does(tmp_path):
+    """4 runs: one process with one device, against 2 processes with 2 devices each and whole
+    runs on pairs of devices (mesh runs=2 × data=2, the data axis across the processes)."""
+    (tmp_path / "grid_config.py").write_text(GRID_CONFIG)
+    args = [f"--config={tmp_path / 'grid_config.py'}"]
+    one = run_module("softlabel_ood.reproduce", *args, f"--workdir={tmp_path / 'one'}",
+                     timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    outputs = run_processes(
+        "softlabel_ood.reproduce", *args, f"--workdir={tmp_path / 'two'}",
+        "--config.grid.run_devices=2", processes=2, devices_each=2)
+    assert "ls_seed1 (ls): trained" in outputs[0]
+    assert "together with 3 more" in outputs[0]
+    for run in ("ce_seed0", "ls_seed0", "ce_seed1", "ls_seed1"):
+        a = predictions.read(tmp_path / "one" / "runs" / run / "predictions")
+        b = predictions.read(tmp_path / "two" / "runs" / run / "predictions")
+        for name in a.splits:
+            np.testing.assert_allclose(a.splits[name].logits, b.splits[name].logits,
+                                       rtol=1e-4, atol=1e-4, err_msg=f"{run} {name}")

@@ -39,3 +39,25 @@ def run_module(module: str, *args: str, env: dict | None = None, **kwargs):
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=full_env,
                           capture_output=True, text=True, **kwargs)
+
+
+def run_processes(module: str, *args: str, processes: int, devices_each: int,
+                  timeout: int = 600) -> list[str]:
+    """`python -m module args...` as `processes` JAX processes on localhost with `devices_each`
+    fake CPU devices each; asserts that all exit 0 and returns their combined outputs."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_each}"}
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", module, *args, f"--coordinator_address=localhost:{port}",
+         f"--num_processes={processes}", f"--process_id={i}"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(processes)]
+    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    for p, out in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, out[-3000:]
+    return outputs
