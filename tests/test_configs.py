@@ -87,7 +87,7 @@ def test_fashion_mnist_config_trains_from_idx_files(tmp_path):
 
 
 def test_cifar_grids_have_three_seeds_and_offer_oe_finetuning():
-    from configs import cifar10, cifar100
+    from softlabel_ood.configs import cifar10, cifar100
 
     for family in (cifar10, cifar100):
         plain, finetune = family.get_config(), family.get_config("finetune_grid")
