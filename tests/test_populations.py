@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import numpy as np
@@ -20,7 +24,7 @@ from softlabel_ood import (
     train_step,
 )
 from tests.jax_processes import run_on_devices
-from tests.train_helpers import run_module, run_processes, tiny_digits_config
+from tests.train_helpers import REPO, run_module, run_processes, tiny_digits_config
 
 spec = grid.run_spec
 # Runs of a population sum batched convolutions in another order than runs trained alone: after
@@ -198,7 +202,7 @@ import numpy as np, jax
 from etils import epath
 import tempfile
 from softlabel_ood import run_data, train_loop, train_step
-from tests.train_helpers import run_module, run_processes, tiny_digits_config
+from tests.train_helpers import REPO, run_module, run_processes, tiny_digits_config
 configs = [tiny_digits_config("ce", seed=s, num_epochs=1, num_train_examples=32)
            for s in (0, 1, 2, 3)]
 data = run_data.load_training(configs[0])
@@ -226,7 +230,7 @@ def test_a_population_spread_over_runs_and_data_devices_agrees():
 
 GRID_CONFIG = """
 from softlabel_ood import grid
-from tests.train_helpers import run_module, run_processes, tiny_digits_config
+from tests.train_helpers import REPO, run_module, run_processes, tiny_digits_config
 
 def get_config():
     c = tiny_digits_config(num_epochs=1, eval_batch_size=64)
@@ -257,3 +261,48 @@ def test_two_processes_train_a_population_as_one_process_does(tmp_path):
         for name in a.splits:
             np.testing.assert_allclose(a.splits[name].logits, b.splits[name].logits,
                                        rtol=1e-4, atol=1e-4, err_msg=f"{run} {name}")
+
+
+KILL_GRID_CONFIG = """
+from softlabel_ood import grid
+from tests.train_helpers import tiny_digits_config
+
+def get_config():
+    c = tiny_digits_config(num_epochs=12, checkpoint_every_steps=8, log_every_steps=8)
+    c.ood_datasets = ("gaussian",)
+    c.grid.seeds = (0,)
+    c.grid.runs = [grid.run_spec("ce", "ce"), grid.run_spec("ls", "ls", label_smoothing=0.2)]
+    c.grid.max_population = 2
+    return c
+"""
+
+
+def test_a_population_killed_with_sigkill_resumes_bitwise(tmp_path):
+    """`reproduce` killed after a population's first checkpoint, then run again, ends with the
+    predictions of an uninterrupted `reproduce`, bit for bit."""
+    (tmp_path / "grid_config.py").write_text(KILL_GRID_CONFIG)
+    command = [sys.executable, "-m", "softlabel_ood.reproduce",
+               f"--config={tmp_path / 'grid_config.py'}"]
+    subprocess.run([*command, f"--workdir={tmp_path / 'whole'}"], cwd=REPO, check=True,
+                   capture_output=True)
+    resumed = tmp_path / "resumed"
+    proc = subprocess.Popen([*command, f"--workdir={resumed}"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = resumed / "runs" / "ls_seed0" / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (
+            checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir())):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+    assert saved, "the population ended before its first checkpoint"
+    assert saved[-1] < 12 * 8, "the population finished before it could be killed"
+
+    subprocess.run([*command, f"--workdir={resumed}"], cwd=REPO, check=True, capture_output=True)
+    for run in ("ce_seed0", "ls_seed0"):
+        a = predictions.read(tmp_path / "whole" / "runs" / run / "predictions")
+        b = predictions.read(resumed / "runs" / run / "predictions")
+        for name in a.splits:
+            np.testing.assert_array_equal(a.splits[name].logits, b.splits[name].logits,
+                                          err_msg=f"{run} {name}")
