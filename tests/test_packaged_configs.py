@@ -78,3 +78,15 @@ def test_the_wheel_takes_the_configs_package():
     include = project["tool"]["setuptools"]["packages"]["find"]["include"]
     assert any(fnmatch.fnmatchcase("softlabel_ood.configs", pattern) for pattern in include)
     assert (REPO / "softlabel_ood" / "configs" / "__init__.py").is_file()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_clones_configs_directory_reads_the_packaged_file(family):
+    import importlib
+
+    spec = importlib.util.spec_from_file_location(f"clone_{family}",
+                                                  REPO / "configs" / f"{family}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    packaged = importlib.import_module(f"softlabel_ood.configs.{family}")
+    assert module.get_config().to_dict() == packaged.get_config().to_dict()

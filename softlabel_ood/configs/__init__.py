@@ -1,9 +1,9 @@
 """The config files of the experiment families, shipped inside the package.
 
-The commands take `--config=configs/<family>.py[:<arg>]`, the path in a clone of the repository
-before these files moved into the package. A config path that does not exist, and whose last two
-parts are `configs/<file>.py` with `<file>.py` in this directory, names the file here: so the
-README's command lines work from any directory after a plain `pip install`. An existing path
+The commands take `--config=configs/<family>.py[:<arg>]`; in a clone, `configs/` at the top holds
+one-line files that import these. A config path that does not exist, and whose last two parts are
+`configs/<file>.py` with `<file>.py` in this directory, names the file here: so the README's
+command lines work from any directory after a plain `pip install`. An existing path
 always wins, so a user's own `configs/cifar10.py` is read as it is.
 """
 
