@@ -284,6 +284,43 @@ def make_train_step(model: nn.Module, step_config: StepConfig, mesh: Mesh, *,
     )
 
 
+def _resident_batch(row, data, feed):
+    """Step `row`'s batch gathered on the devices from the resident training set: feed["index"]
+    is int32 [rows, B], or [runs, rows, B] for a population (each run its own rows)."""
+    rows = feed["index"][..., row, :]
+    batch = {"image": data["image"][rows], "label": data["label"][rows]}
+    if "outlier_index" in feed:
+        batch["outlier_image"] = data["outlier_image"][feed["outlier_index"][..., row, :]]
+    return batch
+
+
+def _calls_of_steps(step: Callable, batch_at: Callable, batch_sharded: NamedSharding,
+                    runs_shape: tuple[int, ...], steps_per_call: int) -> Callable:
+    """`run(state, hp, teacher_variables, data, feed, first, num_steps)`: `num_steps` calls of
+    `step` on the batches `batch_at(first + i, data, feed)`, with each step's metrics written to
+    position i of float32 arrays [*runs_shape, steps_per_call] (NaN past num_steps)."""
+
+    def run(state, hp, teacher_variables, data, feed, first, num_steps):
+        def body(i, carry):
+            state, metrics = carry
+            batch = jax.lax.with_sharding_constraint(batch_at(first + i, data, feed),
+                                                     batch_sharded)
+            state, step_metrics = step(state, hp, batch, teacher_variables)
+            metrics = {name: metrics[name].at[..., i].set(step_metrics[name]) for name in METRICS}
+            return state, metrics
+
+        empty = {name: jnp.full((*runs_shape, steps_per_call), jnp.nan, jnp.float32)
+                 for name in METRICS}
+        if steps_per_call == 1:
+            # No loop at all: XLA's CPU backend runs convolution gradients inside a while loop
+            # 5-30x slower than outside one (measured in benchmarks/train_loop.py), so one step
+            # per call is the fast choice there; num_steps is then always 1.
+            return body(0, (state, empty))
+        return jax.lax.fori_loop(0, num_steps, body, (state, empty))
+
+    return run
+
+
 @functools.lru_cache(maxsize=_PROGRAM_CACHE_SIZE)
 def make_train_steps(model: nn.Module, step_config: StepConfig, mesh: Mesh, *,
                      steps_per_call: int, resident: bool,
@@ -311,32 +348,12 @@ def make_train_steps(model: nn.Module, step_config: StepConfig, mesh: Mesh, *,
     batch_sharded = NamedSharding(mesh, P(DATA_AXIS))
     feed_sharded = NamedSharding(mesh, P(None, DATA_AXIS))
 
-    def batch_at(row, data, feed):
-        if not resident:
-            return jax.tree.map(lambda x: x[row], feed)
-        rows = feed["index"][row]
-        batch = {"image": data["image"][rows], "label": data["label"][rows]}
-        if "outlier_index" in feed:
-            batch["outlier_image"] = data["outlier_image"][feed["outlier_index"][row]]
-        return batch
+    def host_batch(row, data, feed):
+        del data  # the batches came with the feed
+        return jax.tree.map(lambda x: x[row], feed)
 
-    def run(state, hp, teacher_variables, data, feed, first, num_steps):
-        def body(i, carry):
-            state, metrics = carry
-            batch = jax.lax.with_sharding_constraint(batch_at(first + i, data, feed),
-                                                     batch_sharded)
-            state, step_metrics = step(state, hp, batch, teacher_variables)
-            metrics = {name: metrics[name].at[i].set(step_metrics[name]) for name in METRICS}
-            return state, metrics
-
-        empty = {name: jnp.full((steps_per_call,), jnp.nan, jnp.float32) for name in METRICS}
-        if steps_per_call == 1:
-            # No loop at all: XLA's CPU backend runs convolution gradients inside a while loop
-            # 5-30x slower than outside one (measured in benchmarks/train_loop.py), so one step
-            # per call is the fast choice there; num_steps is then always 1.
-            return body(0, (state, empty))
-        return jax.lax.fori_loop(0, num_steps, body, (state, empty))
-
+    batch_at = _resident_batch if resident else host_batch
+    run = _calls_of_steps(step, batch_at, batch_sharded, (), steps_per_call)
     out_shardings = (replicated, replicated)
     return jax.jit(
         _auto_sharded(run, mesh, out_shardings),
@@ -375,28 +392,7 @@ def make_population_steps(model: nn.Module, step_config: StepConfig, mesh: Mesh,
     batch_sharded = NamedSharding(mesh, P(RUNS_AXIS, DATA_AXIS))
     feed_sharded = NamedSharding(mesh, P(RUNS_AXIS, None, DATA_AXIS))
 
-    def batch_at(row, data, feed):
-        rows = feed["index"][:, row]  # [population, B]
-        batch = {"image": data["image"][rows], "label": data["label"][rows]}
-        if "outlier_index" in feed:
-            batch["outlier_image"] = data["outlier_image"][feed["outlier_index"][:, row]]
-        return batch
-
-    def run(states, hp, teacher_variables, data, feed, first, num_steps):
-        def body(i, carry):
-            states, metrics = carry
-            batch = jax.lax.with_sharding_constraint(batch_at(first + i, data, feed),
-                                                     batch_sharded)
-            states, step_metrics = step(states, hp, batch, teacher_variables)
-            metrics = {name: metrics[name].at[:, i].set(step_metrics[name]) for name in METRICS}
-            return states, metrics
-
-        empty = {name: jnp.full((population, steps_per_call), jnp.nan, jnp.float32)
-                 for name in METRICS}
-        if steps_per_call == 1:  # no loop: see make_train_steps
-            return body(0, (states, empty))
-        return jax.lax.fori_loop(0, num_steps, body, (states, empty))
-
+    run = _calls_of_steps(step, _resident_batch, batch_sharded, (population,), steps_per_call)
     out_shardings = (stacked, replicated)
     return jax.jit(
         _auto_sharded(run, mesh, out_shardings),
