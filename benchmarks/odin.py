@@ -31,20 +31,16 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from benchmarks import train_step as benchmarks_train_step
 from softlabel_ood import models, odin
 from softlabel_ood import train_step as ts
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="wrn40_2, wrn16_2, resnet18, small_cnn...")
-    parser.add_argument("--batch_size", type=int, required=True)
-    parser.add_argument("--image_size", type=int, default=32)
-    parser.add_argument("--channels", type=int, default=3)
-    parser.add_argument("--num_classes", type=int, default=10)
+    benchmarks_train_step.add_model_arguments(parser)
     parser.add_argument("--steps", type=int, default=10, help="timed calls per timing")
     parser.add_argument("--repeats", type=int, default=3, help="timings; the best is kept")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     return parser.parse_args(argv)
 
 

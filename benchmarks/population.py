@@ -2,7 +2,7 @@
 
     python -m benchmarks.population --model=small_cnn --image_size=8 --channels=1 --batch_size=64
     python -m benchmarks.population --model=wrn16_2 --image_size=32 --channels=3 --batch_size=128
-    python -m benchmarks.population --model=wrn40_2 --compute_dtype=bfloat16 --runs=1,4 \\
+    python -m benchmarks.population --model=wrn40_2 --dtype=bfloat16 --runs=1,4 \\
         --batch_size=128 --steps=200                                   # on a GPU or TPU
 
 (from the repository root). Random uint8 images and labels, resident on the devices as the
@@ -31,20 +31,16 @@ from jax.sharding import PartitionSpec as P
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import train_step as benchmarks_train_step
 from softlabel_ood import models, run_model, train_step
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="small_cnn")
-    parser.add_argument("--image_size", type=int, default=8)
-    parser.add_argument("--channels", type=int, default=1)
-    parser.add_argument("--num_classes", type=int, default=10)
-    parser.add_argument("--batch_size", type=int, default=64, help="per run")
+    benchmarks_train_step.add_model_arguments(parser)  # --batch_size is per run
     parser.add_argument("--runs", default="1,4,12,36", help="population sizes R to time")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per run")
     parser.add_argument("--steps_per_call", type=int, default=0, help="0 = platform default")
-    parser.add_argument("--compute_dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--num_train", type=int, default=0, help="images (default: 8 batches)")
     return parser.parse_args(argv)
 
@@ -60,10 +56,10 @@ def main(argv=None) -> None:
     per_call = min(per_call, args.steps)
     shape = (args.image_size, args.image_size, args.channels)
     model = models.create_model(args.model, num_classes=args.num_classes, dropout_rate=0.0,
-                                dtype=jax.numpy.dtype(args.compute_dtype))
+                                dtype=jax.numpy.dtype(args.dtype))
     config = train_step.StepConfig(method="ls", num_classes=args.num_classes,
                                    mean=(0.5,) * args.channels, std=(0.25,) * args.channels,
-                                   compute_dtype=args.compute_dtype)
+                                   compute_dtype=args.dtype)
     mesh = train_step.data_mesh()
     replicated = NamedSharding(mesh, P())
     rng = np.random.default_rng(0)
@@ -118,7 +114,7 @@ def main(argv=None) -> None:
                                                  train_step.DATA_AXIS)))})
         images = runs * args.steps * args.batch_size
         print(f"model={args.model} image_size={args.image_size} batch_size={args.batch_size} "
-              f"compute_dtype={args.compute_dtype} steps_per_call={per_call} "
+              f"dtype={args.dtype} steps_per_call={per_call} "
               f"platform={jax.default_backend()} devices={jax.device_count()} R={runs} "
               f"together_images_per_s={images / together:.1f} "
               f"sequential_images_per_s={images / sequential:.1f} "

@@ -25,16 +25,21 @@ from softlabel_ood import models
 from softlabel_ood import train_step as ts
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model and input flags that the step, ODIN and population benchmarks share."""
     parser.add_argument("--model", required=True, help="wrn40_2, wrn16_2, resnet18, small_cnn...")
     parser.add_argument("--batch_size", type=int, required=True)
     parser.add_argument("--image_size", type=int, default=32)
     parser.add_argument("--channels", type=int, default=3)
     parser.add_argument("--num_classes", type=int, default=10)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_arguments(parser)
     parser.add_argument("--steps", type=int, default=20, help="timed steps")
     parser.add_argument("--warmup_steps", type=int, default=2, help="untimed, compile included")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--dropout_rate", type=float, default=0.3)
     return parser.parse_args(argv)
 

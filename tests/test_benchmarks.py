@@ -60,7 +60,8 @@ def test_odin_benchmark_prints_its_figures():
 
 
 def test_population_benchmark_prints_one_ratio_per_population_size():
-    result = run_module("benchmarks.population", "--runs=1,2", "--steps=2", "--batch_size=8")
+    result = run_module("benchmarks.population", "--model=small_cnn", "--image_size=8",
+                        "--channels=1", "--runs=1,2", "--steps=2", "--batch_size=8")
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 2
