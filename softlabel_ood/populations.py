@@ -24,7 +24,8 @@ from softlabel_ood import run_model
 
 # The largest population when config.grid.max_population is 0 (automatic), by platform.
 # CPU: 1, measured by benchmarks/population.py on 2 cores: XLA:CPU runs a vmapped population of
-# small convolutional models slower than the same runs one after another (0.3-0.6x).
+# convolutional models slower than the same runs one after another (small_cnn 0.49-0.56x,
+# wrn16_2 0.19-0.27x).
 # Accelerators: 4, runs of batch 128 stacked to 512 images per step, where an H100 trains
 # wrn40_2 in bfloat16 at 1.8x the images/s of batch 128; not yet measured with populations.
 AUTO_MAX_POPULATION = {"cpu": 1}
