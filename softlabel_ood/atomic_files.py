@@ -1,4 +1,11 @@
-"""Files written under a temporary name and renamed, so that a reader never sees half a file.
+"""Files and directories written under a temporary name and renamed into place, so that a reader
+sees the old version or the new one, never half of one; a killed process or a full disk leaves the
+old version intact.
+
+Temporary names are `.<name>.tmp-<pid>` beside the target. The next write of the same target
+removes those whose process is gone (same host), so that a killed process's leftovers do not
+accumulate. Data is fsynced before the rename, so that after a crash of the machine the new name
+never points at unwritten blocks.
 
 Standard library only: the predictions format and the scoring module use it and must load with
 numpy and jax alone.
@@ -6,24 +13,153 @@ numpy and jax alone.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
+import errno
 import os
 import pathlib
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
+
+_TMP_INFIX = ".tmp-"
+_OLD_INFIX = ".old-"
+
+
+def _path(path: os.PathLike | str) -> pathlib.Path:
+    return pathlib.Path(os.fspath(path))
+
+
+def _temporary(path: pathlib.Path) -> pathlib.Path:
+    return path.with_name(f".{path.name}{_TMP_INFIX}{os.getpid()}")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def remove_stale_temporaries(path: os.PathLike | str) -> None:
+    """Removes the temporaries of `path` that processes no longer running left behind.
+
+    A directory that a killed `replacing_directory` had renamed aside (`.<name>.old-<pid>`, on
+    file systems without an atomic exchange) is put back if `path` is missing.
+    """
+    path = _path(path)
+    if not path.parent.is_dir():
+        return
+    for entry in sorted(path.parent.iterdir()):
+        for infix in (_TMP_INFIX, _OLD_INFIX):
+            prefix = f".{path.name}{infix}"
+            pid = entry.name[len(prefix):]
+            if not (entry.name.startswith(prefix) and pid.isdigit()) or _process_alive(int(pid)):
+                continue
+            if infix == _OLD_INFIX and not path.exists():
+                os.rename(entry, path)
+            else:
+                _remove(entry)
+
+
+def _remove(path: pathlib.Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _fsync_directory(directory: pathlib.Path) -> None:
+    # Makes the rename itself durable. Some file systems refuse to open or sync a directory.
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def write_atomically(path: os.PathLike | str, write: Callable[[BinaryIO], object]) -> None:
-    """Calls `write` on a temporary file beside `path`, then renames it to `path`."""
-    path = pathlib.Path(os.fspath(path))
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """Calls `write` on a temporary file beside `path`, fsyncs it, then renames it to `path`."""
+    path = _path(path)
+    remove_stale_temporaries(path)
+    tmp = _temporary(path)
     try:
         with open(tmp, "wb") as f:
             write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)  # replaces an existing file, atomically on POSIX
     finally:
         if tmp.exists():
             tmp.unlink()
+    _fsync_directory(path.parent)
 
 
 def write_text_atomically(path: os.PathLike | str, text: str) -> None:
     write_atomically(path, lambda f: f.write(text.encode("utf-8")))
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole directories.
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _exchange(a: pathlib.Path, b: pathlib.Path) -> bool:
+    """Swaps two paths in one atomic step (Linux renameat2); False where that is unsupported."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return False
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd = -100
+    result = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    if result == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # the file system cannot
+        return False
+    raise OSError(err, os.strerror(err), os.fspath(b))
+
+
+@contextlib.contextmanager
+def replacing_directory(path: os.PathLike | str) -> Iterator[pathlib.Path]:
+    """Yields an empty temporary directory to fill; on success it replaces `path` as a whole.
+
+    Every file of the new directory (whatever its name) arrives together, and every file of the
+    old one leaves together: on Linux the two directories are exchanged in one atomic rename
+    (renameat2 RENAME_EXCHANGE). Where the file system lacks it, the old directory is renamed
+    aside and the new one renamed into place, two renames microseconds apart. If the block fails
+    (a full disk, an exception, a kill) `path` is left as it was.
+    """
+    path = _path(path)
+    remove_stale_temporaries(path)
+    tmp = _temporary(path)
+    _remove(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        for entry in tmp.iterdir():
+            if entry.is_file():
+                with open(entry, "rb") as f:
+                    os.fsync(f.fileno())
+        _fsync_directory(tmp)
+        if not path.exists():
+            os.rename(tmp, path)
+        elif _exchange(tmp, path):
+            pass  # tmp now holds the old directory, removed below
+        else:
+            aside = path.with_name(f".{path.name}{_OLD_INFIX}{os.getpid()}")
+            os.rename(path, aside)
+            os.rename(tmp, path)
+            os.rename(aside, tmp)
+        _fsync_directory(path.parent)
+    finally:
+        _remove(tmp)

@@ -8,11 +8,29 @@ import os
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 
 from softlabel_ood import train_step
+from softlabel_ood.cli_errors import UserError
 
 MAX_TO_KEEP = 3
+
+
+class DamagedCheckpointError(UserError):
+    """No checkpoint of the run reads back."""
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    line = text.splitlines()[0] if text else ""
+    return f"{type(error).__name__}: {line[:160]}{'...' if len(line) > 160 else ''}"
+
+
+def has_checkpoint(directory: epath.PathLike) -> bool:
+    """Whether `directory` holds a committed checkpoint (orbax names them by their step)."""
+    directory = epath.Path(directory)
+    return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
 
 
 def _saved_tree(state: train_step.TrainState) -> dict:
@@ -76,10 +94,55 @@ class Checkpoints:
 
     def restore(self, like: train_step.TrainState, step: int | None = None
                 ) -> train_step.TrainState:
-        """The checkpoint at `step` (default: the latest), shaped and sharded like `like`."""
+        """The checkpoint at `step`, shaped and sharded like `like`.
+
+        Without `step`: the latest checkpoint that reads back. One that does not (a truncated
+        or damaged file) is reported and the one before it is tried. If none reads, the latest
+        one's error is raised as it was when its model arrays read (its optimizer state has
+        another layout), and as a DamagedCheckpointError when they do not either.
+        """
         target = _abstract(_saved_tree(like))
-        tree = self._manager.restore(self._step(step), args=ocp.args.StandardRestore(target))
-        return like.replace(**tree)
+        if step is not None:
+            return like.replace(**self._manager.restore(
+                step, args=ocp.args.StandardRestore(target)))
+        steps = sorted(self._manager.all_steps(), reverse=True)
+        if not steps:
+            raise DamagedCheckpointError(f"{self.directory}: no checkpoint to restore")
+        failures = []
+        for s in steps:
+            try:
+                tree = self._manager.restore(s, args=ocp.args.StandardRestore(target))
+            except Exception as e:  # orbax and tensorstore raise many types for a bad file
+                failures.append((s, e))
+                continue
+            if failures:
+                self._set_aside([f for f, _ in failures])
+                logging.warning("%s: checkpoint %s does not read back (%s); set aside as "
+                                "damaged-<step>, resuming from the checkpoint of step %d",
+                                self.directory, ", ".join(str(f) for f, _ in failures),
+                                _first_line(failures[0][1]), s)
+            return like.replace(**tree)
+        latest, error = failures[0]
+        # A fresh reader: this manager has bound the item to the full-state handler by now.
+        reader = Checkpoints(self.directory, read_only=True)
+        try:
+            reader.restore_variables({"params": like.params, "batch_stats": like.batch_stats},
+                                     latest)
+        except Exception:  # any failure to read the model arrays means damaged files
+            raise DamagedCheckpointError(
+                f"{self.directory}: no checkpoint reads back (step {latest}: "
+                f"{_first_line(error)}); the run cannot resume. Move the checkpoints away to "
+                f"train again from step 0") from None
+        finally:
+            reader.close()
+        raise error
+
+    def _set_aside(self, steps: list[int]) -> None:
+        # Renamed rather than deleted (the files may matter to someone), under a name that orbax
+        # does not read as a step, so that the next save of that step is not skipped.
+        for step in steps:
+            (self.directory / str(step)).rename(self.directory / f"damaged-{step}")
+        self._manager.reload()
 
     def restore_variables(self, like: dict, step: int | None = None) -> dict:
         """Only {"params", "batch_stats"} of a checkpoint, shaped and sharded like `like`.
@@ -96,7 +159,7 @@ class Checkpoints:
     def _step(self, step: int | None) -> int:
         step = self._manager.latest_step() if step is None else step
         if step is None:
-            raise FileNotFoundError(f"{self.directory}: no checkpoint to restore")
+            raise DamagedCheckpointError(f"{self.directory}: no checkpoint to restore")
         return step
 
     def close(self) -> None:

@@ -1,24 +1,50 @@
-"""Bad input ends a command with exit code 2 and one line that says what is wrong."""
+"""Bad input ends a command with exit code 2 and one line that says what is wrong.
+
+Every module's input errors derive from `UserError`, so that a command catches one type and the
+list of what counts as the user's mistake lives with the code that detects it. Standard library
+only: the predictions format and the scoring side import it and must load without flax.
+"""
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 
+USAGE_EXIT_CODE = 2
 
-def user_errors() -> tuple[type[Exception], ...]:
-    # Imported here so that each command pays only for the modules it already uses.
-    from softlabel_ood import config_validation, datasets, predictions, saved_runs
-    return (config_validation.ConfigError, datasets.DatasetError, predictions.PredictionsError,
-            saved_runs.RunError, FileNotFoundError)
+# A write that fails for one of these reasons is the environment's fault, not the program's:
+# reported in one line (the files written before are intact, see atomic_files), not as a traceback.
+_ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM,
+                                 errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST})
+
+
+class UserError(ValueError):
+    """A command's input (a flag, a config field, a file it reads) that no run can use."""
+
+
+def one_line(error: BaseException) -> str | None:
+    """The one-line message of an error a command reports without a traceback, else None."""
+    if isinstance(error, UserError):
+        return " ".join(str(error).split("\n"))
+    if isinstance(error, FileNotFoundError) and error.errno is None:
+        return str(error)  # raised with a message of ours, e.g. "<path>: no such file"
+    if isinstance(error, OSError) and error.errno in _ENVIRONMENT_ERRNOS:
+        where = error.filename or "output"
+        return f"{where}: {error.strerror}"
+    return None
 
 
 def exit_on_user_error(main):
+    """Wraps a command's main: a user error prints `error: <line>` to stderr and exits 2."""
     @functools.wraps(main)
     def wrapped(*args, **kwargs):
         try:
             return main(*args, **kwargs)
-        except user_errors() as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+        except (UserError, OSError) as e:
+            message = one_line(e)
+            if message is None:
+                raise
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(USAGE_EXIT_CODE)
     return wrapped

@@ -10,17 +10,31 @@ from __future__ import annotations
 
 import ml_collections
 
-from softlabel_ood import odin
+# Method names and dataset names without JAX: loading a config file imports neither flax nor optax.
+from softlabel_ood import datasets, methods
+from softlabel_ood.config_validation import ConfigError
 
-# The methods a config may name are those the train step implements.
-from softlabel_ood.train_step import METHODS
+FINETUNE_ARG = "oe_finetune"
+METHOD_ARGS = (*methods.METHODS, FINETUNE_ARG)
+
+# The default of config.odin_pairs (softlabel_ood.odin, which reads it from here: the config side
+# imports no JAX). The ODIN paper's setting for CIFAR (T = 1000, ε = 0.0014) with the ε grid
+# around it that the selection rule (`softlabel_ood.scoring.odin_choice`) chooses from, and
+# (1, 0), which is msp.
+ODIN_PAIRS = ((1.0, 0.0), (1000.0, 0.0), (1000.0, 0.0005), (1000.0, 0.001),
+              (1000.0, 0.0014), (1000.0, 0.002), (1000.0, 0.004))
 
 
-def base_config(method: str | None) -> ml_collections.ConfigDict:
-    """The reference protocol of the Outlier Exposure code (Hendrycks et al. 2019) for CIFAR."""
+def base_config(method: str | None, *, finetune: bool = False) -> ml_collections.ConfigDict:
+    """The reference protocol of the Outlier Exposure code (Hendrycks et al. 2019) for CIFAR.
+
+    With `finetune`, `oe.finetune_from` has no default: the run must name the finished run that
+    it fine-tunes, and the config check refuses it until it does.
+    """
     method = method or "ce"
-    if method not in METHODS:
-        raise ValueError(f"config argument: unknown method {method!r}; expected one of {METHODS}")
+    if method not in methods.METHODS:
+        raise ConfigError(f"config argument: unknown method {method!r}; expected one of "
+                          f"{', '.join(METHOD_ARGS)}")
     c = ml_collections.ConfigDict()
     c.method = method
 
@@ -30,7 +44,8 @@ def base_config(method: str | None) -> ml_collections.ConfigDict:
     c.ood_datasets = ("gaussian", "rademacher", "blobs")
     c.oe_dataset = ""
     c.data_dir = ""  # tfds data_dir; empty means the tfds default (~/tensorflow_datasets).
-    c.dataset_paths = ml_collections.ConfigDict()
+    # One entry per dataset name, so that `--config.dataset_paths.<name>=...` works for any set.
+    c.dataset_paths = ml_collections.ConfigDict({name: "" for name in datasets.NAMES})
     c.num_train_examples = 0  # 0 = all; a cap for quick experiments and tests.
     c.num_ood_examples = 2000  # size of synthetic OOD sets and cap for real ones (OE: 10000 // 5).
     # Named groups of OOD sets ({group: (name, ...)}) whose means `score` and the report show
@@ -51,7 +66,8 @@ def base_config(method: str | None) -> ml_collections.ConfigDict:
     c.oe = ml_collections.ConfigDict()
     c.oe.weight = 0.5
     c.oe.batch_size = 256
-    c.oe.finetune_from = ""  # workdir of a finished run to fine-tune from; empty = from scratch.
+    # Workdir of a finished run to fine-tune from; empty = from scratch.
+    c.oe.finetune_from = ml_collections.config_dict.placeholder(str) if finetune else ""
 
     # Optimisation.
     c.num_epochs = 100
@@ -67,7 +83,7 @@ def base_config(method: str | None) -> ml_collections.ConfigDict:
     # Evaluation: the (temperature, epsilon) pairs whose ODIN scores predict saves for every
     # split (softlabel_ood/odin.py); () saves none. Each temperature with an epsilon > 0 costs a
     # forward and a backward pass, each such pair one more forward pass.
-    c.odin_pairs = odin.DEFAULT_PAIRS
+    c.odin_pairs = ODIN_PAIRS
 
     # Bookkeeping.
     c.checkpoint_every_steps = 1000
@@ -83,8 +99,11 @@ def base_config(method: str | None) -> ml_collections.ConfigDict:
 
 def parse_method_arg(arg: str | None) -> tuple[str, bool]:
     """`configs/<family>.py:<arg>` -> (method, fine-tune); `oe_finetune` is OE's fine-tuning."""
-    if arg == "oe_finetune":
+    if arg == FINETUNE_ARG:
         return "oe", True
+    if arg and arg not in methods.METHODS:
+        raise ConfigError(f"config argument: unknown method {arg!r}; expected one of "
+                          f"{', '.join(METHOD_ARGS)}")
     return arg or "ce", False
 
 
@@ -95,7 +114,7 @@ def cifar_config(arg: str | None, *, dataset: str, other_cifar: str) -> ml_colle
     # `finetune_grid`: the grid (for reproduce) with OE fine-tuned from ce beside OE from scratch.
     finetune_grid = arg == "finetune_grid"
     method, finetune = parse_method_arg(None if finetune_grid else arg)
-    c = base_config(method)
+    c = base_config(method, finetune=finetune)
     c.dataset = dataset
     c.ood_datasets = (
         "gaussian", "rademacher", "blobs", "textures", "svhn", "places365",

@@ -6,20 +6,25 @@ import jax
 from absl import flags, logging
 from jax.experimental import multihost_utils
 
-_MULTIHOST = flags.DEFINE_bool(
-    "multihost", False,
-    "Call jax.distributed.initialize() before anything else. On TPU VMs and SLURM/GPU clusters "
-    "JAX finds the coordinator itself; elsewhere give the three flags below.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+FLAG_NAMES = ("multihost", "coordinator_address", "num_processes", "process_id")
+
+
+def define_flags() -> None:
+    """The multi-process flags; each command's `__main__` defines them, never an import."""
+    flags.DEFINE_bool(
+        "multihost", False,
+        "Call jax.distributed.initialize() before anything else. On TPU VMs and SLURM/GPU "
+        "clusters JAX finds the coordinator itself; elsewhere give the three flags below.")
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+    flags.DEFINE_integer("num_processes", None, "Number of processes.")
+    flags.DEFINE_integer("process_id", None, "This process's index.")
 
 
 def initialize_from_flags() -> None:
-    if _MULTIHOST.value or _COORDINATOR.value:
-        jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                                   num_processes=_NUM_PROCESSES.value,
-                                   process_id=_PROCESS_ID.value)
+    f = flags.FLAGS
+    if f.multihost or f.coordinator_address:
+        jax.distributed.initialize(coordinator_address=f.coordinator_address,
+                                   num_processes=f.num_processes, process_id=f.process_id)
 
 
 def quiet_library_logs() -> None:

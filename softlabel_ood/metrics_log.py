@@ -1,19 +1,23 @@
 """Training metrics to `<workdir>/metrics.jsonl` and TensorBoard event files (process 0 only).
 
-A resumed run rewinds the JSON-lines file to its checkpoint's step first, so the file reads as
-one uninterrupted run: lines that a killed run logged after its last checkpoint are dropped.
+A resumed run rewinds the JSON-lines file and the TensorBoard event files to its checkpoint's
+step first, so that both read as one uninterrupted run: what a killed run logged after its last
+checkpoint is dropped (and a record it left half-written).
 """
 
 from __future__ import annotations
 
 import json
+import struct
 
 from etils import epath
 from tensorboardX import SummaryWriter
+from tensorboardX.proto import event_pb2
 
 from softlabel_ood import atomic_files
 
 JSONL_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
 
 
 def _parse(line: str) -> dict | None:
@@ -23,6 +27,35 @@ def _parse(line: str) -> dict | None:
     except json.JSONDecodeError:
         return None
     return record if isinstance(record, dict) and "step" in record else None
+
+
+def _event_records(data: bytes):
+    """(raw record, step) of each complete record of a TensorBoard event file.
+
+    The file is a TFRecord stream: length (uint64), its CRC (uint32), the serialized Event,
+    the Event's CRC (uint32). A record cut short by a killed process ends the stream.
+    """
+    offset = 0
+    while offset + 12 <= len(data):
+        (length,) = struct.unpack_from("<Q", data, offset)
+        end = offset + 12 + length + 4
+        if end > len(data):
+            return
+        event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+        yield data[offset:end], event.step
+        offset = end
+
+
+def rewind_event_files(directory: epath.PathLike, step: int) -> None:
+    """Drops the TensorBoard events logged after `step` from every event file in `directory`."""
+    directory = epath.Path(directory)
+    if not directory.is_dir():
+        return
+    for path in directory.glob("events.out.tfevents.*"):
+        data = path.read_bytes()
+        kept = b"".join(raw for raw, event_step in _event_records(data) if event_step <= step)
+        if kept != data:
+            atomic_files.write_atomically(path, lambda f, kept=kept: f.write(kept))
 
 
 class MetricsLog:
@@ -35,8 +68,10 @@ class MetricsLog:
             kept = [line for line in self.path.read_text().splitlines()
                     if (record := _parse(line)) is not None and record["step"] <= resume_step]
             atomic_files.write_text_atomically(self.path, "".join(f"{k}\n" for k in kept))
+        tensorboard = epath.Path(workdir) / TENSORBOARD_DIR
+        rewind_event_files(tensorboard, resume_step)
         self._file = self.path.open("a")
-        self._writer = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
+        self._writer = SummaryWriter(str(tensorboard))
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:

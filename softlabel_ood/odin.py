@@ -32,11 +32,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from softlabel_ood import augment, train_step
-
-# The ODIN paper's setting for CIFAR (T = 1000, ε = 0.0014) with the ε grid around it that the
-# selection rule (`softlabel_ood.scoring.odin_choice`) chooses from, and (1, 0), which is msp.
-DEFAULT_PAIRS = ((1.0, 0.0), (1000.0, 0.0), (1000.0, 0.0005), (1000.0, 0.001),
-                 (1000.0, 0.0014), (1000.0, 0.002), (1000.0, 0.004))
+from softlabel_ood.config_base import ODIN_PAIRS as DEFAULT_PAIRS  # noqa: F401 (defined there)
 
 
 def max_softmax(logits: jax.Array, temperature: float) -> jax.Array:

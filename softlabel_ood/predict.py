@@ -1,15 +1,21 @@
 """Runs a trained model over every split and writes the predictions directory (DESIGN.md §5).
 
-    python -m softlabel_ood.predict --workdir=<dir> [--config.ood_datasets=svhn,textures ...]
+    python -m softlabel_ood.predict --workdir=<dir> [--config.<field>=<value> ...] [--replace_ood]
 
-The config is the run's stored `config.json`; `--config.` overrides change what is evaluated
-(for example more OOD sets), never the trained model, which comes from the latest checkpoint.
+The config is the run's stored `config.json`, and the model its latest checkpoint. Overrides may
+change only what is evaluated (ood_datasets, dataset_paths, data_dir, num_ood_examples,
+eval_batch_size); a field that defines the trained run is refused with exit code 2.
+`--config.ood_datasets=...` adds OOD sets to those the predictions directory already has;
+with --replace_ood the list replaces them, and the files of the sets left out go with the old
+directory, which the new one replaces in one rename.
 """
 
 from __future__ import annotations
 
+import copy
 import sys
 
+import jax
 import ml_collections
 import numpy as np
 from absl import app, flags
@@ -19,7 +25,9 @@ from ml_collections import config_flags
 
 from softlabel_ood import (
     cli_errors,
+    command_line,
     compilation_cache,
+    config_validation,
     datasets,
     distributed,
     input_pipeline,
@@ -31,6 +39,7 @@ from softlabel_ood import (
     run_model,
     saved_runs,
     train_step,
+    workdir_lock,
 )
 
 
@@ -52,16 +61,6 @@ def _outputs(eval_fn, variables, ds: datasets.ArrayDataset, mesh, batch_size: in
                            f"{len(ds.labels)} examples")
     return {key: np.concatenate(values)[keep].astype(np.float32)
             for key, values in parts.items() if values}
-
-
-def run_summary(config: ml_collections.ConfigDict) -> dict:
-    return {
-        "dataset": config.dataset, "model": config.model, "method": config.method,
-        "alpha": config.label_smoothing, "teacher": config.kd.teacher_workdir,
-        "kd_temperature": config.kd.temperature, "kd_weight": config.kd.weight,
-        "oe_dataset": config.oe_dataset if config.method == "oe" else "",
-        "oe_weight": config.oe.weight, "num_epochs": config.num_epochs, "seed": config.seed,
-    }
 
 
 def write_predictions(config: ml_collections.ConfigDict, workdir: epath.PathLike, model,
@@ -98,15 +97,50 @@ def write_predictions(config: ml_collections.ConfigDict, workdir: epath.PathLike
     if distributed.is_writer():
         predictions.write(epath.Path(workdir) / "predictions", splits,
                           num_classes=datasets.info(config.dataset).num_classes,
-                          run=run_summary(config), head=head, odin_pairs=odin_pairs)
+                          run=predictions.RunSummary.from_config(config), head=head,
+                          odin_pairs=odin_pairs)
 
 
 def predict_from_checkpoint(config: ml_collections.ConfigDict, workdir: epath.PathLike) -> None:
+    """Rewrites the predictions of the run in `workdir` from its latest checkpoint."""
+    config_validation.check_evaluation(config, num_devices=jax.device_count())
     run_data.check_available(config, training=False)
     mesh = train_step.data_mesh()
     model = run_model.create_model(config)
-    variables = saved_runs.restore_variables(config, model, workdir, mesh)
-    write_predictions(config, workdir, model, variables, mesh)
+    with workdir_lock.hold(workdir, enabled=distributed.is_writer()):
+        variables = saved_runs.restore_variables(config, model, workdir, mesh)
+        write_predictions(config, workdir, model, variables, mesh)
+
+
+def config_with_overrides(stored: ml_collections.ConfigDict,
+                          requested: ml_collections.ConfigDict, workdir: epath.PathLike, *,
+                          replace_ood: bool) -> ml_collections.ConfigDict:
+    """The config `predict` runs: the stored one with the evaluation fields of `requested`.
+
+    OOD sets are added to those of the existing predictions directory unless `replace_ood`.
+    """
+    changed = config_validation.changed_fields(saved_runs.config_to_dict(stored),
+                                               saved_runs.config_to_dict(requested))
+    for name in changed:
+        if name.split(".")[0] not in config_validation.EVALUATION_FIELDS:
+            raise config_validation.ConfigError(
+                f"config.{name}: defines the trained run and cannot change in predict (only "
+                f"{', '.join(sorted(config_validation.EVALUATION_FIELDS))} can); train a new "
+                f"run for another value")
+    config = copy.deepcopy(requested)
+    if not replace_ood:
+        existing = _existing_ood_sets(workdir) or tuple(stored.ood_datasets)
+        config.ood_datasets = existing + tuple(
+            n for n in requested.ood_datasets if n not in existing)
+    return config
+
+
+def _existing_ood_sets(workdir: epath.PathLike) -> tuple[str, ...]:
+    try:
+        manifest = predictions.read_manifest(epath.Path(workdir) / "predictions")
+    except predictions.PredictionsError:
+        return ()
+    return tuple(n for n, e in manifest["splits"].items() if e["role"] == "ood_test")
 
 
 def _stored_config_from_argv(argv: list[str]) -> ml_collections.ConfigDict:
@@ -119,6 +153,15 @@ def _stored_config_from_argv(argv: list[str]) -> ml_collections.ConfigDict:
     raise saved_runs.RunError("--workdir is required")
 
 
+def _help_lines() -> list[str]:
+    try:
+        config = _stored_config_from_argv(sys.argv)
+    except saved_runs.RunError:
+        from softlabel_ood import config_base
+        config = config_base.base_config(None)
+    return command_line.field_lines(config, config_validation.EVALUATION_FIELDS)
+
+
 @cli_errors.exit_on_user_error
 def main(argv):
     if len(argv) > 1:
@@ -126,15 +169,23 @@ def main(argv):
     distributed.initialize_from_flags()
     distributed.quiet_library_logs()
     compilation_cache.enable()
-    predict_from_checkpoint(flags.FLAGS.config, flags.FLAGS.workdir)
+    f = flags.FLAGS
+    stored = saved_runs.read_config(f.workdir)
+    config = config_with_overrides(stored, f.config, f.workdir, replace_ood=f.replace_ood)
+    predict_from_checkpoint(config, f.workdir)
 
 
 if __name__ == "__main__":
     # Flags are defined only when this module is the command, so that other commands can import it.
     flags.DEFINE_string("workdir", None, "A run directory written by softlabel_ood.train.")
+    flags.DEFINE_bool("replace_ood", False,
+                      "--config.ood_datasets replaces the OOD sets instead of adding to them.")
+    distributed.define_flags()
+    command_line.exit_on_help(sys.argv, __doc__,
+                              ("workdir", "replace_ood", *distributed.FLAG_NAMES), _help_lines)
     try:
         config_flags.DEFINE_config_dict("config", _stored_config_from_argv(sys.argv))
     except saved_runs.RunError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    app.run(main)
+    app.run(main, flags_parser=command_line.parse_flags)

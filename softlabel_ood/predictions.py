@@ -17,9 +17,8 @@ This module needs numpy only, so predictions can be inspected and scored on a ma
 neither flax nor tensorflow. Every problem is reported as a `PredictionsError` whose message is
 one line naming the file and the field at fault.
 
-Writes never leave half a file behind: each array file is written under a temporary name and
-renamed, and the manifest goes last, so a reader sees either the previous directory or the new
-one's manifest with all of its files already in place.
+Writes never leave half a directory behind: the new directory is written beside the old one and
+switched in one rename, so a reader sees either the previous directory or the new one, whole.
 """
 
 from __future__ import annotations
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from softlabel_ood import atomic_files
+from softlabel_ood.cli_errors import UserError
 
 ROLES = ("id_test", "ood_test", "id_train")
 FORMAT = "softlabel_ood.predictions/v2"
@@ -44,7 +44,7 @@ MANIFEST = "manifest.json"
 HEAD_FILE = "head.npz"
 
 
-class PredictionsError(ValueError):
+class PredictionsError(UserError):
     """A predictions directory, or splits about to be written, break the format."""
 
 
@@ -86,6 +86,55 @@ class Predictions:
 def _path(directory) -> pathlib.Path:
     # os.fspath accepts str, pathlib and etils.epath local paths alike.
     return pathlib.Path(os.fspath(directory))
+
+
+# ---------------------------------------------------------------------------------------------
+# The manifest's "run": what was trained, written and read through this one definition.
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+    """The manifest's `run` object. Fields a method does not read are empty ("" or None), so
+    that a summary never shows a teacher or an OE weight that did not shape the model."""
+
+    dataset: str = ""
+    model: str = ""
+    method: str = ""
+    alpha: float = 0.0  # label_smoothing: α of ls, the incorrect-class mass of kd_incorrect
+    teacher: str = ""  # kd.teacher_workdir (kd, kd_incorrect)
+    kd_temperature: float | None = None  # kd, kd_incorrect
+    kd_weight: float | None = None  # kd
+    oe_dataset: str = ""  # oe
+    oe_weight: float | None = None  # oe
+    finetune_from: str = ""  # oe.finetune_from (oe fine-tuning)
+    num_epochs: int = 0
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, config) -> RunSummary:
+        """From a resolved run config (an ml_collections.ConfigDict; read by attribute)."""
+        method = config.method
+        kd = method in ("kd", "kd_incorrect")
+        oe = method == "oe"
+        return cls(
+            dataset=config.dataset, model=config.model, method=method,
+            alpha=float(config.label_smoothing),
+            teacher=config.kd.teacher_workdir if kd else "",
+            kd_temperature=float(config.kd.temperature) if kd else None,
+            kd_weight=float(config.kd.weight) if method == "kd" else None,
+            oe_dataset=config.oe_dataset if oe else "",
+            oe_weight=float(config.oe.weight) if oe else None,
+            finetune_from=(config.oe.finetune_from or "") if oe else "",
+            num_epochs=int(config.num_epochs), seed=int(config.seed))
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> RunSummary:
+        """From a manifest's `run` (older manifests lack some keys: they read as empty)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,13 +285,14 @@ def _check_odin(where: str, odin, num_pairs: int, num_examples: int) -> None:
 # Writing.
 
 
-def write(directory, splits: Mapping[str, Split], *, num_classes: int, run: Mapping,
-          head: Head | None = None, odin_pairs=()) -> None:
+def write(directory, splits: Mapping[str, Split], *, num_classes: int,
+          run: RunSummary | Mapping, head: Head | None = None, odin_pairs=()) -> None:
     """Writes `splits` to `directory` (`<run_dir>/predictions`), validating them first.
 
     `head` is the final dense layer (written to head.npz); `odin_pairs` the (temperature,
     epsilon) of each column of the splits' `odin` arrays. Nothing is written when a split is
-    invalid. Array files are written to temporary names and renamed; the manifest goes last.
+    invalid. The new directory replaces the old one as a whole
+    (`atomic_files.replacing_directory`): files of splits no longer written go with it.
     """
     directory = _path(directory)
     num_classes = _check_num_classes("num_classes", num_classes)
@@ -276,7 +326,7 @@ def write(directory, splits: Mapping[str, Split], *, num_classes: int, run: Mapp
         "splits": {name: {"file": f"{name}.npz", "role": split.role,
                           "num_examples": int(arrays[name]["logits"].shape[0])}
                    for name, split in splits.items()},
-        "run": dict(run),
+        "run": run.to_json() if isinstance(run, RunSummary) else dict(run),
     }
     if head is not None:
         manifest["head"] = {"file": HEAD_FILE}
@@ -287,14 +337,16 @@ def write(directory, splits: Mapping[str, Split], *, num_classes: int, run: Mapp
     except (TypeError, ValueError) as e:
         raise PredictionsError(f"run: not JSON-serializable ({e})") from None
 
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, fields in arrays.items():
-        atomic_files.write_atomically(directory / f"{name}.npz",
-                                      lambda f, fields=fields: np.savez(f, **fields))
-    if head is not None:
-        atomic_files.write_atomically(directory / HEAD_FILE, lambda f: np.savez(
-            f, kernel=head.kernel, bias=head.bias))
-    atomic_files.write_text_atomically(directory / MANIFEST, manifest_text)
+    # The whole directory is written beside the old one and switched in one rename: a reader,
+    # a killed process or a full disk sees the old set of files or the new one, never a mix.
+    with atomic_files.replacing_directory(directory) as new:
+        for name, fields in arrays.items():
+            with open(new / f"{name}.npz", "wb") as f:
+                np.savez(f, **fields)
+        if head is not None:
+            with open(new / HEAD_FILE, "wb") as f:
+                np.savez(f, kernel=head.kernel, bias=head.bias)
+        (new / MANIFEST).write_text(manifest_text)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,13 +26,14 @@ from ml_collections import config_flags
 from softlabel_ood import (
     claims,
     cli_errors,
+    command_line,
     compilation_cache,
-    config_base,
     config_validation,
     configs,
     datasets,
     distributed,
     grid,
+    methods,
     populations,
     progress,
     report,
@@ -95,13 +96,13 @@ def validate_grid(config: ml_collections.ConfigDict) -> None:
         where = f"config.grid.runs[{i}] ({name})"
         if name in earlier:
             raise GridError(f"{where}: duplicate run name {name!r}")
-        if method not in config_base.METHODS:
+        if method not in methods.METHODS:
             raise GridError(f"{where}: unknown method {method!r}; expected one of "
-                            f"{config_base.METHODS}")
+                            f"{methods.METHODS}")
         teacher, init_from = run.get("teacher", ""), run.get("init_from", "")
-        if method in train_step.TEACHER_METHODS and not teacher:
+        if method in methods.TEACHER_METHODS and not teacher:
             raise GridError(f"{where}: method {method} needs a teacher")
-        if teacher and method not in train_step.TEACHER_METHODS:
+        if teacher and method not in methods.TEACHER_METHODS:
             raise GridError(f"{where}: teacher {teacher!r} given, but method {method} uses none")
         for key, ref in (("teacher", teacher), ("init_from", init_from)):
             if ref and ref not in earlier:
@@ -194,7 +195,7 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str, *,
         todo = []
         for i in group:
             inputs = [p for p in (configs[i].kd.teacher_workdir, configs[i].oe.finetune_from) if p]
-            if train.is_finished(directories[i]):
+            if saved_runs.is_finished(directories[i]):
                 say(i, "skipped, already finished")
             elif broken := [p for p in inputs if p in failed]:
                 failed[directories[i]] = f"not trained: {epath.Path(broken[0]).name} failed"
@@ -266,4 +267,5 @@ if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", None, "e.g. configs/digits.py")
     flags.DEFINE_string("workdir", None, "Directory of the whole grid (created if missing).")
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    distributed.define_flags()
+    app.run(main, flags_parser=command_line.parse_flags)

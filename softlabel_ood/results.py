@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 from etils import epath
 
-from softlabel_ood import scoring
+from softlabel_ood import predictions, scoring
 
 RUNS_FILE = "runs.json"
 METRIC_LABELS = {"auroc": "AUROC", "fpr95": "FPR95", "aupr_out": "AUPR-out", "aupr_in": "AUPR-in",
@@ -203,14 +203,13 @@ def runs_from_directories(run_dirs: Iterable[epath.PathLike]) -> list[RunInfo]:
     for d in run_dirs:
         d = epath.Path(d)
         manifest = json.loads((d / "predictions" / "manifest.json").read_text())
-        run = manifest.get("run", {})
-        teacher = run.get("teacher") or ""
-        init_from = run.get("finetune_from") or ""
+        run = predictions.RunSummary.from_json(manifest.get("run", {}))
         runs.append(RunInfo(
-            run=d.name, name=grid_name(d.name), seed=int(run.get("seed", 0)),
-            method=str(run.get("method", "")), alpha=float(run.get("alpha", 0.0)),
-            teacher=grid_name(epath.Path(teacher).name) if teacher else "",
-            init_from=grid_name(epath.Path(init_from).name) if init_from else "",
+            run=d.name, name=grid_name(d.name), seed=run.seed, method=run.method,
+            alpha=float(run.alpha),
+            teacher=grid_name(epath.Path(run.teacher).name) if run.teacher else "",
+            init_from=(grid_name(epath.Path(run.finetune_from).name) if run.finetune_from
+                       else ""),
             directory=str(d)))
     return runs
 

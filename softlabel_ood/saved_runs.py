@@ -13,13 +13,14 @@ import json
 import ml_collections
 from etils import epath
 
-from softlabel_ood import atomic_files, checkpointing, run_model
+from softlabel_ood import atomic_files, checkpointing, datasets, run_model
+from softlabel_ood.cli_errors import UserError
 
 CONFIG_FILE = "config.json"
 DONE_FILE = "DONE"
 
 
-class RunError(ValueError):
+class RunError(UserError):
     """Another run's directory cannot serve as a teacher or a starting point."""
 
 
@@ -44,7 +45,13 @@ def read_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise RunError(f"{path}: not valid JSON ({e})") from None
-    return ml_collections.ConfigDict(_lists_to_tuples(data))
+    config = ml_collections.ConfigDict(_lists_to_tuples(data))
+    # Runs of earlier versions name only the paths they set; every name is a field now.
+    with config.unlocked():
+        for name in datasets.NAMES:
+            if name not in config.dataset_paths:
+                config.dataset_paths[name] = ""
+    return config
 
 
 def _lists_to_tuples(value):

@@ -1,7 +1,11 @@
-"""Trains one run.
+"""Trains one run, then writes its predictions (DESIGN.md §4, §5).
 
-    python -m softlabel_ood.train --config=configs/<file>.py[:method] --workdir=<dir>
+    python -m softlabel_ood.train --config=configs/<file>.py[:<argument>] --workdir=<dir> \
+        [--config.<field>=<value> ...]
 
+The argument of a config file is the method (ce, ls, oe, kd, kd_incorrect) or oe_finetune. Every
+field is checked before any data is loaded or any file written; a bad value ends the command with
+exit code 2 and one line. A second command on a workdir in use is refused the same way.
 
 `train_and_evaluate(config, workdir)` is the whole job, so that tests, notebooks and the
 reproduction driver call exactly what the command line runs. Running it again on the same
@@ -10,9 +14,11 @@ workdir resumes from the latest checkpoint, and a finished run only rewrites its
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Sequence
 
+import jax
 import ml_collections
 from absl import app, flags
 from etils import epath
@@ -20,6 +26,7 @@ from ml_collections import config_flags
 
 from softlabel_ood import (
     cli_errors,
+    command_line,
     compilation_cache,
     config_validation,
     configs,
@@ -30,9 +37,9 @@ from softlabel_ood import (
     saved_runs,
     train_loop,
     train_step,
+    workdir_lock,
 )
 
-is_finished = saved_runs.is_finished
 TrainingDivergedError = train_loop.TrainingDivergedError
 
 
@@ -53,8 +60,9 @@ def train_and_evaluate_population(configs: Sequence[ml_collections.ConfigDict],
     not stop the others: the returned list holds each run's failure, or None. `data` is the
     population's training data when the caller has it loaded already.
     """
+    # Every check that needs no data comes before any dataset is loaded or any file written.
     for config in configs:
-        config_validation.check(config)
+        config_validation.check(config, num_devices=jax.device_count())
     mesh = mesh or train_step.data_mesh()
     failures: dict[int, Exception] = {}
     members, indices, teacher_model = [], [], None
@@ -73,17 +81,25 @@ def train_and_evaluate_population(configs: Sequence[ml_collections.ConfigDict],
     if members:
         config = members[0].config
         run_data.check_available(config)
-        data = data or run_data.load_training(config)
-        model = run_model.create_model(config)
-        results = train_loop.train_population(members, data, mesh, teacher_model=teacher_model)
-        for i, member, result in zip(indices, members, results, strict=True):
-            if isinstance(result, Exception):
-                failures[i] = result
-                continue
-            predict.write_predictions(member.config, member.workdir, model, result.variables,
-                                      mesh, id_sets={"train": data.train, "test": data.test})
-            if distributed.is_writer():
-                saved_runs.mark_finished(member.workdir)
+        # One process per workdir (released when this one ends, killed or not).
+        with contextlib.ExitStack() as locks:
+            for member in members:
+                locks.enter_context(workdir_lock.hold(member.workdir,
+                                                      enabled=distributed.is_writer()))
+            data = data or run_data.load_training(config)
+            config_validation.check_training_size(config, len(data.train.labels))
+            model = run_model.create_model(config)
+            results = train_loop.train_population(members, data, mesh,
+                                                  teacher_model=teacher_model)
+            for i, member, result in zip(indices, members, results, strict=True):
+                if isinstance(result, Exception):
+                    failures[i] = result
+                    continue
+                predict.write_predictions(member.config, member.workdir, model,
+                                          result.variables, mesh,
+                                          id_sets={"train": data.train, "test": data.test})
+                if distributed.is_writer():
+                    saved_runs.mark_finished(member.workdir)
     return [failures.get(i) for i in range(len(configs))]
 
 
@@ -94,11 +110,7 @@ def main(argv):
     distributed.initialize_from_flags()
     distributed.quiet_library_logs()
     compilation_cache.enable()
-    try:
-        train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
-    except TrainingDivergedError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":
@@ -107,4 +119,8 @@ if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", None, "e.g. configs/cifar10.py:ls")
     flags.DEFINE_string("workdir", None, "Directory of this run (created if missing).")
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    distributed.define_flags()
+    command_line.exit_on_help(
+        sys.argv, __doc__, ("config", "workdir", *distributed.FLAG_NAMES),
+        lambda: command_line.field_lines(command_line.config_from_file(sys.argv)))
+    app.run(main, flags_parser=command_line.parse_flags)

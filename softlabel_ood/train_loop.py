@@ -49,6 +49,7 @@ from softlabel_ood import (
     train_feed,
     train_step,
 )
+from softlabel_ood.cli_errors import UserError
 
 MEGABYTE = 2**20
 # How far the host may run ahead of the device, in calls: enough that an epoch's bookkeeping
@@ -57,8 +58,14 @@ MEGABYTE = 2**20
 MAX_CALLS_IN_FLIGHT = 4
 
 
-class TrainingDivergedError(FloatingPointError):
-    """The loss became NaN or infinite."""
+# A step's loss above this means the run has diverged (DESIGN.md §3): every loss of §7 starts
+# near log K (at most 4.6 for 100 classes) and a training run only lowers it, while a diverged
+# one reaches 1e16 and more with accuracy at chance.
+MAX_LOSS = 1e4
+
+
+class TrainingDivergedError(UserError):
+    """The loss became NaN, infinite or larger than MAX_LOSS."""
 
 
 def chunk_plan(start_step: int, total_steps: int, steps_per_call: int,
@@ -97,7 +104,8 @@ def evaluate_accuracy(eval_fn, variables, ds, mesh, batch_size: int) -> Callable
 class _StepMetrics:
     """The metrics of the calls since the last log, kept on the device until they are read."""
 
-    def __init__(self):
+    def __init__(self, methods: Sequence[str] = ()):
+        self._methods = list(methods)  # each run's method, named when its loss diverges
         # (first step, num_steps, {name: float32 [steps_per_call] or [runs, steps_per_call]})
         self._calls = []
 
@@ -119,12 +127,15 @@ class _StepMetrics:
                         for name in train_step.METRICS}
             results = []
             for run, losses in enumerate(per_step["loss"]):
-                if np.isfinite(losses).all():
+                diverged = ~(np.abs(losses) <= MAX_LOSS)  # also true for NaN
+                if not diverged.any():
                     results.append({name: float(np.mean(v[run])) for name, v in per_step.items()})
                     continue
-                bad = int(np.argmax(~np.isfinite(losses)))
+                bad = int(np.argmax(diverged))
+                method = self._methods[run] if run < len(self._methods) else "?"
                 results.append(TrainingDivergedError(
-                    f"loss is {losses[bad]} at step {calls[0][0] + bad + 1}; lower "
+                    f"training diverged: method {method} loss is {losses[bad]:.4g} at step "
+                    f"{calls[0][0] + bad + 1} (the bound is {MAX_LOSS:g}); lower "
                     f"config.learning_rate or check the data"))
             return results
 
@@ -133,8 +144,9 @@ class _StepMetrics:
 
 def _check_resumable(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
     """A checkpoint may only be resumed by the config that made it (up to evaluation fields)."""
-    if not (workdir / saved_runs.CONFIG_FILE).exists():
-        return
+    if not (workdir / saved_runs.CONFIG_FILE).exists() or \
+            not checkpointing.has_checkpoint(workdir / "checkpoints"):
+        return  # a start that failed before its first checkpoint does not bind the workdir
     stored = saved_runs.config_to_dict(saved_runs.read_config(workdir))
     current = saved_runs.config_to_dict(config)
     changed = [name for name in config_validation.changed_fields(stored, current)
@@ -150,6 +162,8 @@ def _initial_state(config, model, mesh, ckpts) -> train_step.TrainState:
     if ckpts.latest_step() is not None:
         try:
             return ckpts.restore(state)
+        except UserError:
+            raise
         except (ValueError, KeyError, TypeError) as e:
             # The model fits (the config check passed), so the layout is another version's.
             raise saved_runs.RunError(
@@ -286,7 +300,7 @@ def train_population(members: Sequence[Member], data: run_data.TrainingData, mes
         tqdm.tqdm.write(f"{name}: resuming from step {start_step} of {total_steps}")
     bar = progress.bar(total=total_steps, initial=start_step, desc=name, unit="step",
                     disable=not writer)
-    pending = _StepMetrics()
+    pending = _StepMetrics([c.method for c in configs])
     diverged: dict[int, TrainingDivergedError] = {}
     # Calls dispatched but not yet read, each with the host work that waits for its results.
     in_flight: collections.deque[tuple[dict, list[Callable[[], None]]]] = collections.deque()
@@ -385,6 +399,14 @@ def _initial_states(configs, model, mesh, ckpts) -> tuple[list[train_step.TrainS
         if c.latest_step() is not None and c.latest_step() > start:
             c.drop_after(start)
         states.append(_initial_state(config, model, mesh, c))
+    # A damaged checkpoint is set aside and the one before it restored (checkpointing): the
+    # population then starts again from the earliest step that every run restored.
+    restored = {int(jax.device_get(s.step)) for s in states}
+    if restored != {start}:
+        if len(configs) == 1:
+            return states, restored.pop()
+        return _initial_states(configs, model, mesh, ckpts) if min(restored) < start else (
+            states, start)
     return states, start
 
 

@@ -34,11 +34,10 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from softlabel_ood import augment, optimizer, soft_labels
+from softlabel_ood.methods import METHODS, TEACHER_METHODS
 
 DATA_AXIS = "data"
 RUNS_AXIS = "runs"  # the leading axis of a population's stacked states (`make_population_steps`)
-METHODS = ("ce", "ls", "oe", "kd", "kd_incorrect")
-TEACHER_METHODS = ("kd", "kd_incorrect")
 METRICS = ("loss", "accuracy", "learning_rate")
 # Compiled programs kept per process: a grid needs a handful (one per method and model).
 _PROGRAM_CACHE_SIZE = 32

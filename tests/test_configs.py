@@ -7,7 +7,7 @@ import importlib
 import numpy as np
 import pytest
 
-from softlabel_ood import config_base, config_validation, grid, predictions, train
+from softlabel_ood import config_validation, grid, methods, predictions, train
 from tests import idx_files
 
 FAMILIES = ("digits", "fashion_mnist", "cifar10", "cifar100")
@@ -24,7 +24,7 @@ def _family(name):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("method", [*config_base.METHODS, None])
+@pytest.mark.parametrize("method", [*methods.METHODS, None])
 def test_config_has_every_field_and_passes_validation(family, method):
     config = _family(family).get_config(method)
     for field in REQUIRED:
@@ -47,7 +47,7 @@ def test_grid_lists_teachers_before_students(family):
         assert run["init_from"] in seen | {""}, run
         seen.add(run["name"])
     assert len(seen) == len(g.runs)
-    assert {r["method"] for r in g.runs} == set(config_base.METHODS)
+    assert {r["method"] for r in g.runs} == set(methods.METHODS)
 
 
 def test_cifar_protocol_is_the_oe_reference():

@@ -98,7 +98,7 @@ def _fake_training(calls):
     def train_and_evaluate_population(configs, workdirs, *, mesh=None, data=None):
         for config, workdir in zip(configs, workdirs, strict=True):
             if config.kd.teacher_workdir:  # teachers are finished before their students start
-                assert train.is_finished(config.kd.teacher_workdir)
+                assert saved_runs.is_finished(config.kd.teacher_workdir)
             calls.append(pathlib.Path(workdir).name)
             pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
             write_predictions(pathlib.Path(workdir), seed=config.seed, method=config.method)
@@ -155,7 +155,7 @@ def test_reproduce_command_trains_scores_and_reports(tiny_grid):
     assert "[1/2] ce_seed0 (ce): trained" in result.stderr
     assert "[2/2] kd_ce_seed0 (kd): trained" in result.stderr
     for run in ("ce_seed0", "kd_ce_seed0"):
-        assert train.is_finished(workdir / "runs" / run)
+        assert saved_runs.is_finished(workdir / "runs" / run)
         assert saved_runs.read_config(workdir / "runs" / run).num_epochs == 1
     names = {p.name for p in (workdir / "report").iterdir()}
     assert {"report.md", "metrics.csv", "metrics.md", "runs.json", "msp_histograms.png",

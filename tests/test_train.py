@@ -29,7 +29,7 @@ def ce_teacher(tmp_path_factory):
 
 
 def _check_run(workdir, config, *, min_accuracy=0.3):
-    assert train.is_finished(workdir)
+    assert saved_runs.is_finished(workdir)
     preds = predictions.read(workdir / "predictions")
     assert preds.num_classes == 10
     roles = {name: split.role for name, split in preds.splits.items()}
@@ -171,10 +171,11 @@ def test_resuming_with_another_training_config_is_rejected(ce_teacher):
 
 def test_a_diverging_run_stops_with_a_clear_error_before_checkpointing_it(tmp_path):
     config = tiny_digits_config("ce", learning_rate=1e30)
-    with pytest.raises(train.TrainingDivergedError, match=r"loss is (nan|inf) at step \d+"):
+    with pytest.raises(train.TrainingDivergedError,
+                       match=r"method ce loss is (nan|inf) at step \d+"):
         train.train_and_evaluate(config, str(tmp_path / "run"))
     # No checkpoint holds the diverged weights, and the run is not marked finished.
-    assert not train.is_finished(tmp_path / "run")
+    assert not saved_runs.is_finished(tmp_path / "run")
     assert not [p for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()]
 
 
@@ -194,4 +195,4 @@ def test_metrics_log_rewinds_to_the_checkpoint_and_drops_a_torn_line(tmp_path):
 def test_a_relative_workdir_works(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     train.train_and_evaluate(tiny_digits_config("ce", num_epochs=1), "relative/run")
-    assert train.is_finished(tmp_path / "relative" / "run")
+    assert saved_runs.is_finished(tmp_path / "relative" / "run")

@@ -4,15 +4,16 @@
 
 Everything ships with scikit-learn, so nothing is downloaded: digits (8x8 grayscale, 10 classes)
 are the ID data, patches of china.jpg the OE auxiliary set, and patches of flower.jpg plus four
-synthetic noise sets the OOD test sets. The argument is the method (ce, ls, oe, kd, kd_incorrect).
+synthetic noise sets the OOD test sets. The argument is the method (ce, ls, oe, kd, kd_incorrect),
+or oe_finetune: OE fine-tuning of the finished ce run named in --config.oe.finetune_from.
 """
 
 from softlabel_ood import config_base, grid
 
 
 def get_config(arg=None):
-    method, _ = config_base.parse_method_arg(arg)
-    c = config_base.base_config(method)
+    method, finetune = config_base.parse_method_arg(arg)
+    c = config_base.base_config(method, finetune=finetune)
     c.dataset = "digits"
     c.ood_datasets = ("flower_patches", "gaussian", "rademacher", "blobs", "uniform")
     # Natural-image patches are the near OOD set here, the synthetic noise the far ones.
@@ -27,6 +28,11 @@ def get_config(arg=None):
     c.batch_size = 64
     c.eval_batch_size = 512
     c.learning_rate = 0.05
+    if finetune:
+        # The OE reference's proportions (a tenth of the epochs at a hundredth of the rate),
+        # from the finished ce run named in --config.oe.finetune_from.
+        c.num_epochs = 2
+        c.learning_rate = 0.0005
     # A digits run is 315 steps and about a second of training, while an orbax checkpoint costs
     # ~0.1 s: only the final one is kept, and a killed run starts again from its beginning.
     c.checkpoint_every_steps = 1000

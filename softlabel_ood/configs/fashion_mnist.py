@@ -6,14 +6,16 @@ By default the images come from the IDX files of Debian's `dataset-fashion-mnist
 (`apt-get install dataset-fashion-mnist`); set --config.dataset_paths.fashion_mnist="" to read
 them through tfds instead. OOD sets: scikit-learn's digits upsampled to 28x28, patches of
 flower.jpg, and synthetic noise; patches of china.jpg are the OE auxiliary set.
+The argument is the method (ce, ls, oe, kd, kd_incorrect), or oe_finetune: OE fine-tuning of
+the finished ce run named in --config.oe.finetune_from.
 """
 
 from softlabel_ood import config_base, grid
 
 
 def get_config(arg=None):
-    method, _ = config_base.parse_method_arg(arg)
-    c = config_base.base_config(method)
+    method, finetune = config_base.parse_method_arg(arg)
+    c = config_base.base_config(method, finetune=finetune)
     c.dataset = "fashion_mnist"
     c.dataset_paths.fashion_mnist = "/usr/share/datasets/fashion-mnist"
     c.ood_datasets = ("digits28", "flower_patches", "gaussian", "rademacher", "blobs", "uniform")
@@ -23,6 +25,11 @@ def get_config(arg=None):
     c.dropout_rate = 0.0
     c.num_epochs = 10
     c.learning_rate = 0.05
+    if finetune:
+        # The OE reference's proportions (a tenth of the epochs at a hundredth of the rate),
+        # from the finished ce run named in --config.oe.finetune_from.
+        c.num_epochs = 1
+        c.learning_rate = 0.0005
     c.checkpoint_every_steps = 500
     c.grid = grid.paper_grid(ls_alphas=(0.1, 0.2, 0.3, 0.4, 0.5), kd_ls_alpha=0.3,
                              incorrect_alpha=0.3, seeds=(0, 1, 2))

@@ -7,8 +7,10 @@ import zlib
 
 import numpy as np
 
+from softlabel_ood.cli_errors import UserError
 
-class DatasetError(ValueError):
+
+class DatasetError(UserError):
     """A dataset cannot be loaded; the message is one line naming the dataset, split and path."""
 
 

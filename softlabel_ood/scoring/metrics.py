@@ -62,6 +62,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from softlabel_ood.cli_errors import UserError
 from softlabel_ood.scoring import float64, scores
 
 METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95", "tnr95", "fpr95_ood_positive",
@@ -74,7 +75,7 @@ _SIGN_MASK_COMPLEMENT = np.int64(0x7FFF_FFFF_FFFF_FFFF)
 _NEGATIVE_ZERO_BITS = np.iinfo(np.int64).min  # the bits of -0.0: the sign bit alone
 
 
-class ScoringError(ValueError):
+class ScoringError(UserError):
     """Scores or arrays that the metrics cannot be computed from."""
 
 

@@ -1,0 +1,65 @@
+"""One process at a time in a workdir: an advisory lock that dies with its process.
+
+`fcntl.flock` is held by the open file, and the kernel releases it when the process exits in any
+way (SIGKILL included), so a killed run never leaves the workdir locked; the lock file itself
+stays and is reused. It records the holder's pid for the error message only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import pathlib
+
+from softlabel_ood.cli_errors import UserError
+
+LOCK_FILE = ".lock"
+
+
+class WorkdirError(UserError):
+    """The workdir is not a directory, or another process is working in it."""
+
+
+def _local(workdir) -> pathlib.Path | None:
+    text = os.fspath(workdir)
+    # Object stores (gs://...) have no advisory locks; only local and mounted paths are locked.
+    return None if "://" in text else pathlib.Path(text)
+
+
+@contextlib.contextmanager
+def hold(workdir, *, enabled: bool = True):
+    """Creates `workdir` if missing and holds its lock; WorkdirError if another process has it.
+
+    A workdir that this call created and that holds nothing but the lock file when the block
+    fails (a refusal after the data loaded) is removed again, so that a refused start leaves
+    nothing behind.
+    """
+    path = _local(workdir)
+    if not enabled or path is None:
+        yield
+        return
+    if path.exists() and not path.is_dir():
+        raise WorkdirError(f"--workdir: {path} is a file, not a directory")
+    created = not path.exists()
+    path.mkdir(parents=True, exist_ok=True)
+    lock_path = path / LOCK_FILE
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise WorkdirError(f"{path}: in use by another process (pid {holder}); wait for it "
+                               f"to finish or stop it") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        except BaseException:
+            if created and [p.name for p in path.iterdir()] == [LOCK_FILE]:
+                lock_path.unlink()
+                path.rmdir()
+            raise
+    finally:
+        os.close(fd)  # releases the lock

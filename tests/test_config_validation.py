@@ -1,0 +1,263 @@
+"""Every bad config value is refused before any data is loaded or any file written: exit code 2,
+one line naming the field, the value and what is allowed (run in process; stderr compared)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from softlabel_ood import (
+    cli_errors,
+    command_line,
+    config_validation,
+    methods,
+    optimizer,
+    saved_runs,
+    train,
+    workdir_lock,
+)
+from tests.train_helpers import REPO, tiny_digits_config
+
+
+def _refusal(capsys, call) -> str:
+    """Runs `call` as a command would; returns its one stderr line after checking exit code 2."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli_errors.exit_on_user_error(call)()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.endswith("\n") and err.count("\n") == 1, err
+    assert err.startswith("error: ")
+    return err.strip()
+
+
+# (method, overrides, the refusal's line after "error: ")
+BAD_CONFIGS = [
+    ("ce", {"model": "vgg16"}, "config.model: 'vgg16' is not allowed; expected wrn<depth>_<width>"),
+    ("ce", {"model": "wrn41_2"}, "config.model: 'wrn41_2' is not allowed"),
+    ("ce", {"optimizer": "rmsprop"},
+     "config.optimizer: 'rmsprop' is not allowed; expected one of sgd, adam, adamw"),
+    ("ce", {"method": "mixup"}, "config.method: 'mixup' is not allowed; expected one of ce, ls"),
+    ("ce", {"compute_dtype": "float16"},
+     "config.compute_dtype: 'float16' is not allowed; expected one of float32, bfloat16"),
+    ("ce", {"batch_size": 0}, "config.batch_size: 0 is not allowed; expected an integer >= 1"),
+    ("ce", {"batch_size": -8}, "config.batch_size: -8 is not allowed"),
+    ("ce", {"batch_size": 512},
+     "config.batch_size: 512 is not allowed; expected at most config.num_train_examples = 256"),
+    ("ce", {"eval_batch_size": 0}, "config.eval_batch_size: 0 is not allowed"),
+    ("ce", {"num_epochs": 0}, "config.num_epochs: 0 is not allowed; expected an integer >= 1"),
+    ("ce", {"learning_rate": 0.0}, "config.learning_rate: 0.0 is not allowed; expected a number > 0"),
+    ("ce", {"learning_rate": math.inf}, "config.learning_rate: inf is not allowed"),
+    ("ce", {"learning_rate": math.nan}, "config.learning_rate: nan is not allowed"),
+    ("ls", {"label_smoothing": 1.0},
+     "config.label_smoothing: 1.0 is not allowed; expected a number in [0, 1)"),
+    ("ls", {"label_smoothing": -0.1}, "config.label_smoothing: -0.1 is not allowed"),
+    ("ls", {"label_smoothing": math.nan}, "config.label_smoothing: nan is not allowed"),
+    ("kd", {"kd.teacher_workdir": "/t", "kd.temperature": 0.0},
+     "config.kd.temperature: 0.0 is not allowed; expected a number > 0"),
+    ("kd", {"kd.teacher_workdir": "/t", "kd.weight": 1.5},
+     "config.kd.weight: 1.5 is not allowed; expected a number in [0, 1]"),
+    ("kd", {}, "config.kd.teacher_workdir: method kd needs a teacher"),
+    ("oe", {"oe.weight": -1.0}, "config.oe.weight: -1.0 is not allowed; expected a number >= 0"),
+    ("oe", {"oe.batch_size": 0}, "config.oe.batch_size: 0 is not allowed"),
+    ("ce", {"dropout_rate": 1.0}, "config.dropout_rate: 1.0 is not allowed; expected a number in "
+                                  "[0, 1)"),
+    ("ce", {"momentum": -0.5}, "config.momentum: -0.5 is not allowed; expected a number >= 0"),
+    ("ce", {"seed": -1}, "config.seed: -1 is not allowed; expected an integer in [0, 2147483647]"),
+    ("ce", {"num_ood_examples": 0}, "config.num_ood_examples: 0 is not allowed"),
+    ("ce", {"weight_decay": -1e-4}, "config.weight_decay: -0.0001 is not allowed"),
+    ("ce", {"steps_per_call": -1}, "config.steps_per_call: -1 is not allowed"),
+    ("ce", {"ood_datasets": ("flower_patches", "svhm")},
+     "config.ood_datasets: unknown dataset 'svhm'; known: cifar10"),
+    ("ce", {"ood_datasets": ("digits", "gaussian")},
+     "config.ood_datasets: ('digits', 'gaussian') is not allowed; expected OOD sets other than "
+     "the ID dataset 'digits'"),
+    ("ce", {"dataset": "gaussian"}, "config.dataset: 'gaussian' is not allowed; expected a "
+                                    "dataset name with class labels"),
+    # Fields that the method ignores would be recorded with the run as if they had been used.
+    ("ce", {"label_smoothing": 0.1},
+     "config.label_smoothing: 0.1 is ignored by method ce (read by ls, kd_incorrect only"),
+    ("ce", {"kd.teacher_workdir": "/t"},
+     "config.kd.teacher_workdir: '/t' is ignored by method ce (read by kd, kd_incorrect only"),
+    ("ls", {"oe.finetune_from": "/r", "label_smoothing": 0.1},
+     "config.oe.finetune_from: '/r' is ignored by method ls (read by oe only; leave it '')"),
+]
+
+
+@pytest.mark.parametrize(("method", "overrides", "message"), BAD_CONFIGS,
+                         ids=[f"{m}-{','.join(o)}" for m, o, _ in BAD_CONFIGS])
+def test_train_refuses_a_bad_field_before_any_work(method, overrides, message, tmp_path, capsys):
+    config = tiny_digits_config(method, **overrides)
+    workdir = tmp_path / "run"
+    line = _refusal(capsys, lambda: train.train_and_evaluate(config, str(workdir)))
+    assert line.startswith(f"error: {message}"), line
+    assert not workdir.exists()  # nothing written, not even the directory
+
+
+def test_a_batch_larger_than_the_training_set_is_refused_after_loading_without_writing(
+        tmp_path, capsys):
+    # The size of the training set is known once it is loaded (num_train_examples = 0: all).
+    config = tiny_digits_config("ce", batch_size=4096, num_train_examples=0)
+    workdir = tmp_path / "run"
+    line = _refusal(capsys, lambda: train.train_and_evaluate(config, str(workdir)))
+    assert line.startswith("error: config.batch_size: 4096 is not allowed; expected at most the "
+                           "1347 training examples of digits"), line
+    assert not workdir.exists()
+
+
+def test_batch_sizes_must_divide_among_the_devices():
+    config = tiny_digits_config("oe")
+    with pytest.raises(config_validation.ConfigError,
+                       match=r"config.batch_size: 32 is not allowed; expected a multiple of the "
+                             r"3 devices"):
+        config_validation.check(config, num_devices=3)
+    config.batch_size = 30
+    with pytest.raises(config_validation.ConfigError, match=r"config.eval_batch_size: 512"):
+        config_validation.check(config, num_devices=3)
+    config.eval_batch_size = 510
+    with pytest.raises(config_validation.ConfigError, match=r"config.oe.batch_size: 32"):
+        config_validation.check(config, num_devices=3)
+    config.oe.batch_size = 33
+    config_validation.check(config, num_devices=3)
+
+
+def test_a_field_that_no_config_has_is_refused(tmp_path, capsys):
+    config = tiny_digits_config("ce")
+    config.num_epoch = 3  # misspelt
+    line = _refusal(capsys, lambda: train.train_and_evaluate(config, str(tmp_path / "run")))
+    assert line == "error: config.num_epoch: not a config field (see --help for the fields)"
+
+
+def test_the_workdir_may_not_be_a_file(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    config = tiny_digits_config("ce")
+    line = _refusal(capsys, lambda: train.train_and_evaluate(config, str(tmp_path / "file")))
+    assert line == f"error: --workdir: {tmp_path / 'file'} is a file, not a directory"
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_a_second_process_on_a_workdir_in_use_is_refused(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    # flock locks belong to an open file, so a second open in this process competes like
+    # another process would.
+    with workdir_lock.hold(workdir):
+        line = _refusal(capsys, lambda: train.train_and_evaluate(tiny_digits_config("ce"),
+                                                                  str(workdir)))
+        assert line.startswith(f"error: {workdir}: in use by another process (pid ")
+        assert sorted(p.name for p in workdir.iterdir()) == [workdir_lock.LOCK_FILE]
+    # Released when the holder is done (or killed, see test_atomic_files): the next run trains.
+    train.train_and_evaluate(tiny_digits_config("ce", num_epochs=1), str(workdir))
+    assert saved_runs.is_finished(workdir)
+
+
+def test_a_refused_start_does_not_bind_the_workdir(tmp_path):
+    workdir = tmp_path / "run"
+    with pytest.raises(config_validation.ConfigError):
+        train.train_and_evaluate(tiny_digits_config("ce", seed=-1), str(workdir))
+    train.train_and_evaluate(tiny_digits_config("ce", seed=1, num_epochs=1), str(workdir))
+    assert saved_runs.is_finished(workdir)
+
+
+def test_a_teacher_that_does_not_exist_or_has_not_finished_is_refused(tmp_path, capsys):
+    config = tiny_digits_config("kd", **{"kd.teacher_workdir": str(tmp_path / "none")})
+    line = _refusal(capsys, lambda: train.train_and_evaluate(config, str(tmp_path / "run")))
+    assert line == f"error: config.kd.teacher_workdir: {tmp_path / 'none'} does not exist"
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    saved_runs.write_config(unfinished, tiny_digits_config("ce"))
+    config.kd.teacher_workdir = str(unfinished)
+    line = _refusal(capsys, lambda: train.train_and_evaluate(config, str(tmp_path / "run")))
+    assert line.endswith("has not finished training (no DONE file)")
+    assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Config files and the command line, parsed in process.
+
+
+@pytest.fixture
+def parse(capsys):
+    """Parses a train command line with a fresh flag namespace; returns the config or the
+    one-line refusal."""
+    def run(*args):
+        values = flags.FlagValues()
+        # Overrides are defined from the command line when the flag is (absl's sys_argv).
+        config_flags.DEFINE_config_file("config", None, "", flag_values=values,
+                                        sys_argv=["train", *args])
+        try:
+            command_line.parse_flags(["train", *args], values)
+        except SystemExit as e:
+            assert e.code == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1, err
+            return err.strip()
+        return values.config
+    return run
+
+
+def test_a_misspelt_override_is_refused_with_a_suggestion(parse):
+    assert parse(f"--config={REPO}/configs/digits.py", "--config.num_epoch=1") == \
+        "error: --config.num_epoch: not a config field; did you mean num_epochs? (--help lists " \
+        "the fields)"
+
+
+def test_a_missing_config_file_or_an_unknown_argument_is_refused(parse):
+    assert parse("--config=configs/nope.py") == \
+        "error: --config: configs/nope.py: no such config file"
+    assert parse(f"--config={REPO}/configs/digits.py:foo") == \
+        "error: config argument: unknown method 'foo'; expected one of ce, ls, oe, kd, " \
+        "kd_incorrect, oe_finetune"
+
+
+def test_a_value_of_the_wrong_type_is_refused(parse):
+    line = parse(f"--config={REPO}/configs/digits.py", "--config.num_epochs=abc")
+    assert line.startswith("error: --config.num_epochs=abc: invalid literal for int()"), line
+
+
+def test_any_dataset_path_can_be_given_on_the_command_line(parse):
+    config = parse(f"--config={REPO}/configs/digits.py", "--config.dataset_paths.svhn=/data/svhn")
+    assert config.dataset_paths.svhn == "/data/svhn"
+    config_validation.check(config)
+
+
+@pytest.mark.parametrize("family", ["digits", "fashion_mnist", "cifar10", "cifar100"])
+def test_oe_finetune_is_honoured_by_every_family(parse, family):
+    config = parse(f"--config={REPO}/configs/{family}.py:oe_finetune")
+    plain = parse(f"--config={REPO}/configs/{family}.py:oe")
+    assert config.method == "oe"
+    # The OE reference's proportions: a tenth of the epochs (rounded) at a hundredth of the rate.
+    assert config.num_epochs == max(1, round(plain.num_epochs / 10 + 1e-9))
+    assert config.learning_rate == pytest.approx(plain.learning_rate / 100)
+    # It fine-tunes a finished run, so that run must be named: never from scratch by default.
+    with pytest.raises(config_validation.ConfigError,
+                       match=r"config.oe.finetune_from: not set; the oe_finetune recipe"):
+        config_validation.check(config)
+    config = parse(f"--config={REPO}/configs/{family}.py:oe_finetune",
+                   "--config.oe.finetune_from=/runs/ce")
+    assert config.oe.finetune_from == "/runs/ce"
+    config_validation.check(config)
+
+
+def test_the_optimizer_names_agree_with_the_optimizer_module():
+    assert config_validation.OPTIMIZERS == optimizer.OPTIMIZERS
+
+
+def test_methods_name_their_teacher_and_outliers():
+    assert methods.TEACHER_METHODS == ("kd", "kd_incorrect")
+    assert methods.OUTLIER_METHODS == ("oe",)
+    for name in methods.METHODS:
+        for field in methods.BY_NAME[name].reads:
+            assert field in config_validation.FIELDS, field
+
+
+def test_loading_a_config_file_imports_no_jax():
+    import subprocess
+    import sys
+    code = ("import sys; sys.path.insert(0, '.'); from configs import cifar10, digits; "
+            "digits.get_config('kd'); cifar10.get_config('oe_finetune'); "
+            "print(sorted(m for m in ('jax', 'flax', 'optax') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
