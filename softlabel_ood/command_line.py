@@ -110,7 +110,7 @@ def _unknown_override(argv: list[str]) -> str | None:
         dotted = arg[len("--config."):].split("=", 1)[0]
         node = config
         for part in dotted.split("."):
-            if not hasattr(node, "keys") or part not in node.keys():
+            if not hasattr(node, "keys") or part not in node:
                 choices = list(node.keys()) if hasattr(node, "keys") else []
                 close = difflib.get_close_matches(part, choices, n=1)
                 hint = f"; did you mean {close[0]}?" if close else ""

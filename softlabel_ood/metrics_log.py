@@ -71,7 +71,9 @@ class MetricsLog:
         tensorboard = epath.Path(workdir) / TENSORBOARD_DIR
         rewind_event_files(tensorboard, resume_step)
         self._file = self.path.open("a")
-        self._writer = SummaryWriter(str(tensorboard))
+        # One event file per start of the run, named by its first step: two starts within the
+        # same second would otherwise share a file name, and the second truncate the first.
+        self._writer = SummaryWriter(str(tensorboard), filename_suffix=f".from_step{resume_step}")
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from softlabel_ood import checkpointing, run_model, saved_runs, train, train_step
+from softlabel_ood import checkpointing, cli_errors, run_model, saved_runs, train, train_step
 from tests.train_helpers import tiny_digits_config
 
 
@@ -56,3 +56,45 @@ def test_resuming_another_optimizer_layout_is_refused_with_one_line(tmp_path):
     ckpts.close()
     with pytest.raises(saved_runs.RunError, match=r"cannot be resumed; train in a new workdir"):
         train.train_and_evaluate(config, str(workdir))
+
+
+def _damage(step_dir):
+    # Truncate every array file of the checkpoint, as a full disk or a torn copy would.
+    for path in step_dir.rglob("*"):
+        if path.is_file() and path.parent.name == "d":
+            path.write_bytes(path.read_bytes()[:10])
+
+
+def test_a_damaged_latest_checkpoint_is_set_aside_and_the_previous_one_resumed(tmp_path):
+    ckpts = checkpointing.Checkpoints(tmp_path / "checkpoints")
+    for step in (3, 5):
+        ckpts.save(_state(step).replace(step=jnp.int32(step)))
+    ckpts.close()
+    _damage(tmp_path / "checkpoints" / "5")
+    ckpts = checkpointing.Checkpoints(tmp_path / "checkpoints")
+    restored = ckpts.restore(_state(0))
+    ckpts.close()
+    assert int(restored.step) == 3
+    for a, b in zip(jax.tree.leaves(_state(3).params), jax.tree.leaves(restored.params),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["3", "damaged-5"]
+
+
+def test_a_run_whose_every_checkpoint_is_damaged_is_refused_not_retrained(tmp_path, capsys):
+    config = tiny_digits_config("ce", num_epochs=1)
+    workdir = tmp_path / "run"
+    train.train_and_evaluate(config, str(workdir))
+    (workdir / saved_runs.DONE_FILE).unlink()
+    before = (workdir / "predictions" / "manifest.json").read_bytes()
+    for step_dir in (workdir / "checkpoints").iterdir():
+        _damage(step_dir)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_errors.exit_on_user_error(lambda: train.train_and_evaluate(config, str(workdir)))()
+    assert exit_info.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"error: {workdir / 'checkpoints'}: no checkpoint reads back (step 8:")
+    assert line.endswith("the run cannot resume. Move the checkpoints away to train again from "
+                         "step 0")
+    assert (workdir / "predictions" / "manifest.json").read_bytes() == before
+    assert not saved_runs.is_finished(workdir)

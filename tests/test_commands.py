@@ -5,23 +5,31 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from softlabel_ood import predictions, train
+from softlabel_ood import config_validation, predict, predictions, saved_runs, train
 from tests.train_helpers import run_module, tiny_digits_config
 
 
-@pytest.mark.parametrize(("flag", "message"), [
-    ("--config.label_smoothing=1.5", "error: config.label_smoothing: 1.5 is outside [0, 1)"),
-    ("--config.dataset=imagenet", "error: config.dataset: unknown dataset 'imagenet'"),
-    ("--config.kd.teacher_workdir=/nonexistent/teacher",
-     "error: config.kd.teacher_workdir: /nonexistent/teacher does not exist"),
-])
-def test_train_rejects_bad_input_with_one_line(flag, message, tmp_path):
-    method = "kd" if "teacher" in flag else "ce"
-    result = run_module("softlabel_ood.train", f"--config=configs/digits.py:{method}", flag,
-                        f"--workdir={tmp_path / 'run'}")
+def test_train_rejects_bad_input_with_one_line_from_the_command_line(tmp_path):
+    # The in-process tests (test_config_validation) cover each field; this one runs the command.
+    result = run_module("softlabel_ood.train", "--config=configs/digits.py:ce",
+                        "--config.model=vgg16", f"--workdir={tmp_path / 'run'}")
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == message or \
-        result.stderr.strip().splitlines()[-1].startswith(message)
+    assert result.stderr.splitlines() == [
+        "error: config.model: 'vgg16' is not allowed; expected wrn<depth>_<width> (depth 6n + 4), "
+        "resnet18, resnet34 or small_cnn"]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("module", ["softlabel_ood.train", "softlabel_ood.predict"])
+def test_help_prints_the_usage_and_the_config_fields(module):
+    result = run_module(module, "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(("Trains one run", "Runs a trained model"))
+    assert "--workdir" in result.stdout
+    assert "--config.ood_datasets=" in result.stdout
+    assert "--config.eval_batch_size=500  an integer >= 1" in result.stdout
+    # train lists every field; predict only those it may change.
+    assert ("--config.label_smoothing=" in result.stdout) == (module == "softlabel_ood.train")
 
 
 def test_predict_rejects_a_directory_that_is_not_a_run(tmp_path):
@@ -30,16 +38,59 @@ def test_predict_rejects_a_directory_that_is_not_a_run(tmp_path):
     assert f"{tmp_path}/config.json: missing" in result.stderr
 
 
-def test_predict_rewrites_predictions_with_more_ood_sets(tmp_path):
-    workdir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("predict") / "run"
     train.train_and_evaluate(tiny_digits_config("ce", num_epochs=1), str(workdir))
-    before = predictions.read(workdir / "predictions")
-    result = run_module("softlabel_ood.predict", f"--workdir={workdir}",
-                        "--config.ood_datasets=('gaussian','uniform','blobs')")
+    return workdir
+
+
+def _ood_names(workdir) -> list[str]:
+    preds = predictions.read(workdir / "predictions")
+    return [n for n, s in preds.splits.items() if s.role == "ood_test"]
+
+
+def test_predict_adds_ood_sets_by_default_and_replaces_them_on_request(finished_run):
+    before = predictions.read(finished_run / "predictions")
+    assert _ood_names(finished_run) == ["flower_patches", "gaussian"]
+    result = run_module("softlabel_ood.predict", f"--workdir={finished_run}",
+                        "--config.ood_datasets=('uniform','gaussian')")
     assert result.returncode == 0, result.stderr[-2000:]
-    after = predictions.read(workdir / "predictions")
-    assert [n for n, s in after.splits.items() if s.role == "ood_test"] == \
-        ["gaussian", "uniform", "blobs"]
+    assert _ood_names(finished_run) == ["flower_patches", "gaussian", "uniform"]
+    after = predictions.read(finished_run / "predictions")
     # Same checkpoint, same model: the ID outputs do not change.
     np.testing.assert_allclose(after.splits["digits_test"].logits,
                                before.splits["digits_test"].logits, rtol=1e-6, atol=1e-6)
+    result = run_module("softlabel_ood.predict", f"--workdir={finished_run}", "--replace_ood",
+                        "--config.ood_datasets=('blobs',)")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert _ood_names(finished_run) == ["blobs"]
+    # The replaced sets' files went with the old directory; nothing is left beside it.
+    assert sorted(p.name for p in (finished_run / "predictions").iterdir()) == \
+        ["blobs.npz", "digits_test.npz", "digits_train.npz", "manifest.json"]
+    assert not [p for p in finished_run.iterdir() if p.name.startswith(".predictions")]
+
+
+def test_predict_refuses_to_change_what_defines_the_trained_run(finished_run):
+    manifest = (finished_run / "predictions" / "manifest.json").read_bytes()
+    result = run_module("softlabel_ood.predict", f"--workdir={finished_run}",
+                        "--config.label_smoothing=0.3")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "error: config.label_smoothing: defines the trained run and cannot change in predict "
+        "(only data_dir, dataset_paths, eval_batch_size, num_ood_examples, ood_datasets can); "
+        "train a new run for another value"]
+    assert (finished_run / "predictions" / "manifest.json").read_bytes() == manifest
+
+
+def test_predict_overrides_follow_the_stored_run(finished_run):
+    stored = saved_runs.read_config(finished_run)
+    requested = saved_runs.read_config(finished_run)
+    requested.seed = 4
+    with pytest.raises(config_validation.ConfigError, match=r"config.seed: defines the trained"):
+        predict.config_with_overrides(stored, requested, finished_run, replace_ood=False)
+    requested = saved_runs.read_config(finished_run)
+    requested.eval_batch_size = 7
+    requested.ood_datasets = ("uniform",)
+    config = predict.config_with_overrides(stored, requested, finished_run, replace_ood=True)
+    assert (config.eval_batch_size, config.ood_datasets) == (7, ("uniform",))

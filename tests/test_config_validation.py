@@ -28,7 +28,8 @@ def _refusal(capsys, call) -> str:
         cli_errors.exit_on_user_error(call)()
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err.endswith("\n") and err.count("\n") == 1, err
+    assert err.count("\n") == 1, err
+    assert err.endswith("\n")
     assert err.startswith("error: ")
     return err.strip()
 
@@ -48,7 +49,8 @@ BAD_CONFIGS = [
      "config.batch_size: 512 is not allowed; expected at most config.num_train_examples = 256"),
     ("ce", {"eval_batch_size": 0}, "config.eval_batch_size: 0 is not allowed"),
     ("ce", {"num_epochs": 0}, "config.num_epochs: 0 is not allowed; expected an integer >= 1"),
-    ("ce", {"learning_rate": 0.0}, "config.learning_rate: 0.0 is not allowed; expected a number > 0"),
+    ("ce", {"learning_rate": 0.0},
+     "config.learning_rate: 0.0 is not allowed; expected a number > 0"),
     ("ce", {"learning_rate": math.inf}, "config.learning_rate: inf is not allowed"),
     ("ce", {"learning_rate": math.nan}, "config.learning_rate: nan is not allowed"),
     ("ls", {"label_smoothing": 1.0},
@@ -189,11 +191,13 @@ def parse(capsys):
         try:
             command_line.parse_flags(["train", *args], values)
         except SystemExit as e:
-            assert e.code == 2
-            err = capsys.readouterr().err
-            assert err.count("\n") == 1, err
-            return err.strip()
-        return values.config
+            code = e.code
+        else:
+            return values.config
+        assert code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        return err.strip()
     return run
 
 

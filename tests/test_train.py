@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 
 from softlabel_ood import (
+    cli_errors,
     config_validation,
     datasets,
-    metrics_log,
     predictions,
+    results,
     saved_runs,
     train,
+    train_loop,
     train_step,
 )
 from tests.train_helpers import tiny_digits_config
@@ -172,27 +174,51 @@ def test_resuming_with_another_training_config_is_rejected(ce_teacher):
 def test_a_diverging_run_stops_with_a_clear_error_before_checkpointing_it(tmp_path):
     config = tiny_digits_config("ce", learning_rate=1e30)
     with pytest.raises(train.TrainingDivergedError,
-                       match=r"method ce loss is (nan|inf) at step \d+"):
+                       match=r"method ce loss is \S+ at step \d+ \(the bound is 10000\)"):
         train.train_and_evaluate(config, str(tmp_path / "run"))
     # No checkpoint holds the diverged weights, and the run is not marked finished.
     assert not saved_runs.is_finished(tmp_path / "run")
     assert not [p for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()]
 
 
-def test_metrics_log_rewinds_to_the_checkpoint_and_drops_a_torn_line(tmp_path):
-    lines = ['{"step": 4, "train_loss": 1.0}', '{"step": 8, "train_loss": 0.5}',
-             '{"step": 12, "train_loss": 0.4}', '{"step": 1']  # the last write was cut short
-    (tmp_path / metrics_log.JSONL_FILE).write_text("\n".join(lines))
-    log = metrics_log.MetricsLog(tmp_path, resume_step=8, enabled=True)
-    log.write(12, {"train_loss": 0.3})
-    log.close()
-    records = [json.loads(line) for line in (tmp_path / metrics_log.JSONL_FILE).read_text()
-               .splitlines()]
-    assert records == [{"step": 4, "train_loss": 1.0}, {"step": 8, "train_loss": 0.5},
-                       {"step": 12, "train_loss": 0.3}]
-
-
 def test_a_relative_workdir_works(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     train.train_and_evaluate(tiny_digits_config("ce", num_epochs=1), "relative/run")
     assert saved_runs.is_finished(tmp_path / "relative" / "run")
+
+
+def test_a_loss_beyond_the_bound_stops_the_run_with_exit_2_and_writes_no_predictions(tmp_path,
+                                                                                   capsys):
+    # lr = 1e4 does not reach NaN at once: the loss grows to 1e16 and more, accuracy at chance.
+    workdir = tmp_path / "run"
+    config = tiny_digits_config("ls", learning_rate=1e4, label_smoothing=0.1)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_errors.exit_on_user_error(lambda: train.train_and_evaluate(config, str(workdir)))()
+    assert exit_info.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.fullmatch(r"error: training diverged: method ls loss is \S+ at step \d+ \(the bound "
+                        r"is 10000\); lower config.learning_rate or check the data", line), line
+    bad = float(line.split(" loss is ")[1].split()[0])
+    assert not bad <= train_loop.MAX_LOSS
+    assert not saved_runs.is_finished(workdir)
+    assert not (workdir / "predictions").exists()
+
+
+def test_the_run_summary_round_trips_from_predict_output(ce_teacher, tmp_path):
+    # OE fine-tuning of the ce run: the summary names its starting point, and results reads it
+    # back as the run it was fine-tuned from (the report's fine-tuned column, the α = 0 row).
+    finetuned = tmp_path / "oe_tune_seed0"
+    config = tiny_digits_config("oe", num_epochs=1, **{"oe.finetune_from": str(ce_teacher)})
+    train.train_and_evaluate(config, str(finetuned))
+    summary = predictions.RunSummary.from_json(
+        json.loads((finetuned / "predictions" / "manifest.json").read_text())["run"])
+    assert summary == predictions.RunSummary(
+        dataset="digits", model="small_cnn", method="oe", alpha=0.0, teacher="",
+        kd_temperature=None, kd_weight=None, oe_dataset="china_patches", oe_weight=0.5,
+        finetune_from=str(ce_teacher), num_epochs=1, seed=0)
+    ce_summary = predictions.RunSummary.from_json(predictions.read(ce_teacher / "predictions").run)
+    assert (ce_summary.method, ce_summary.teacher, ce_summary.kd_weight, ce_summary.oe_weight,
+            ce_summary.finetune_from) == ("ce", "", None, None, "")
+    runs = results.runs_from_directories([finetuned, ce_teacher])
+    assert [(r.name, r.method, r.init_from, r.teacher) for r in runs] == \
+        [("oe_tune", "oe", ce_teacher.name, ""), ("ce", "ce", "", "")]
