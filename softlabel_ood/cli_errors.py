@@ -16,7 +16,8 @@ USAGE_EXIT_CODE = 2
 # A write that fails for one of these reasons is the environment's fault, not the program's:
 # reported in one line (the files written before are intact, see atomic_files), not as a traceback.
 _ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM,
-                                 errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST})
+                                 errno.ENOENT, errno.EROFS, errno.ENOTDIR, errno.EISDIR,
+                                 errno.EEXIST})
 
 
 class UserError(ValueError):

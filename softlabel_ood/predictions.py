@@ -203,6 +203,16 @@ def _check_split(where: str, role: str, logits, labels, features, num_classes: i
         _check_finite(where, "features", features)
 
 
+def _check_feature_widths(features: Mapping[str, np.ndarray | None], where) -> None:
+    """Feature-based scores compare rows across splits: every split's features have one width."""
+    widths = {name: f.shape[1] for name, f in features.items() if f is not None}
+    if len(set(widths.values())) > 1:
+        first, *others = widths
+        other = next(n for n in others if widths[n] != widths[first])
+        raise PredictionsError(f"{where(other)}: field 'features' has {widths[other]} columns, "
+                               f"but split '{first}' has {widths[first]}")
+
+
 def _check_roles(where: str, roles: Mapping[str, str]) -> None:
     for name, role in roles.items():
         if role not in ROLES:
@@ -320,6 +330,8 @@ def write(directory, splits: Mapping[str, Split], *, num_classes: int,
         if odin is not None:
             arrays[name]["odin"] = odin
     _check_roles("splits", {name: split.role for name, split in splits.items()})
+    _check_feature_widths({name: fields.get("features") for name, fields in arrays.items()},
+                          lambda name: f"split '{name}'")
     manifest = {
         "format": FORMAT,
         "num_classes": num_classes,
@@ -388,6 +400,12 @@ def read_manifest(directory) -> dict:
             raise PredictionsError(f"{path}: field 'splits.{name}.file' is {file!r}, "
                                    f"expected a file name inside the predictions directory")
     _check_roles(str(path), {name: entry["role"] for name, entry in splits.items()})
+    files: dict[str, str] = {}
+    for name, entry in splits.items():
+        if entry["file"] in files:
+            raise PredictionsError(f"{path}: field 'splits.{name}.file' is {entry['file']!r}, "
+                                   f"the file of split '{files[entry['file']]}' too")
+        files[entry["file"]] = name
     run = manifest.get("run", {})
     if not isinstance(run, dict):
         raise PredictionsError(f"{path}: field 'run' must be an object")
@@ -456,6 +474,8 @@ def read(directory, *, features: bool = True) -> Predictions:
         splits[name] = Split(role=entry["role"], logits=arrays["logits"],
                              labels=arrays["labels"], features=arrays.get("features"),
                              odin=arrays.get("odin"))
+    _check_feature_widths({name: split.features for name, split in splits.items()},
+                          lambda name: str(directory / manifest["splits"][name]["file"]))
     return Predictions(num_classes=num_classes, run=manifest.get("run", {}), splits=splits,
                        directory=directory, head=head, odin_pairs=odin_pairs)
 

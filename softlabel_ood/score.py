@@ -38,6 +38,36 @@ def _parse(argv):
     return parser.parse_args(argv)
 
 
+def _check_out(out: str) -> None:
+    """--out is a directory, or can be made one, that this process may write (checked before
+    any scoring, so that a bad --out costs nothing)."""
+    from softlabel_ood.scoring import ScoringError
+
+    path = os.path.abspath(out)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ScoringError(f"--out: {out} is a file, not a directory")
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ScoringError(f"--out: {out} is under {existing}, which is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ScoringError(f"--out: {existing} is not writable")
+
+
+def _check_platform(platform: str | None) -> None:
+    """The JAX platform starts, or the command says why in one line."""
+    import jax
+
+    from softlabel_ood.scoring import ScoringError
+    try:
+        jax.devices()
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ScoringError(f"--platform: {platform or os.environ.get('JAX_PLATFORMS')!r} cannot "
+                           f"start here ({first})") from None
+
+
 def main(argv=None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     # Chosen before jax is imported: the platform is fixed when jax initializes its backends.
@@ -46,26 +76,32 @@ def main(argv=None) -> int:
     else:
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-    from softlabel_ood import predictions, scoring
+    from softlabel_ood import cli_errors, scoring
 
     knn_k = scoring.KNN_K if args.knn_k is None else args.knn_k
     try:
         if knn_k < 1:
             raise scoring.ScoringError(f"--knn_k: must be at least 1, got {knn_k}")
+        _check_out(args.out)
+        _check_platform(args.platform)
         groups = None if args.groups is None else scoring.groups.parse_groups(args.groups)
         report = scoring.score_runs_report(args.run_dirs, knn_k=knn_k, progress=True,
                                            ood_groups=groups)
-    except (predictions.PredictionsError, scoring.ScoringError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for run, reasons in report.skipped.items():
-        for score, reason in reasons.items():
-            print(f"{run}: {score} {reason}", file=sys.stderr)
-    for run, notes in report.notes.items():
-        for score, note in notes.items():
-            print(f"{run}: {score} {note}", file=sys.stderr)
-    scoring.write_metrics(report.rows, args.out, skipped=report.skipped, notes=report.notes,
-                          groups=report.groups)
+        for run, reasons in report.skipped.items():
+            for score, reason in reasons.items():
+                print(f"{run}: {score} {reason}", file=sys.stderr)
+        for run, notes in report.notes.items():
+            for score, note in notes.items():
+                print(f"{run}: {score} {note}", file=sys.stderr)
+        # Each file is written beside its old version and renamed: a full disk keeps the old.
+        scoring.write_metrics(report.rows, args.out, skipped=report.skipped, notes=report.notes,
+                              groups=report.groups)
+    except (cli_errors.UserError, OSError) as e:
+        message = cli_errors.one_line(e)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return cli_errors.USAGE_EXIT_CODE
     print(f"wrote {os.path.join(args.out, 'metrics.csv')} and "
           f"{os.path.join(args.out, 'metrics.md')}", file=sys.stderr)
     return 0

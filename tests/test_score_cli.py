@@ -236,3 +236,105 @@ def test_group_means_from_the_run_config_and_from_the_command_line(tmp_path):
     result = run_score(tmp_path / "run", f"--out={tmp_path / 'c'}", "--groups=near")
     assert result.returncode == 2
     assert "--groups: 'near' is not <group>=<OOD set>" in result.stderr
+
+
+# Refusals, in process: exit code 2, one line on stderr, --out left as it was.
+
+
+def _score_refusal(capsys, *args) -> str:
+    from softlabel_ood import score
+    assert score.main([str(a) for a in args]) == 2
+    err = capsys.readouterr().err
+    # Progress lines may come first (a refusal found while reading); then one error line.
+    assert "Traceback" not in err
+    assert err.count("error:") == 1, err
+    return err.strip().splitlines()[-1]
+
+
+def test_out_that_is_a_file_or_under_a_file_is_refused(runs, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert _score_refusal(capsys, runs["ce"][0], f"--out={tmp_path / 'file'}") == \
+        f"error: --out: {tmp_path / 'file'} is a file, not a directory"
+    assert _score_refusal(capsys, runs["ce"][0], f"--out={tmp_path / 'file' / 'm'}") == \
+        f"error: --out: {tmp_path / 'file' / 'm'} is under {tmp_path / 'file'}, which is a file"
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_an_unwritable_out_is_refused_before_scoring(runs, tmp_path, capsys, monkeypatch):
+    # Tests may run as root, for whom every directory is writable: the check is what is tested.
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    assert _score_refusal(capsys, runs["ce"][0], f"--out={tmp_path / 'm'}") == \
+        f"error: --out: {tmp_path} is not writable"
+
+
+def test_a_full_out_keeps_the_old_metrics(runs, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from softlabel_ood import atomic_files
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "metrics.csv").write_text("old")
+
+    def full(path, write):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(atomic_files, "write_atomically", full)
+    assert _score_refusal(capsys, runs["ce"][0], f"--out={out}") == \
+        f"error: {out / 'metrics.csv'}: No space left on device"
+    assert (out / "metrics.csv").read_text() == "old"
+
+
+def test_an_unknown_platform_is_refused(runs, tmp_path, capsys, monkeypatch):
+    import jax
+    monkeypatch.setattr(jax, "devices", lambda: (_ for _ in ()).throw(
+        RuntimeError("Unable to initialize backend 'foo'")))
+    assert _score_refusal(capsys, runs["ce"][0], f"--out={tmp_path / 'm'}", "--platform=foo") \
+        == "error: --platform: 'foo' cannot start here (Unable to initialize backend 'foo')"
+    assert not (tmp_path / "m").exists()
+
+
+def test_feature_widths_that_differ_between_splits_are_refused(runs, tmp_path, capsys):
+    splits = make_run(tmp_path / "r", 0, features=True)
+    with pytest.raises(predictions.PredictionsError,
+                       match=r"split 'gaussian': field 'features' has 5 columns, but split "
+                             r"'digits_test' has 3"):
+        predictions.write(tmp_path / "w", {**splits, "gaussian": Split(
+            "ood_test", splits["gaussian"].logits, splits["gaussian"].labels,
+            np.zeros((25, 5), np.float32))}, num_classes=K, run={})
+    # Written by another tool: refused when read.
+    np.savez(tmp_path / "r" / "predictions" / "gaussian.npz", logits=splits["gaussian"].logits,
+             labels=splits["gaussian"].labels, features=np.zeros((25, 5), np.float32))
+    assert _score_refusal(capsys, tmp_path / "r", f"--out={tmp_path / 'm'}") == \
+        f"error: {tmp_path / 'r' / 'predictions' / 'gaussian.npz'}: field 'features' has 5 " \
+        f"columns, but split 'digits_test' has 3"
+
+
+def test_one_file_listed_under_two_split_names_is_refused(tmp_path, capsys):
+    import json
+    make_run(tmp_path / "r", 0, features=False)
+    path = tmp_path / "r" / "predictions" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["splits"]["blobs"]["file"] = "gaussian.npz"
+    manifest["splits"]["blobs"]["num_examples"] = 25
+    path.write_text(json.dumps(manifest))
+    assert _score_refusal(capsys, tmp_path / "r", f"--out={tmp_path / 'm'}") == \
+        f"error: {path}: field 'splits.blobs.file' is 'gaussian.npz', the file of split " \
+        f"'gaussian' too"
+
+
+@pytest.mark.parametrize(("rows", "classes", "message"), [
+    (4, range(4), "has 4 rows; the feature scores need every one of the 4 classes and at least "
+                  "5 rows"),
+    (12, [0, 1, 2], "has 12 rows and no example of class 3; the feature scores need"),
+])
+def test_an_id_train_split_too_small_for_the_feature_scores_is_refused(
+        tmp_path, capsys, rows, classes, message):
+    splits = make_run(tmp_path / "r", 0, features=True)
+    labels = np.resize(np.asarray(list(classes), np.int32), rows)
+    splits["digits_train"] = Split("id_train", splits["digits_train"].logits[:rows], labels,
+                                   splits["digits_train"].features[:rows])
+    predictions.write(tmp_path / "r" / "predictions", splits, num_classes=K, run={})
+    line = _score_refusal(capsys, tmp_path / "r", f"--out={tmp_path / 'm'}")
+    assert line.startswith(f"error: {tmp_path / 'r' / 'predictions' / 'digits_train.npz'}: "
+                           f"id_train split {message}"), line
+    assert not (tmp_path / "m").exists()

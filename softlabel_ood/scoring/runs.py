@@ -76,6 +76,16 @@ def _feature_problem(preds: predictions_lib.Predictions, needed: Sequence[str]) 
     for name in [train[0], *needed]:
         if preds.splits[name].features is None:
             return f"split '{name}' has no features"
+    # Class means and a shared covariance need every class and more rows than classes; a
+    # smaller split would give scores that mean nothing, so the run is refused, not skipped.
+    labels = preds.splits[train[0]].labels
+    missing = sorted(set(range(preds.num_classes)) - set(np.unique(labels).tolist()))
+    if len(labels) < preds.num_classes + 1 or missing:
+        raise ScoringError(
+            f"{preds.directory / (train[0] + '.npz')}: id_train split has {len(labels)} rows"
+            + (f" and no example of class {missing[0]}" if missing else "")
+            + f"; the feature scores need every one of the {preds.num_classes} classes and at "
+            f"least {preds.num_classes + 1} rows")
     return None
 
 
