@@ -83,8 +83,24 @@ def _fsync_directory(directory: pathlib.Path) -> None:
             os.close(fd)
 
 
+def _is_remote(path: os.PathLike | str) -> bool:
+    return "://" in os.fspath(path)
+
+
 def write_atomically(path: os.PathLike | str, write: Callable[[BinaryIO], object]) -> None:
-    """Calls `write` on a temporary file beside `path`, fsyncs it, then renames it to `path`."""
+    """Calls `write` on a temporary file beside `path`, fsyncs it, then renames it to `path`.
+
+    A bucket path (gs://...) is uploaded whole instead: an object store replaces an object
+    atomically, and has no rename.
+    """
+    if _is_remote(path):
+        import io
+
+        from etils import epath  # only for bucket paths, so that local use needs no etils
+        buffer = io.BytesIO()
+        write(buffer)
+        epath.Path(path).write_bytes(buffer.getvalue())
+        return
     path = _path(path)
     remove_stale_temporaries(path)
     tmp = _temporary(path)

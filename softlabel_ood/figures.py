@@ -12,7 +12,6 @@ the `core` extra alone (a notebook in Colab).
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Sequence
 
@@ -21,7 +20,7 @@ from etils import epath
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from softlabel_ood import predictions, results, scoring
+from softlabel_ood import atomic_files, predictions, results, scoring
 from softlabel_ood.results import MetricTable, RunInfo
 
 
@@ -205,6 +204,4 @@ def roc_curves(groups: Sequence[tuple[str, Sequence[tuple[str, predictions.Predi
 
 def save(fig: Figure, path: epath.PathLike, *, dpi: int = 120) -> None:
     """Writes `fig` as PNG (local path or bucket)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    epath.Path(path).write_bytes(buffer.getvalue())
+    atomic_files.write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=dpi))

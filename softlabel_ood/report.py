@@ -17,7 +17,16 @@ from collections.abc import Sequence
 
 from etils import epath
 
-from softlabel_ood import __version__, claims, environment, figures, predictions, results, scoring
+from softlabel_ood import (
+    __version__,
+    atomic_files,
+    claims,
+    environment,
+    figures,
+    predictions,
+    results,
+    scoring,
+)
 from softlabel_ood.results import MetricTable, RunInfo
 
 OOD_METRICS = ("auroc", "fpr95", "aupr_out")
@@ -479,4 +488,4 @@ def write_report(rows: Sequence[scoring.MetricRow], out_dir: epath.PathLike, *,
     text = render(table, runs, title=title, scores=scores, rules=rules, figure_files=figure_files,
                   groups=groups)
     text += "\n" + environment.markdown(env)
-    (out_dir / "report.md").write_text(text)
+    atomic_files.write_text_atomically(out_dir / "report.md", text)

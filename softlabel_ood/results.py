@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 from etils import epath
 
-from softlabel_ood import predictions, scoring
+from softlabel_ood import atomic_files, predictions, scoring
 
 RUNS_FILE = "runs.json"
 METRIC_LABELS = {"auroc": "AUROC", "fpr95": "FPR95", "aupr_out": "AUPR-out", "aupr_in": "AUPR-in",
@@ -182,7 +182,7 @@ def write_runs_json(runs: Sequence[RunInfo], path: epath.PathLike, *,
                     environment: dict[str, str] | None = None) -> None:
     """`{"environment": {...}, "runs": [...]}`; `environment.describe()` says what it holds."""
     data = {"environment": environment or {}, "runs": [dataclasses.asdict(r) for r in runs]}
-    epath.Path(path).write_text(json.dumps(data, indent=1) + "\n")
+    atomic_files.write_text_atomically(path, json.dumps(data, indent=1) + "\n")
 
 
 def read_runs_json(path: epath.PathLike) -> list[RunInfo]:
