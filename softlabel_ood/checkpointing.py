@@ -4,7 +4,9 @@ run's model (a KD teacher, or the run that OE fine-tuning starts from)."""
 from __future__ import annotations
 
 import hashlib
+import logging as std_logging
 import os
+import sys
 
 import jax
 import orbax.checkpoint as ocp
@@ -25,6 +27,31 @@ def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     line = text.splitlines()[0] if text else ""
     return f"{type(error).__name__}: {line[:160]}{'...' if len(line) > 160 else ''}"
+
+
+def _quiet_after_failed_read() -> None:
+    """Silences the echoes of a failed restore, once its failure has been handled.
+
+    When one array of a checkpoint cannot be read, orbax's restore raises and closes its asyncio
+    loop while tensorstore still completes the other reads; their callbacks then meet the closed
+    loop and are reported as unraisable `RuntimeError('Event loop is closed')` tracebacks and
+    "Future exception was never retrieved" log lines, possibly at exit, after the command's one
+    line. Only those two messages are dropped; every other report goes through as before.
+    """
+    if getattr(sys.unraisablehook, "_softlabel_ood_quiet", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, RuntimeError) and \
+                str(unraisable.exc_value) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._softlabel_ood_quiet = True
+    sys.unraisablehook = hook
+    std_logging.getLogger("asyncio").addFilter(
+        lambda record: "exception was never retrieved" not in record.getMessage())
 
 
 def has_checkpoint(directory: epath.PathLike) -> bool:
@@ -113,6 +140,7 @@ class Checkpoints:
             try:
                 tree = self._manager.restore(s, args=ocp.args.StandardRestore(target))
             except Exception as e:  # orbax and tensorstore raise many types for a bad file
+                _quiet_after_failed_read()
                 failures.append((s, e))
                 continue
             if failures:
@@ -123,8 +151,9 @@ class Checkpoints:
                                 _first_line(failures[0][1]), s)
             return like.replace(**tree)
         latest, error = failures[0]
-        # A fresh reader: this manager has bound the item to the full-state handler by now.
-        reader = Checkpoints(self.directory, read_only=True)
+        # A fresh manager: this one has bound the item to the full-state handler by now. (Not a
+        # read-only one, which orbax announces with a warning line.)
+        reader = Checkpoints(self.directory)
         try:
             reader.restore_variables({"params": like.params, "batch_stats": like.batch_stats},
                                      latest)

@@ -71,6 +71,7 @@ BAD_CONFIGS = [
     ("ce", {"num_ood_examples": 0}, "config.num_ood_examples: 0 is not allowed"),
     ("ce", {"weight_decay": -1e-4}, "config.weight_decay: -0.0001 is not allowed"),
     ("ce", {"steps_per_call": -1}, "config.steps_per_call: -1 is not allowed"),
+    ("ce", {"dataset": "no_such_set"}, "config.dataset: unknown dataset 'no_such_set'; known: "),
     ("ce", {"ood_datasets": ("flower_patches", "svhm")},
      "config.ood_datasets: unknown dataset 'svhm'; known: cifar10"),
     ("ce", {"ood_datasets": ("digits", "gaussian")},
