@@ -13,6 +13,7 @@ from softlabel_ood import (
     cli_errors,
     command_line,
     config_validation,
+    configs,
     methods,
     optimizer,
     saved_runs,
@@ -185,12 +186,14 @@ def parse(capsys):
     """Parses a train command line with a fresh flag namespace; returns the config or the
     one-line refusal."""
     def run(*args):
+        # As the commands do: configs/<file>.py names the packaged file.
+        argv = configs.resolve_argv(["train", *args])
         values = flags.FlagValues()
         # Overrides are defined from the command line when the flag is (absl's sys_argv).
         config_flags.DEFINE_config_file("config", None, "", flag_values=values,
-                                        sys_argv=["train", *args])
+                                        sys_argv=argv)
         try:
-            command_line.parse_flags(["train", *args], values)
+            command_line.parse_flags(argv, values)
         except SystemExit as e:
             code = e.code
         else:
@@ -203,7 +206,7 @@ def parse(capsys):
 
 
 def test_a_misspelt_override_is_refused_with_a_suggestion(parse):
-    assert parse(f"--config={REPO}/configs/digits.py", "--config.num_epoch=1") == \
+    assert parse("--config=configs/digits.py", "--config.num_epoch=1") == \
         "error: --config.num_epoch: not a config field; did you mean num_epochs? (--help lists " \
         "the fields)"
 
@@ -211,26 +214,26 @@ def test_a_misspelt_override_is_refused_with_a_suggestion(parse):
 def test_a_missing_config_file_or_an_unknown_argument_is_refused(parse):
     assert parse("--config=configs/nope.py") == \
         "error: --config: configs/nope.py: no such config file"
-    assert parse(f"--config={REPO}/configs/digits.py:foo") == \
+    assert parse("--config=configs/digits.py:foo") == \
         "error: config argument: unknown method 'foo'; expected one of ce, ls, oe, kd, " \
         "kd_incorrect, oe_finetune"
 
 
 def test_a_value_of_the_wrong_type_is_refused(parse):
-    line = parse(f"--config={REPO}/configs/digits.py", "--config.num_epochs=abc")
+    line = parse("--config=configs/digits.py", "--config.num_epochs=abc")
     assert line.startswith("error: --config.num_epochs=abc: invalid literal for int()"), line
 
 
 def test_any_dataset_path_can_be_given_on_the_command_line(parse):
-    config = parse(f"--config={REPO}/configs/digits.py", "--config.dataset_paths.svhn=/data/svhn")
+    config = parse("--config=configs/digits.py", "--config.dataset_paths.svhn=/data/svhn")
     assert config.dataset_paths.svhn == "/data/svhn"
     config_validation.check(config)
 
 
 @pytest.mark.parametrize("family", ["digits", "fashion_mnist", "cifar10", "cifar100"])
 def test_oe_finetune_is_honoured_by_every_family(parse, family):
-    config = parse(f"--config={REPO}/configs/{family}.py:oe_finetune")
-    plain = parse(f"--config={REPO}/configs/{family}.py:oe")
+    config = parse(f"--config=configs/{family}.py:oe_finetune")
+    plain = parse(f"--config=configs/{family}.py:oe")
     assert config.method == "oe"
     # The OE reference's proportions: a tenth of the epochs (rounded) at a hundredth of the rate.
     assert config.num_epochs == max(1, round(plain.num_epochs / 10 + 1e-9))
@@ -239,7 +242,7 @@ def test_oe_finetune_is_honoured_by_every_family(parse, family):
     with pytest.raises(config_validation.ConfigError,
                        match=r"config.oe.finetune_from: not set; the oe_finetune recipe"):
         config_validation.check(config)
-    config = parse(f"--config={REPO}/configs/{family}.py:oe_finetune",
+    config = parse(f"--config=configs/{family}.py:oe_finetune",
                    "--config.oe.finetune_from=/runs/ce")
     assert config.oe.finetune_from == "/runs/ce"
     config_validation.check(config)
@@ -260,7 +263,7 @@ def test_methods_name_their_teacher_and_outliers():
 def test_loading_a_config_file_imports_no_jax():
     import subprocess
     import sys
-    code = ("import sys; sys.path.insert(0, '.'); from configs import cifar10, digits; "
+    code = ("import sys; from softlabel_ood.configs import cifar10, digits; "
             "digits.get_config('kd'); cifar10.get_config('oe_finetune'); "
             "print(sorted(m for m in ('jax', 'flax', 'optax') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
