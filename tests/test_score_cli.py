@@ -241,6 +241,13 @@ def test_group_means_from_the_run_config_and_from_the_command_line(tmp_path):
 # Refusals, in process: exit code 2, one line on stderr, --out left as it was.
 
 
+@pytest.fixture(autouse=True)
+def _restore_jax_platforms(monkeypatch):
+    # score.main sets JAX_PLATFORMS for its process; in process it must not outlive the test
+    # (subprocesses of later tests inherit the environment).
+    monkeypatch.setenv("JAX_PLATFORMS", os.environ.get("JAX_PLATFORMS", "cpu"))
+
+
 def _score_refusal(capsys, *args) -> str:
     from softlabel_ood import score
     assert score.main([str(a) for a in args]) == 2
