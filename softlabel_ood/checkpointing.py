@@ -135,12 +135,13 @@ class Checkpoints:
         steps = sorted(self._manager.all_steps(), reverse=True)
         if not steps:
             raise DamagedCheckpointError(f"{self.directory}: no checkpoint to restore")
+        # Before the first read: the echoes of a failing read may come while it is still failing.
+        _quiet_after_failed_read()
         failures = []
         for s in steps:
             try:
                 tree = self._manager.restore(s, args=ocp.args.StandardRestore(target))
             except Exception as e:  # orbax and tensorstore raise many types for a bad file
-                _quiet_after_failed_read()
                 failures.append((s, e))
                 continue
             if failures:
