@@ -72,6 +72,9 @@ BAD_CONFIGS = [
     ("ce", {"num_ood_examples": 0}, "config.num_ood_examples: 0 is not allowed"),
     ("ce", {"weight_decay": -1e-4}, "config.weight_decay: -0.0001 is not allowed"),
     ("ce", {"steps_per_call": -1}, "config.steps_per_call: -1 is not allowed"),
+    ("ce", {"odin_pairs": ((1000.0, -0.1),)},
+     "config.odin_pairs: ((1000.0, -0.1),) is not allowed; expected distinct (temperature > 0, "
+     "epsilon >= 0) pairs"),
     ("ce", {"dataset": "no_such_set"}, "config.dataset: unknown dataset 'no_such_set'; known: "),
     ("ce", {"ood_datasets": ("flower_patches", "svhm")},
      "config.ood_datasets: unknown dataset 'svhm'; known: cifar10"),
