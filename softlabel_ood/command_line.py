@@ -64,6 +64,11 @@ def field_lines(config, names: Iterable[str] | None = None) -> list[str]:
             lines.append(f"  --config.dataset_paths.<name>=<path>  (set: {value or 'none'}); "
                          f"{rule.allowed}")
             continue
+        if name == "ood_groups":
+            value = {k: tuple(v) for k, v in value.items()} if value else {}
+            lines.append(f"  --config.ood_groups.<group>=<names>  (set: {value or 'none'}); "
+                         f"{rule.allowed}")
+            continue
         lines.append(f"  --config.{name}={value!r}  {rule.allowed}")
     return lines
 

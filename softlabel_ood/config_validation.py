@@ -214,8 +214,9 @@ def check_evaluation(config: ml_collections.ConfigDict, *, num_devices: int = 1)
     _check_dataset_names(config)
     values = flat_fields(config)
     for name in sorted(EVALUATION_FIELDS):
-        if not FIELDS[name].ok(values.get(name)):
-            raise _refuse(name, values.get(name), FIELDS[name].allowed)
+        # Runs of earlier versions may lack a later field (odin_pairs): predict uses its default.
+        if name in values and not FIELDS[name].ok(values[name]):
+            raise _refuse(name, values[name], FIELDS[name].allowed)
     if config.dataset in config.ood_datasets:
         raise _refuse("ood_datasets", config.ood_datasets,
                       f"OOD sets other than the ID dataset {config.dataset!r}")

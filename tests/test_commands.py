@@ -67,7 +67,7 @@ def test_predict_adds_ood_sets_by_default_and_replaces_them_on_request(finished_
     assert _ood_names(finished_run) == ["blobs"]
     # The replaced sets' files went with the old directory; nothing is left beside it.
     assert sorted(p.name for p in (finished_run / "predictions").iterdir()) == \
-        ["blobs.npz", "digits_test.npz", "digits_train.npz", "manifest.json"]
+        ["blobs.npz", "digits_test.npz", "digits_train.npz", "head.npz", "manifest.json"]
     assert not [p for p in finished_run.iterdir() if p.name.startswith(".predictions")]
 
 
@@ -78,7 +78,8 @@ def test_predict_refuses_to_change_what_defines_the_trained_run(finished_run):
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         "error: config.label_smoothing: defines the trained run and cannot change in predict "
-        "(only data_dir, dataset_paths, eval_batch_size, num_ood_examples, ood_datasets can); "
+        "(only data_dir, dataset_paths, eval_batch_size, num_ood_examples, odin_pairs, "
+        "ood_datasets, ood_groups can); "
         "train a new run for another value"]
     assert (finished_run / "predictions" / "manifest.json").read_bytes() == manifest
 

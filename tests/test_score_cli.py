@@ -300,8 +300,16 @@ def test_an_unknown_platform_is_refused(runs, tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "m").exists()
 
 
+def _without_head_or_odin(run_dir: pathlib.Path) -> dict[str, Split]:
+    """A run with features but neither head nor ODIN arrays (as format v1 has)."""
+    splits = {name: dataclasses.replace(split, odin=None)
+              for name, split in make_run(run_dir, 0, features=True).items()}
+    predictions.write(run_dir / "predictions", splits, num_classes=K, run={})
+    return splits
+
+
 def test_feature_widths_that_differ_between_splits_are_refused(runs, tmp_path, capsys):
-    splits = make_run(tmp_path / "r", 0, features=True)
+    splits = _without_head_or_odin(tmp_path / "r")
     with pytest.raises(predictions.PredictionsError,
                        match=r"split 'gaussian': field 'features' has 5 columns, but split "
                              r"'digits_test' has 3"):
@@ -336,7 +344,7 @@ def test_one_file_listed_under_two_split_names_is_refused(tmp_path, capsys):
 ])
 def test_an_id_train_split_too_small_for_the_feature_scores_is_refused(
         tmp_path, capsys, rows, classes, message):
-    splits = make_run(tmp_path / "r", 0, features=True)
+    splits = _without_head_or_odin(tmp_path / "r")
     labels = np.resize(np.asarray(list(classes), np.int32), rows)
     splits["digits_train"] = Split("id_train", splits["digits_train"].logits[:rows], labels,
                                    splits["digits_train"].features[:rows])
