@@ -1,0 +1,235 @@
+"""The loss the compiled train step reports is each method's formula (DESIGN.md §7).
+
+The references are numpy transcriptions of the definitions, in float64, applied to the logits of
+the same model and parameters on the same normalised batch. Every hyperparameter has a distinct
+value, so a step that read the wrong field (α of ls for the kd weight, say) would not match.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from softlabel_ood import augment, models
+from softlabel_ood import train_step as ts
+
+NUM_CLASSES = 5
+IMAGE_SHAPE = (8, 8, 1)
+MEAN, STD = (0.4,), (0.3,)
+# Distinct values, none of them neutral: a field read in another's place changes the loss.
+HYPERPARAMS = {"label_smoothing": 0.3, "kd_temperature": 2.5, "kd_weight": 0.7,
+               "oe_weight": 1.6}
+NUM_OUTLIERS = 6
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    return ts.data_mesh(jax.devices()[:1])
+
+
+def tiny_model():
+    return models.SmallCNN(num_classes=NUM_CLASSES, channels=(4, 8), dropout_rate=0.0)
+
+
+def fixed_batch(mesh, outliers=0):
+    rng = np.random.default_rng(3)
+    batch = {"image": rng.integers(0, 256, (12, *IMAGE_SHAPE)).astype(np.uint8),
+             "label": rng.integers(0, NUM_CLASSES, 12).astype(np.int32)}
+    if outliers:
+        batch["outlier_image"] = rng.integers(0, 256, (outliers, *IMAGE_SHAPE)).astype(np.uint8)
+    return jax.device_put(batch, NamedSharding(mesh, P(ts.DATA_AXIS)))
+
+
+def teacher_and_variables(model=None):
+    """A teacher with its own weights and running statistics, so its logits are not the
+    student's and not those of a fresh BatchNorm."""
+    teacher = model or tiny_model()
+    variables = teacher.init(jax.random.key(11), jnp.zeros((1, *IMAGE_SHAPE)), train=False)
+    variables = jax.tree.map(lambda v: v + 0.05 * jnp.sin(jnp.arange(v.size).reshape(v.shape)),
+                             variables)
+    # Logits of a few units, so that the temperature matters.
+    variables["params"] = jax.tree.map(lambda p: p * 8 if p.ndim == 2 else p,
+                                       variables["params"])
+    return teacher, variables
+
+
+# ---- the formulas, in numpy
+
+
+def log_softmax(z):
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def softmax(z):
+    return np.exp(log_softmax(z))
+
+
+def one_hot(labels):
+    return np.eye(NUM_CLASSES)[labels]
+
+
+def cross_entropy(logits, targets):
+    return -(targets * log_softmax(logits)).sum(axis=-1)
+
+
+def reference_loss(method, logits, labels, *, label_smoothing, kd_temperature, kd_weight,
+                   oe_weight, teacher_logits=None, outlier_logits=None):
+    """The batch-mean loss of DESIGN.md §7, written out from the definitions."""
+    k, hard = NUM_CLASSES, one_hot(labels)
+    if method == "ce":
+        return cross_entropy(logits, hard).mean()
+    if method == "ls":
+        return cross_entropy(logits, (1 - label_smoothing) * hard + label_smoothing / k).mean()
+    if method == "oe":
+        # CE to the uniform distribution, averaged over the outlier batch.
+        to_uniform = -log_softmax(outlier_logits).mean(axis=-1)
+        return cross_entropy(logits, hard).mean() + oe_weight * to_uniform.mean()
+    t = kd_temperature
+    if method == "kd":
+        p_teacher = softmax(teacher_logits / t)
+        kl = (p_teacher * (log_softmax(teacher_logits / t) - log_softmax(logits / t))).sum(-1)
+        return ((1 - kd_weight) * cross_entropy(logits, hard) + kd_weight * t**2 * kl).mean()
+    assert method == "kd_incorrect"
+    # The teacher's softmax at temperature T restricted to the incorrect classes, renormalised.
+    incorrect = np.exp(teacher_logits / t) * (1 - hard)
+    incorrect /= incorrect.sum(axis=-1, keepdims=True)
+    targets = (1 - label_smoothing) * hard + label_smoothing * incorrect
+    return cross_entropy(logits, targets).mean()
+
+
+def test_the_reference_formulas_on_a_hand_worked_case():
+    # Two classes would hide the incorrect-class renormalisation; K = 5, logits all zero.
+    zeros = np.zeros((1, NUM_CLASSES))
+    labels = np.array([2])
+    hp = dict(HYPERPARAMS)
+    assert np.isclose(reference_loss("ce", zeros, labels, **hp), np.log(5))
+    assert np.isclose(reference_loss("ls", zeros, labels, **hp), np.log(5))
+    # Uniform outliers cost exactly log K.
+    assert np.isclose(reference_loss("oe", zeros, labels, outlier_logits=zeros, **hp),
+                      np.log(5) * (1 + 1.6))
+    # A teacher equal to the student: KL = 0, only the hard term is left.
+    assert np.isclose(reference_loss("kd", zeros, labels, teacher_logits=zeros, **hp),
+                      0.3 * np.log(5))
+    # Student logit 1 on class 0: its CE against any target is known in closed form.
+    student = np.array([[1.0, 0, 0, 0, 0]])
+    log_z = np.log(np.e + 4)
+    teacher = np.array([[np.log(3) * 2.5, 0, 9.0, 0, 0]])  # softmax(t/T) ∝ (3, 1, ., 1, 1)
+    # Incorrect classes 0, 1, 3, 4 get 0.3 · (3, 1, 1, 1) / 6; the true class 0.7.
+    expected = (0.3 * 3 / 6) * (log_z - 1) + (0.7 + 0.3 * 3 / 6) * log_z
+    assert np.isclose(reference_loss("kd_incorrect", student, labels, teacher_logits=teacher,
+                                     **hp), expected)
+
+
+# ---- the compiled step against them
+
+
+def step_inputs(mesh, method):
+    """(step, state, hyperparams, batch, teacher, teacher_variables) for one step of `method`,
+    augmentation off so that the forward pass can be recomputed exactly."""
+    config = ts.StepConfig(method=method, num_classes=NUM_CLASSES, mean=MEAN, std=STD,
+                           augment=False)
+    teacher, teacher_variables = (teacher_and_variables() if method in ts.TEACHER_METHODS
+                                  else (None, None))
+    step = ts.make_train_step(tiny_model(), config, mesh, teacher_model=teacher)
+    state = ts.create_train_state(tiny_model(), config, image_shape=IMAGE_SHAPE, seed=5,
+                                  mesh=mesh)
+    # A confident student (logits of a few units, not a fresh head's tenths), so that the
+    # loss moves with every hyperparameter.
+    state = state.replace(params=jax.tree.map(
+        lambda p: p * 8 if p.ndim == 2 else p, state.params))
+    hp = ts.Hyperparams.create(seed=5, learning_rate=0.1, total_steps=100, **HYPERPARAMS)
+    batch = fixed_batch(mesh, outliers=NUM_OUTLIERS if method == "oe" else 0)
+    return step, state, hp, batch, teacher, teacher_variables
+
+
+def forward(variables, images):
+    """The student's training-mode logits (BatchNorm on the batch's statistics), float64."""
+    x = augment.normalize(images, MEAN, STD)
+    logits, _ = tiny_model().apply(variables, x, train=True, mutable=["batch_stats"])
+    return np.asarray(logits, np.float64)
+
+
+@pytest.mark.parametrize("method", ["ce", "ls", "oe", "kd", "kd_incorrect"])
+def test_step_loss_equals_its_formula(mesh, method):
+    step, state, hp, batch, teacher, teacher_variables = step_inputs(mesh, method)
+    labels = np.asarray(batch["label"])
+    images = np.asarray(batch["image"])
+    if method == "oe":
+        # ID and outlier images pass through the model together (one BatchNorm batch).
+        images = np.concatenate([images, np.asarray(batch["outlier_image"])])
+    logits = forward(jax.tree.map(np.asarray, state.variables), images)
+    inputs = {"logits": logits[:len(labels)], "labels": labels,
+              "outlier_logits": logits[len(labels):]}
+    if teacher is not None:
+        x = augment.normalize(images, MEAN, STD)
+        inputs["teacher_logits"] = np.asarray(teacher.apply(teacher_variables, x, train=False),
+                                              np.float64)
+
+    _, metrics = step(state, hp, batch, teacher_variables)
+    reported = float(metrics["loss"])
+
+    expected = reference_loss(method, **inputs, **HYPERPARAMS)
+    np.testing.assert_allclose(reported, expected, rtol=1e-5)
+    # The test can tell the fields apart: each of the method's fields, given another field's
+    # value, moves the formula far beyond the tolerance.
+    for field in HYPERPARAMS:
+        for other, other_value in HYPERPARAMS.items():
+            if other == field:
+                continue
+            swapped = reference_loss(method, **inputs, **{**HYPERPARAMS, field: other_value})
+            if swapped != expected:
+                assert abs(swapped - reported) > 1e-3 * abs(expected), (field, other)
+
+
+# ---- the teacher's input
+
+
+class Recording(nn.Module):
+    """`inner`, calling `record(name_, input)` on every input it is applied to."""
+
+    inner: nn.Module
+    name_: str
+    record: object  # a function: hashable, as the memoised step builders need
+
+    @nn.compact
+    def __call__(self, x, train: bool, **kwargs):
+        jax.debug.callback(lambda v: self.record(self.name_, np.asarray(v)), x)
+        return self.inner(x, train=train, **kwargs)
+
+
+@pytest.mark.parametrize("method", ["kd", "kd_incorrect"])
+def test_the_teacher_sees_the_students_augmented_batch(mesh, method):
+    seen = []
+
+    def record(name, x):
+        seen.append((name, x))
+
+    student = Recording(tiny_model(), "student", record)
+    teacher = Recording(tiny_model(), "teacher", record)
+    config = ts.StepConfig(method=method, num_classes=NUM_CLASSES, mean=MEAN, std=STD,
+                           augment=True)
+    state = ts.create_train_state(student, config, image_shape=IMAGE_SHAPE, seed=5, mesh=mesh)
+    seen.clear()  # the initialisation's input
+    teacher_variables = teacher.init(jax.random.key(11), jnp.zeros((1, *IMAGE_SHAPE)),
+                                     train=False)
+    seen.clear()
+    hp = ts.Hyperparams.create(seed=5, learning_rate=0.1, total_steps=100, **HYPERPARAMS)
+    batch = fixed_batch(mesh)
+    step = ts.make_train_step(student, config, mesh, teacher_model=teacher)
+    step(state, hp, batch, teacher_variables)
+    jax.effects_barrier()
+
+    students = [x for name, x in seen if name == "student"]
+    teachers = [x for name, x in seen if name == "teacher"]
+    assert students
+    assert len(teachers) == 1
+    for x in students:
+        np.testing.assert_array_equal(teachers[0], x)
+    # And that batch is the augmented one: the crops and flips moved pixels.
+    unaugmented = np.asarray(augment.normalize(np.asarray(batch["image"]), MEAN, STD))
+    assert teachers[0].shape == unaugmented.shape
+    assert not np.array_equal(teachers[0], unaugmented)
