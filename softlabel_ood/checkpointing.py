@@ -17,6 +17,8 @@ from softlabel_ood import train_step
 from softlabel_ood.cli_errors import UserError
 
 MAX_TO_KEEP = 3
+# The name orbax's CheckpointManager gives the single item of each step's directory.
+_ITEM = "default"
 
 
 class DamagedCheckpointError(UserError):
@@ -185,6 +187,14 @@ class Checkpoints:
         return self._manager.restore(self._step(step), args=ocp.args.PyTreeRestore(
             item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
             partial_restore=True))
+
+    def stored_shapes(self, step: int | None = None) -> dict:
+        """The shape of every array of a checkpoint, read from its metadata: no array is read.
+
+        What a checkpoint holds, whatever the config beside it says (a teacher's output size)."""
+        path = self.directory / str(self._step(step)) / _ITEM
+        tree = ocp.PyTreeCheckpointHandler().metadata(path).tree
+        return jax.tree.map(lambda leaf: tuple(leaf.shape), tree)
 
     def _step(self, step: int | None) -> int:
         step = self._manager.latest_step() if step is None else step

@@ -227,8 +227,14 @@ def classifier_head(params) -> tuple[jnp.ndarray, jnp.ndarray]:
     Every model here has exactly one dense layer, the classifier, created inside the top-level
     module (so flax names it `Dense_0` at the top of `params`).
     """
+    layer = classifier_layer(params)
+    return jnp.asarray(layer["kernel"], jnp.float32), jnp.asarray(layer["bias"], jnp.float32)
+
+
+def classifier_layer(params) -> dict:
+    """The final dense layer's {"kernel", "bias"} as `params` holds them (arrays, or the shapes
+    of a stored checkpoint)."""
     dense = [name for name in params if name.startswith("Dense_")]
     if len(dense) != 1:
         raise ValueError(f"expected one top-level dense layer in params, found {dense}")
-    layer = params[dense[0]]
-    return jnp.asarray(layer["kernel"], jnp.float32), jnp.asarray(layer["bias"], jnp.float32)
+    return params[dense[0]]

@@ -13,7 +13,7 @@ import json
 import ml_collections
 from etils import epath
 
-from softlabel_ood import atomic_files, checkpointing, datasets, run_model
+from softlabel_ood import atomic_files, checkpointing, datasets, models, run_model
 from softlabel_ood.cli_errors import UserError
 
 CONFIG_FILE = "config.json"
@@ -85,9 +85,27 @@ def load_finished_model(workdir: str, mesh, *, role: str, dataset: str):
     if config.dataset != dataset:
         raise RunError(f"{role}: {workdir} was trained on {config.dataset!r}, this run uses "
                        f"{dataset!r}")
+    # The checkpoint, not its config, says how many outputs the model has; it must be one per
+    # class of this run's dataset (a checkpoint written under another class count would
+    # otherwise fail deep inside the restore).
+    num_classes = datasets.info(dataset).num_classes
+    outputs = stored_num_outputs(workdir)
+    if outputs != num_classes:
+        raise RunError(f"{role}: {workdir} holds a model with {outputs} outputs, this run's "
+                       f"dataset {dataset!r} has {num_classes} classes")
     model = run_model.create_model(config)
     variables = restore_variables(config, model, workdir, mesh)
     return model, variables, config
+
+
+def stored_num_outputs(workdir: epath.PathLike) -> int:
+    """The number of outputs (classes) of the model in a run's latest checkpoint."""
+    ckpts = checkpointing.Checkpoints(epath.Path(workdir) / "checkpoints", read_only=True)
+    try:
+        shapes = ckpts.stored_shapes()
+    finally:
+        ckpts.close()
+    return models.classifier_layer(shapes["params"])["bias"][-1]
 
 
 def restore_variables(config: ml_collections.ConfigDict, model, workdir: epath.PathLike,

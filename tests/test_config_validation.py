@@ -167,19 +167,6 @@ def test_a_refused_start_does_not_bind_the_workdir(tmp_path):
     assert saved_runs.is_finished(workdir)
 
 
-def test_a_teacher_that_does_not_exist_or_has_not_finished_is_refused(tmp_path, capsys):
-    config = tiny_digits_config("kd", **{"kd.teacher_workdir": str(tmp_path / "none")})
-    line = _refusal(capsys, lambda: train.train_and_evaluate(config, str(tmp_path / "run")))
-    assert line == f"error: config.kd.teacher_workdir: {tmp_path / 'none'} does not exist"
-    unfinished = tmp_path / "unfinished"
-    unfinished.mkdir()
-    saved_runs.write_config(unfinished, tiny_digits_config("ce"))
-    config.kd.teacher_workdir = str(unfinished)
-    line = _refusal(capsys, lambda: train.train_and_evaluate(config, str(tmp_path / "run")))
-    assert line.endswith("has not finished training (no DONE file)")
-    assert not (tmp_path / "run").exists()
-
-
 # ---------------------------------------------------------------------------------------------
 # Config files and the command line, parsed in process.
 

@@ -124,31 +124,6 @@ def test_a_missing_ood_set_stops_the_run_before_training(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_missing_or_unfinished_teacher_is_rejected(ce_teacher, tmp_path):
-    missing = tiny_digits_config("kd", **{"kd.teacher_workdir": str(tmp_path / "nowhere")})
-    with pytest.raises(saved_runs.RunError, match=r"teacher_workdir: .* does not exist"):
-        train.train_and_evaluate(missing, str(tmp_path / "student"))
-    unfinished = tmp_path / "unfinished"
-    unfinished.mkdir()
-    saved_runs.write_config(unfinished, tiny_digits_config("ce"))
-    config = tiny_digits_config("kd", **{"kd.teacher_workdir": str(unfinished)})
-    with pytest.raises(saved_runs.RunError, match="has not finished training"):
-        train.train_and_evaluate(config, str(tmp_path / "student2"))
-    none = tiny_digits_config("kd")
-    with pytest.raises(config_validation.ConfigError, match=r"config\.kd\.teacher_workdir"):
-        train.train_and_evaluate(none, str(tmp_path / "student3"))
-
-
-def test_teacher_of_another_dataset_is_rejected(ce_teacher, tmp_path):
-    other = tmp_path / "fm_teacher"
-    other.mkdir()
-    saved_runs.write_config(other, tiny_digits_config("ce", dataset="fashion_mnist"))
-    saved_runs.mark_finished(other)
-    config = tiny_digits_config("kd", **{"kd.teacher_workdir": str(other)})
-    with pytest.raises(saved_runs.RunError, match="trained on 'fashion_mnist', this run uses"):
-        train.train_and_evaluate(config, str(tmp_path / "student"))
-
-
 def test_resuming_with_another_training_config_is_rejected(ce_teacher):
     config = tiny_digits_config("ce", learning_rate=0.5)
     with pytest.raises(config_validation.ConfigError, match="other values of learning_rate"):
