@@ -7,7 +7,7 @@ import importlib
 import numpy as np
 import pytest
 
-from softlabel_ood import config_validation, grid, methods, predictions, train
+from softlabel_ood import config_validation, methods, predictions, train
 from tests import idx_files
 
 FAMILIES = ("digits", "fashion_mnist", "cifar10", "cifar100")
@@ -65,11 +65,6 @@ def test_cifar_protocol_is_the_oe_reference():
 def test_unknown_method_argument_is_rejected():
     with pytest.raises(ValueError, match="unknown method 'mixup'"):
         _family("digits").get_config("mixup")
-
-
-def test_paper_grid_rejects_an_ls_teacher_outside_the_sweep():
-    with pytest.raises(ValueError, match=r"kd_ls_alpha=0\.7 is not one of"):
-        grid.paper_grid(ls_alphas=(0.1,), kd_ls_alpha=0.7, incorrect_alpha=0.1, seeds=(0,))
 
 
 def test_fashion_mnist_config_trains_from_idx_files(tmp_path):

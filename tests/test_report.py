@@ -93,22 +93,6 @@ def test_unknown_run_in_metrics_is_an_error(tmp_path):
         report.write_report(rows, tmp_path, runs=runs)
 
 
-def test_means_use_the_ood_sets_common_to_all_runs():
-    rows = [MetricRow("a", "msp", "x", "auroc", 0.9), MetricRow("a", "msp", "y", "auroc", 0.7),
-            MetricRow("b", "msp", "x", "auroc", 0.6)]
-    table = results.MetricTable(rows)
-    assert table.ood_sets == ["x"]
-    assert table.all_ood_sets == ["x", "y"]
-    assert table.ood_mean("a", "msp", "auroc") == pytest.approx(0.9)
-    assert table.ood_mean("a", "energy", "auroc") is None
-
-
-def test_format_stat():
-    assert results.format_stat(results.Stat(())) == "–"
-    assert results.format_stat(results.Stat((0.5,))) == "50.00"
-    assert results.format_stat(results.Stat((0.5, 0.7))) == "60.00 ± 14.14"
-
-
 def test_load_a_workdir_a_report_dir_and_a_runs_dir(workdir):
     from_workdir = results.load(workdir)
     assert len(from_workdir.runs) == len(paper_runs(seeds=SEEDS))
