@@ -257,17 +257,12 @@ def _students(runs: Sequence[RunInfo], method: str) -> dict[str, list[RunInfo]]:
 
     A teacher counts as 'ce' only when it is a plain ce run, as in `results.ls_sweep`.
     """
-    groups = results.group_by_name(runs)
     out: dict[str, list[RunInfo]] = {}
-    for group in groups.values():
-        student = group[0]
-        if student.method != method or student.teacher not in groups:
+    for student, teacher in results.students(runs, (method,)):
+        kind = teacher[0].method
+        if kind == "ce" and not results.is_plain_ce(teacher[0]):
             continue
-        teacher = groups[student.teacher][0]
-        kind = teacher.method
-        if kind == "ce" and (teacher.teacher or teacher.init_from):
-            continue
-        out.setdefault(kind, group)
+        out.setdefault(kind, student)
     return out
 
 

@@ -167,22 +167,21 @@ def _teacher_label(teacher: RunInfo) -> str:
 
 def table2_markdown(table: MetricTable, runs: Sequence[RunInfo], *, score: str = "msp") -> str:
     """Rows: teachers; columns: accuracy and `score` OOD metrics of the teacher and its students."""
-    groups = results.group_by_name(runs)
     student_methods = ("kd", "kd_incorrect")
-    # teacher name -> student method -> the first student entry of that method
+    # teacher entry -> student method -> the first student entry of that method
     students: dict[str, dict[str, list[RunInfo]]] = {}
-    for group in groups.values():
-        r = group[0]
-        if r.method in student_methods and r.teacher in groups:
-            students.setdefault(r.teacher, {}).setdefault(r.method, group)
+    teachers: dict[str, list[RunInfo]] = {}
+    for student, teacher in results.students(runs, student_methods):
+        teachers[teacher[0].name] = teacher
+        students.setdefault(teacher[0].name, {}).setdefault(student[0].method, student)
     cols = [("accuracy", ""), ("auroc", score), ("fpr95", score)]
     header = ["teacher"]
     for who in ("teacher", *student_methods):
         header += [f"{who}: {_HEADERS[m]}" for m, _ in cols]
     rows = []
     for teacher_name, by_method in students.items():
-        row = [_teacher_label(groups[teacher_name][0])]
-        for group in (groups[teacher_name], *(by_method.get(m) for m in student_methods)):
+        row = [_teacher_label(teachers[teacher_name][0])]
+        for group in (teachers[teacher_name], *(by_method.get(m) for m in student_methods)):
             for metric, s in cols:
                 if group is None:
                     row.append("–")
@@ -272,14 +271,11 @@ def first_predictions(group: Sequence[RunInfo] | None) -> predictions.Prediction
     return None
 
 
-def _student_of(runs: Sequence[RunInfo], method: str, teacher_method: str):
-    groups = results.group_by_name(runs)
-    for group in groups.values():
-        r = group[0]
-        if r.method == method and r.teacher in groups and \
-                groups[r.teacher][0].method == teacher_method:
-            return group
-    return None
+def _kd_pair(runs: Sequence[RunInfo], teacher_method: str):
+    """(student, teacher) entries of the first kd student of a `teacher_method` teacher, or
+    (None, None)."""
+    return next(((student, teacher) for student, teacher in results.students(runs, ("kd",))
+                 if teacher[0].method == teacher_method), (None, None))
 
 
 def _first_of(runs: Sequence[RunInfo], method: str):
@@ -289,12 +285,11 @@ def _first_of(runs: Sequence[RunInfo], method: str):
 def histogram_panels(runs: Sequence[RunInfo]) -> list[tuple[str, list[RunInfo]]]:
     """ce, an ls run, oe and kd-from-oe: the ls run is the kd teacher's, else the largest α."""
     sweep = results.ls_sweep(runs)
-    kd_ls = _student_of(runs, "kd", "ls")
-    groups = results.group_by_name(runs)
-    ls = groups[kd_ls[0].teacher] if kd_ls else (sweep[-1][1] if sweep and sweep[-1][0] else None)
+    _, ls = _kd_pair(runs, "ls")
+    ls = ls or (sweep[-1][1] if sweep and sweep[-1][0] else None)
     ce = dict(sweep).get(0.0)
     panels = [("ce", ce), (f"ls α = {ls[0].alpha:g}" if ls else "ls", ls),
-              ("oe", _first_of(runs, "oe")), ("kd from oe", _student_of(runs, "kd", "oe"))]
+              ("oe", _first_of(runs, "oe")), ("kd from oe", _kd_pair(runs, "oe")[0])]
     return [(label, group) for label, group in panels if group]
 
 

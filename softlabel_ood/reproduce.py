@@ -11,10 +11,9 @@ every host runs the same command; only process 0 scores and writes the report.
 
 from __future__ import annotations
 
-import copy
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import jax
 import ml_collections
@@ -33,7 +32,6 @@ from softlabel_ood import (
     datasets,
     distributed,
     grid,
-    methods,
     populations,
     progress,
     report,
@@ -45,98 +43,6 @@ from softlabel_ood import (
     train_step,
 )
 
-_RUN_KEYS = frozenset({"name", "method", "overrides", "teacher", "init_from"})
-# Fields the driver sets itself for every run; a grid entry may not override them.
-_DRIVER_FIELDS = frozenset({"method", "seed", "grid", "kd.teacher_workdir", "oe.finetune_from"})
-
-
-class GridError(config_validation.ConfigError):
-    """`config.grid` cannot be run as given."""
-
-
-def _flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> set[str]:
-    keys = set()
-    for key, value in config.items():
-        keys.add(prefix + key)
-        if isinstance(value, ml_collections.ConfigDict):
-            keys |= _flat_keys(value, f"{prefix}{key}.")
-    return keys
-
-
-def validate_grid(config: ml_collections.ConfigDict) -> None:
-    """Raises GridError naming the first problem of `config.grid`."""
-    if "grid" not in config:
-        raise GridError("config.grid: missing; this config file defines no experiment grid")
-    g = config.grid
-    seeds = list(g.get("seeds", ()))
-    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise GridError(f"config.grid.seeds: {seeds!r} must be a non-empty list of integers")
-    if len(set(seeds)) != len(seeds):
-        raise GridError(f"config.grid.seeds: {seeds!r} repeats a seed")
-    for key, least in (("max_population", 0), ("run_devices", 1)):
-        value = g.get(key, least)
-        if not isinstance(value, int) or isinstance(value, bool) or value < least:
-            raise GridError(f"config.grid.{key}: {value!r} must be an integer >= {least}")
-    runs = list(g.get("runs", ()))
-    if not runs:
-        raise GridError("config.grid.runs: empty; the grid has no runs")
-    fields = _flat_keys(config)
-    earlier: dict[str, str] = {}  # name -> method of the runs listed so far
-    for i, run in enumerate(runs):
-        where = f"config.grid.runs[{i}]"
-        if not isinstance(run, Mapping):
-            raise GridError(f"{where}: {run!r} is not a dict (use softlabel_ood.grid.run_spec)")
-        missing, extra = {"name", "method"} - set(run), set(run) - _RUN_KEYS
-        if missing or extra:
-            raise GridError(f"{where}: missing keys {sorted(missing)}" if missing else
-                            f"{where}: unknown keys {sorted(extra)}; known: {sorted(_RUN_KEYS)}")
-        name, method = run["name"], run["method"]
-        if not isinstance(name, str) or not name or "/" in name or name != name.strip():
-            raise GridError(f"{where}: name {name!r} is not a plain directory name")
-        where = f"config.grid.runs[{i}] ({name})"
-        if name in earlier:
-            raise GridError(f"{where}: duplicate run name {name!r}")
-        if method not in methods.METHODS:
-            raise GridError(f"{where}: unknown method {method!r}; expected one of "
-                            f"{methods.METHODS}")
-        teacher, init_from = run.get("teacher", ""), run.get("init_from", "")
-        if method in methods.TEACHER_METHODS and not teacher:
-            raise GridError(f"{where}: method {method} needs a teacher")
-        if teacher and method not in methods.TEACHER_METHODS:
-            raise GridError(f"{where}: teacher {teacher!r} given, but method {method} uses none")
-        for key, ref in (("teacher", teacher), ("init_from", init_from)):
-            if ref and ref not in earlier:
-                raise GridError(f"{where}: {key} {ref!r} must name a run listed before it")
-        for key in run.get("overrides", {}) or {}:
-            if key in _DRIVER_FIELDS:
-                raise GridError(f"{where}: overrides may not set {key}; the driver sets it")
-            if key not in fields:
-                raise GridError(f"{where}: overrides field {key!r} is not a config field")
-        earlier[name] = method
-
-
-def run_dir(workdir: epath.PathLike, name: str, seed: int) -> epath.Path:
-    return epath.Path(workdir) / "runs" / grid.run_dir_name(name, seed)
-
-
-def run_config(config: ml_collections.ConfigDict, run: Mapping, seed: int,
-               workdir: epath.PathLike) -> ml_collections.ConfigDict:
-    """The config of one run: the family config without its grid, with the run's settings."""
-    c = copy.deepcopy(config)
-    with c.unlocked():
-        del c["grid"]
-    try:
-        c.update_from_flattened_dict(dict(run.get("overrides", {}) or {}))
-    except (KeyError, TypeError, ValueError) as e:
-        raise GridError(f"config.grid run {run['name']!r}: overrides: {e}") from None
-    c.method = run["method"]
-    c.seed = seed
-    # Teacher and starting point are the same seed's runs, so seeds stay independent replicas.
-    c.kd.teacher_workdir = str(run_dir(workdir, run["teacher"], seed)) if run.get("teacher") else ""
-    c.oe.finetune_from = (str(run_dir(workdir, run["init_from"], seed))
-                          if run.get("init_from") else "")
-    return c
-
 
 def planned_runs(config: ml_collections.ConfigDict, workdir: epath.PathLike
                  ) -> list[tuple[results.RunInfo, ml_collections.ConfigDict]]:
@@ -144,17 +50,17 @@ def planned_runs(config: ml_collections.ConfigDict, workdir: epath.PathLike
 
     Everything is checked here, before the first run trains, so that bad input fails at once.
     """
-    validate_grid(config)
+    grid.validate_grid(config)
     planned = []
     for seed in config.grid.seeds:
         for run in config.grid.runs:
-            c = run_config(config, run, seed, workdir)
+            c = grid.run_config(config, run, seed, workdir)
             config_validation.check(c)  # fail before the first run rather than hours into the grid
             info = results.RunInfo(
                 run=grid.run_dir_name(run["name"], seed), name=run["name"], seed=seed,
                 method=run["method"], alpha=float(c.label_smoothing),
                 teacher=run.get("teacher", ""), init_from=run.get("init_from", ""),
-                directory=str(run_dir(workdir, run["name"], seed)))
+                directory=str(grid.run_dir(workdir, run["name"], seed)))
             planned.append((info, c))
     # Every set any run reads, looked up once before the first run trains: a missing OOD set
     # would otherwise surface when the first run writes its predictions, after its training.

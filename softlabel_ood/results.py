@@ -14,21 +14,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 from etils import epath
 
-from softlabel_ood import atomic_files, predictions, scoring
+from softlabel_ood import atomic_files, grid, predictions, scoring
 
 RUNS_FILE = "runs.json"
 METRIC_LABELS = {"auroc": "AUROC", "fpr95": "FPR95", "aupr_out": "AUPR-out", "aupr_in": "AUPR-in",
                  "tnr95": "TNR95", "fpr95_ood_positive": "FPR95 (OOD positive)",
                  "fpr95_oe": "FPR95 (OE code)",
                  "detection_acc": "detection accuracy", "accuracy": "accuracy", "ece": "ECE"}
-_SEED_SUFFIX = re.compile(r"_seed(\d+)$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +49,20 @@ def group_by_name(runs: Iterable[RunInfo]) -> dict[str, list[RunInfo]]:
     for r in runs:
         groups.setdefault(r.name, []).append(r)
     return groups
+
+
+def is_plain_ce(run: RunInfo) -> bool:
+    """A ce run with no teacher and no starting point: the α = 0 point of the ls sweep."""
+    return run.method == "ce" and not run.teacher and not run.init_from
+
+
+def students(runs: Iterable[RunInfo], student_methods: Sequence[str]
+             ) -> list[tuple[list[RunInfo], list[RunInfo]]]:
+    """(student entry, teacher entry) for every grid entry of `student_methods` whose teacher is
+    among `runs`, in grid order; each entry is its runs (one per seed)."""
+    groups = group_by_name(runs)
+    return [(group, groups[group[0].teacher]) for group in groups.values()
+            if group[0].method in student_methods and group[0].teacher in groups]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,8 +173,7 @@ def ls_sweep(runs: Iterable[RunInfo]) -> list[tuple[float, list[RunInfo]]]:
     points: dict[float, list[RunInfo]] = {}
     for group in group_by_name(runs).values():
         first = group[0]
-        plain_ce = first.method == "ce" and not first.teacher and not first.init_from
-        if first.method == "ls" or plain_ce:
+        if first.method == "ls" or is_plain_ce(first):
             alpha = first.alpha if first.method == "ls" else 0.0
             # The first grid entry with a given α stands for it (a grid lists each α once).
             points.setdefault(alpha, group)
@@ -192,11 +203,6 @@ def read_runs_json(path: epath.PathLike) -> list[RunInfo]:
     return [RunInfo(**entry) for entry in entries]
 
 
-def grid_name(run_dir_name: str) -> str:
-    """`ls0.1_seed2` -> `ls0.1`: the grid entry of a run directory (`grid.run_dir_name`)."""
-    return _SEED_SUFFIX.sub("", run_dir_name)
-
-
 def runs_from_directories(run_dirs: Iterable[epath.PathLike]) -> list[RunInfo]:
     """RunInfo for run directories without a runs.json: from their predictions manifests."""
     runs = []
@@ -205,10 +211,10 @@ def runs_from_directories(run_dirs: Iterable[epath.PathLike]) -> list[RunInfo]:
         manifest = json.loads((d / "predictions" / "manifest.json").read_text())
         run = predictions.RunSummary.from_json(manifest.get("run", {}))
         runs.append(RunInfo(
-            run=d.name, name=grid_name(d.name), seed=run.seed, method=run.method,
+            run=d.name, name=grid.grid_name(d.name), seed=run.seed, method=run.method,
             alpha=float(run.alpha),
-            teacher=grid_name(epath.Path(run.teacher).name) if run.teacher else "",
-            init_from=(grid_name(epath.Path(run.finetune_from).name) if run.finetune_from
+            teacher=grid.grid_name(epath.Path(run.teacher).name) if run.teacher else "",
+            init_from=(grid.grid_name(epath.Path(run.finetune_from).name) if run.finetune_from
                        else ""),
             directory=str(d)))
     return runs

@@ -85,9 +85,9 @@ def test_mesh_split_and_grid_fields(tmp_path):
     assert populations.run_devices(1, 12, 8) == 1
     assert populations.run_devices(8, 12, 8) == 4  # divides both 12 runs and 8 devices
     assert populations.run_devices(8, 3, 8) == 1
-    with pytest.raises(reproduce.GridError, match=r"config\.grid\.max_population: -1"):
+    with pytest.raises(grid.GridError, match=r"config\.grid\.max_population: -1"):
         _planned([spec("ce", "ce")], (0,), tmp_path, max_population=-1)
-    with pytest.raises(reproduce.GridError, match=r"config\.grid\.run_devices: 0"):
+    with pytest.raises(grid.GridError, match=r"config\.grid\.run_devices: 0"):
         _planned([spec("ce", "ce")], (0,), tmp_path, run_devices=0)
 
 

@@ -42,14 +42,14 @@ def _config(runs, seeds=(0,)):
     ([], "the grid has no runs"),
 ])
 def test_bad_grids_are_rejected_before_training(runs, message):
-    with pytest.raises(reproduce.GridError, match=message):
-        reproduce.validate_grid(_config(runs))
+    with pytest.raises(grid.GridError, match=message):
+        grid.validate_grid(_config(runs))
 
 
 def test_bad_seeds_and_override_types_are_rejected(tmp_path):
-    with pytest.raises(reproduce.GridError, match="seeds"):
-        reproduce.validate_grid(_config([spec("ce", "ce")], seeds=()))
-    with pytest.raises(reproduce.GridError, match="overrides"):
+    with pytest.raises(grid.GridError, match="seeds"):
+        grid.validate_grid(_config([spec("ce", "ce")], seeds=()))
+    with pytest.raises(grid.GridError, match="overrides"):
         reproduce.planned_runs(_config([spec("ls", "ls", label_smoothing="big")]), tmp_path)
 
 
