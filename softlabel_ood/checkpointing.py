@@ -158,8 +158,7 @@ class Checkpoints:
         # read-only one, which orbax announces with a warning line.)
         reader = Checkpoints(self.directory)
         try:
-            reader.restore_variables({"params": like.params, "batch_stats": like.batch_stats},
-                                     latest)
+            reader.restore_variables(like.variables, latest)
         except Exception:  # any failure to read the model arrays means damaged files
             raise DamagedCheckpointError(
                 f"{self.directory}: no checkpoint reads back (step {latest}: "
@@ -177,13 +176,14 @@ class Checkpoints:
         self._manager.reload()
 
     def restore_variables(self, like: dict, step: int | None = None) -> dict:
-        """Only {"params", "batch_stats"} of a checkpoint, shaped and sharded like `like`.
+        """Only {"params", "batch_stats"} of a checkpoint, shaped and sharded like `like` (a
+        `TrainState.variables`).
 
         What a teacher, a fine-tuning start or `predict` needs. The optimizer state is not read,
         so checkpoints whose optimizer state has another layout (those written before the
         learning rate became a runtime value) still serve.
         """
-        target = _abstract({"params": like["params"], "batch_stats": like["batch_stats"]})
+        target = _abstract(like)
         return self._manager.restore(self._step(step), args=ocp.args.PyTreeRestore(
             item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
             partial_restore=True))

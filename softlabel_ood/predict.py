@@ -106,9 +106,8 @@ def predict_from_checkpoint(config: ml_collections.ConfigDict, workdir: epath.Pa
     config_validation.check_evaluation(config, num_devices=jax.device_count())
     run_data.check_available(config, training=False)
     mesh = train_step.data_mesh()
-    model = run_model.create_model(config)
     with workdir_lock.hold(workdir, enabled=distributed.is_writer()):
-        variables = saved_runs.restore_variables(config, model, workdir, mesh)
+        model, variables = saved_runs.restore_model(config, workdir, mesh)
         write_predictions(config, workdir, model, variables, mesh)
 
 

@@ -93,8 +93,7 @@ def load_finished_model(workdir: str, mesh, *, role: str, dataset: str):
     if outputs != num_classes:
         raise RunError(f"{role}: {workdir} holds a model with {outputs} outputs, this run's "
                        f"dataset {dataset!r} has {num_classes} classes")
-    model = run_model.create_model(config)
-    variables = restore_variables(config, model, workdir, mesh)
+    model, variables = restore_model(config, workdir, mesh)
     return model, variables, config
 
 
@@ -108,12 +107,13 @@ def stored_num_outputs(workdir: epath.PathLike) -> int:
     return models.classifier_layer(shapes["params"])["bias"][-1]
 
 
-def restore_variables(config: ml_collections.ConfigDict, model, workdir: epath.PathLike,
-                      mesh) -> dict:
-    """The latest checkpoint's {"params", "batch_stats"}, replicated on `mesh`."""
+def restore_model(config: ml_collections.ConfigDict, workdir: epath.PathLike, mesh):
+    """(model, variables) of `config` from the latest checkpoint in `workdir`, finished or not;
+    the variables ({"params", "batch_stats"}) replicated on `mesh`."""
+    model = run_model.create_model(config)
     like = run_model.create_state(config, model, mesh).variables
     ckpts = checkpointing.Checkpoints(epath.Path(workdir) / "checkpoints", read_only=True)
     try:
-        return ckpts.restore_variables(like)
+        return model, ckpts.restore_variables(like)
     finally:
         ckpts.close()

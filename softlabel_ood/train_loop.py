@@ -179,7 +179,7 @@ def _initial_state(config, model, mesh, ckpts) -> train_step.TrainState:
             raise config_validation.ConfigError(
                 f"config.oe.finetune_from: {config.oe.finetune_from} is a {start_config.model}, "
                 f"this run a {config.model}")
-        return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
+        return state.replace(**variables)
     return state
 
 
@@ -254,7 +254,7 @@ def train_population(members: Sequence[Member], data: run_data.TrainingData, mes
     num_train = len(data.train.labels)
     per_call = run_model.steps_per_call(config)
     steps_per_epoch = input_pipeline.steps_per_epoch(num_train, config.batch_size)
-    total_steps = steps_per_epoch * config.num_epochs
+    total_steps = run_model.total_steps(config, num_train)
     replicated = NamedSharding(mesh, P())
     hparams = [run_model.hyperparams(c, num_train_examples=num_train) for c in configs]
     step_config = run_model.step_config(config, population=stacked)
