@@ -25,6 +25,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import stats as scipy_stats
 
 from softlabel_ood import results
 from softlabel_ood.results import MetricTable, RunInfo, Stat
@@ -167,21 +168,11 @@ def compare(a: Stat, b: Stat, rules: ClaimRules) -> Comparison:
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman's rank correlation (ties get their average rank); NaN if either is constant."""
-
-    def ranks(v):
-        v = np.asarray(v, dtype=np.float64)
-        order = np.argsort(v, kind="stable")
-        r = np.empty(len(v))
-        r[order] = np.arange(len(v), dtype=np.float64)
-        for value in np.unique(v):
-            tied = v == value
-            r[tied] = r[tied].mean()
-        return r
-
-    rx, ry = ranks(x), ranks(y)
-    if len(rx) < 2 or rx.std() == 0 or ry.std() == 0:
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    # Checked here so that a sweep with one point or a flat metric is NaN without scipy's warning.
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return math.nan
-    return float(np.corrcoef(rx, ry)[0, 1])
+    return float(scipy_stats.spearmanr(x, y).statistic)
 
 
 def _ood_mean_by_seed(table: MetricTable, group: Sequence[RunInfo],

@@ -140,7 +140,7 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str, *,
     runs = [info for info, _ in planned if info.directory not in failed]
     # Every process scores (the same read-only work), so that none of them sits idle in JAX's
     # shutdown barrier, which has a timeout, while process 0 alone is busy.
-    rows = scoring.score_runs([r.directory for r in runs], progress=writer)
+    rows = scoring.score_runs_report([r.directory for r in runs], progress=writer).rows
     if writer:
         out = epath.Path(workdir) / "report"
         report.write_report(rows, out, runs=runs, rules=rules,

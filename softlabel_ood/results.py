@@ -288,5 +288,5 @@ def load(path: epath.PathLike) -> Results:
     if (report_dir / "metrics.csv").exists():
         rows = scoring.read_metrics_csv(str(local_copy(report_dir / "metrics.csv")))
     else:
-        rows = scoring.score_runs([str(local_copy(d)) for d in run_dirs])
+        rows = scoring.score_runs_report([str(local_copy(d)) for d in run_dirs]).rows
     return Results(rows=list(rows), runs=runs, table=MetricTable(rows))

@@ -193,9 +193,9 @@ def test_many_runs_scored_together_equal_each_run_scored_alone(tmp_path):
     for i, d in enumerate(dirs):
         make_run(d, seed=10 + i, features=i < 5)
     together = {(r.run, r.score, r.ood, r.metric): r.value
-                for r in scoring.score_runs(dirs, knn_k=5)}
+                for r in scoring.score_runs_report(dirs, knn_k=5).rows}
     alone = {(r.run, r.score, r.ood, r.metric): r.value
-             for d in dirs for r in scoring.score_runs([d], knn_k=5)}
+             for d in dirs for r in scoring.score_runs_report([d], knn_k=5).rows}
     assert together.keys() == alone.keys()
     for key, value in alone.items():
         assert together[key] == pytest.approx(value, abs=1e-12), key

@@ -27,7 +27,6 @@ from softlabel_ood.scoring.runs import (
     read_metrics_csv,
     run_name,
     score_predictions,
-    score_runs,
     score_runs_report,
     write_metrics,
 )
@@ -70,7 +69,6 @@ __all__ = [
     "read_metrics_csv",
     "run_name",
     "score_predictions",
-    "score_runs",
     "score_runs_report",
     "vim",
     "write_metrics",

@@ -214,7 +214,7 @@ def _progress(items: Iterable, total: int | None) -> Iterable:
 def score_predictions(named: Iterable[tuple[str, predictions_lib.Predictions]], *,
                       knn_k: int = KNN_K, progress: bool = False,
                       total: int | None = None) -> ScoreReport:
-    """Scores runs given as (name, Predictions) pairs; see `score_runs`."""
+    """Scores runs given as (name, Predictions) pairs; see `score_runs_report`."""
     pending = []
     with float64.enabled():
         for name, preds in _progress(named, total) if progress else named:
@@ -252,7 +252,14 @@ def _check_run_dirs(run_dirs: Sequence) -> list[str]:
 
 def score_runs_report(run_dirs: Sequence, *, knn_k: int = KNN_K, progress: bool = False,
                       ood_groups: Mapping[str, Sequence[str]] | None = None) -> ScoreReport:
-    """Like `score_runs`, and also says which scores were skipped in which run and why.
+    """Reads `<run_dir>/predictions` of each run and computes every score and metric.
+
+    Rows per run: accuracy and ece of the ID test split (empty score and ood), then for each
+    score (LOGIT_SCORES; FEATURE_SCORES when the run has features and an id_train split;
+    HEAD_SCORES when it also has the classifier head; odin when it has ODIN scores and an
+    id_train split) and each OOD split in manifest order, the METRICS in order. The report also
+    says which scores were skipped in which run and why. Raises PredictionsError for a missing
+    or invalid run directory and ScoringError for clashing run names.
 
     `ood_groups` ({group: OOD sets}) overrides the groups each run names in its config.json.
     """
@@ -263,20 +270,6 @@ def score_runs_report(run_dirs: Sequence, *, knn_k: int = KNN_K, progress: bool 
              for name, d in zip(names, run_dirs, strict=True))
     report = score_predictions(named, knn_k=knn_k, progress=progress, total=len(names))
     return dataclasses.replace(report, groups={n: g for n, g in run_groups.items() if g})
-
-
-def score_runs(run_dirs: Sequence[str], *, knn_k: int = KNN_K,
-               progress: bool = False) -> list[MetricRow]:
-    """Reads `<run_dir>/predictions` of each run and computes every score and metric.
-
-    Rows per run: accuracy and ece of the ID test split (empty score and ood), then for each
-    score (LOGIT_SCORES; FEATURE_SCORES when the run has features and an id_train split;
-    HEAD_SCORES when it also has the classifier head; odin when it has ODIN scores and an
-    id_train split) and each OOD split in manifest order, the METRICS in order. Raises
-    PredictionsError for a missing or invalid run directory and ScoringError for clashing run
-    names.
-    """
-    return score_runs_report(run_dirs, knn_k=knn_k, progress=progress).rows
 
 
 # ---------------------------------------------------------------------------------------------
