@@ -19,16 +19,14 @@ from softlabel_ood.scoring.metrics import (
     ood_metrics,
     pair_metrics,
 )
+from softlabel_ood.scoring.metrics_files import CSV_HEADER, read_metrics_csv, write_metrics
 from softlabel_ood.scoring.runs import (
     ALL_SCORES,
-    CSV_HEADER,
     MetricRow,
     ScoreReport,
-    read_metrics_csv,
     run_name,
     score_predictions,
     score_runs_report,
-    write_metrics,
 )
 from softlabel_ood.scoring.scores import (
     FEATURE_SCORES,

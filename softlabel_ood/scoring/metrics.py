@@ -295,7 +295,9 @@ def pair_metrics(id_scores, ood_scores) -> dict[str, float]:
 
 
 @jax.jit
-def _calibration(confidence, correct, edges):
+def calibration_jax(confidence, correct, edges) -> dict[str, jax.Array]:
+    """The computation behind `calibration_metrics`, traceable inside a caller's jit: `edges`
+    are the ECE bin edges, float64 must be enabled by the caller."""
     correct = correct.astype(jnp.float64)
     # Bin b holds edges[b] < c <= edges[b+1]: the number of edges below c, minus one.
     num_bins = edges.shape[0] - 1
@@ -316,7 +318,7 @@ def calibration_metrics(confidence, correct, *, num_bins: int = ECE_BINS) -> dic
         raise ScoringError("confidence: values must lie in (0, 1]")
     edges = np.linspace(0.0, 1.0, num_bins + 1)
     with float64.enabled():
-        out = jax.device_get(_calibration(confidence, correct, edges))
+        out = jax.device_get(calibration_jax(confidence, correct, edges))
     return {k: float(v) for k, v in out.items()}
 
 

@@ -1,4 +1,4 @@
-"""From run directories to metric rows, and metric rows to metrics.csv and metrics.md.
+"""From run directories to metric rows (`metrics_files` writes them to metrics.csv and metrics.md).
 
 Each run is read and scored in turn (scores need the logits, which are dropped afterwards); then
 the OOD metrics of every (run, score, OOD split) are computed in one batched call, so a grid of
@@ -7,9 +7,7 @@ runs costs one compiled computation rather than a loop of small ones.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import os
 import pathlib
 import sys
@@ -19,7 +17,6 @@ from typing import Any
 import jax
 import numpy as np
 
-from softlabel_ood import atomic_files
 from softlabel_ood import predictions as predictions_lib
 from softlabel_ood.scoring import float64, groups, head_scores, metrics, odin_selection, scores
 from softlabel_ood.scoring.head_scores import HEAD_SCORES
@@ -29,8 +26,6 @@ from softlabel_ood.scoring.scores import FEATURE_SCORES, KNN_K, LOGIT_SCORES
 # Every score, in the order of metrics.csv and metrics.md. Definitions: docs/scores_and_metrics.md.
 ODIN_SCORES = ("odin",)
 ALL_SCORES = (*LOGIT_SCORES, *FEATURE_SCORES, *HEAD_SCORES, *ODIN_SCORES)
-
-CSV_HEADER = ("run", "score", "ood", "metric", "value")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,8 +87,8 @@ def _feature_problem(preds: predictions_lib.Predictions, needed: Sequence[str]) 
 @jax.jit
 def _id_calibration(logit_values, logits, labels, edges):
     """accuracy and ece of the ID test split, given its logit scores [4, N] (msp first)."""
-    return metrics._calibration(logit_values[0], scores._predicted_class(logits) == labels,
-                                edges)
+    return metrics.calibration_jax(logit_values[0], scores.predicted_class_jax(logits) == labels,
+                                   edges)
 
 
 def _dispatch_run(name: str, preds: predictions_lib.Predictions, knn_k: int) -> _RunScores:
@@ -103,7 +98,7 @@ def _dispatch_run(name: str, preds: predictions_lib.Predictions, knn_k: int) -> 
     evaluated = [id_test, *ood]
     # Dispatched without waiting for the results (see _finish_run). Splits of equal size share
     # one compiled computation.
-    logit_values = {s: scores._logit_scores(preds.splits[s].logits) for s in evaluated}
+    logit_values = {s: scores.logit_scores_jax(preds.splits[s].logits) for s in evaluated}
     id_split = preds.splits[id_test]
     id_values = _id_calibration(logit_values[id_test], id_split.logits, id_split.labels,
                                 np.linspace(0.0, 1.0, metrics.ECE_BINS + 1))
@@ -270,111 +265,3 @@ def score_runs_report(run_dirs: Sequence, *, knn_k: int = KNN_K, progress: bool 
              for name, d in zip(names, run_dirs, strict=True))
     report = score_predictions(named, knn_k=knn_k, progress=progress, total=len(names))
     return dataclasses.replace(report, groups={n: g for n, g in run_groups.items() if g})
-
-
-# ---------------------------------------------------------------------------------------------
-# Files.
-
-
-def _csv_text(rows: Iterable[MetricRow]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_HEADER)
-    for row in rows:
-        # repr gives the shortest string that reads back as the same float.
-        writer.writerow([row.run, row.score, row.ood, row.metric, repr(float(row.value))])
-    return buffer.getvalue()
-
-
-def _percent(value: float) -> str:
-    return "n/a" if np.isnan(value) else f"{100.0 * value:.2f}"
-
-
-def _markdown_text(rows: Sequence[MetricRow], skipped: Mapping[str, Mapping[str, str]],
-                   notes: Mapping[str, Mapping[str, str]],
-                   run_groups: Mapping[str, Mapping[str, Sequence[str]]]) -> str:
-    lines = ["# OOD detection metrics", "",
-             "Values in percent. Lower is better for fpr95, fpr95_ood_positive and fpr95_oe, "
-             "higher for the others; `mean` is the unweighted mean over the OOD splits, "
-             "`mean (<group>)` the same over the OOD splits of a named group (config field "
-             "`ood_groups`). Definitions: docs/scores_and_metrics.md.", ""]
-    runs = list(dict.fromkeys([r.run for r in rows] + list(skipped)))
-    for run in runs:
-        lines += [f"## {run}", ""]
-        run_rows = [r for r in rows if r.run == run]
-        id_values = {r.metric: r.value for r in run_rows if not r.score}
-        if id_values:
-            lines += [", ".join(f"{m} {_percent(id_values[m])}" for m in ID_METRICS
-                                if m in id_values) + " (ID test split)", ""]
-        computed = list(dict.fromkeys(r.score for r in run_rows if r.score))
-        known = list(ALL_SCORES)
-        run_scores = [s for s in known if s in computed or s in skipped.get(run, {})]
-        run_scores += [s for s in computed if s not in known]
-        for score in run_scores:
-            lines += [f"### {score}", ""]
-            if score in skipped.get(run, {}):
-                lines += [skipped[run][score], ""]
-                continue
-            if score in notes.get(run, {}):
-                lines += [notes[run][score], ""]
-            table: dict[str, dict[str, float]] = {}
-            for r in run_rows:
-                if r.score == score:
-                    table.setdefault(r.ood, {})[r.metric] = r.value
-            columns = [m for m in METRICS if any(m in v for v in table.values())]
-            lines.append("| ood | " + " | ".join(columns) + " |")
-            lines.append("|:--|" + "--:|" * len(columns))
-            for ood, values in table.items():
-                lines.append(f"| {ood} | " + " | ".join(
-                    _percent(values.get(m, float("nan"))) for m in columns) + " |")
-            per_metric = {m: {ood: v[m] for ood, v in table.items() if m in v} for m in columns}
-            for group, members in run_groups.get(run, {}).items():
-                means = {m: groups.group_means(per_metric[m], {group: members}).get(group)
-                         for m in columns}
-                if any(v is not None for v in means.values()):
-                    lines.append(f"| mean ({group}) | " + " | ".join(
-                        _percent(float("nan") if v is None else v) for v in means.values())
-                        + " |")
-            if len(table) > 1:
-                means = [float(np.mean(list(per_metric[m].values()))) for m in columns]
-                lines.append("| mean | " + " | ".join(_percent(v) for v in means) + " |")
-            lines.append("")
-    return "\n".join(lines)
-
-
-def write_metrics(rows: Sequence[MetricRow], out_dir, *,
-                  skipped: Mapping[str, Mapping[str, str]] | None = None,
-                  notes: Mapping[str, Mapping[str, str]] | None = None,
-                  groups: Mapping[str, Mapping[str, Sequence[str]]] | None = None) -> None:
-    """Writes `<out_dir>/metrics.csv` and `<out_dir>/metrics.md`, each by write-then-rename.
-
-    `groups` ({run: {group: OOD sets}}) adds each group's mean to the run's tables in metrics.md.
-    """
-    rows = list(rows)
-    csv_text = _csv_text(rows)
-    markdown = _markdown_text(rows, skipped or {}, notes or {}, groups or {})
-    out_dir = pathlib.Path(os.fspath(out_dir))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_files.write_text_atomically(out_dir / "metrics.csv", csv_text)
-    atomic_files.write_text_atomically(out_dir / "metrics.md", markdown)
-
-
-def read_metrics_csv(path) -> list[MetricRow]:
-    """Reads a metrics.csv written by `write_metrics`."""
-    with open(os.fspath(path), newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or tuple(header) != CSV_HEADER:
-            raise ScoringError(f"{path}: header is {header}, expected {','.join(CSV_HEADER)}")
-        rows = []
-        for line, fields in enumerate(reader, start=2):
-            if len(fields) != len(CSV_HEADER):
-                raise ScoringError(f"{path}:{line}: expected {len(CSV_HEADER)} fields, "
-                                   f"got {len(fields)}")
-            try:
-                value = float(fields[4])
-            except ValueError:
-                raise ScoringError(f"{path}:{line}: field 'value' is {fields[4]!r}, "
-                                   "not a number") from None
-            rows.append(MetricRow(*fields[:4], value=value))
-    return rows

@@ -79,7 +79,10 @@ _CHUNK = 128
 
 
 @jax.jit
-def _logit_scores(logits):
+def logit_scores_jax(logits) -> jax.Array:
+    """The computation behind `logit_scores`: [4, N] (LOGIT_SCORES in order) from JAX logits,
+    dispatched without waiting, so callers can overlap it with reading the next run; float64
+    must be enabled by the caller."""
     # Small row chunks keep the float64 intermediates in cache: on CPU this is several times
     # faster than materialising [N, K] float64 arrays.
     n = logits.shape[0]
@@ -95,12 +98,13 @@ def logit_scores(logits) -> dict[str, np.ndarray]:
     if logits.ndim != 2 or logits.shape[0] == 0 or logits.shape[1] == 0:
         raise ValueError(f"logits: expected a non-empty [N, K] array, got {logits.shape}")
     with float64.enabled():
-        scores = jax.device_get(_logit_scores(logits))
+        scores = jax.device_get(logit_scores_jax(logits))
     return dict(zip(LOGIT_SCORES, scores, strict=True))
 
 
 @jax.jit
-def _predicted_class(logits):
+def predicted_class_jax(logits) -> jax.Array:
+    """The computation behind `predicted_class`, traceable inside a caller's jit."""
     # The first class attaining the max, as argmax picks it; argmax itself lowers to a variadic
     # reduction that is several times slower on CPU.
     top = jnp.max(logits, axis=-1, keepdims=True)
@@ -110,7 +114,7 @@ def _predicted_class(logits):
 
 def predicted_class(logits) -> np.ndarray:
     """argmax over classes (the first maximum), int32 [N], from logits [N, K]."""
-    return np.asarray(jax.device_get(_predicted_class(np.asarray(logits))))
+    return np.asarray(jax.device_get(predicted_class_jax(np.asarray(logits))))
 
 
 @functools.partial(jax.jit, static_argnames="num_classes")

@@ -1,0 +1,123 @@
+"""metrics.csv (one metric value a row, read back exactly) and metrics.md (the same values as
+tables in percent) of scored runs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import pathlib
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from softlabel_ood import atomic_files
+from softlabel_ood.scoring import groups
+from softlabel_ood.scoring.metrics import ID_METRICS, METRICS, ScoringError
+from softlabel_ood.scoring.runs import ALL_SCORES, MetricRow
+
+CSV_HEADER = ("run", "score", "ood", "metric", "value")
+
+
+def _csv_text(rows: Iterable[MetricRow]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_HEADER)
+    for row in rows:
+        # repr gives the shortest string that reads back as the same float.
+        writer.writerow([row.run, row.score, row.ood, row.metric, repr(float(row.value))])
+    return buffer.getvalue()
+
+
+def _percent(value: float) -> str:
+    return "n/a" if np.isnan(value) else f"{100.0 * value:.2f}"
+
+
+def _markdown_text(rows: Sequence[MetricRow], skipped: Mapping[str, Mapping[str, str]],
+                   notes: Mapping[str, Mapping[str, str]],
+                   run_groups: Mapping[str, Mapping[str, Sequence[str]]]) -> str:
+    lines = ["# OOD detection metrics", "",
+             "Values in percent. Lower is better for fpr95, fpr95_ood_positive and fpr95_oe, "
+             "higher for the others; `mean` is the unweighted mean over the OOD splits, "
+             "`mean (<group>)` the same over the OOD splits of a named group (config field "
+             "`ood_groups`). Definitions: docs/scores_and_metrics.md.", ""]
+    runs = list(dict.fromkeys([r.run for r in rows] + list(skipped)))
+    for run in runs:
+        lines += [f"## {run}", ""]
+        run_rows = [r for r in rows if r.run == run]
+        id_values = {r.metric: r.value for r in run_rows if not r.score}
+        if id_values:
+            lines += [", ".join(f"{m} {_percent(id_values[m])}" for m in ID_METRICS
+                                if m in id_values) + " (ID test split)", ""]
+        computed = list(dict.fromkeys(r.score for r in run_rows if r.score))
+        known = list(ALL_SCORES)
+        run_scores = [s for s in known if s in computed or s in skipped.get(run, {})]
+        run_scores += [s for s in computed if s not in known]
+        for score in run_scores:
+            lines += [f"### {score}", ""]
+            if score in skipped.get(run, {}):
+                lines += [skipped[run][score], ""]
+                continue
+            if score in notes.get(run, {}):
+                lines += [notes[run][score], ""]
+            table: dict[str, dict[str, float]] = {}
+            for r in run_rows:
+                if r.score == score:
+                    table.setdefault(r.ood, {})[r.metric] = r.value
+            columns = [m for m in METRICS if any(m in v for v in table.values())]
+            lines.append("| ood | " + " | ".join(columns) + " |")
+            lines.append("|:--|" + "--:|" * len(columns))
+            for ood, values in table.items():
+                lines.append(f"| {ood} | " + " | ".join(
+                    _percent(values.get(m, float("nan"))) for m in columns) + " |")
+            per_metric = {m: {ood: v[m] for ood, v in table.items() if m in v} for m in columns}
+            for group, members in run_groups.get(run, {}).items():
+                means = {m: groups.group_means(per_metric[m], {group: members}).get(group)
+                         for m in columns}
+                if any(v is not None for v in means.values()):
+                    lines.append(f"| mean ({group}) | " + " | ".join(
+                        _percent(float("nan") if v is None else v) for v in means.values())
+                        + " |")
+            if len(table) > 1:
+                means = [float(np.mean(list(per_metric[m].values()))) for m in columns]
+                lines.append("| mean | " + " | ".join(_percent(v) for v in means) + " |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def write_metrics(rows: Sequence[MetricRow], out_dir, *,
+                  skipped: Mapping[str, Mapping[str, str]] | None = None,
+                  notes: Mapping[str, Mapping[str, str]] | None = None,
+                  groups: Mapping[str, Mapping[str, Sequence[str]]] | None = None) -> None:
+    """Writes `<out_dir>/metrics.csv` and `<out_dir>/metrics.md`, each by write-then-rename.
+
+    `groups` ({run: {group: OOD sets}}) adds each group's mean to the run's tables in metrics.md.
+    """
+    rows = list(rows)
+    csv_text = _csv_text(rows)
+    markdown = _markdown_text(rows, skipped or {}, notes or {}, groups or {})
+    out_dir = pathlib.Path(os.fspath(out_dir))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_files.write_text_atomically(out_dir / "metrics.csv", csv_text)
+    atomic_files.write_text_atomically(out_dir / "metrics.md", markdown)
+
+
+def read_metrics_csv(path) -> list[MetricRow]:
+    """Reads a metrics.csv written by `write_metrics`."""
+    with open(os.fspath(path), newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or tuple(header) != CSV_HEADER:
+            raise ScoringError(f"{path}: header is {header}, expected {','.join(CSV_HEADER)}")
+        rows = []
+        for line, fields in enumerate(reader, start=2):
+            if len(fields) != len(CSV_HEADER):
+                raise ScoringError(f"{path}:{line}: expected {len(CSV_HEADER)} fields, "
+                                   f"got {len(fields)}")
+            try:
+                value = float(fields[4])
+            except ValueError:
+                raise ScoringError(f"{path}:{line}: field 'value' is {fields[4]!r}, "
+                                   "not a number") from None
+            rows.append(MetricRow(*fields[:4], value=value))
+    return rows
