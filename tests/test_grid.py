@@ -55,3 +55,9 @@ def test_oe_finetune_adds_a_second_oe_teacher_and_its_students():
 def test_an_ls_teacher_outside_the_sweep_is_refused():
     with pytest.raises(ValueError, match=r"kd_ls_alpha=0\.7 is not one of"):
         _paper_grid(kd_ls_alpha=0.7)
+
+
+@pytest.mark.parametrize("name", ["ce", "ls0.1", "kd_ls0.3", "kdi_oe_ft", "run_seed"])
+def test_grid_name_inverts_the_run_directory_name(name):
+    for seed in (0, 7, 12):
+        assert grid.grid_name(grid.run_dir_name(name, seed)) == name

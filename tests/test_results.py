@@ -66,12 +66,6 @@ def test_the_ls_sweep_starts_at_plain_ce_and_skips_other_ce_runs():
         ["ce_seed0", "ce_seed1"], ["ls0.1_seed0", "ls0.1_seed1"], ["ls0.3_seed0", "ls0.3_seed1"]]
 
 
-@pytest.mark.parametrize("name", ["ce", "ls0.1", "kd_ls0.3", "kdi_oe_ft", "run_seed"])
-def test_grid_name_inverts_the_run_directory_name(name):
-    for seed in (0, 7, 12):
-        assert results.grid_name(grid.run_dir_name(name, seed)) == name
-
-
 def test_runs_json_round_trips_and_reads_the_list_of_earlier_reports(tmp_path):
     runs = [_run("ce", 0), _run("kd_ce", 1, "kd", teacher="ce")]
     path = tmp_path / results.RUNS_FILE
