@@ -10,7 +10,6 @@ from absl import flags
 from ml_collections import config_flags
 
 from softlabel_ood import (
-    cli_errors,
     command_line,
     config_validation,
     configs,
@@ -20,20 +19,7 @@ from softlabel_ood import (
     train,
     workdir_lock,
 )
-from tests.train_helpers import REPO, tiny_digits_config
-
-
-def _refusal(capsys, call) -> str:
-    """Runs `call` as a command would; returns its one stderr line after checking exit code 2."""
-    with pytest.raises(SystemExit) as exit_info:
-        cli_errors.exit_on_user_error(call)()
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1, err
-    assert err.endswith("\n")
-    assert err.startswith("error: ")
-    return err.strip()
-
+from tests.train_helpers import REPO, refusal, tiny_digits_config
 
 # (method, overrides, the refusal's line after "error: ")
 BAD_CONFIGS = [
@@ -98,7 +84,7 @@ BAD_CONFIGS = [
 def test_train_refuses_a_bad_field_before_any_work(method, overrides, message, tmp_path, capsys):
     config = tiny_digits_config(method, **overrides)
     workdir = tmp_path / "run"
-    line = _refusal(capsys, lambda: train.train_and_evaluate(config, str(workdir)))
+    line = refusal(capsys, lambda: train.train_and_evaluate(config, str(workdir)))
     assert line.startswith(f"error: {message}"), line
     assert not workdir.exists()  # nothing written, not even the directory
 
@@ -108,7 +94,7 @@ def test_a_batch_larger_than_the_training_set_is_refused_after_loading_without_w
     # The size of the training set is known once it is loaded (num_train_examples = 0: all).
     config = tiny_digits_config("ce", batch_size=4096, num_train_examples=0)
     workdir = tmp_path / "run"
-    line = _refusal(capsys, lambda: train.train_and_evaluate(config, str(workdir)))
+    line = refusal(capsys, lambda: train.train_and_evaluate(config, str(workdir)))
     assert line.startswith("error: config.batch_size: 4096 is not allowed; expected at most the "
                            "1347 training examples of digits"), line
     assert not workdir.exists()
@@ -133,14 +119,14 @@ def test_batch_sizes_must_divide_among_the_devices():
 def test_a_field_that_no_config_has_is_refused(tmp_path, capsys):
     config = tiny_digits_config("ce")
     config.num_epoch = 3  # misspelt
-    line = _refusal(capsys, lambda: train.train_and_evaluate(config, str(tmp_path / "run")))
+    line = refusal(capsys, lambda: train.train_and_evaluate(config, str(tmp_path / "run")))
     assert line == "error: config.num_epoch: not a config field (see --help for the fields)"
 
 
 def test_the_workdir_may_not_be_a_file(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     config = tiny_digits_config("ce")
-    line = _refusal(capsys, lambda: train.train_and_evaluate(config, str(tmp_path / "file")))
+    line = refusal(capsys, lambda: train.train_and_evaluate(config, str(tmp_path / "file")))
     assert line == f"error: --workdir: {tmp_path / 'file'} is a file, not a directory"
     assert (tmp_path / "file").read_text() == "x"
 
@@ -150,7 +136,7 @@ def test_a_second_process_on_a_workdir_in_use_is_refused(tmp_path, capsys):
     # flock locks belong to an open file, so a second open in this process competes like
     # another process would.
     with workdir_lock.hold(workdir):
-        line = _refusal(capsys, lambda: train.train_and_evaluate(tiny_digits_config("ce"),
+        line = refusal(capsys, lambda: train.train_and_evaluate(tiny_digits_config("ce"),
                                                                   str(workdir)))
         assert line.startswith(f"error: {workdir}: in use by another process (pid ")
         assert sorted(p.name for p in workdir.iterdir()) == [workdir_lock.LOCK_FILE]

@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from softlabel_ood import cli_errors, models, saved_runs, train, train_step
-from tests.train_helpers import tiny_digits_config
+from softlabel_ood import models, saved_runs, train, train_step
+from tests.train_helpers import refusal, tiny_digits_config
 
 TEACHER_ROLE = "config.kd.teacher_workdir"
 
@@ -24,16 +24,6 @@ def finished_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def mesh():
     return train_step.data_mesh()
-
-
-def _refusal(capsys, call) -> str:
-    """Runs `call` as a command would; returns its one stderr line after checking exit code 2."""
-    with pytest.raises(SystemExit) as exit_info:
-        cli_errors.exit_on_user_error(call)()
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1, err
-    return err.strip()
 
 
 # ---- config.json
@@ -99,13 +89,13 @@ def test_a_finished_run_loads_with_its_classes(finished_run, mesh):
 
 def test_a_teacher_that_does_not_exist_or_has_not_finished_is_refused(tmp_path, capsys):
     config = tiny_digits_config("kd", **{"kd.teacher_workdir": str(tmp_path / "none")})
-    line = _refusal(capsys, lambda: train.train_and_evaluate(config, str(tmp_path / "run")))
+    line = refusal(capsys, lambda: train.train_and_evaluate(config, str(tmp_path / "run")))
     assert line == f"error: config.kd.teacher_workdir: {tmp_path / 'none'} does not exist"
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
     saved_runs.write_config(unfinished, tiny_digits_config("ce"))
     config.kd.teacher_workdir = str(unfinished)
-    line = _refusal(capsys, lambda: train.train_and_evaluate(config, str(tmp_path / "run")))
+    line = refusal(capsys, lambda: train.train_and_evaluate(config, str(tmp_path / "run")))
     assert line.endswith("has not finished training (no DONE file)")
     assert not (tmp_path / "run").exists()
 
@@ -116,7 +106,7 @@ def test_a_teacher_of_another_dataset_is_refused_before_any_data(tmp_path, capsy
     saved_runs.write_config(other, tiny_digits_config("ce", dataset="fashion_mnist"))
     saved_runs.mark_finished(other)
     config = tiny_digits_config("kd", **{"kd.teacher_workdir": str(other)})
-    line = _refusal(capsys, lambda: train.train_and_evaluate(config, str(tmp_path / "student")))
+    line = refusal(capsys, lambda: train.train_and_evaluate(config, str(tmp_path / "student")))
     assert line == (f"error: {TEACHER_ROLE}: {other} was trained on 'fashion_mnist', this run "
                     f"uses 'digits'")
     assert not (tmp_path / "student").exists()
@@ -133,7 +123,7 @@ def test_a_teacher_with_another_number_of_outputs_is_refused_before_any_data(
     (teacher / saved_runs.CONFIG_FILE).write_text(json.dumps(stored))
     config = tiny_digits_config("kd", dataset="cifar100",
                                 **{"kd.teacher_workdir": str(teacher)})
-    line = _refusal(capsys, lambda: train.train_and_evaluate(config, str(tmp_path / "student")))
+    line = refusal(capsys, lambda: train.train_and_evaluate(config, str(tmp_path / "student")))
     assert line == (f"error: {TEACHER_ROLE}: {teacher} holds a model with 10 outputs, this "
                     f"run's dataset 'cifar100' has 100 classes")
     assert not (tmp_path / "student").exists()

@@ -61,3 +61,19 @@ def run_processes(module: str, *args: str, processes: int, devices_each: int,
     for p, out in zip(procs, outputs, strict=True):
         assert p.returncode == 0, out[-3000:]
     return outputs
+
+
+def refusal(capsys, call) -> str:
+    """Runs `call` as a command would; returns its one stderr line after checking exit code 2."""
+    import pytest
+
+    from softlabel_ood import cli_errors
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli_errors.exit_on_user_error(call)()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.endswith("\n")
+    assert err.startswith("error: ")
+    return err.strip()
