@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import jax
 import ml_collections
 
-from softlabel_ood import run_model
+from softlabel_ood import run_model, train_step
 
 # The largest population when config.grid.max_population is 0 (automatic), by platform.
 # CPU: 1, measured by benchmarks/population.py on 2 cores: XLA:CPU runs a vmapped population of
@@ -41,6 +41,11 @@ def max_population(grid: ml_collections.ConfigDict) -> int:
     return AUTO_MAX_POPULATION.get(jax.default_backend(), AUTO_MAX_POPULATION_ACCELERATOR)
 
 
+def inputs(config: ml_collections.ConfigDict) -> list[str]:
+    """The directories of the runs that a run reads: its KD teacher, the run it fine-tunes."""
+    return [path for path in (config.kd.teacher_workdir, config.oe.finetune_from) if path]
+
+
 def stages(configs: Sequence[ml_collections.ConfigDict], directories: Sequence[str]) -> list[int]:
     """The stage of every run: 0 without inputs, else one more than its inputs' latest stage.
 
@@ -50,8 +55,8 @@ def stages(configs: Sequence[ml_collections.ConfigDict], directories: Sequence[s
     stage_of: dict[str, int] = {}
     result = []
     for config, directory in zip(configs, directories, strict=True):
-        inputs = [path for path in (config.kd.teacher_workdir, config.oe.finetune_from) if path]
-        stage = 1 + max((stage_of[path] for path in inputs if path in stage_of), default=-1)
+        stage = 1 + max((stage_of[path] for path in inputs(config) if path in stage_of),
+                        default=-1)
         result.append(stage)
         stage_of[str(directory)] = stage
     return result
@@ -87,6 +92,15 @@ def form(configs: Sequence[ml_collections.ConfigDict], directories: Sequence[str
             populations.append(members[start:end])
             start = end
     return populations
+
+
+def mesh(grid: ml_collections.ConfigDict, population: int) -> jax.sharding.Mesh:
+    """The mesh a population of `population` runs trains on: a run alone on `data_mesh`, more
+    on a ("runs", "data") mesh with `run_devices` of `config.grid.run_devices` on "runs"."""
+    if population == 1:
+        return train_step.data_mesh()
+    return train_step.population_mesh(run_devices(
+        int(grid.get("run_devices", 1)), population, jax.local_device_count()))
 
 
 def run_devices(requested: int, population: int, local_devices: int) -> int:

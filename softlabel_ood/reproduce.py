@@ -15,7 +15,6 @@ import sys
 import time
 from collections.abc import Sequence
 
-import jax
 import ml_collections
 import tqdm
 from absl import app, flags, logging
@@ -40,7 +39,6 @@ from softlabel_ood import (
     saved_runs,
     scoring,
     train,
-    train_step,
 )
 
 
@@ -100,10 +98,9 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str, *,
     for group in groups:
         todo = []
         for i in group:
-            inputs = [p for p in (configs[i].kd.teacher_workdir, configs[i].oe.finetune_from) if p]
             if saved_runs.is_finished(directories[i]):
                 say(i, "skipped, already finished")
-            elif broken := [p for p in inputs if p in failed]:
+            elif broken := [p for p in populations.inputs(configs[i]) if p in failed]:
                 failed[directories[i]] = f"not trained: {epath.Path(broken[0]).name} failed"
                 say(i, failed[directories[i]])
             else:
@@ -115,14 +112,11 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str, *,
                             + (", ..." if len(todo) > 3 else ""))
         start = time.monotonic()
         resumed = {i: (epath.Path(directories[i]) / "checkpoints").exists() for i in todo}
-        mesh = train_step.data_mesh()
-        if len(todo) > 1:
-            mesh = train_step.population_mesh(populations.run_devices(
-                int(config.grid.get("run_devices", 1)), len(todo), jax.local_device_count()))
         # Every process takes part in training; each decides the same way whether to skip,
         # because the DONE marker lives in the shared workdir.
         outcomes = train.train_and_evaluate_population(
-            [configs[i] for i in todo], [directories[i] for i in todo], mesh=mesh)
+            [configs[i] for i in todo], [directories[i] for i in todo],
+            mesh=populations.mesh(config.grid, len(todo)))
         seconds = time.monotonic() - start
         together = f" (together with {len(todo) - 1} more)" if len(todo) > 1 else ""
         for i, failure in zip(todo, outcomes, strict=True):

@@ -50,15 +50,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 def train_and_evaluate_population(configs: Sequence[ml_collections.ConfigDict],
-                                  workdirs: Sequence[epath.PathLike], *, mesh=None,
-                                  data: run_data.TrainingData | None = None
+                                  workdirs: Sequence[epath.PathLike], *, mesh=None
                                   ) -> list[Exception | None]:
     """Trains the runs of a population together (`train_loop.train_population`), then writes
     each run's predictions and DONE marker: each run's files are those of the run trained alone.
 
     A run that cannot start (its teacher is missing or unfinished) or whose loss diverges does
-    not stop the others: the returned list holds each run's failure, or None. `data` is the
-    population's training data when the caller has it loaded already.
+    not stop the others: the returned list holds each run's failure, or None.
     """
     # Every check that needs no data comes before any dataset is loaded or any file written.
     for config in configs:
@@ -86,7 +84,7 @@ def train_and_evaluate_population(configs: Sequence[ml_collections.ConfigDict],
             for member in members:
                 locks.enter_context(workdir_lock.hold(member.workdir,
                                                       enabled=distributed.is_writer()))
-            data = data or run_data.load_training(config)
+            data = run_data.load_training(config)
             config_validation.check_training_size(config, len(data.train.labels))
             model = run_model.create_model(config)
             results = train_loop.train_population(members, data, mesh,

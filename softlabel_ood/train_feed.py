@@ -75,9 +75,10 @@ class TrainFeed:
         self._feed_sharding = NamedSharding(mesh, P(None, input_pipeline.DATA_AXIS))
         self.resident = training_bytes(train, outliers) <= max_device_bytes
         self.rows_per_feed = self.steps_per_epoch if self.resident else steps_per_call
-        self.data = self._place_on_devices() if self.resident else {}
+        self.data = self.place_training_arrays() if self.resident else {}
 
-    def _place_on_devices(self) -> dict[str, jax.Array]:
+    def place_training_arrays(self) -> dict[str, jax.Array]:
+        """The training arrays (and outliers) replicated on every device of the mesh."""
         replicated = NamedSharding(self.mesh, P())
 
         def put(array):
@@ -107,19 +108,8 @@ class TrainFeed:
         return input_pipeline.prefetch_one(build(plan))
 
     def _resident_chunks(self, plan) -> Iterator[Chunk]:
-        # One index table per epoch; a resumed run starts its table at the epoch's first step.
-        epoch, feed = None, None
-        for start, n in plan:
-            if start // self.steps_per_epoch != epoch:
-                epoch = start // self.steps_per_epoch
-                first_step = epoch * self.steps_per_epoch
-                rows = {"index": self._rows(len(self.train), self.batch_size, first_step, 0)}
-                if self.outliers is not None:
-                    rows["outlier_index"] = self._rows(
-                        len(self.outliers), self.outlier_batch_size, first_step,
-                        input_pipeline.OUTLIER_STREAM)
-                feed = {name: self._global(table) for name, table in rows.items()}
-            yield Chunk(start, n, start - epoch * self.steps_per_epoch, feed)
+        return _epoch_chunks(plan, self.steps_per_epoch, lambda first_step: {
+            name: self._global(table) for name, table in self.epoch_tables(first_step).items()})
 
     def _host_chunks(self, plan) -> Iterator[Chunk]:
         id_rows = self._indices(len(self.train), self.batch_size, plan[0][0], 0)
@@ -135,28 +125,27 @@ class TrainFeed:
                     self._padded(itertools.islice(outlier_rows, n))]
             yield Chunk(start, n, 0, {name: self._global(a) for name, a in feed.items()})
 
-    def _indices(self, num_examples: int, batch_size: int, start_step: int, stream: int):
+    def _indices(self, num_examples: int, batch_size: int, start_step: int, stream: int, *,
+                 whole_batch: bool = False):
+        """From `start_step` on, each step's rows: this process's, or the whole global batch's."""
+        processes = (0, 1) if whole_batch else (jax.process_index(), jax.process_count())
         return input_pipeline.train_indices(
             num_examples, global_batch_size=batch_size, seed=self.seed, start_step=start_step,
-            process_index=jax.process_index(), process_count=jax.process_count(), stream=stream)
+            process_index=processes[0], process_count=processes[1], stream=stream)
 
-    def _rows(self, num_examples: int, batch_size: int, first_step: int, stream: int
-              ) -> np.ndarray:
-        """This process's rows of the steps of one ID epoch, int32 [steps_per_epoch, B / P]."""
-        indices = self._indices(num_examples, batch_size, first_step, stream)
-        return np.stack(list(itertools.islice(indices, self.steps_per_epoch))).astype(np.int32)
-
-    def global_epoch_table(self, name: str, first_step: int) -> np.ndarray:
-        """The whole global batch's rows ("index") or outlier rows ("outlier_index") of the steps
-        of the epoch that starts at `first_step`, int32 [steps_per_epoch, B]."""
-        if name == "index":
-            num, size, stream = len(self.train), self.batch_size, 0
-        else:
-            num, size = len(self.outliers), self.outlier_batch_size
-            stream = input_pipeline.OUTLIER_STREAM
-        indices = input_pipeline.train_indices(num, global_batch_size=size, seed=self.seed,
-                                               start_step=first_step, stream=stream)
-        return np.stack(list(itertools.islice(indices, self.steps_per_epoch))).astype(np.int32)
+    def epoch_tables(self, first_step: int, *, whole_batch: bool = False
+                     ) -> dict[str, np.ndarray]:
+        """The rows of the steps of the ID epoch that starts at `first_step`: "index", and
+        "outlier_index" with outliers, int32 [steps_per_epoch, B / P] for this process's rows
+        or [steps_per_epoch, B] with `whole_batch`."""
+        streams = {"index": (len(self.train), self.batch_size, 0)}
+        if self.outliers is not None:
+            streams["outlier_index"] = (len(self.outliers), self.outlier_batch_size,
+                                        input_pipeline.OUTLIER_STREAM)
+        return {name: np.stack(list(itertools.islice(
+                    self._indices(num, size, first_step, stream, whole_batch=whole_batch),
+                    self.steps_per_epoch))).astype(np.int32)
+                for name, (num, size, stream) in streams.items()}
 
     def _padded(self, rows: Iterable[np.ndarray]) -> np.ndarray:
         """Stacked rows, padded with index 0 to steps_per_call."""
@@ -187,23 +176,29 @@ class PopulationFeed:
                                 outlier_batch_size=outlier_batch_size) for seed in seeds]
         self.mesh, self.steps_per_epoch = mesh, self._runs[0].steps_per_epoch
         self._table_sharding = NamedSharding(mesh, P(RUNS_AXIS, None, input_pipeline.DATA_AXIS))
-        self.data = self._runs[0]._place_on_devices()
+        self.data = self._runs[0].place_training_arrays()
 
     def chunks(self, plan: Iterable[tuple[int, int]]) -> Iterator[Chunk]:
         """The feed of every (start, num_steps) of `plan`, none crossing an epoch's end."""
-        epoch, feed = None, None
         for start, n in plan:
             if (start % self.steps_per_epoch) + n > self.steps_per_epoch:
                 raise ValueError(f"call ({start}, {n}) crosses the end of an epoch")
-            if start // self.steps_per_epoch != epoch:
-                epoch = start // self.steps_per_epoch
-                feed = self._epoch_tables(epoch * self.steps_per_epoch)
-            yield Chunk(start, n, start - epoch * self.steps_per_epoch, feed)
+        return _epoch_chunks(plan, self.steps_per_epoch, self._epoch_tables)
 
     def _epoch_tables(self, first_step: int) -> dict[str, jax.Array]:
-        names = ["index"] + (["outlier_index"] if self._runs[0].outliers is not None else [])
-        tables = {name: np.stack([run.global_epoch_table(name, first_step) for run in self._runs])
-                  for name in names}
+        per_run = [run.epoch_tables(first_step, whole_batch=True) for run in self._runs]
+        tables = {name: np.stack([t[name] for t in per_run]) for name in per_run[0]}
         return {name: jax.make_array_from_callback(table.shape, self._table_sharding,
                                                    lambda index, t=table: t[index])
                 for name, table in tables.items()}
+
+
+def _epoch_chunks(plan, steps_per_epoch: int, tables_at) -> Iterator[Chunk]:
+    """Chunks of `plan` fed from one index table per epoch, `tables_at(first step of the
+    epoch)`; a resumed run starts its table at the epoch's first step."""
+    epoch, feed = None, None
+    for start, n in plan:
+        if start // steps_per_epoch != epoch:
+            epoch = start // steps_per_epoch
+            feed = tables_at(epoch * steps_per_epoch)
+        yield Chunk(start, n, start - epoch * steps_per_epoch, feed)

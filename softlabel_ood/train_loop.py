@@ -89,16 +89,20 @@ def chunk_plan(start_step: int, total_steps: int, steps_per_call: int,
 
 @jax.jit
 def _count_correct(logits, labels, mask):
-    return jnp.sum((jnp.argmax(logits, axis=-1) == labels) & mask)
+    # logits [B, K], or [runs, B, K] for a population: one count per run.
+    return jnp.sum((jnp.argmax(logits, axis=-1) == labels) & mask, axis=-1)
 
 
-def evaluate_accuracy(eval_fn, variables, ds, mesh, batch_size: int) -> Callable[[], float]:
-    """Dispatches the evaluation of `ds`; the returned function waits for it and gives accuracy."""
+def evaluate_accuracy(eval_fn, variables, ds, mesh, batch_size: int
+                      ) -> Callable[[], list[float]]:
+    """Dispatches the evaluation of `ds` by `eval_fn` (`train_step.make_eval_step`, or
+    `make_population_eval_step` with stacked variables); the returned function waits for it and
+    gives each run's accuracy."""
     correct = jnp.zeros((), jnp.int32)
     for batch in input_pipeline.eval_batches(ds, global_batch_size=batch_size, mesh=mesh):
         out = eval_fn(variables, batch)
         correct = correct + _count_correct(out["logits"], batch["label"], batch["mask"])
-    return lambda: int(correct) / len(ds.labels)
+    return lambda: [int(c) / len(ds.labels) for c in np.atleast_1d(jax.device_get(correct))]
 
 
 class _StepMetrics:
@@ -270,8 +274,7 @@ def train_population(members: Sequence[Member], data: run_data.TrainingData, mes
         hparams = train_step.stack(hparams, mesh)
         teacher_variables = (train_step.stack([m.teacher_variables for m in members], mesh)
                              if teacher_model is not None else None)
-        evaluate = _population_evaluator(model, step_config, mesh, data.test,
-                                         config.eval_batch_size)
+        eval_fn = train_step.make_population_eval_step(model, step_config, mesh)
     else:
         feed = train_feed.TrainFeed(
             data.train, global_batch_size=config.batch_size, seed=config.seed, mesh=mesh,
@@ -284,11 +287,6 @@ def train_population(members: Sequence[Member], data: run_data.TrainingData, mes
         hparams = jax.device_put(hparams[0], replicated)
         teacher_variables = members[0].teacher_variables
         eval_fn = train_step.make_eval_step(model, step_config, mesh)
-
-        def evaluate(variables):
-            accuracy = evaluate_accuracy(eval_fn, variables, data.test, mesh,
-                                         config.eval_batch_size)
-            return lambda: [accuracy()]
 
     plan = chunk_plan(start_step, total_steps, per_call,
                       (config.log_every_steps, steps_per_epoch, config.checkpoint_every_steps))
@@ -360,7 +358,8 @@ def train_population(members: Sequence[Member], data: run_data.TrainingData, mes
             if done % config.log_every_steps == 0 or epoch_end or checkpoint_due:
                 work.append(log_train(done, pending.take()))
             if epoch_end:
-                work.append(log_epoch(done, evaluate(state.variables)))
+                work.append(log_epoch(done, evaluate_accuracy(
+                    eval_fn, state.variables, data.test, mesh, config.eval_batch_size)))
             in_flight.append((metrics, work))
             # Finish older calls while newer ones keep the device busy.
             while len(in_flight) > MAX_CALLS_IN_FLIGHT:
@@ -401,31 +400,6 @@ def _initial_states(configs, model, mesh, ckpts) -> tuple[list[train_step.TrainS
         states.append(_initial_state(config, model, mesh, c))
     # A damaged checkpoint is set aside and the one before it restored (checkpointing): the
     # population then starts again from the earliest step that every run restored.
-    restored = {int(jax.device_get(s.step)) for s in states}
-    if restored != {start}:
-        if len(configs) == 1:
-            return states, restored.pop()
-        return _initial_states(configs, model, mesh, ckpts) if min(restored) < start else (
-            states, start)
+    if any(int(jax.device_get(s.step)) != start for s in states):
+        return _initial_states(configs, model, mesh, ckpts)
     return states, start
-
-
-def _population_evaluator(model, step_config, mesh, test, batch_size: int):
-    """`evaluate(stacked variables)` dispatches every run's test accuracy; the returned function
-    waits and gives the list of accuracies."""
-    eval_fn = train_step.make_population_eval_step(model, step_config, mesh)
-
-    def evaluate(variables):
-        correct = None
-        for batch in input_pipeline.eval_batches(test, global_batch_size=batch_size, mesh=mesh):
-            logits = eval_fn(variables, batch)
-            counts = _count_correct_per_run(logits, batch["label"], batch["mask"])
-            correct = counts if correct is None else correct + counts
-        return lambda: [int(c) / len(test.labels) for c in jax.device_get(correct)]
-
-    return evaluate
-
-
-@jax.jit
-def _count_correct_per_run(logits, labels, mask):
-    return jnp.sum((jnp.argmax(logits, axis=-1) == labels) & mask, axis=-1)

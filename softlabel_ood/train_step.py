@@ -427,12 +427,12 @@ def _member_program(mesh: Mesh) -> Callable:
 
 @functools.lru_cache(maxsize=_PROGRAM_CACHE_SIZE)
 def make_population_eval_step(model: nn.Module, step_config: StepConfig, mesh: Mesh) -> Callable:
-    """`make_eval_step` for stacked variables: `eval(variables, batch)` gives logits
-    [population, B, K] (features are not computed); every run sees the same batch."""
+    """`make_eval_step` for stacked variables: `eval(variables, batch)` gives {"logits":
+    [population, B, K]} (features are not computed); every run sees the same batch."""
     single = _eval_fn(model, step_config)
 
     def evaluate(variables, batch):
-        return jax.vmap(lambda v: single(v, batch)["logits"])(variables)
+        return {"logits": jax.vmap(lambda v: single(v, batch)["logits"])(variables)}
 
     out = NamedSharding(mesh, P(RUNS_AXIS, DATA_AXIS))
     return jax.jit(

@@ -95,7 +95,7 @@ def _fake_training(calls):
     """Stands in for train.train_and_evaluate_population: records each run, writes its
     predictions and DONE."""
 
-    def train_and_evaluate_population(configs, workdirs, *, mesh=None, data=None):
+    def train_and_evaluate_population(configs, workdirs, *, mesh=None):
         for config, workdir in zip(configs, workdirs, strict=True):
             if config.kd.teacher_workdir:  # teachers are finished before their students start
                 assert saved_runs.is_finished(config.kd.teacher_workdir)
