@@ -50,6 +50,7 @@ from softlabel_ood import (
     compilation_cache,
     configs,
     datasets,
+    methods,
     run_data,
     run_model,
     train_feed,
@@ -93,7 +94,7 @@ def load_config(args):
     for field in ("model", "batch_size", "compute_dtype", "steps_per_call", "device_data_max_mb"):
         if getattr(args, field) is not None:
             config[field] = getattr(args, field)
-    if config.method in train_step.TEACHER_METHODS:
+    if methods.needs_teacher(config.method):
         raise SystemExit("benchmark a method without a teacher (ce, ls, oe)")
     return config
 

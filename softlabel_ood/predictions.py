@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from softlabel_ood import atomic_files
+from softlabel_ood import atomic_files, methods
 from softlabel_ood.cli_errors import UserError
 
 ROLES = ("id_test", "ood_test", "id_train")
@@ -114,17 +114,20 @@ class RunSummary:
     def from_config(cls, config) -> RunSummary:
         """From a resolved run config (an ml_collections.ConfigDict; read by attribute)."""
         method = config.method
-        kd = method in ("kd", "kd_incorrect")
-        oe = method == "oe"
+
+        def used(field: str, value, unused):
+            # A field the method does not read is recorded as unused, whatever its value.
+            return value if methods.reads(method, field) else unused
+
         return cls(
             dataset=config.dataset, model=config.model, method=method,
             alpha=float(config.label_smoothing),
-            teacher=config.kd.teacher_workdir if kd else "",
-            kd_temperature=float(config.kd.temperature) if kd else None,
-            kd_weight=float(config.kd.weight) if method == "kd" else None,
-            oe_dataset=config.oe_dataset if oe else "",
-            oe_weight=float(config.oe.weight) if oe else None,
-            finetune_from=(config.oe.finetune_from or "") if oe else "",
+            teacher=used("kd.teacher_workdir", config.kd.teacher_workdir, ""),
+            kd_temperature=used("kd.temperature", float(config.kd.temperature), None),
+            kd_weight=used("kd.weight", float(config.kd.weight), None),
+            oe_dataset=used("oe_dataset", config.oe_dataset, ""),
+            oe_weight=used("oe.weight", float(config.oe.weight), None),
+            finetune_from=used("oe.finetune_from", config.oe.finetune_from or "", ""),
             num_epochs=int(config.num_epochs), seed=int(config.seed))
 
     @classmethod

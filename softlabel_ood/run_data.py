@@ -7,7 +7,7 @@ import dataclasses
 import ml_collections
 import numpy as np
 
-from softlabel_ood import datasets
+from softlabel_ood import datasets, methods
 
 # Which examples a run sees never depends on its seed: every run of a grid trains on the same
 # subset and is scored on the same OOD sets, so that runs differ only in what they set out to vary.
@@ -47,7 +47,7 @@ def used_sets(config: ml_collections.ConfigDict, *,
     """(name, split, path) of every set that training (unless `training` is False: OE's
     outliers are read by training only) and the predictions of `config` read."""
     used = [(config.dataset, "train"), (config.dataset, "test")]
-    if training and config.method == "oe":
+    if training and methods.needs_outliers(config.method):
         used.append((config.oe_dataset, "train"))
     used += [(name, "test") for name in config.ood_datasets]
     return [(name, split, config.dataset_paths.get(name) or "") for name, split in used]
@@ -71,4 +71,5 @@ class TrainingData:
 
 def load_training(config: ml_collections.ConfigDict) -> TrainingData:
     return TrainingData(train=load_id(config, "train"), test=load_id(config, "test"),
-                        outliers=load_outliers(config) if config.method == "oe" else None)
+                        outliers=(load_outliers(config) if methods.needs_outliers(config.method)
+                                  else None))

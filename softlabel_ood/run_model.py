@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import linen as nn
 
-from softlabel_ood import datasets, input_pipeline, models, train_step
+from softlabel_ood import datasets, input_pipeline, methods, models, train_step
 
 
 def create_model(config: ml_collections.ConfigDict) -> nn.Module:
@@ -83,8 +83,8 @@ def population_key(config: ml_collections.ConfigDict, teacher_model: str = "") -
         int(config.num_train_examples), int(config.batch_size), int(config.num_epochs),
         int(config.eval_batch_size), int(config.log_every_steps),
         int(config.checkpoint_every_steps), steps_per_call(config),
-        config.oe_dataset if config.method == "oe" else "",
-        int(config.oe.batch_size) if config.method == "oe" else 0,
+        config.oe_dataset if methods.needs_outliers(config.method) else "",
+        int(config.oe.batch_size) if methods.needs_outliers(config.method) else 0,
         teacher_model,
     )
 

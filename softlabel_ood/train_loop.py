@@ -41,6 +41,7 @@ from softlabel_ood import (
     config_validation,
     distributed,
     input_pipeline,
+    methods,
     metrics_log,
     progress,
     run_data,
@@ -175,7 +176,7 @@ def _initial_state(config, model, mesh, ckpts) -> train_step.TrainState:
                 f"version's train state ({type(e).__name__}), so it cannot be resumed; train in "
                 f"a new workdir (its model can still serve as a teacher or be predicted)"
             ) from None
-    if config.method == "oe" and config.oe.finetune_from:
+    if methods.reads(config.method, "oe.finetune_from") and config.oe.finetune_from:
         # OE fine-tuning starts from the finished run's weights with a fresh optimizer and schedule.
         _, variables, start_config = saved_runs.load_finished_model(
             config.oe.finetune_from, mesh, role="config.oe.finetune_from", dataset=config.dataset)
@@ -189,7 +190,7 @@ def _initial_state(config, model, mesh, ckpts) -> train_step.TrainState:
 
 def load_teacher(config: ml_collections.ConfigDict, mesh):
     """(model, variables) of the run's KD teacher, or (None, None) for methods without one."""
-    if config.method not in train_step.TEACHER_METHODS:
+    if not methods.needs_teacher(config.method):
         return None, None
     model, variables, _ = saved_runs.load_finished_model(
         config.kd.teacher_workdir, mesh, role="config.kd.teacher_workdir", dataset=config.dataset)

@@ -33,8 +33,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from softlabel_ood import augment, optimizer, soft_labels
-from softlabel_ood.methods import METHODS, TEACHER_METHODS
+from softlabel_ood import augment, method_losses, methods, optimizer
 
 DATA_AXIS = "data"
 RUNS_AXIS = "runs"  # the leading axis of a population's stacked states (`make_population_steps`)
@@ -95,8 +94,8 @@ class StepConfig:
     nesterov: bool = True
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"method {self.method!r}: expected one of {METHODS}")
+        if self.method not in methods.METHODS:
+            raise ValueError(f"method {self.method!r}: expected one of {methods.METHODS}")
         if self.optimizer not in optimizer.OPTIMIZERS:
             raise ValueError(f"optimizer {self.optimizer!r}: expected one of "
                              f"{optimizer.OPTIMIZERS}")
@@ -185,33 +184,13 @@ def _prepare_images(images: jax.Array, key: jax.Array, config: StepConfig) -> ja
     return augment.normalize(images, config.mean, config.std, dtype=jnp.dtype(config.compute_dtype))
 
 
-def _loss(config: StepConfig, hp: Hyperparams, logits: jax.Array, labels: jax.Array,
-          outlier_logits: jax.Array | None, teacher_logits: jax.Array | None) -> jax.Array:
-    """The batch-mean training loss of `config.method` (logits are the ID rows only)."""
-    k = config.num_classes
-    if config.method == "ce":
-        return jnp.mean(soft_labels.cross_entropy(logits, soft_labels.one_hot(labels, k)))
-    if config.method == "ls":
-        targets = soft_labels.label_smoothing(labels, k, hp.label_smoothing)
-        return jnp.mean(soft_labels.cross_entropy(logits, targets))
-    if config.method == "oe":
-        hard = jnp.mean(soft_labels.cross_entropy(logits, soft_labels.one_hot(labels, k)))
-        return hard + soft_labels.outlier_exposure_loss(outlier_logits, weight=hp.oe_weight)
-    if config.method == "kd":
-        return jnp.mean(soft_labels.kd_loss(
-            logits, teacher_logits, labels, temperature=hp.kd_temperature,
-            weight=hp.kd_weight, num_classes=k))
-    # kd_incorrect: the teacher shapes only the incorrect-class mass, at temperature T.
-    targets = soft_labels.teacher_incorrect(
-        labels, teacher_logits / hp.kd_temperature, hp.label_smoothing)
-    return jnp.mean(soft_labels.cross_entropy(logits, targets))
-
-
 def _train_step_fn(model: nn.Module, config: StepConfig,
                    teacher_model: nn.Module | None) -> Callable:
     """The pure, unjitted step: (state, hparams, batch, teacher_variables) -> (state, metrics)."""
-    if config.method in TEACHER_METHODS and teacher_model is None:
+    method = methods.BY_NAME[config.method]
+    if method.needs_teacher and teacher_model is None:
         raise ValueError(f"method {config.method!r} needs a teacher_model")
+    loss_of_batch = method_losses.LOSSES[config.method]
     tx = config.make_optimizer()
 
     def train_step(state: TrainState, hp: Hyperparams, batch, teacher_variables):
@@ -220,7 +199,7 @@ def _train_step_fn(model: nn.Module, config: StepConfig,
         labels = batch["label"]
         num_id = labels.shape[0]
         images = batch["image"]
-        if config.method == "oe":
+        if method.needs_outliers:
             # One forward pass over ID and outlier images together, as the OE reference does
             # (torch.cat((in_set[0], out_set[0]))): BatchNorm normalises both with one set of
             # batch statistics, and its running averages include the outliers.
@@ -228,7 +207,7 @@ def _train_step_fn(model: nn.Module, config: StepConfig,
         x = _prepare_images(images, augment_key, config)
 
         teacher_logits = None
-        if config.method in TEACHER_METHODS:
+        if method.needs_teacher:
             # Same augmented batch as the student, inference mode, no gradient into the teacher.
             teacher_logits = jax.lax.stop_gradient(
                 teacher_model.apply(teacher_variables, x, train=False))
@@ -238,7 +217,8 @@ def _train_step_fn(model: nn.Module, config: StepConfig,
                 {"params": params, "batch_stats": state.batch_stats}, x, train=True,
                 mutable=["batch_stats"], rngs={"dropout": dropout_key})
             id_logits, outlier_logits = logits[:num_id], logits[num_id:]
-            loss = _loss(config, hp, id_logits, labels, outlier_logits, teacher_logits)
+            loss = loss_of_batch(hp, id_logits, labels,
+                                 outlier_logits if method.needs_outliers else None, teacher_logits)
             return loss, (id_logits, updates["batch_stats"])
 
         (loss, (id_logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(

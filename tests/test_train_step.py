@@ -12,7 +12,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from softlabel_ood import models, optimizer
+from softlabel_ood import methods, models, optimizer
 from softlabel_ood import train_step as ts
 
 NUM_CLASSES = 4
@@ -159,7 +159,7 @@ def test_every_method_lowers_the_loss(mesh, method, kwargs):
     config = step_config(method)
     hp = hparams(**kwargs)
     teacher, teacher_variables = None, None
-    if method in ts.TEACHER_METHODS:
+    if methods.needs_teacher(method):
         teacher = tiny_model()
         teacher_variables = teacher.init(jax.random.key(7), jnp.zeros((1, *IMAGE_SHAPE)),
                                          train=False)
