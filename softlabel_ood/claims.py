@@ -2,7 +2,7 @@
 
 Every verdict is one of SUPPORTED, NOT_SUPPORTED or INCONCLUSIVE and comes with the numbers that
 decided it. The rules compare one quantity, by default the MSP AUROC averaged over the OOD sets
-(`results.MetricTable.ood_sets`), between two grid entries.
+(`metric_stats.MetricTable.ood_sets`), between two grid entries.
 
 Runs are paired by seed. Within a seed every run of the grid shares its initialisation, data order
 and augmentation (teachers and students included), so the two entries' runs with the same seed
@@ -27,8 +27,9 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats as scipy_stats
 
-from softlabel_ood import results
-from softlabel_ood.results import MetricTable, RunInfo, Stat
+from softlabel_ood import metric_stats, results
+from softlabel_ood.metric_stats import MetricTable, Stat
+from softlabel_ood.results import RunInfo
 
 SUPPORTED = "supported"
 NOT_SUPPORTED = "not supported"
@@ -73,7 +74,7 @@ def _pct(x: float) -> str:
 
 
 def _stat_text(s: Stat) -> str:
-    return f"{results.format_stat(s)} (n = {s.n})"
+    return f"{metric_stats.format_stat(s)} (n = {s.n})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,11 +178,11 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
 
 def _ood_mean_by_seed(table: MetricTable, group: Sequence[RunInfo],
                       rules: ClaimRules) -> dict[int, float]:
-    return results.by_seed(group, lambda run: table.ood_mean(run, rules.score, rules.metric))
+    return metric_stats.by_seed(group, lambda run: table.ood_mean(run, rules.score, rules.metric))
 
 
 def _quantity(rules: ClaimRules) -> str:
-    label = results.METRIC_LABELS.get(rules.metric, rules.metric)
+    label = metric_stats.METRIC_LABELS.get(rules.metric, rules.metric)
     return f"{rules.score} {label} (mean over OOD sets)"
 
 
@@ -197,8 +198,8 @@ def claim1(table: MetricTable, runs: Sequence[RunInfo], rules: ClaimRules) -> Cl
         f"occurs. Otherwise INCONCLUSIVE, and always INCONCLUSIVE with fewer than 3 sweep points "
         f"or fewer than {rules.min_seeds} seeds per point.")
     sweep = results.ls_sweep(runs)
-    ood = [(a, results.ood_mean_stat(table, g, rules.score, rules.metric)) for a, g in sweep]
-    acc = [(a, results.id_stat(table, g, "accuracy")) for a, g in sweep]
+    ood = [(a, metric_stats.ood_mean_stat(table, g, rules.score, rules.metric)) for a, g in sweep]
+    acc = [(a, metric_stats.id_stat(table, g, "accuracy")) for a, g in sweep]
     groups = dict(sweep)
     ood = [(a, s) for a, s in ood if s.n]
     acc = [(a, s) for a, s in acc if s.n]
@@ -291,8 +292,8 @@ def _both(table: MetricTable, a: Sequence[RunInfo], b: Sequence[RunInfo],
     """a − b of the claims' quantity, paired by seed and with seeds as independent samples."""
     paired = compare_paired(_ood_mean_by_seed(table, a, rules),
                             _ood_mean_by_seed(table, b, rules), rules)
-    independent = compare(results.ood_mean_stat(table, a, rules.score, rules.metric),
-                          results.ood_mean_stat(table, b, rules.score, rules.metric), rules)
+    independent = compare(metric_stats.ood_mean_stat(table, a, rules.score, rules.metric),
+                          metric_stats.ood_mean_stat(table, b, rules.score, rules.metric), rules)
     return paired, independent
 
 
@@ -306,7 +307,7 @@ def claim2(table: MetricTable, runs: Sequence[RunInfo], rules: ClaimRules) -> Cl
         f"direction. SUPPORTED iff both parts hold; NOT SUPPORTED iff one is contradicted; else "
         f"INCONCLUSIVE.")
     students = _students(runs, "kd")
-    stats = {k: results.ood_mean_stat(table, g, rules.score, rules.metric)
+    stats = {k: metric_stats.ood_mean_stat(table, g, rules.score, rules.metric)
              for k, g in students.items()}
     evidence = [f"kd student of the {k} teacher ({students[k][0].name}): {q} {_stat_text(s)}"
                 for k, s in stats.items()]
@@ -337,17 +338,17 @@ def claim3(table: MetricTable, runs: Sequence[RunInfo], rules: ClaimRules) -> Cl
                            ("needs a kd_incorrect student of an oe teacher",), INCONCLUSIVE)
     alpha = students["oe"][0].alpha
     ls = dict(results.ls_sweep(runs)).get(alpha) if alpha > 0 else None
-    kdi = results.ood_mean_stat(table, students["oe"], rules.score, rules.metric)
+    kdi = metric_stats.ood_mean_stat(table, students["oe"], rules.score, rules.metric)
     evidence = [f"kd_incorrect from oe ({students['oe'][0].name}, α = {alpha:g}): {q} "
                 f"{_stat_text(kdi)}"]
     if "ce" in students:
-        ctx = results.ood_mean_stat(table, students["ce"], rules.score, rules.metric)
+        ctx = metric_stats.ood_mean_stat(table, students["ce"], rules.score, rules.metric)
         evidence.append(f"kd_incorrect from ce ({students['ce'][0].name}), context: {q} "
                         f"{_stat_text(ctx)}")
     if ls is None:
         evidence.append(f"needs an ls run with α = {alpha:g}")
         return ClaimResult(3, STATEMENTS[3], INCONCLUSIVE, rule, tuple(evidence), INCONCLUSIVE)
-    ls_stat = results.ood_mean_stat(table, ls, rules.score, rules.metric)
+    ls_stat = metric_stats.ood_mean_stat(table, ls, rules.score, rules.metric)
     evidence.append(f"ls with α = {alpha:g} ({ls[0].name}): {q} {_stat_text(ls_stat)}")
     if not kdi.n or not ls_stat.n:
         evidence.append("missing metrics")

@@ -20,8 +20,9 @@ from etils import epath
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from softlabel_ood import atomic_files, predictions, results, scoring
-from softlabel_ood.results import MetricTable, RunInfo
+from softlabel_ood import atomic_files, metric_stats, predictions, scoring
+from softlabel_ood.metric_stats import MetricTable
+from softlabel_ood.results import RunInfo
 
 
 def _new_figure(rows: int, cols: int, *, width: float = 3.6, height: float = 3.0):
@@ -39,7 +40,7 @@ def clipped_error(means, stds, *, low: float = 0.0, high: float = 100.0) -> np.n
                      np.minimum(stds, np.maximum(high - means, 0.0))])
 
 
-def _errorbar(ax, xs, stats: Sequence[results.Stat], label: str) -> None:
+def _errorbar(ax, xs, stats: Sequence[metric_stats.Stat], label: str) -> None:
     keep = [i for i, s in enumerate(stats) if s.n]
     x = [xs[i] for i in keep]
     y = [100 * stats[i].mean for i in keep]
@@ -88,19 +89,19 @@ def alpha_sweep(table: MetricTable, sweep: Sequence[tuple[float, Sequence[RunInf
     for ax, ood in zip(axes.flat, panels, strict=False):
         for score in scores:
             if ood is None:
-                stats = [results.ood_mean_stat(table, g, score, metric) for _, g in sweep]
+                stats = [metric_stats.ood_mean_stat(table, g, score, metric) for _, g in sweep]
             else:
-                stats = [results.ood_stat(table, g, score, metric, ood) for _, g in sweep]
+                stats = [metric_stats.ood_stat(table, g, score, metric, ood) for _, g in sweep]
             _errorbar(ax, alphas, stats, score)
         ax.set_title("mean over OOD sets" if ood is None else ood)
         ax.set_xlabel("α (label smoothing)")
-        ax.set_ylabel(f"{results.METRIC_LABELS.get(metric, metric)} (%)")
+        ax.set_ylabel(f"{metric_stats.METRIC_LABELS.get(metric, metric)} (%)")
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right upper", title="score")
-    label = results.METRIC_LABELS.get(metric, metric)
+    label = metric_stats.METRIC_LABELS.get(metric, metric)
     fig.suptitle(_sweep_title(f"{label} against α", sweep, dataset))
     return fig
 
@@ -111,10 +112,10 @@ def id_sweep(table: MetricTable, sweep: Sequence[tuple[float, Sequence[RunInfo]]
     fig, axes = _new_figure(1, 2)
     alphas = [a for a, _ in sweep]
     for ax, metric in zip(axes.flat, ("accuracy", "ece"), strict=True):
-        _errorbar(ax, alphas, [results.id_stat(table, g, metric) for _, g in sweep], metric)
+        _errorbar(ax, alphas, [metric_stats.id_stat(table, g, metric) for _, g in sweep], metric)
         ax.set_xlabel("α (label smoothing)")
-        ax.set_ylabel(f"{results.METRIC_LABELS[metric]} (%)")
-        ax.set_title(f"ID test {results.METRIC_LABELS[metric]}")
+        ax.set_ylabel(f"{metric_stats.METRIC_LABELS[metric]} (%)")
+        ax.set_title(f"ID test {metric_stats.METRIC_LABELS[metric]}")
         ax.grid(alpha=0.3)
     fig.suptitle(_sweep_title("Accuracy and ECE against α", sweep, dataset))
     return fig

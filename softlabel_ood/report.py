@@ -23,11 +23,13 @@ from softlabel_ood import (
     claims,
     environment,
     figures,
+    metric_stats,
     predictions,
     results,
     scoring,
 )
-from softlabel_ood.results import MetricTable, RunInfo
+from softlabel_ood.metric_stats import MetricTable
+from softlabel_ood.results import RunInfo
 
 OOD_METRICS = ("auroc", "fpr95", "aupr_out")
 _HEADERS = {"auroc": "AUROC ↑", "fpr95": "FPR95 ↓", "aupr_out": "AUPR-out ↑",
@@ -80,8 +82,8 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _fmt(stat: results.Stat) -> str:
-    return results.format_stat(stat)
+def _fmt(stat: metric_stats.Stat) -> str:
+    return metric_stats.format_stat(stat)
 
 
 def runs_markdown(runs: Sequence[RunInfo]) -> str:
@@ -106,9 +108,9 @@ def table1_markdown(table: MetricTable, runs: Sequence[RunInfo], *,
     header += [f"{s} {_HEADERS[m]}" for s in scores for m in OOD_METRICS]
     rows = []
     for alpha, group in results.ls_sweep(runs):
-        row = [f"{alpha:g}", _fmt(results.id_stat(table, group, "accuracy")),
-               _fmt(results.id_stat(table, group, "ece"))]
-        row += [_fmt(results.ood_mean_stat(table, group, s, m)) for s in scores
+        row = [f"{alpha:g}", _fmt(metric_stats.id_stat(table, group, "accuracy")),
+               _fmt(metric_stats.id_stat(table, group, "ece"))]
+        row += [_fmt(metric_stats.ood_mean_stat(table, group, s, m)) for s in scores
                 for m in OOD_METRICS]
         rows.append(row)
     return _md_table(header, rows)
@@ -123,10 +125,10 @@ def sweep_by_score_markdown(table: MetricTable, runs: Sequence[RunInfo], score: 
     header += [_HEADERS[m] for m in OOD_METRICS] + [f"AUROC {g} ↑" for g in groups]
     rows = []
     for alpha, group in results.ls_sweep(runs):
-        row = [f"{alpha:g}", _fmt(results.id_stat(table, group, "accuracy")),
-               _fmt(results.id_stat(table, group, "ece"))]
-        row += [_fmt(results.ood_mean_stat(table, group, score, m)) for m in OOD_METRICS]
-        row += [_fmt(results.ood_group_mean_stat(table, group, score, "auroc", members))
+        row = [f"{alpha:g}", _fmt(metric_stats.id_stat(table, group, "accuracy")),
+               _fmt(metric_stats.id_stat(table, group, "ece"))]
+        row += [_fmt(metric_stats.ood_mean_stat(table, group, score, m)) for m in OOD_METRICS]
+        row += [_fmt(metric_stats.ood_group_mean_stat(table, group, score, "auroc", members))
                 for members in groups.values()]
         rows.append(row)
     return _md_table(header, rows)
@@ -140,7 +142,7 @@ def claim1_by_score_markdown(table: MetricTable, runs: Sequence[RunInfo],
         c = claims.claim1(table, runs, dataclasses.replace(rules, score=score))
         n = c.numbers
         rho = "–" if math.isnan(n.get("spearman", math.nan)) else f"{n['spearman']:.3f}"
-        drop = results.format_stat(results.Stat(())) if "difference" not in n else (
+        drop = metric_stats.format_stat(metric_stats.Stat(())) if "difference" not in n else (
             f"{100 * n['difference']:.2f}" + ("" if math.isnan(n["difference_std"])
                                               else f" ± {100 * n['difference_std']:.2f}"))
         rows.append([f"`{score}`", c.verdict, c.independent_verdict or "–", rho, drop])
@@ -153,7 +155,7 @@ def ood_table_markdown(table: MetricTable, runs: Sequence[RunInfo], ood: str, *,
     """Rows α of the LS sweep; per score, the OOD metrics on one OOD set."""
     scores = _scores(table, scores)
     header = ["α"] + [f"{s} {_HEADERS[m]}" for s in scores for m in OOD_METRICS]
-    rows = [[f"{alpha:g}"] + [_fmt(results.ood_stat(table, group, s, m, ood))
+    rows = [[f"{alpha:g}"] + [_fmt(metric_stats.ood_stat(table, group, s, m, ood))
                               for s in scores for m in OOD_METRICS]
             for alpha, group in results.ls_sweep(runs)]
     return _md_table(header, rows)
@@ -186,9 +188,9 @@ def table2_markdown(table: MetricTable, runs: Sequence[RunInfo], *, score: str =
                 if group is None:
                     row.append("–")
                 elif metric == "accuracy":
-                    row.append(_fmt(results.id_stat(table, group, metric)))
+                    row.append(_fmt(metric_stats.id_stat(table, group, metric)))
                 else:
-                    row.append(_fmt(results.ood_mean_stat(table, group, s, metric)))
+                    row.append(_fmt(metric_stats.ood_mean_stat(table, group, s, metric)))
         rows.append(row)
     return _md_table(header, rows)
 
@@ -207,11 +209,11 @@ def table3_markdown(table: MetricTable, runs: Sequence[RunInfo], *,
     rows = []
     for name in (groups if names is None else names):
         group = groups[name]
-        row = [f"`{name}`", group[0].method, _fmt(results.id_stat(table, group, "accuracy")),
-               _fmt(results.id_stat(table, group, "ece"))]
+        row = [f"`{name}`", group[0].method, _fmt(metric_stats.id_stat(table, group, "accuracy")),
+               _fmt(metric_stats.id_stat(table, group, "ece"))]
         for s in scores:
-            stat = (results.ood_mean_stat(table, group, s, metric) if ood is None
-                    else results.ood_stat(table, group, s, metric, ood))
+            stat = (metric_stats.ood_mean_stat(table, group, s, metric) if ood is None
+                    else metric_stats.ood_stat(table, group, s, metric, ood))
             row.append(_fmt(stat))
         rows.append(row)
     return _md_table(header, rows)
@@ -221,7 +223,7 @@ def claims_markdown(claim_results: Sequence[claims.ClaimResult], rules: claims.C
     out = [
         "Each claim of the paper is decided from the metrics above by the rule printed with it. "
         f"The rules compare {rules.score} "
-        f"{results.METRIC_LABELS.get(rules.metric, rules.metric)} averaged over the OOD sets, "
+        f"{metric_stats.METRIC_LABELS.get(rules.metric, rules.metric)} averaged over the OOD sets, "
         "**paired by seed**: within a seed every run of the grid shares its initialisation, "
         "data order and augmentation (teachers and students included), so two grid entries are "
         "compared through the per-seed differences d_s = a_s − b_s over the seeds both have. A "
@@ -256,7 +258,7 @@ def default_focus_ood(table: MetricTable, runs: Sequence[RunInfo], score: str = 
     sweep = dict(results.ls_sweep(runs))
     if 0.0 not in sweep:
         return table.ood_sets[0]
-    means = {o: results.ood_stat(table, sweep[0.0], score, "auroc", o).mean
+    means = {o: metric_stats.ood_stat(table, sweep[0.0], score, "auroc", o).mean
              for o in table.ood_sets}
     known = {o: m for o, m in means.items() if not math.isnan(m)}
     return min(known, key=known.get) if known else table.ood_sets[0]
@@ -315,7 +317,7 @@ def _write_figures(table: MetricTable, runs: Sequence[RunInfo], out_dir: epath.P
             name = f"alpha_sweep_{metric}.png"
             figures.save(figures.alpha_sweep(table, sweep, metric=metric, scores=scores),
                          out_dir / name)
-            written.append((name, f"{results.METRIC_LABELS[metric]} (%) against α, mean over "
+            written.append((name, f"{metric_stats.METRIC_LABELS[metric]} (%) against α, mean over "
                                   f"OOD sets and per OOD set, one line per score; error bars: "
                                   f"std over seeds."))
         figures.save(figures.id_sweep(table, sweep), out_dir / "alpha_sweep_id.png")
@@ -425,7 +427,7 @@ def render(table: MetricTable, runs: Sequence[RunInfo], *, title: str,
             f"Does label smoothing hurt detection for every score, or only for the softmax? "
             f"Claim 1's rule above, unchanged, applied with each score in place of "
             f"{rules.score} (A = that score's "
-            f"{results.METRIC_LABELS.get(rules.metric, rules.metric)} averaged over the OOD "
+            f"{metric_stats.METRIC_LABELS.get(rules.metric, rules.metric)} averaged over the OOD "
             f"sets; ρ and the paired A(0) − A(α_max) in points, as in the rule).\n",
             claim1_by_score_markdown(table, runs, rules, scores)]
     return "\n".join(out)

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from softlabel_ood import claims, results
+from softlabel_ood import claims, metric_stats
 from tests.report_helpers import metric_rows, paper_runs
 
 # Seed means of the MSP AUROC (mean over OOD sets) shaped like the paper's findings.
@@ -22,7 +22,7 @@ def _evaluate(auroc=None, accuracy=None, runs=None, rules=None, spread=0.002, sh
     seeds = {r.run: (r.name, r.seed) for r in runs}
     rows = [dataclasses.replace(row, value=row.value + (shifts or {}).get(seeds[row.run], 0.0))
             if row.metric == "auroc" else row for row in rows]
-    return claims.evaluate_claims(results.MetricTable(rows), runs, rules)
+    return claims.evaluate_claims(metric_stats.MetricTable(rows), runs, rules)
 
 
 def _verdicts(claim_results):
@@ -101,16 +101,16 @@ def test_claim3_contradicted_within_noise_and_missing():
 
 def test_noise_threshold_uses_the_combined_seed_std():
     rules = claims.ClaimRules(min_effect=0.005)
-    a = results.Stat((0.90, 0.95, 1.00))  # std 0.05
-    b = results.Stat((0.80, 0.80, 0.80))  # std 0
+    a = metric_stats.Stat((0.90, 0.95, 1.00))  # std 0.05
+    b = metric_stats.Stat((0.80, 0.80, 0.80))  # std 0
     c = claims.compare(a, b, rules)
     assert c.threshold == pytest.approx(0.05)
     assert c.direction == 1
-    c = claims.compare(results.Stat((0.84, 0.86, 0.88)), b, rules)  # diff 0.06, threshold 0.02
+    c = claims.compare(metric_stats.Stat((0.84, 0.86, 0.88)), b, rules)  # diff 0.06, threshold 0.02
     assert c.direction == 1
-    c = claims.compare(results.Stat((0.70, 0.85, 1.0)), b, rules)  # diff 0.05 < std 0.15
+    c = claims.compare(metric_stats.Stat((0.70, 0.85, 1.0)), b, rules)  # diff 0.05 < std 0.15
     assert c.direction == 0
-    assert claims.compare(results.Stat((0.9,)), b, rules).direction == 0  # one seed: unknown
+    assert claims.compare(metric_stats.Stat((0.9,)), b, rules).direction == 0  # one seed: unknown
 
 
 def test_spearman_averages_tied_ranks_and_is_nan_for_constant_input():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk_metrics
 
-from softlabel_ood import figures, predictions, results
+from softlabel_ood import figures, metric_stats, predictions, results
 from softlabel_ood.scoring import MetricRow
 
 # AUROC of three seeds per grid entry: ce close to 1, ls0.1 in the middle, ls0.2 close to 0, so
@@ -25,7 +25,7 @@ def _runs_and_table(directory=""):
                                         alpha=ALPHAS[name], directory=directory))
             rows += [MetricRow(run, "msp", "noise", "auroc", value),
                      MetricRow(run, "", "", "accuracy", 0.9), MetricRow(run, "", "", "ece", 0.1)]
-    return runs, results.MetricTable(rows)
+    return runs, metric_stats.MetricTable(rows)
 
 
 def _bar_extents(ax):
