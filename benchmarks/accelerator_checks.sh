@@ -1,0 +1,69 @@
+#!/bin/bash
+# The accelerator figures that the README and docs/reproduction.md quote, in one script sized to
+# fit a 15-minute lease of one GPU (each check has its own time limit; together at most 9 minutes).
+#
+#     benchmarks/accelerator_checks.sh OUT_DIR           # on the GPU or TPU machine
+#     benchmarks/accelerator_checks.sh OUT_DIR --smoke   # tiny sizes: checks the script on a CPU
+#
+# From the repository root, with JAX for the accelerator installed and this package importable
+# (`pip install -e .`, or PYTHONPATH=. with the requirements installed). Each check writes
+# OUT_DIR/<check>.log; the lines to read are the benchmarks' result lines and the grids' times.
+#
+# 1. population_wrn40_2   benchmarks.population: wrn40_2, bfloat16, batch 128 per run, R = 1, 4, 12
+#                         (images/s of R runs in one program against the same R runs in turn);
+# 2. digits_grid          the README's main job twice on fresh workdirs, runs trained alone
+#                         (grid.max_population=1) and in populations of up to 12: its wall time
+#                         each way (`/usr/bin/time`-free: bash's `time`);
+# 3. population_small_cnn benchmarks.population at the Fashion-MNIST shapes, R = 1, 4, 12, 36;
+# 4. train_loop_wrn40_2   benchmarks.train_loop: the train command's loop against its own step on
+#                         50,000 CIFAR-shaped images, bfloat16.
+# The CIFAR-10 grid's projected hours follow from check 1 (docs/reproduction.md says how).
+set -u
+out=${1:?usage: benchmarks/accelerator_checks.sh OUT_DIR [--smoke]}
+smoke=${2:-}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+py=${PYTHON:-python3}
+
+if [ "$smoke" = "--smoke" ]; then
+  wrn=(--model=small_cnn --image_size=8 --channels=1 --batch_size=8 --runs=1,2 --steps=2)
+  small=(--model=small_cnn --image_size=8 --channels=1 --batch_size=8 --runs=1,2 --steps=2)
+  loop=(--config=configs/digits.py --num_train=64 --epochs=1 --repeats=1 --skip_cache)
+  grid_overrides=(--config.num_epochs=1 --config.grid.seeds=0,)
+else
+  wrn=(--model=wrn40_2 --image_size=32 --channels=3 --dtype=bfloat16 --batch_size=128
+       --runs=1,4,12 --steps=200)
+  small=(--model=small_cnn --image_size=28 --channels=1 --batch_size=128 --runs=1,4,12,36
+         --steps=200)
+  loop=(--config=configs/cifar10.py --model=wrn40_2 --compute_dtype=bfloat16 --num_train=50000
+        --epochs=1 --repeats=1 --skip_cache)
+  grid_overrides=()
+fi
+
+check() {  # check NAME SECONDS COMMAND...: runs COMMAND under a time limit, logging to NAME.log
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name (limit ${limit} s): $*"
+  timeout "$limit" "$@" > "$out/$name.log" 2>&1
+  echo "   exit $? after ${SECONDS} s in all"
+  grep -E "ratio=|wall_s=|loop_efficiency=" "$out/$name.log" | sed 's/^/   /' ||
+    tail -n 4 "$out/$name.log" | sed 's/^/   /'
+}
+
+grid() {  # grid MAX_POPULATION: the digits grid on a fresh workdir, timed
+  local workdir
+  workdir=$(mktemp -d)
+  local start=$SECONDS
+  $py -m softlabel_ood.reproduce --config=configs/digits.py --workdir="$workdir" \
+    --config.grid.max_population="$1" "${grid_overrides[@]}" > /dev/null || return
+  echo "digits grid max_population=$1 wall_s=$((SECONDS - start))"
+  rm -rf "$workdir"
+}
+export -f grid
+export py
+
+$py -c "import jax; print('devices:', jax.devices())"
+check population_wrn40_2 210 $py -m benchmarks.population "${wrn[@]}"
+check digits_grid 180 bash -c "$(declare -p grid_overrides); grid 1; grid 12"
+check population_small_cnn 60 $py -m benchmarks.population "${small[@]}"
+check train_loop_wrn40_2 90 $py -m benchmarks.train_loop "${loop[@]}"
