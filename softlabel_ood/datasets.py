@@ -13,6 +13,11 @@ split mixed in), so a call returns the same arrays on every host.
 
 Sources
 -------
+Each name is one record in `_DATASETS` below, a `DatasetInfo`: classes, default shape,
+normalisation, augmentation, and its source, an instance of one kind of source in `data_sources/`
+(interface: `data_sources/common.py`). `load` and `check_available` check the request, then ask
+the source; a new dataset is one new record.
+
 TensorFlow Datasets (prepared beforehand with `tfds build`, never downloaded by the commands; how
 they are read is explained in `data_sources/tfds_source.py`):
 
@@ -30,9 +35,10 @@ they are read is explained in `data_sources/tfds_source.py`):
 32x32x3 unless another `image_shape` is asked for (converted from the original image, not twice).
 The OE reference's SVHN models train on train+extra; "train" here is the 73,257-image train split.
 
-fashion_mnist and mnist read MNIST-format IDX files instead when `path` names a folder of them
-(Debian's dataset-fashion-mnist package installs Fashion-MNIST's in `FASHION_MNIST_IDX_DIR`: the
-same 70,000 images as tfds, in the files' original order); without `path` they come from tfds.
+fashion_mnist and mnist read MNIST-format IDX files (`data_sources/idx_files.py`) instead when
+`path` names a folder of them (Debian's dataset-fashion-mnist package installs Fashion-MNIST's in
+`FASHION_MNIST_IDX_DIR`: the same 70,000 images as tfds, in the files' original order); without
+`path` they come from tfds.
 
 Local files (`path` required: a .npy/.npz array file or a folder of images, see
 `data_sources/local_files.py`; no labels unless a .npz has them; one path serves any split, whose
@@ -76,21 +82,23 @@ and for every OOD-only source.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 
 import numpy as np
 
-from softlabel_ood.data_sources import embedded, local_files, synthetic, tfds_source
+from softlabel_ood.data_sources import embedded, synthetic
 from softlabel_ood.data_sources import images as image_lib
 from softlabel_ood.data_sources.common import (
     ArrayDataset,
     DatasetError,
+    Source,
     int32_labels,
     source_rng,
-    subset_indices,
 )
+from softlabel_ood.data_sources.idx_files import IdxFilesOrTfds
+from softlabel_ood.data_sources.local_files import LocalFiles
+from softlabel_ood.data_sources.tfds_source import TfdsSource
 
 __all__ = [
     "FASHION_MNIST_IDX_DIR",
@@ -110,73 +118,78 @@ FASHION_MNIST_IDX_DIR = "/usr/share/datasets/fashion-mnist"
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
+    """Everything about one dataset name; one record in `_DATASETS`."""
+
     num_classes: int  # 0 for unlabeled sources
     image_shape: tuple[int, int, int]  # (H, W, C) that `load` returns without image_shape
     mean: tuple[float, ...]  # per-channel normalisation constants in [0, 1] pixel units
     std: tuple[float, ...]
     augment: bool  # random crop (pad 4) + flip is appropriate for this ID dataset
+    source: Source  # where the images come from (data_sources/common.py: the interface)
 
 
 _CIFAR_MEAN = tuple(v / 255 for v in (125.3, 123.0, 113.9))
 _CIFAR_STD = tuple(v / 255 for v in (63.0, 62.1, 66.7))
 _RGB32 = (32, 32, 3)
+_GRAY28 = (28, 28, 1)
 
 
-def _ood_only(num_classes: int = 0, shape=_RGB32) -> DatasetInfo:
+def _ood_only(source: Source, num_classes: int = 0, shape=_RGB32) -> DatasetInfo:
     channels = shape[-1]
-    return DatasetInfo(num_classes, shape, (0.5,) * channels, (0.5,) * channels, False)
+    return DatasetInfo(num_classes, shape, (0.5,) * channels, (0.5,) * channels, False, source)
 
 
-_INFO: dict[str, DatasetInfo] = {
-    "cifar10": DatasetInfo(10, _RGB32, _CIFAR_MEAN, _CIFAR_STD, True),
-    "cifar100": DatasetInfo(100, _RGB32, _CIFAR_MEAN, _CIFAR_STD, True),
-    "svhn": DatasetInfo(10, _RGB32, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), False),
-    "textures": _ood_only(47),
-    "places365": _ood_only(365),
-    "fashion_mnist": DatasetInfo(10, (28, 28, 1), (0.2860,), (0.3530,), False),
-    "mnist": DatasetInfo(10, (28, 28, 1), (0.1307,), (0.3081,), False),
-    "digits": DatasetInfo(10, embedded.DIGITS_SHAPE, (0.3058,), (0.3754,), False),
-    "digits28": DatasetInfo(10, embedded.DIGITS28_SHAPE, (0.3059,), (0.3240,), False),
-    "china_patches": _ood_only(),
-    "flower_patches": _ood_only(),
-    "gaussian": _ood_only(),
-    "rademacher": _ood_only(),
-    "blobs": _ood_only(),
-    "uniform": _ood_only(),
-    "lsun_crop": _ood_only(),
-    "lsun_resize": _ood_only(),
-    "tinyimagenet_crop": _ood_only(),
-    "tinyimagenet_resize": _ood_only(),
-    "isun": _ood_only(),
-    "random_300k": _ood_only(),
-    "local_images": _ood_only(),
+def _odin_release(archive: str, conversion: str) -> DatasetInfo:
+    return _ood_only(LocalFiles(conversion, f"the extracted {archive} of the ODIN release"))
+
+
+# One record per name: classes, default shape, normalisation, augmentation, source (the module
+# docstring says why each value). tfds versions are pinned so that a run names exactly the data it
+# saw; they are the versions that tensorflow-datasets 4.9.x builds.
+_DATASETS: dict[str, DatasetInfo] = {
+    "cifar10": DatasetInfo(10, _RGB32, _CIFAR_MEAN, _CIFAR_STD, True,
+                           TfdsSource("cifar10", "3.0.2")),
+    "cifar100": DatasetInfo(100, _RGB32, _CIFAR_MEAN, _CIFAR_STD, True,
+                            TfdsSource("cifar100", "3.0.2")),
+    "svhn": DatasetInfo(10, _RGB32, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), False,
+                        TfdsSource("svhn_cropped", "3.1.0")),
+    # The OE reference reads every image of dtd/images (5,640) as its Textures OOD set.
+    "textures": _ood_only(TfdsSource("dtd", "3.0.1", {"test": "train+validation+test"}), 47),
+    # The OE reference uses an unpublished subset of the Places365 test images; the labelled
+    # validation split (36,500 images) is the closest public, fixed choice.
+    "places365": _ood_only(TfdsSource(
+        "places365_small", "2.1.0", {"train": "train", "test": "validation"}), 365),
+    "fashion_mnist": DatasetInfo(10, _GRAY28, (0.2860,), (0.3530,), False, IdxFilesOrTfds(
+        TfdsSource("fashion_mnist", "3.0.1"),
+        installed_note=f"Debian's dataset-fashion-mnist installs them in {FASHION_MNIST_IDX_DIR}")),
+    "mnist": DatasetInfo(10, _GRAY28, (0.1307,), (0.3081,), False,
+                         IdxFilesOrTfds(TfdsSource("mnist", "3.0.1"))),
+    "digits": DatasetInfo(10, (8, 8, 1), (0.3058,), (0.3754,), False, embedded.Digits()),
+    "digits28": DatasetInfo(10, _GRAY28, (0.3059,), (0.3240,), False, embedded.Digits()),
+    "china_patches": _ood_only(embedded.PhotoPatches("china.jpg", default_count=10_000)),
+    "flower_patches": _ood_only(embedded.PhotoPatches("flower.jpg", default_count=2000)),
+    "gaussian": _ood_only(synthetic.Noise(synthetic.gaussian)),
+    "rademacher": _ood_only(synthetic.Noise(synthetic.rademacher)),
+    "blobs": _ood_only(synthetic.Noise(synthetic.blobs)),
+    "uniform": _ood_only(synthetic.Noise(synthetic.uniform)),
+    "lsun_crop": _odin_release("LSUN.tar.gz", image_lib.CROP),
+    "lsun_resize": _odin_release("LSUN_resize.tar.gz", image_lib.RESIZE),
+    "tinyimagenet_crop": _odin_release("Imagenet.tar.gz", image_lib.CROP),
+    "tinyimagenet_resize": _odin_release("Imagenet_resize.tar.gz", image_lib.RESIZE),
+    "isun": _odin_release("iSUN.tar.gz", image_lib.RESIZE),
+    "random_300k": _ood_only(LocalFiles(
+        image_lib.RESIZE, "300K_random_images.npy of the Outlier Exposure release")),
+    "local_images": _ood_only(LocalFiles(
+        image_lib.RESIZE, "a .npy/.npz array file or a folder of images")),
 }
 
-NAMES: tuple[str, ...] = tuple(_INFO)
-
-# Local-file sources: the conversion they need and what their path should point at.
-_LOCAL = {
-    "lsun_crop": (image_lib.CROP, "the extracted LSUN.tar.gz of the ODIN release"),
-    "lsun_resize": (image_lib.RESIZE, "the extracted LSUN_resize.tar.gz of the ODIN release"),
-    "tinyimagenet_crop": (image_lib.CROP, "the extracted Imagenet.tar.gz of the ODIN release"),
-    "tinyimagenet_resize": (
-        image_lib.RESIZE, "the extracted Imagenet_resize.tar.gz of the ODIN release"),
-    "isun": (image_lib.RESIZE, "the extracted iSUN.tar.gz of the ODIN release"),
-    "random_300k": (image_lib.RESIZE, "300K_random_images.npy of the Outlier Exposure release"),
-    "local_images": (image_lib.RESIZE, "a .npy/.npz array file or a folder of images"),
-}
-_IDX_CAPABLE = ("fashion_mnist", "mnist")
-_DEFAULT_NUM_EXAMPLES = {
-    **dict.fromkeys(synthetic.GENERATORS, 2000),
-    "china_patches": 10_000,
-    "flower_patches": 2000,
-}
+NAMES: tuple[str, ...] = tuple(_DATASETS)
 
 
 def info(name: str) -> DatasetInfo:
-    """Classes, default shape, normalisation constants and augmentation flag of a source."""
+    """Classes, default shape, normalisation constants, augmentation flag and source of a name."""
     try:
-        return _INFO[name]
+        return _DATASETS[name]
     except KeyError:
         raise DatasetError(f"unknown dataset {name!r} (known: {', '.join(NAMES)})") from None
 
@@ -199,8 +212,7 @@ def load(name: str, split: str, *, image_shape: tuple[int, int, int] | None = No
       DatasetError: one line naming the dataset, split and what is missing.
     """
     source_info = info(name)
-    if split not in SPLITS:
-        raise DatasetError(f"{name}: unknown split {split!r} (use one of {', '.join(SPLITS)})")
+    _check_split(name, split)
     shape = _check_shape(name, source_info.image_shape if image_shape is None else image_shape)
     if num_examples is not None and (int(num_examples) != num_examples or num_examples < 1):
         raise DatasetError(f"{name}/{split}: num_examples must be a positive integer, "
@@ -208,29 +220,10 @@ def load(name: str, split: str, *, image_shape: tuple[int, int, int] | None = No
     if seed < 0:
         raise DatasetError(f"{name}/{split}: seed must be >= 0, got {seed}")
     path = path or None  # configs spell "no path" as ""
-    data_dir = data_dir or None
-    rng = source_rng(seed, name, split)
-
-    _check_path(name, split, path)
-    if name in _LOCAL:
-        method, _ = _LOCAL[name]
-        images, labels = local_files.load_path(
-            name, split, path, shape=shape, num_examples=num_examples, rng=rng, method=method)
-    elif name in _IDX_CAPABLE and path is not None:
-        images, labels = local_files.load_idx(
-            name, split, path, shape=shape, num_examples=num_examples, rng=rng)
-    elif name in tfds_source.SOURCES:
-        images, labels = _load_tfds(name, split, shape, num_examples, rng, data_dir, download)
-    elif name in synthetic.GENERATORS:
-        count = num_examples or _DEFAULT_NUM_EXAMPLES[name]
-        images, labels = synthetic.generate(name, count, shape, rng), None
-    elif name in embedded.PATCH_PHOTOS:
-        count = num_examples or _DEFAULT_NUM_EXAMPLES[name]
-        images, labels = embedded.load_patches(name, count, shape, rng), None
-    else:  # digits, digits28: a fixed split, then the optional subset
-        images, labels = embedded.load_digits(name, split, shape)
-        keep = subset_indices(len(labels), num_examples, rng)
-        images, labels = images[keep], labels[keep]
+    _check_path(name, split, path, source_info.source)
+    images, labels = source_info.source.load(
+        name, split, shape=shape, num_examples=num_examples, rng=source_rng(seed, name, split),
+        path=path, data_dir=data_dir or None, download=download)
     return ArrayDataset(
         images=np.ascontiguousarray(images), labels=int32_labels(labels, images.shape[0]),
         name=name, split=split)
@@ -243,43 +236,29 @@ def check_available(name: str, split: str, *, path: str | None = None,
     Cheap (nothing is read): tfds splits are opened, local files and folders looked up. The
     commands call it for every set a run will read before its first step.
     """
-    info(name)
+    source = info(name).source
+    _check_split(name, split)
+    path = path or None
+    _check_path(name, split, path, source)
+    if path is not None and not os.path.exists(os.path.expanduser(path)):
+        raise DatasetError(f"{name}/{split}: {path} does not exist (config "
+                           f"dataset_paths.{name})")
+    source.check_available(name, split, path=path, data_dir=data_dir or None)
+
+
+def _check_split(name: str, split: str) -> None:
     if split not in SPLITS:
         raise DatasetError(f"{name}: unknown split {split!r} (use one of {', '.join(SPLITS)})")
-    path = path or None
-    _check_path(name, split, path)
-    if path is not None:
-        if not os.path.exists(os.path.expanduser(path)):
-            raise DatasetError(f"{name}/{split}: {path} does not exist (config "
-                               f"dataset_paths.{name})")
-    elif name in tfds_source.SOURCES:
-        with _idx_hint(name):
-            tfds_source.check_prepared(tfds_source.SOURCES[name], name, split,
-                                       data_dir=data_dir or None)
 
 
-def _check_path(name: str, split: str, path: str | None) -> None:
+def _check_path(name: str, split: str, path: str | None, source: Source) -> None:
     """A path only for sources that read files, and always for those that read nothing else."""
-    if path is not None and name not in _LOCAL and name not in _IDX_CAPABLE:
+    if path is not None and source.path_hint is None:
         raise DatasetError(f"{name}/{split}: this source reads no local files, but path={path} "
                            "was given")
-    if name in _LOCAL and path is None:
+    if path is None and source.path_required:
         raise DatasetError(f"{name}/{split}: no path given; point it (config "
-                           f"dataset_paths.{name}) at {_LOCAL[name][1]}")
-
-
-@contextlib.contextmanager
-def _idx_hint(name: str):
-    """For sources that IDX files can replace, a tfds error also names that way out."""
-    try:
-        yield
-    except DatasetError as e:
-        if name not in _IDX_CAPABLE:
-            raise
-        hint = (f" (Debian's dataset-fashion-mnist installs them in {FASHION_MNIST_IDX_DIR})"
-                if name == "fashion_mnist" else "")
-        raise DatasetError(f"{e}; or set dataset_paths.{name} to a folder of IDX files (path= "
-                           f"of datasets.load){hint}") from e
+                           f"dataset_paths.{name}) at {source.path_hint}")
 
 
 def _check_shape(name, shape) -> tuple[int, int, int]:
@@ -288,10 +267,3 @@ def _check_shape(name, shape) -> tuple[int, int, int]:
         raise DatasetError(f"{name}: image_shape must be (H, W, C) with C in (1, 3), "
                            f"got {shape}")
     return shape
-
-
-def _load_tfds(name, split, shape, num_examples, rng, data_dir, download):
-    with _idx_hint(name):
-        return tfds_source.load(
-            tfds_source.SOURCES[name], name, split, shape=shape, num_examples=num_examples,
-            rng=rng, data_dir=data_dir, download=download)

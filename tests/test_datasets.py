@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -21,6 +22,11 @@ INTERFACE_NAMES = (
     "lsun_crop", "lsun_resize", "tinyimagenet_crop", "tinyimagenet_resize", "isun", "random_300k",
 )
 TFDS_NAMES = ("cifar10", "cifar100", "svhn", "textures", "places365", "fashion_mnist", "mnist")
+SYNTHETIC_NAMES = ("gaussian", "rademacher", "blobs", "uniform")
+# As the module docstring documents them: sources that need a path, and those that may take one.
+PATH_REQUIRED = ("lsun_crop", "lsun_resize", "tinyimagenet_crop", "tinyimagenet_resize", "isun",
+                 "random_300k", "local_images")
+PATH_OPTIONAL = ("fashion_mnist", "mnist")
 
 
 def _check(ds: datasets.ArrayDataset, count: int, shape) -> None:
@@ -59,6 +65,56 @@ def test_unknown_name_split_shape_and_stray_path_are_clear_errors(tmp_path):
         datasets.load("digits", "test", image_shape=(8, 8, 2))
     with pytest.raises(datasets.DatasetError, match=r"gaussian/test: .*path="):
         datasets.load("gaussian", "test", path=str(tmp_path))
+
+
+@pytest.mark.parametrize("name", datasets.NAMES)
+def test_every_record_takes_a_path_exactly_when_documented(name, tmp_path):
+    """Each name's source agrees with the documented path rules, in `load` and `check_available`:
+    refused when it reads no files, asked for (naming what to point at) when it needs one."""
+    if name in PATH_REQUIRED + PATH_OPTIONAL:
+        # Accepted: the folder is empty, so loading fails later, on what the folder lacks.
+        with pytest.raises(datasets.DatasetError, match=f"^{name}/test: ") as error:
+            datasets.load(name, "test", path=str(tmp_path))
+        assert "reads no local files" not in str(error.value)
+        datasets.check_available(name, "test", path=str(tmp_path))
+    else:
+        refusal = (rf"^{name}/test: this source reads no local files, but "
+                   rf"path={re.escape(str(tmp_path))} was given$")
+        with pytest.raises(datasets.DatasetError, match=refusal):
+            datasets.load(name, "test", path=str(tmp_path))
+        with pytest.raises(datasets.DatasetError, match=refusal):
+            datasets.check_available(name, "test", path=str(tmp_path))
+    if name in PATH_REQUIRED:
+        asked = rf"^{name}/test: no path given; point it \(config dataset_paths\.{name}\) at \w"
+        with pytest.raises(datasets.DatasetError, match=asked) as error:
+            datasets.load(name, "test")
+        assert "None" not in str(error.value)
+        with pytest.raises(datasets.DatasetError, match=asked):
+            datasets.check_available(name, "test")
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in datasets.NAMES if n not in TFDS_NAMES + PATH_REQUIRED])
+def test_every_offline_record_loads_at_its_shape_with_labels_in_range(name):
+    info = datasets.info(name)
+    for split in datasets.SPLITS:
+        ds = datasets.load(name, split, num_examples=3, seed=1)
+        _check(ds, 3, info.image_shape)
+        if info.num_classes == 0:
+            assert (ds.labels == -1).all()
+        else:
+            assert ((ds.labels >= 0) & (ds.labels < info.num_classes)).all()
+        datasets.check_available(name, split)
+
+
+def test_local_file_records_read_any_split_unlabeled_at_their_shape(tmp_path):
+    pixels = np.random.default_rng(3).integers(0, 256, (5, 40, 40, 3), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", pixels)
+    for name in PATH_REQUIRED:
+        for split in datasets.SPLITS:
+            ds = datasets.load(name, split, path=str(tmp_path / "images.npy"))
+            _check(ds, 5, datasets.info(name).image_shape)
+            assert (ds.labels == -1).all()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,7 +317,7 @@ def test_local_sources_fail_clearly(tmp_path):
 # synthetic sets
 
 
-@pytest.mark.parametrize("name", list(synthetic.GENERATORS))
+@pytest.mark.parametrize("name", SYNTHETIC_NAMES)
 def test_synthetic_sets_are_seeded_and_reproducible(name):
     a = datasets.load(name, "test", num_examples=64, seed=1)
     _check(a, 64, (32, 32, 3))
@@ -300,7 +356,7 @@ def test_blobs_follow_the_reference_construction_image_by_image():
     """The reference blurs one HWC image at a time over all three axes; the batched filter must
     give the same images."""
     rng = np.random.default_rng(4)
-    ours = synthetic.generate("blobs", 5, (32, 32, 3), np.random.default_rng(4))
+    ours = synthetic.generate(synthetic.blobs, 5, (32, 32, 3), np.random.default_rng(4))
     bits = rng.binomial(1, 0.7, size=(5, 32, 32, 3)).astype(np.float32)
     for i in range(5):
         blurred = ndimage.gaussian_filter(bits[i], sigma=1.5, mode="nearest", truncate=4.0)

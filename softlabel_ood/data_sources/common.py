@@ -1,7 +1,9 @@
-"""Types and helpers shared by every source: the in-memory dataset, the error, seeded subsets."""
+"""Types and helpers shared by every source: the interface of a kind of source, the in-memory
+dataset, the error, seeded subsets."""
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import zlib
 
@@ -36,6 +38,38 @@ class ArrayDataset:
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+
+class Source(abc.ABC):
+    """One kind of source, as a dataset name's record in `datasets` holds it.
+
+    `datasets.load` and `datasets.check_available` check the split, image shape, num_examples, seed
+    and whether a path is allowed (`path_hint`) or needed (`path_required`), then call the record's
+    source; a source sees only requests that passed those checks.
+    """
+
+    # What `dataset_paths.<name>` should point at, for messages; None: the source reads no local
+    # files, and a given path is refused rather than silently ignored.
+    path_hint: str | None = None
+    path_required: bool = False  # local-file sources have no data without a path
+
+    @abc.abstractmethod
+    def load(self, name: str, split: str, *, shape: tuple[int, int, int],
+             num_examples: int | None, rng: np.random.Generator, path: str | None,
+             data_dir: str | None, download: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """One split -> (uint8 images [N, *shape], labels [N] or None for unlabeled sources).
+
+        `num_examples`: the size of generated sets, a cap (seeded subset from `rng`) for the rest.
+        Every random choice comes from `rng`, in a fixed order, so a call is reproducible.
+        """
+
+    def check_available(self, name: str, split: str, *, path: str | None,
+                        data_dir: str | None) -> None:
+        """Raises DatasetError unless `load` can find its data; reads nothing.
+
+        A given path has already been found to exist.
+        """
+        return  # the default: generated or shipped data is always there
 
 
 def source_rng(seed: int, name: str, split: str) -> np.random.Generator:

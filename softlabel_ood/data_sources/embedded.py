@@ -14,18 +14,42 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import numpy as np
 
 from softlabel_ood.data_sources import images as image_lib
-from softlabel_ood.data_sources.common import DatasetError
+from softlabel_ood.data_sources.common import DatasetError, Source, subset_indices
 
 DIGITS_TRAIN_SIZE = 1347  # of 1,797; the remaining 450 are the test split
-DIGITS_SHAPE = (8, 8, 1)
-DIGITS28_SHAPE = (28, 28, 1)
-PATCH_PHOTOS = {"china_patches": "china.jpg", "flower_patches": "flower.jpg"}
 PATCH_MAX_SCALE = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Digits(Source):
+    """scikit-learn's digits: the fixed split, converted to the asked shape, then the subset."""
+
+    def load(self, name: str, split: str, *, shape: tuple[int, int, int],
+             num_examples: int | None, rng: np.random.Generator, path: str | None,
+             data_dir: str | None, download: bool) -> tuple[np.ndarray, np.ndarray]:
+        images, labels = load_digits(name, split, shape)
+        keep = subset_indices(len(labels), num_examples, rng)
+        return images[keep], labels[keep]
+
+
+@dataclasses.dataclass(frozen=True)
+class PhotoPatches(Source):
+    """`default_count` (or num_examples) random crops of one of scikit-learn's sample photos."""
+
+    photo_file: str  # "china.jpg" or "flower.jpg"
+    default_count: int
+
+    def load(self, name: str, split: str, *, shape: tuple[int, int, int],
+             num_examples: int | None, rng: np.random.Generator, path: str | None,
+             data_dir: str | None, download: bool) -> tuple[np.ndarray, None]:
+        count = num_examples or self.default_count
+        return load_patches(name, self.photo_file, count, shape, rng), None
 
 
 @functools.cache
@@ -57,10 +81,10 @@ def photo(file_name: str) -> np.ndarray:
     return load_sample_image(file_name)
 
 
-def load_patches(name: str, num_examples: int, shape: tuple[int, int, int],
+def load_patches(name: str, photo_file: str, num_examples: int, shape: tuple[int, int, int],
                  rng: np.random.Generator) -> np.ndarray:
-    """`num_examples` random square-ish crops of the named photo -> uint8 [N, *shape]."""
-    source = photo(PATCH_PHOTOS[name])
+    """`num_examples` random square-ish crops of the photo -> uint8 [N, *shape]."""
+    source = photo(photo_file)
     photo_h, photo_w = source.shape[:2]
     height, width = shape[:2]
     max_scale = min(PATCH_MAX_SCALE, photo_h / height, photo_w / width)

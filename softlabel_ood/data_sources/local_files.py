@@ -1,4 +1,4 @@
-"""Sources read from local files: array files, image folders, and IDX (MNIST-format) files.
+"""Sources read from a local array file or image folder (`path` required).
 
 Array files (`.npy`, `.npz`): uint8 images [N, H, W, C], [N, H, W] (grayscale) or [N, C, H, W]
 with C in {1, 3} (transposed to NHWC). A `.npz` holds the images under `images` (or `x`, or as its
@@ -10,24 +10,39 @@ Image folders: every file below the folder (recursively) whose extension is one 
 `IMAGE_EXTENSIONS`, in sorted relative-path order; no labels. This reads the extracted ODIN
 release archives (LSUN, LSUN_resize, Imagenet, Imagenet_resize, iSUN) as they unpack.
 
-IDX: `{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]` in one folder, as MNIST and
-Fashion-MNIST ship them (Debian's dataset-fashion-mnist installs them under
-/usr/share/datasets/fashion-mnist).
+One path serves any split; the split's name then only labels the result and seeds its subset.
 """
 
 from __future__ import annotations
 
-import gzip
+import dataclasses
 import pathlib
 
 import numpy as np
 
 from softlabel_ood.data_sources import images as image_lib
-from softlabel_ood.data_sources.common import DatasetError, subset_indices
+from softlabel_ood.data_sources.common import DatasetError, Source, subset_indices
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".webp", ".tif", ".tiff")
 _IMAGE_KEYS = ("images", "x")
 _LABEL_KEYS = ("labels", "y")
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalFiles(Source):
+    """A .npy/.npz file or image folder that the user points `dataset_paths.<name>` at."""
+
+    conversion: str  # images.RESIZE or images.CROP, for images whose size differs from the target
+    # What the path should point at, e.g. which release archive, extracted. field(): required,
+    # where the bare annotation would take Source's None as its default.
+    path_hint: str = dataclasses.field()
+    path_required = True
+
+    def load(self, name: str, split: str, *, shape: tuple[int, int, int],
+             num_examples: int | None, rng: np.random.Generator, path: str | None,
+             data_dir: str | None, download: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        return load_path(name, split, path, shape=shape, num_examples=num_examples, rng=rng,
+                         method=self.conversion)
 
 
 def load_path(name: str, split: str, path: str, *, shape: tuple[int, int, int],
@@ -100,64 +115,3 @@ def _load_folder(name, split, folder, shape, num_examples, rng, method):
     images = image_lib.fit_all(
         (image_lib.read_image_file(files[i]) for i in keep), len(keep), shape, method)
     return images, None
-
-
-# ---------------------------------------------------------------------------------------------
-# IDX files
-
-_IDX_PREFIX = {"train": "train", "test": "t10k"}
-
-
-def _find_idx(folder: pathlib.Path, prefix: str, kind: str) -> pathlib.Path | None:
-    for suffix in (".gz", ""):
-        candidate = folder / f"{prefix}-{kind}-ubyte{suffix}"
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def read_idx(path: str | pathlib.Path) -> np.ndarray:
-    """One IDX file (optionally gzipped) of unsigned bytes -> its uint8 array."""
-    path = pathlib.Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    # Header: two zero bytes, a type code (0x08 = unsigned byte), the number of dimensions, then
-    # one big-endian uint32 per dimension.
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise ValueError(f"{path} is not an IDX file of unsigned bytes")
-    ndim = data[3]
-    dims = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
-    offset = 4 + 4 * ndim
-    expected = int(np.prod(dims))
-    if len(data) - offset != expected:
-        raise ValueError(f"{path}: header says {dims} ({expected} bytes), file holds "
-                         f"{len(data) - offset}")
-    return np.frombuffer(data, np.uint8, offset=offset).reshape(dims)
-
-
-def load_idx(name: str, split: str, folder: str | pathlib.Path, *,
-             shape: tuple[int, int, int], num_examples: int | None,
-             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """MNIST-format IDX files in `folder` -> (uint8 images [N, *shape], int32 labels [N])."""
-    folder = pathlib.Path(folder).expanduser()
-    if split not in _IDX_PREFIX:
-        raise DatasetError(f"{name}: no split {split!r} in IDX files (available: train, test)")
-    prefix = _IDX_PREFIX[split]
-    image_file = _find_idx(folder, prefix, "images-idx3")
-    label_file = _find_idx(folder, prefix, "labels-idx1")
-    if image_file is None or label_file is None:
-        raise DatasetError(
-            f"{name}/{split}: IDX files {prefix}-images-idx3-ubyte[.gz] and "
-            f"{prefix}-labels-idx1-ubyte[.gz] not found in {folder}")
-    try:
-        images, labels = read_idx(image_file), read_idx(label_file)
-    except (OSError, ValueError, EOFError) as e:
-        raise DatasetError(f"{name}/{split}: cannot read IDX files in {folder}: {e}") from e
-    if images.ndim != 3 or labels.shape != images.shape[:1]:
-        raise DatasetError(
-            f"{name}/{split}: {image_file} {images.shape} and {label_file} {labels.shape} "
-            "are not [N, H, W] images with [N] labels")
-    keep = subset_indices(images.shape[0], num_examples, rng)
-    return (image_lib.fit_array(images[keep][..., None], shape),
-            labels[keep].astype(np.int32))

@@ -27,13 +27,19 @@ and in chunks, so a set is the same on every machine and every process.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+
 import numpy as np
 from scipy import ndimage
+
+from softlabel_ood.data_sources.common import Source
 
 BLOB_PROBABILITY = 0.7
 BLOB_SIGMA = 1.5
 BLOB_THRESHOLD = 0.75
 GAUSSIAN_SCALE = 0.5
+DEFAULT_COUNT = 2000  # images per set unless num_examples says otherwise
 _CHUNK = 1024  # images drawn per call; bounds float64 temporaries, fixed for reproducibility
 
 
@@ -42,19 +48,19 @@ def _to_pixels(x: np.ndarray) -> np.ndarray:
     return np.rint((x + 1.0) * 127.5).astype(np.uint8)
 
 
-def _gaussian(rng, shape):
+def gaussian(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     return _to_pixels(np.clip(rng.normal(0.0, GAUSSIAN_SCALE, size=shape), -1.0, 1.0))
 
 
-def _rademacher(rng, shape):
+def rademacher(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     return (rng.binomial(1, 0.5, size=shape) * 255).astype(np.uint8)
 
 
-def _uniform(rng, shape):
+def uniform(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     return _to_pixels(rng.uniform(-1.0, 1.0, size=shape))
 
 
-def _blobs(rng, shape):
+def blobs(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     b = rng.binomial(1, BLOB_PROBABILITY, size=shape).astype(np.float32)
     # sigma 0 on the batch axis: each image is blurred on its own, over H, W and C.
     b = ndimage.gaussian_filter(b, sigma=(0, BLOB_SIGMA, BLOB_SIGMA, BLOB_SIGMA),
@@ -63,18 +69,25 @@ def _blobs(rng, shape):
     return _to_pixels(2.0 * b - 1.0)
 
 
-GENERATORS = {
-    "gaussian": _gaussian,
-    "rademacher": _rademacher,
-    "blobs": _blobs,
-    "uniform": _uniform,
-}
+Draw = Callable[[np.random.Generator, tuple[int, ...]], np.ndarray]
 
 
-def generate(name: str, num_examples: int, shape: tuple[int, int, int],
+@dataclasses.dataclass(frozen=True)
+class Noise(Source):
+    """A generated set: `draw` gives uint8 pixels for a batch shape [n, H, W, C]."""
+
+    draw: Draw
+    default_count: int = DEFAULT_COUNT
+
+    def load(self, name: str, split: str, *, shape: tuple[int, int, int],
+             num_examples: int | None, rng: np.random.Generator, path: str | None,
+             data_dir: str | None, download: bool) -> tuple[np.ndarray, None]:
+        return generate(self.draw, num_examples or self.default_count, shape, rng), None
+
+
+def generate(draw: Draw, num_examples: int, shape: tuple[int, int, int],
              rng: np.random.Generator) -> np.ndarray:
-    """uint8 [num_examples, *shape] of the named noise."""
-    draw = GENERATORS[name]
+    """uint8 [num_examples, *shape] of `draw`'s noise, drawn in fixed chunks."""
     out = np.empty((num_examples, *shape), np.uint8)
     for start in range(0, num_examples, _CHUNK):
         stop = min(start + _CHUNK, num_examples)

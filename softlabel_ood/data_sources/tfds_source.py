@@ -26,37 +26,9 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 
 from softlabel_ood.data_sources import images as image_lib
-from softlabel_ood.data_sources.common import DatasetError, subset_indices
+from softlabel_ood.data_sources.common import DatasetError, Source, subset_indices
 
 _READ_BATCH = 1024  # encoded examples per host batch while reading; only affects speed
-
-
-@dataclasses.dataclass(frozen=True)
-class TfdsSource:
-    tfds_name: str
-    version: str
-    splits: Mapping[str, str]  # our split name -> tfds split expression
-
-    @property
-    def versioned_name(self) -> str:
-        return f"{self.tfds_name}:{self.version}"
-
-
-# Versions are pinned so that a run names exactly the data it saw; they are the versions that
-# tensorflow-datasets 4.9.x builds.
-SOURCES: Mapping[str, TfdsSource] = {
-    "cifar10": TfdsSource("cifar10", "3.0.2", {"train": "train", "test": "test"}),
-    "cifar100": TfdsSource("cifar100", "3.0.2", {"train": "train", "test": "test"}),
-    "svhn": TfdsSource("svhn_cropped", "3.1.0", {"train": "train", "test": "test"}),
-    # The OE reference reads every image of dtd/images (5,640) as its Textures OOD set.
-    "textures": TfdsSource("dtd", "3.0.1", {"test": "train+validation+test"}),
-    # The OE reference uses an unpublished subset of the Places365 test images; the labelled
-    # validation split (36,500 images) is the closest public, fixed choice.
-    "places365": TfdsSource(
-        "places365_small", "2.1.0", {"train": "train", "test": "validation"}),
-    "fashion_mnist": TfdsSource("fashion_mnist", "3.0.1", {"train": "train", "test": "test"}),
-    "mnist": TfdsSource("mnist", "3.0.1", {"train": "train", "test": "test"}),
-}
 
 
 def _hide_gpus_from_tensorflow(tf) -> None:
@@ -71,68 +43,81 @@ def _encoded_batches(ds, tfds) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     yield from tfds.as_numpy(ds)
 
 
-def check_prepared(source: TfdsSource, name: str, split: str, *, data_dir: str | None) -> None:
-    """Raises DatasetError (with the `tfds build` command) unless the split can be read.
-
-    The split is opened as `load` opens it, without reading a record: a missing set is found
-    before any training, not when predictions are written after the last epoch.
-    """
-    _open(source, name, split, data_dir, download=False)
-
-
 def _where(data_dir: str | None) -> str:
     return data_dir or "the default tfds data_dir"
 
 
-def _open(source: TfdsSource, name: str, split: str, data_dir: str | None, download: bool):
-    if split not in source.splits:
-        raise DatasetError(
-            f"{name}: no split {split!r} (available: {', '.join(source.splits)})")
-    import tensorflow as tf  # imported here: importing TensorFlow costs seconds
-    import tensorflow_datasets as tfds
+@dataclasses.dataclass(frozen=True)
+class TfdsSource(Source):
+    """A TensorFlow Datasets dataset at a pinned version (a run names exactly the data it saw)."""
 
-    _hide_gpus_from_tensorflow(tf)
-    tfds_split = source.splits[split]
-    try:
-        return tfds.load(
-            source.versioned_name, split=tfds_split, data_dir=data_dir, download=download,
-            shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
-    except (AssertionError, ValueError, OSError, tfds.core.DatasetNotFoundError) as e:
-        # tfds reports "not prepared" as an AssertionError; name what is missing and the fix.
-        text = str(e).strip()
-        first_sentence = text.splitlines()[0].split(". ")[0] if text else type(e).__name__
-        build = f"tfds build {source.versioned_name}" + (
-            f" --data_dir={data_dir}" if data_dir else "")
-        raise DatasetError(
-            f"{name}/{split}: tfds dataset {source.versioned_name} split {tfds_split!r} is not "
-            f"available in {_where(data_dir)} ({first_sentence}); prepare it once with "
-            f"`{build}`") from e
+    tfds_name: str
+    version: str
+    # our split name -> tfds split expression
+    splits: Mapping[str, str] = dataclasses.field(
+        default_factory=lambda: {"train": "train", "test": "test"})
 
+    @property
+    def versioned_name(self) -> str:
+        return f"{self.tfds_name}:{self.version}"
 
-def load(source: TfdsSource, name: str, split: str, *, shape: tuple[int, int, int],
-         num_examples: int | None, rng: np.random.Generator, data_dir: str | None,
-         download: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Reads one split -> (uint8 images [N, *shape], int32 labels [N])."""
-    ds = _open(source, name, split, data_dir, download)
-    import tensorflow as tf  # already imported by _open
-    import tensorflow_datasets as tfds
+    def load(self, name: str, split: str, *, shape: tuple[int, int, int],
+             num_examples: int | None, rng: np.random.Generator, path: str | None,
+             data_dir: str | None, download: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Reads one split -> (uint8 images [N, *shape], int32 labels [N])."""
+        ds = self._open(name, split, data_dir, download)
+        import tensorflow as tf  # already imported by _open
+        import tensorflow_datasets as tfds
 
-    try:
-        total = int(ds.cardinality())
-        if total < 0:  # unknown length: count once (cheap, nothing is decoded)
-            total = sum(len(labels) for _, labels in _encoded_batches(ds, tfds))
-        keep = np.zeros(total, bool)
-        keep[subset_indices(total, num_examples, rng)] = True
-        images, labels, read = _read_selected(_encoded_batches(ds, tfds), keep, shape)
-    except tf.errors.OpError as e:
-        message = e.message.splitlines()[0] if e.message else type(e).__name__
-        raise DatasetError(
-            f"{name}/{split}: reading tfds dataset {source.versioned_name} from {_where(data_dir)} "
-            f"failed: {message}") from e
-    if read != len(labels):
-        raise DatasetError(f"{name}/{split}: tfds dataset {source.versioned_name} announced "
-                           f"{total} examples but yielded fewer; its files look incomplete")
-    return images, labels
+        try:
+            total = int(ds.cardinality())
+            if total < 0:  # unknown length: count once (cheap, nothing is decoded)
+                total = sum(len(labels) for _, labels in _encoded_batches(ds, tfds))
+            keep = np.zeros(total, bool)
+            keep[subset_indices(total, num_examples, rng)] = True
+            images, labels, read = _read_selected(_encoded_batches(ds, tfds), keep, shape)
+        except tf.errors.OpError as e:
+            message = e.message.splitlines()[0] if e.message else type(e).__name__
+            raise DatasetError(
+                f"{name}/{split}: reading tfds dataset {self.versioned_name} from "
+                f"{_where(data_dir)} failed: {message}") from e
+        if read != len(labels):
+            raise DatasetError(f"{name}/{split}: tfds dataset {self.versioned_name} announced "
+                               f"{total} examples but yielded fewer; its files look incomplete")
+        return images, labels
+
+    def check_available(self, name: str, split: str, *, path: str | None,
+                        data_dir: str | None) -> None:
+        """Raises DatasetError (with the `tfds build` command) unless the split can be read.
+
+        The split is opened as `load` opens it, without reading a record: a missing set is found
+        before any training, not when predictions are written after the last epoch.
+        """
+        self._open(name, split, data_dir, download=False)
+
+    def _open(self, name: str, split: str, data_dir: str | None, download: bool):
+        if split not in self.splits:
+            raise DatasetError(
+                f"{name}: no split {split!r} (available: {', '.join(self.splits)})")
+        import tensorflow as tf  # imported here: importing TensorFlow costs seconds
+        import tensorflow_datasets as tfds
+
+        _hide_gpus_from_tensorflow(tf)
+        tfds_split = self.splits[split]
+        try:
+            return tfds.load(
+                self.versioned_name, split=tfds_split, data_dir=data_dir, download=download,
+                shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
+        except (AssertionError, ValueError, OSError, tfds.core.DatasetNotFoundError) as e:
+            # tfds reports "not prepared" as an AssertionError; name what is missing and the fix.
+            text = str(e).strip()
+            first_sentence = text.splitlines()[0].split(". ")[0] if text else type(e).__name__
+            build = f"tfds build {self.versioned_name}" + (
+                f" --data_dir={data_dir}" if data_dir else "")
+            raise DatasetError(
+                f"{name}/{split}: tfds dataset {self.versioned_name} split {tfds_split!r} is not "
+                f"available in {_where(data_dir)} ({first_sentence}); prepare it once with "
+                f"`{build}`") from e
 
 
 def _read_selected(batches, keep: np.ndarray, shape) -> tuple[np.ndarray, np.ndarray, int]:
