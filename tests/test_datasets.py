@@ -76,7 +76,13 @@ def test_every_record_takes_a_path_exactly_when_documented(name, tmp_path):
         with pytest.raises(datasets.DatasetError, match=f"^{name}/test: ") as error:
             datasets.load(name, "test", path=str(tmp_path))
         assert "reads no local files" not in str(error.value)
-        datasets.check_available(name, "test", path=str(tmp_path))
+        if name in PATH_OPTIONAL:
+            # IDX files are looked up by name: the empty folder lacks them.
+            with pytest.raises(datasets.DatasetError,
+                               match=f"^{name}/test: IDX files .* not found"):
+                datasets.check_available(name, "test", path=str(tmp_path))
+        else:
+            datasets.check_available(name, "test", path=str(tmp_path))
     else:
         refusal = (rf"^{name}/test: this source reads no local files, but "
                    rf"path={re.escape(str(tmp_path))} was given$")
@@ -184,6 +190,19 @@ def test_fashion_mnist_and_mnist_read_idx_files(tmp_path, tfds_lib):
     (tmp_path / "bad" / "train-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01" + b"\x00" * 4)
     with pytest.raises(datasets.DatasetError, match="fashion_mnist/train: cannot read IDX"):
         datasets.load("fashion_mnist", "train", path=str(tmp_path / "bad"))
+
+
+def test_an_idx_folder_without_the_splits_files_is_refused_before_loading(tmp_path):
+    rng = np.random.default_rng(0)
+    idx_files.write_idx_folder(tmp_path / "idx", rng, gz=True)
+    datasets.check_available("fashion_mnist", "test", path=str(tmp_path / "idx"))
+    (tmp_path / "idx" / "t10k-labels-idx1-ubyte.gz").unlink()
+    datasets.check_available("fashion_mnist", "train", path=str(tmp_path / "idx"))
+    # The folder exists, but the test split's labels do not: refused without reading a file.
+    with pytest.raises(datasets.DatasetError, match=r"^fashion_mnist/test: IDX files "
+                       r"t10k-images-idx3-ubyte\[.gz\] and t10k-labels-idx1-ubyte\[.gz\] "
+                       f"not found in {tmp_path / 'idx'}$"):
+        datasets.check_available("fashion_mnist", "test", path=str(tmp_path / "idx"))
 
 
 def test_real_fashion_mnist_idx_files_when_installed():

@@ -40,9 +40,12 @@ class IdxFilesOrTfds(Source):
 
     def check_available(self, name: str, split: str, *, path: str | None,
                         data_dir: str | None) -> None:
-        if path is None:
-            with self._suggest_idx_files(name):
-                self.tfds.check_available(name, split, path=None, data_dir=data_dir)
+        if path is not None:
+            # Looked up, not read: a folder without the split's files fails before any training.
+            idx_files(name, split, path)
+            return
+        with self._suggest_idx_files(name):
+            self.tfds.check_available(name, split, path=None, data_dir=data_dir)
 
     @contextlib.contextmanager
     def _suggest_idx_files(self, name: str):
@@ -53,7 +56,6 @@ class IdxFilesOrTfds(Source):
             note = f" ({self.installed_note})" if self.installed_note else ""
             raise DatasetError(f"{e}; or set dataset_paths.{name} to a folder of IDX files (path= "
                                f"of datasets.load){note}") from e
-
 
 
 _IDX_PREFIX = {"train": "train", "test": "t10k"}
@@ -87,10 +89,9 @@ def read_idx(path: str | pathlib.Path) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=offset).reshape(dims)
 
 
-def load_idx(name: str, split: str, folder: str | pathlib.Path, *,
-             shape: tuple[int, int, int], num_examples: int | None,
-             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """MNIST-format IDX files in `folder` -> (uint8 images [N, *shape], int32 labels [N])."""
+def idx_files(name: str, split: str, folder: str | pathlib.Path
+              ) -> tuple[pathlib.Path, pathlib.Path]:
+    """The (images, labels) IDX files of `split` in `folder`; DatasetError if one is missing."""
     folder = pathlib.Path(folder).expanduser()
     if split not in _IDX_PREFIX:
         raise DatasetError(f"{name}: no split {split!r} in IDX files (available: train, test)")
@@ -101,6 +102,15 @@ def load_idx(name: str, split: str, folder: str | pathlib.Path, *,
         raise DatasetError(
             f"{name}/{split}: IDX files {prefix}-images-idx3-ubyte[.gz] and "
             f"{prefix}-labels-idx1-ubyte[.gz] not found in {folder}")
+    return image_file, label_file
+
+
+def load_idx(name: str, split: str, folder: str | pathlib.Path, *,
+             shape: tuple[int, int, int], num_examples: int | None,
+             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST-format IDX files in `folder` -> (uint8 images [N, *shape], int32 labels [N])."""
+    folder = pathlib.Path(folder).expanduser()
+    image_file, label_file = idx_files(name, split, folder)
     try:
         images, labels = read_idx(image_file), read_idx(label_file)
     except (OSError, ValueError, EOFError) as e:
