@@ -110,20 +110,21 @@ class PairedComparison:
     min_seeds: int
 
     @property
-    def values(self) -> np.ndarray:
-        return np.array([d for _, d in self.differences], dtype=np.float64)
+    def stat(self) -> Stat:
+        """The per-seed differences, as mean and sample std like any per-seed quantity."""
+        return Stat(tuple(d for _, d in self.differences))
 
     @property
     def n(self) -> int:
-        return len(self.differences)
+        return self.stat.n
 
     @property
     def mean(self) -> float:
-        return float(np.mean(self.values)) if self.n else math.nan
+        return self.stat.mean
 
     @property
     def std(self) -> float:
-        return float(np.std(self.values, ddof=1)) if self.n >= 2 else math.nan
+        return self.stat.std
 
     @property
     def threshold(self) -> float:
@@ -137,9 +138,9 @@ class PairedComparison:
         """+1: a > b beyond noise with every seed's difference positive; -1 the mirror; else 0."""
         if math.isnan(self.threshold):
             return 0
-        if self.mean > self.threshold and (self.values > 0).all():
+        if self.mean > self.threshold and all(v > 0 for v in self.stat.values):
             return 1
-        if self.mean < -self.threshold and (self.values < 0).all():
+        if self.mean < -self.threshold and all(v < 0 for v in self.stat.values):
             return -1
         return 0
 
