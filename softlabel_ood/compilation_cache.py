@@ -30,13 +30,17 @@ def directory() -> str | None:
     return os.path.abspath(os.path.expanduser(value))
 
 
-def enable() -> str | None:
-    """Turns the cache on (unless off); returns its directory."""
-    if jax.config.jax_compilation_cache_dir:
-        return jax.config.jax_compilation_cache_dir
-    path = directory()
+def enable(path: str | None = None) -> str | None:
+    """Turns the cache on in `path`, by default `directory()` (unless off); returns its directory.
+
+    Without `path`, a directory JAX already has is kept.
+    """
     if path is None:
-        return None
+        if jax.config.jax_compilation_cache_dir:
+            return jax.config.jax_compilation_cache_dir
+        path = directory()
+        if path is None:
+            return None
     jax.config.update("jax_compilation_cache_dir", path)
     # Cache every program, not only those over JAX's default of 1 s of compile time: a grid's
     # many small programs (initialisation, evaluation) add up to most of a short run's start.

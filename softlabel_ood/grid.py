@@ -14,6 +14,8 @@ run's identity):
                   0 = automatic by platform, 1 = every run alone
   run_devices     devices along the mesh's "runs" axis for a population (1 = each run's batch
                   split over all devices; larger values give devices whole runs)
+  workers         populations trained at the same time, each in its own process (`workers`);
+                  0 = automatic (2 on a CPU, 1 on an accelerator or with several JAX processes)
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ def paper_grid(*, ls_alphas, kd_ls_alpha, incorrect_alpha, seeds,
     g.runs = runs
     g.max_population = 0
     g.run_devices = 1
+    g.workers = 0
     return g
 
 
@@ -120,7 +123,7 @@ def validate_grid(config: ml_collections.ConfigDict) -> None:
         raise GridError(f"config.grid.seeds: {seeds!r} must be a non-empty list of integers")
     if len(set(seeds)) != len(seeds):
         raise GridError(f"config.grid.seeds: {seeds!r} repeats a seed")
-    for key, least in (("max_population", 0), ("run_devices", 1)):
+    for key, least in (("max_population", 0), ("run_devices", 1), ("workers", 0)):
         value = g.get(key, least)
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise GridError(f"config.grid.{key}: {value!r} must be an integer >= {least}")

@@ -17,6 +17,7 @@ import sys
 import tqdm
 
 LOG_INTERVAL_S = 30.0
+_lines_only = False  # set by `use_lines`
 
 # ANSI control sequences (tqdm moves the cursor up with ESC [ A to redraw nested bars).
 _CONTROL_SEQUENCE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -73,6 +74,13 @@ class _LogBar(tqdm.tqdm):
         return super().display(msg, pos)
 
 
+def use_lines() -> None:
+    """Every later bar of this process prints whole lines, on a terminal too (for processes that
+    share one terminal)."""
+    global _lines_only
+    _lines_only = True
+
+
 def bar(iterable=None, *, file=None, **kwargs) -> tqdm.tqdm:
     """A `tqdm.tqdm(iterable, **kwargs)` on `file` (default stderr): live on a terminal, else lines.
 
@@ -80,7 +88,7 @@ def bar(iterable=None, *, file=None, **kwargs) -> tqdm.tqdm:
     work as usual.
     """
     file = sys.stderr if file is None else file
-    if not is_terminal(file):
+    if _lines_only or not is_terminal(file):
         # tqdm's monitor thread also refreshes a bar every `maxinterval` seconds; both intervals
         # are the log's, so that a slow bar does not print more often.
         kwargs = {"mininterval": LOG_INTERVAL_S, "maxinterval": LOG_INTERVAL_S, "ascii": True,

@@ -12,7 +12,6 @@ every host runs the same command; only process 0 scores and writes the report.
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Sequence
 
 import ml_collections
@@ -38,7 +37,7 @@ from softlabel_ood import (
     run_data,
     saved_runs,
     scoring,
-    train,
+    workers,
 )
 
 
@@ -75,11 +74,13 @@ class RunsFailedError(saved_runs.RunError):
 
 def run_grid(config: ml_collections.ConfigDict, workdir: str, *,
              rules: claims.ClaimRules | None = None) -> list[results.RunInfo]:
-    """Trains every unfinished run of `config.grid` in populations (`populations.form`), then
-    scores the finished runs and writes the report.
+    """Trains every unfinished run of `config.grid` in populations (`populations.form`), up to
+    `config.grid.workers` populations at a time (`workers`), then scores the finished runs and
+    writes the report.
 
-    A run that fails (its loss diverges, its teacher failed) is reported by name and does not
-    stop the others; RunsFailedError names every failed run after the report is written.
+    A population starts once the runs it reads (teachers, fine-tuning starts) are done. A run
+    that fails (its loss diverges, its teacher failed) is reported by name and does not stop the
+    others; RunsFailedError names every failed run after the report is written.
     """
     planned = planned_runs(config, workdir)
     configs = [c for _, c in planned]
@@ -87,6 +88,7 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str, *,
     groups = populations.form(configs, directories, populations.max_population(config.grid))
     writer = distributed.is_writer()
     failed: dict[str, str] = {}  # run directory -> why it failed
+    unresolved = set(directories)  # runs not yet skipped, trained or failed
     bar = progress.bar(total=len(planned), desc="grid", unit="run", disable=not writer)
 
     def say(i: int, what: str) -> None:
@@ -95,38 +97,61 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str, *,
             tqdm.tqdm.write(f"[{i + 1}/{len(planned)}] {info.run} ({info.method}): {what}",
                             file=sys.stderr)
 
-    for group in groups:
+    def resolve(i: int, what: str | None = None) -> None:
+        unresolved.discard(directories[i])
+        bar.update(1)
+        if what:
+            say(i, what)
+
+    def ready(group: list[int]) -> bool:
+        return not any(p in unresolved for i in group for p in populations.inputs(configs[i]))
+
+    def to_train(group: list[int]) -> list[int]:
+        """The runs of `group` to train; the others are skipped or fail here, and say so."""
         todo = []
         for i in group:
             if saved_runs.is_finished(directories[i]):
-                say(i, "skipped, already finished")
+                resolve(i, "skipped, already finished")
             elif broken := [p for p in populations.inputs(configs[i]) if p in failed]:
                 failed[directories[i]] = f"not trained: {epath.Path(broken[0]).name} failed"
-                say(i, failed[directories[i]])
+                resolve(i, failed[directories[i]])
             else:
                 todo.append(i)
-        bar.update(len(group) - len(todo))
-        if not todo:
-            continue
-        bar.set_postfix_str(", ".join(planned[i][0].run for i in todo[:3])
-                            + (", ..." if len(todo) > 3 else ""))
-        start = time.monotonic()
-        resumed = {i: (epath.Path(directories[i]) / "checkpoints").exists() for i in todo}
-        # Every process takes part in training; each decides the same way whether to skip,
-        # because the DONE marker lives in the shared workdir.
-        outcomes = train.train_and_evaluate_population(
-            [configs[i] for i in todo], [directories[i] for i in todo],
-            mesh=populations.mesh(config.grid, len(todo)))
-        seconds = time.monotonic() - start
-        together = f" (together with {len(todo) - 1} more)" if len(todo) > 1 else ""
-        for i, failure in zip(todo, outcomes, strict=True):
-            if failure is not None:
-                failed[directories[i]] = f"failed: {failure}"
-                say(i, failed[directories[i]])
-            else:
-                say(i, f"{'resumed and trained' if resumed[i] else 'trained'} in "
-                       f"{seconds:.0f} s{together}")
-        bar.update(len(todo))
+        return todo
+
+    pending = list(range(len(groups)))  # populations not started, by index into groups
+    training: dict[int, tuple[list[int], dict[int, bool]]] = {}  # population -> (runs, resumed)
+    with workers.Pool(workers.count(config.grid)) as pool:
+        while pending or pool.busy:
+            while pending and not pool.full:
+                population = next((p for p in pending if ready(groups[p])), None)
+                if population is None:  # every pending population reads a run still training
+                    break
+                pending.remove(population)
+                if not (todo := to_train(groups[population])):
+                    continue
+                bar.set_postfix_str(", ".join(planned[i][0].run for i in todo[:3])
+                                    + (", ..." if len(todo) > 3 else ""))
+                training[population] = (todo, {i: (epath.Path(directories[i]) / "checkpoints")
+                                              .exists() for i in todo})
+                # Every process takes part in training; each decides the same way whether to
+                # skip, because the DONE marker lives in the shared workdir.
+                pool.start(population, [configs[i] for i in todo],
+                           [directories[i] for i in todo], config.grid)
+            if not pool.busy:
+                if pending:  # cannot happen: runs are listed, and so trained, before readers
+                    raise RuntimeError(f"populations {pending} read runs that are never trained")
+                continue  # every population left was skipped
+            for population, outcomes, seconds in pool.finished():
+                todo, resumed = training.pop(population)
+                together = f" (together with {len(todo) - 1} more)" if len(todo) > 1 else ""
+                for i, failure in zip(todo, outcomes, strict=True):
+                    if failure is not None:
+                        failed[directories[i]] = f"failed: {failure}"
+                        resolve(i, failed[directories[i]])
+                    else:
+                        resolve(i, f"{'resumed and trained' if resumed[i] else 'trained'} in "
+                                   f"{seconds:.0f} s{together}")
     bar.close()
 
     # Process 0 wrote every run's predictions; the others read them to score.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 import signal
 import subprocess
 import sys
@@ -273,8 +274,28 @@ def get_config():
     c.grid.seeds = (0,)
     c.grid.runs = [grid.run_spec("ce", "ce"), grid.run_spec("ls", "ls", label_smoothing=0.2)]
     c.grid.max_population = 2
+    c.grid.workers = 2  # the population trains in a worker process, which dies with reproduce
     return c
 """
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state, parent, ...), or None."""
+    try:
+        return (pathlib.Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # no such process (any more)
+        return None
+
+
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is `pid` (Linux /proc)."""
+    return [int(p.name) for p in pathlib.Path("/proc").glob("[0-9]*")
+            if (fields := _stat(int(p.name))) and int(fields[1]) == pid]
+
+
+def _alive(pid: int) -> bool:
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z"  # a zombie has ended, unreaped
 
 
 def test_a_population_killed_with_sigkill_resumes_bitwise(tmp_path):
@@ -293,8 +314,15 @@ def test_a_population_killed_with_sigkill_resumes_bitwise(tmp_path):
     while time.time() < deadline and proc.poll() is None and not (
             checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir())):
         time.sleep(0.02)
+    workers = _children(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    # The worker training the population dies with reproduce, releasing the workdir.
+    assert workers
+    deadline = time.time() + 30
+    while time.time() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in workers)
     saved = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
     assert saved, "the population ended before its first checkpoint"
     assert saved[-1] < 12 * 8, "the population finished before it could be killed"

@@ -25,6 +25,8 @@ def _config(runs, seeds=(0,)):
     config = tiny_digits_config()
     config.grid.runs = runs
     config.grid.seeds = seeds
+    # These tests replace the training function in this process: no worker processes.
+    config.grid.workers = 1
     return config
 
 
@@ -181,6 +183,7 @@ def test_second_invocation_trains_nothing(tiny_grid, monkeypatch):
     exec(config_file.read_text(), module)
     config = module["get_config"]()
     config.num_epochs = 1
+    config.grid.workers = 1  # the replaced training function lives in this process
     reproduce.run_grid(config, str(workdir))
     assert stamps == {p: p.stat().st_mtime_ns for p in (workdir / "runs").glob("*/predictions/*")}
     assert (workdir / "report" / "report.md").exists()

@@ -1,0 +1,76 @@
+"""Worker processes: how many, and a grid trained by two of them equals one trained in-process."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from softlabel_ood import grid, predictions, reproduce, workers
+from tests.train_helpers import tiny_digits_config
+
+
+def _grid(value):
+    g = tiny_digits_config().grid
+    g.workers = value
+    return g
+
+
+def test_worker_count_by_platform_and_its_refusals(monkeypatch):
+    monkeypatch.setattr(workers.os, "cpu_count", lambda: 8)
+    assert workers.count(_grid(0)) == workers.AUTO_WORKERS_CPU == 2
+    assert workers.count(_grid(3)) == 3
+    monkeypatch.setattr(workers.os, "cpu_count", lambda: 1)
+    assert workers.count(_grid(0)) == 1  # never more processes than cores by default
+    with pytest.raises(grid.GridError, match=r"^config\.grid\.workers: -1 must be >= 0"):
+        workers.count(_grid(-1))
+
+    monkeypatch.setattr(workers.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert workers.count(_grid(0)) == 1  # one process owns an accelerator's memory
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    assert workers.count(_grid(0)) == 1
+    with pytest.raises(grid.GridError, match=r"^config\.grid\.workers: 2 worker processes "
+                                             r"cannot share a grid across 2 JAX processes"):
+        workers.count(_grid(2))
+
+
+def _run(tmp_path, name, worker_count):
+    config = tiny_digits_config(num_epochs=1)
+    config.ood_datasets = ("gaussian",)
+    config.grid.seeds = (0,)
+    config.grid.runs = [
+        grid.run_spec("ce", "ce"),
+        grid.run_spec("diverges", "ls", label_smoothing=0.1, learning_rate=1e6),
+        grid.run_spec("kd_ce", "kd", teacher="ce"),
+        grid.run_spec("ls", "ls", label_smoothing=0.2),
+    ]
+    config.grid.workers = worker_count
+    with pytest.raises(reproduce.RunsFailedError) as failure:
+        reproduce.run_grid(config, str(tmp_path / name))
+    return str(failure.value)
+
+
+def test_two_workers_train_a_grid_bitwise_as_one_process_does(tmp_path, capsys):
+    """ce, a run that diverges, a kd student of ce (which must wait for its teacher) and ls:
+    the same predictions, bit for bit, and the same failure, named the same way."""
+    alone = _run(tmp_path, "alone", 1)
+    capsys.readouterr()
+    two = _run(tmp_path, "two", 2)
+    err = capsys.readouterr().err
+    assert two == alone
+    assert two.startswith("1 of 4 runs did not finish: diverges_seed0 failed: ")
+    assert "[2/4] diverges_seed0 (ls): failed: " in err
+    for line in ("[1/4] ce_seed0 (ce): trained in", "[3/4] kd_ce_seed0 (kd): trained in",
+                 "[4/4] ls_seed0 (ls): trained in"):
+        assert line in err
+    for run in ("ce_seed0", "kd_ce_seed0", "ls_seed0"):
+        a = predictions.read(tmp_path / "alone" / "runs" / run / "predictions")
+        b = predictions.read(tmp_path / "two" / "runs" / run / "predictions")
+        assert a.splits.keys() == b.splits.keys()
+        for split in a.splits:
+            np.testing.assert_array_equal(a.splits[split].logits, b.splits[split].logits,
+                                          err_msg=f"{run} {split}")
+            np.testing.assert_array_equal(a.splits[split].features, b.splits[split].features,
+                                          err_msg=f"{run} {split}")
