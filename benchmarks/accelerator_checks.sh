@@ -29,7 +29,8 @@ if [ "$smoke" = "--smoke" ]; then
   wrn=(--model=small_cnn --image_size=8 --channels=1 --batch_size=8 --runs=1,2 --steps=2)
   small=(--model=small_cnn --image_size=8 --channels=1 --batch_size=8 --runs=1,2 --steps=2)
   loop=(--config=configs/digits.py --num_train=64 --epochs=1 --repeats=1 --skip_cache)
-  grid_overrides=(--config.num_epochs=1 --config.grid.seeds=0,)
+  grid_overrides=(--config.num_epochs=1 --config.grid.seeds=0, --config.num_train_examples=128
+                  --config.num_ood_examples=32)
 else
   wrn=(--model=wrn40_2 --image_size=32 --channels=3 --dtype=bfloat16 --batch_size=128
        --runs=1,4,12 --steps=200)

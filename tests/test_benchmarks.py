@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
 import re
+import subprocess
+import sys
 
-from tests.train_helpers import run_module
+from tests.train_helpers import REPO, run_module
 
 FIELDS = ("step_images_per_s", "loop_images_per_s", "loop_efficiency", "first_compile_s",
           "fixed_s", "cache_saved_s")
@@ -75,3 +78,22 @@ def test_population_benchmark_prints_one_ratio_per_population_size():
         assert math.isclose(float(values["ratio"]), together / sequential, rel_tol=1e-2)
     # R = 1 is the single-run program both ways: one timing, ratio 1 by construction.
     assert dict(re.findall(r"(\w+)=(\S+)", lines[0]))["ratio"] == "1.000"
+
+
+def test_accelerator_checks_script_runs_every_check_at_tiny_sizes(tmp_path):
+    """benchmarks/accelerator_checks.sh --smoke: each check exits 0 and prints its figures, so a
+    short accelerator lease is not spent on a broken script."""
+    result = subprocess.run(
+        ["bash", "benchmarks/accelerator_checks.sh", str(tmp_path), "--smoke"], cwd=REPO,
+        env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True,
+        timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    checks = ("population_wrn40_2", "digits_grid", "population_small_cnn", "train_loop_wrn40_2")
+    for check in checks:
+        assert (tmp_path / f"{check}.log").exists()
+    assert out.count("   exit 0 after") == len(checks), out
+    assert out.count("R=2 together_images_per_s=") == 2, out
+    assert re.search(r"digits grid max_population=1 wall_s=\d+", out), out
+    assert re.search(r"digits grid max_population=12 wall_s=\d+", out), out
+    assert "loop_efficiency=" in out
