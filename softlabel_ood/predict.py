@@ -84,7 +84,8 @@ def write_predictions(config: ml_collections.ConfigDict, workdir: epath.PathLike
     }
     sets.update({name: ("ood_test", ds) for name, ds in run_data.load_ood(config).items()})
     splits = {}
-    bar = progress.bar(sets.items(), desc="predictions", unit="split",
+    # The run's name on the bar: a grid's worker processes share one log.
+    bar = progress.bar(sets.items(), desc=f"{epath.Path(workdir).name} predictions", unit="split",
                     disable=not distributed.is_writer())
     for name, (role, ds) in bar:
         bar.set_postfix_str(name)

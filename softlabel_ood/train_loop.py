@@ -294,7 +294,9 @@ def train_population(members: Sequence[Member], data: run_data.TrainingData, mes
     writer = distributed.is_writer()
     logs = [metrics_log.MetricsLog(m.workdir, resume_step=start_step, enabled=writer)
             for m in members]
-    name = members[0].workdir.name if not stacked else f"{len(members)} runs"
+    name = members[0].workdir.name
+    if stacked:  # named by its first run: populations in other worker processes share the log
+        name = f"{name} and {len(members) - 1} more"
     if start_step and writer:
         tqdm.tqdm.write(f"{name}: resuming from step {start_step} of {total_steps}")
     bar = progress.bar(total=total_steps, initial=start_step, desc=name, unit="step",
