@@ -87,14 +87,8 @@ def train_and_evaluate_population(configs: Sequence[ml_collections.ConfigDict],
             data = run_data.load_training(config)
             config_validation.check_training_size(config, len(data.train.labels))
             model = run_model.create_model(config)
-            try:
-                results = train_loop.train_population(members, data, mesh,
-                                                      teacher_model=teacher_model)
-            except TrainingDivergedError as e:
-                # A run alone stops by raising; it is that run's failure, like a member's.
-                if len(members) > 1:
-                    raise
-                results = [e]
+            results = train_loop.train_population(members, data, mesh,
+                                                  teacher_model=teacher_model)
             for i, member, result in zip(indices, members, results, strict=True):
                 if isinstance(result, Exception):
                     failures[i] = result

@@ -232,7 +232,8 @@ def train_population(members: Sequence[Member], data: run_data.TrainingData, mes
     on the mesh's "runs" axis. Every run writes its own config.json, checkpoints, metrics.jsonl
     and TensorBoard events, as if trained alone. A run whose loss becomes NaN or infinite stops
     writing (its last good checkpoint stays) and its result is the TrainingDivergedError; the
-    others go on. Returns each run's final state (replicated, as a run trained alone holds it).
+    others go on, and training ends once every run has diverged. Returns each run's final state
+    (replicated, as a run trained alone holds it).
     """
     configs = [m.config for m in members]
     keys = {run_model.population_key(c) for c in configs}
@@ -329,9 +330,7 @@ def train_population(members: Sequence[Member], data: run_data.TrainingData, mes
         def write():
             for r, means in enumerate(read_means()):
                 if isinstance(means, TrainingDivergedError):
-                    if not stacked:
-                        raise means
-                    if r not in diverged and writer:
+                    if r not in diverged and writer and stacked:
                         tqdm.tqdm.write(f"{members[r].workdir}: {means}; the run stops here, "
                                         f"the others go on", file=sys.stderr)
                     diverged.setdefault(r, means)
@@ -371,6 +370,8 @@ def train_population(members: Sequence[Member], data: run_data.TrainingData, mes
                 while in_flight:  # the loss check comes before the checkpoint
                     finish_oldest()
                 save_checkpoints()
+            if len(diverged) == len(members):
+                break  # nothing left to train
         while in_flight:
             finish_oldest()
         save_checkpoints()  # A run with no training steps left still has its final checkpoint.

@@ -160,6 +160,29 @@ def test_a_diverging_run_stops_alone(tmp_path, capsys):
     assert (saved.latest_step() or 0) < 16
 
 
+@pytest.mark.parametrize("population", [1, 2])
+def test_training_stops_once_every_run_has_diverged(tmp_path, monkeypatch, population):
+    # 20 epochs of 8 steps: a loop that went on after the divergence would make 40 calls of 4.
+    configs = [tiny_digits_config("ce", seed=s, learning_rate=1e30, num_epochs=20)
+               for s in range(population)]
+    calls = []
+
+    def counting(make):
+        def counted(*args, **kwargs):
+            run_steps = make(*args, **kwargs)
+            return lambda *a: calls.append(1) or run_steps(*a)
+        return counted
+
+    for factory in ("make_train_steps", "make_population_steps"):
+        monkeypatch.setattr(train_step, factory, counting(getattr(train_step, factory)))
+    data = run_data.load_training(configs[0])
+    results = train_loop.train_population(_members(tmp_path, configs), data,
+                                          train_step.data_mesh())
+    assert all(isinstance(r, train_loop.TrainingDivergedError) for r in results)
+    # The first log reads the loss after one call; the calls already in flight then end it.
+    assert 1 <= len(calls) <= 1 + train_loop.MAX_CALLS_IN_FLIGHT + 1
+
+
 class _Killed(Exception):
     pass
 
