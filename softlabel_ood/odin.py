@@ -23,6 +23,7 @@ step's.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -77,6 +78,8 @@ def odin_scores(apply_fn: Callable, images_uint8: jax.Array, mean: Sequence[floa
     return jnp.stack(columns, axis=-1)
 
 
+# Cached like the train and eval steps: every run of a grid then reuses one traced program.
+@functools.lru_cache(maxsize=train_step.PROGRAM_CACHE_SIZE)
 def make_odin_step(model: nn.Module, step_config: train_step.StepConfig, mesh: Mesh,
                    pairs: tuple[tuple[float, float], ...]) -> Callable:
     """Returns jitted `odin_step(variables, batch) -> {"logits": [B, K], "features": [B, D],

@@ -39,7 +39,7 @@ DATA_AXIS = "data"
 RUNS_AXIS = "runs"  # the leading axis of a population's stacked states (`make_population_steps`)
 METRICS = ("loss", "accuracy", "learning_rate")
 # Compiled programs kept per process: a grid needs a handful (one per method and model).
-_PROGRAM_CACHE_SIZE = 32
+PROGRAM_CACHE_SIZE = 32
 
 
 class TrainState(struct.PyTreeNode):
@@ -144,7 +144,7 @@ def create_train_state(model: nn.Module, config: StepConfig, *, image_shape: Seq
     return _init_program(model, config, tuple(image_shape), mesh)(np.int32(seed))
 
 
-@functools.lru_cache(maxsize=_PROGRAM_CACHE_SIZE)
+@functools.lru_cache(maxsize=PROGRAM_CACHE_SIZE)
 def _init_program(model: nn.Module, config: StepConfig, image_shape: tuple[int, ...],
                   mesh: Mesh) -> Callable:
     tx = config.make_optimizer()
@@ -239,7 +239,7 @@ def _train_step_fn(model: nn.Module, config: StepConfig,
     return train_step
 
 
-@functools.lru_cache(maxsize=_PROGRAM_CACHE_SIZE)
+@functools.lru_cache(maxsize=PROGRAM_CACHE_SIZE)
 def make_train_step(model: nn.Module, step_config: StepConfig, mesh: Mesh, *,
                     teacher_model: nn.Module | None = None) -> Callable:
     """Returns jitted `step(state, hparams, batch, teacher_variables) -> (state, metrics)`.
@@ -300,7 +300,7 @@ def _calls_of_steps(step: Callable, batch_at: Callable, batch_sharded: NamedShar
     return run
 
 
-@functools.lru_cache(maxsize=_PROGRAM_CACHE_SIZE)
+@functools.lru_cache(maxsize=PROGRAM_CACHE_SIZE)
 def make_train_steps(model: nn.Module, step_config: StepConfig, mesh: Mesh, *,
                      steps_per_call: int, resident: bool,
                      teacher_model: nn.Module | None = None) -> Callable:
@@ -343,7 +343,7 @@ def make_train_steps(model: nn.Module, step_config: StepConfig, mesh: Mesh, *,
     )
 
 
-@functools.lru_cache(maxsize=_PROGRAM_CACHE_SIZE)
+@functools.lru_cache(maxsize=PROGRAM_CACHE_SIZE)
 def make_population_steps(model: nn.Module, step_config: StepConfig, mesh: Mesh, *,
                           steps_per_call: int, population: int,
                           teacher_model: nn.Module | None = None) -> Callable:
@@ -388,7 +388,7 @@ def stack(trees: Sequence[Any], mesh: Mesh) -> Any:
     return _stack_program(mesh)(*trees)
 
 
-@functools.lru_cache(maxsize=_PROGRAM_CACHE_SIZE)
+@functools.lru_cache(maxsize=PROGRAM_CACHE_SIZE)
 def _stack_program(mesh: Mesh) -> Callable:
     return jax.jit(lambda *trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees),
                    out_shardings=NamedSharding(mesh, P(RUNS_AXIS)))
@@ -399,13 +399,13 @@ def member(tree: Any, index: int, mesh: Mesh) -> Any:
     return _member_program(mesh)(tree, np.int32(index))
 
 
-@functools.lru_cache(maxsize=_PROGRAM_CACHE_SIZE)
+@functools.lru_cache(maxsize=PROGRAM_CACHE_SIZE)
 def _member_program(mesh: Mesh) -> Callable:
     return jax.jit(lambda tree, i: jax.tree.map(lambda x: x[i], tree),
                    out_shardings=NamedSharding(mesh, P()))
 
 
-@functools.lru_cache(maxsize=_PROGRAM_CACHE_SIZE)
+@functools.lru_cache(maxsize=PROGRAM_CACHE_SIZE)
 def make_population_eval_step(model: nn.Module, step_config: StepConfig, mesh: Mesh) -> Callable:
     """`make_eval_step` for stacked variables: `eval(variables, batch)` gives {"logits":
     [population, B, K]} (features are not computed); every run sees the same batch."""
@@ -433,7 +433,7 @@ def _eval_fn(model: nn.Module, step_config: StepConfig) -> Callable:
     return eval_step
 
 
-@functools.lru_cache(maxsize=_PROGRAM_CACHE_SIZE)
+@functools.lru_cache(maxsize=PROGRAM_CACHE_SIZE)
 def make_eval_step(model: nn.Module, step_config: StepConfig, mesh: Mesh) -> Callable:
     """Returns jitted `eval_step(variables, batch) -> {"logits": [B, K], "features": [B, D]}`.
 

@@ -107,6 +107,25 @@ def test_oe_fine_tuning_starts_from_the_finished_run(ce_teacher, tmp_path):
         np.testing.assert_allclose(a, b, atol=1e-4)
 
 
+def test_a_second_run_in_the_process_traces_no_program(ce_teacher, tmp_path):
+    """A grid trains many runs per process: its programs (init, steps, evaluation, ODIN) are
+    traced once, and a run with another seed and learning rate reuses them all."""
+    traced = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/jaxpr_trace_duration":
+            traced.append(kwargs.get("fun_name"))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        train.train_and_evaluate(tiny_digits_config("ce", seed=5, learning_rate=0.07),
+                                 str(tmp_path / "again"))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert saved_runs.is_finished(tmp_path / "again")
+    assert traced == []
+
+
 def test_running_again_resumes_and_only_rewrites_predictions(ce_teacher):
     before = predictions.read(ce_teacher / "predictions").splits["digits_test"].logits
     lines_before = (ce_teacher / "metrics.jsonl").read_text()
