@@ -3,6 +3,7 @@ run's model (a KD teacher, or the run that OE fine-tuning starts from)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging as std_logging
 import os
@@ -29,6 +30,21 @@ def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     line = text.splitlines()[0] if text else ""
     return f"{type(error).__name__}: {line[:160]}{'...' if len(line) > 160 else ''}"
+
+
+@contextlib.contextmanager
+def _without_read_only_notice():
+    """Orbax warns "Given directory is read only" each time a manager opens read-only, which
+    here is every KD teacher and every predict: expected, so not shown."""
+    def keep(record: std_logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Given directory is read only")
+
+    logger = std_logging.getLogger("absl")
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 def _quiet_after_failed_read() -> None:
@@ -101,7 +117,8 @@ class Checkpoints:
                 multiprocessing_options=ocp.options.MultiprocessingOptions(
                     barrier_sync_key_prefix=hashlib.sha1(
                         str(self.directory).encode()).hexdigest()[:16]))
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        with _without_read_only_notice():
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()

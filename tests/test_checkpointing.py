@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl import logging as absl_logging
 
 from softlabel_ood import checkpointing, cli_errors, run_model, saved_runs, train, train_step
 from tests.train_helpers import tiny_digits_config
@@ -27,6 +30,17 @@ def test_full_restore_equals_what_was_saved(tmp_path):
     assert int(restored.step) == 7
     for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(restored), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_opening_read_only_logs_no_warning_and_other_warnings_still_show(tmp_path, caplog):
+    ckpts = checkpointing.Checkpoints(tmp_path / "checkpoints")
+    ckpts.save(_state(0))
+    ckpts.close()
+    with caplog.at_level(logging.WARNING):
+        checkpointing.Checkpoints(tmp_path / "checkpoints", read_only=True).close()
+        absl_logging.warning("Given directory is read only=after the open")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Given directory is read only=after the open"]
 
 
 def test_model_variables_restore_from_another_optimizer_layout(tmp_path):
