@@ -162,7 +162,8 @@ def test_a_diverging_run_stops_alone(tmp_path, capsys):
 
 @pytest.mark.parametrize("population", [1, 2])
 def test_training_stops_once_every_run_has_diverged(tmp_path, monkeypatch, population):
-    # 20 epochs of 8 steps: a loop that went on after the divergence would make 40 calls of 4.
+    # 20 epochs of 8 steps, 160 in all: a loop that went on after the divergence would make
+    # 160 calls of one step on CPU.
     configs = [tiny_digits_config("ce", seed=s, learning_rate=1e30, num_epochs=20)
                for s in range(population)]
     calls = []
@@ -179,7 +180,8 @@ def test_training_stops_once_every_run_has_diverged(tmp_path, monkeypatch, popul
     results = train_loop.train_population(_members(tmp_path, configs), data,
                                           train_step.data_mesh())
     assert all(isinstance(r, train_loop.TrainingDivergedError) for r in results)
-    # The first log reads the loss after one call; the calls already in flight then end it.
+    # The loss is first read at step 4 (a log and a checkpoint step, log_every_steps = 4) or
+    # at the end of the first call if that is longer; the calls then in flight end it.
     assert 1 <= len(calls) <= 1 + train_loop.MAX_CALLS_IN_FLIGHT + 1
 
 
