@@ -3,7 +3,7 @@
     python -m benchmarks.odin --model=wrn40_2 --batch_size=500 [--steps=10 --dtype=bfloat16]
 
 Times, on one batch of random images and a freshly initialised model, the predict eval step (a
-forward pass returning logits and features) and `softlabel_ood.odin.make_odin_step`, which
+forward pass returning logits and features) and `softlabel_ood.training.odin.make_odin_step`, which
 predict runs in its place when ODIN pairs are configured (it returns the eval step's outputs
 too), for three sets of pairs: ε = 0 only (T = 1 and T = 1000), one pair with ε > 0, and
 `odin.DEFAULT_PAIRS`. Prints one line of `name=value` fields, the ODIN figures as multiples of
@@ -32,8 +32,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from benchmarks import train_step as benchmarks_train_step
-from softlabel_ood import models, odin
-from softlabel_ood import train_step as ts
+from softlabel_ood import models
+from softlabel_ood.training import odin
+from softlabel_ood.training import train_step as ts
 
 
 def parse_args(argv=None) -> argparse.Namespace:

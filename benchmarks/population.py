@@ -32,7 +32,8 @@ from jax.sharding import PartitionSpec as P
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import train_step as benchmarks_train_step
-from softlabel_ood import models, run_model, train_step
+from softlabel_ood import models
+from softlabel_ood.training import run_model, train_step
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -34,7 +34,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sklearn import metrics as sk
 
-from softlabel_ood import predictions, scoring
+from softlabel_ood import scoring
+from softlabel_ood.workdir import predictions
 
 ODIN_PAIRS = ((1.0, 0.0), (1000.0, 0.0), (1000.0, 0.0014), (1000.0, 0.004))
 

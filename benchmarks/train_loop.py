@@ -46,18 +46,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import train_step as benchmarks_train_step
-from softlabel_ood import (
-    compilation_cache,
-    configs,
-    datasets,
-    methods,
-    run_data,
-    run_model,
-    train_feed,
-    train_loop,
-    train_step,
-)
-from softlabel_ood.datasets import ArrayDataset
+from softlabel_ood import configs, methods
+from softlabel_ood.data import datasets, run_data
+from softlabel_ood.data.datasets import ArrayDataset
+from softlabel_ood.training import compilation_cache, run_model, train_feed, train_loop, train_step
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 CACHE_SAVED_EVENT = "/jax/compilation_cache/compile_time_saved_sec"

@@ -22,7 +22,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from softlabel_ood import models
-from softlabel_ood import train_step as ts
+from softlabel_ood.training import train_step as ts
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

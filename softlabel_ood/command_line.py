@@ -43,7 +43,7 @@ def _config_file_arg(argv: Iterable[str]) -> tuple[str, str | None] | None:
 
 def config_from_file(argv: Iterable[str]):
     """The config of `--config=...` in argv, or the base protocol's when none is given."""
-    from softlabel_ood import config_base
+    from softlabel_ood.configs import config_base
     found = _config_file_arg(argv)
     if found is None or not os.path.isfile(found[0]):
         return config_base.base_config(None)
@@ -52,7 +52,7 @@ def config_from_file(argv: Iterable[str]):
 
 def field_lines(config, names: Iterable[str] | None = None) -> list[str]:
     """`--config.<field>=<value>  <what is allowed>` for every field (or those in `names`)."""
-    from softlabel_ood import config_validation
+    from softlabel_ood.configs import config_validation
     values = config_validation.flat_fields(config)
     lines = []
     for name, rule in config_validation.FIELDS.items():

@@ -23,24 +23,19 @@ from etils import epath
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from softlabel_ood import (
-    cli_errors,
-    command_line,
+from softlabel_ood import cli_errors, command_line, models, progress
+from softlabel_ood.configs import config_validation
+from softlabel_ood.data import datasets, input_pipeline, run_data
+from softlabel_ood.training import (
     compilation_cache,
-    config_validation,
-    datasets,
     distributed,
-    input_pipeline,
-    models,
     odin,
-    predictions,
-    progress,
-    run_data,
     run_model,
-    saved_runs,
+    saved_models,
     train_step,
-    workdir_lock,
 )
+from softlabel_ood.workdir import lock as workdir_lock
+from softlabel_ood.workdir import predictions, saved_runs
 
 
 def _outputs(eval_fn, variables, ds: datasets.ArrayDataset, mesh, batch_size: int,
@@ -108,7 +103,7 @@ def predict_from_checkpoint(config: ml_collections.ConfigDict, workdir: epath.Pa
     run_data.check_available(config, training=False)
     mesh = train_step.data_mesh()
     with workdir_lock.hold(workdir, enabled=distributed.is_writer()):
-        model, variables = saved_runs.restore_model(config, workdir, mesh)
+        model, variables = saved_models.restore_model(config, workdir, mesh)
         write_predictions(config, workdir, model, variables, mesh)
 
 
@@ -157,7 +152,7 @@ def _help_lines() -> list[str]:
     try:
         config = _stored_config_from_argv(sys.argv)
     except saved_runs.RunError:
-        from softlabel_ood import config_base
+        from softlabel_ood.configs import config_base
         config = config_base.base_config(None)
     return command_line.field_lines(config, config_validation.EVALUATION_FIELDS)
 

@@ -2,11 +2,11 @@
 
     python -m softlabel_ood.reproduce --config=configs/digits.py --workdir=/tmp/digits
 
-The grid is `config.grid` (see `softlabel_ood.grid`): for every seed, its runs in the order
-listed, each in `<workdir>/runs/<name>_seed<seed>/`. A finished run is skipped and an unfinished
-one resumes from its checkpoint, so the same command continues an interrupted reproduction.
-Afterwards `<workdir>/report/` holds metrics.csv, report.md and the figures. With --multihost
-every host runs the same command; only process 0 scores and writes the report.
+The grid is `config.grid` (see `softlabel_ood.experiment.grid`): for every seed, its runs in the
+order listed, each in `<workdir>/runs/<name>_seed<seed>/`. A finished run is skipped and an
+unfinished one resumes from its checkpoint, so the same command continues an interrupted
+reproduction. Afterwards `<workdir>/report/` holds metrics.csv, report.md and the figures. With
+--multihost every host runs the same command; only process 0 scores and writes the report.
 """
 
 from __future__ import annotations
@@ -20,25 +20,13 @@ from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
-from softlabel_ood import (
-    claims,
-    cli_errors,
-    command_line,
-    compilation_cache,
-    config_validation,
-    configs,
-    datasets,
-    distributed,
-    grid,
-    populations,
-    progress,
-    report,
-    results,
-    run_data,
-    saved_runs,
-    scoring,
-    workers,
-)
+from softlabel_ood import cli_errors, command_line, configs, progress, scoring
+from softlabel_ood.analysis import claims, report, results
+from softlabel_ood.configs import config_validation
+from softlabel_ood.data import datasets, run_data
+from softlabel_ood.experiment import grid, populations, workers
+from softlabel_ood.training import compilation_cache, distributed
+from softlabel_ood.workdir import saved_runs
 
 
 def planned_runs(config: ml_collections.ConfigDict, workdir: epath.PathLike

@@ -24,21 +24,12 @@ from absl import app, flags
 from etils import epath
 from ml_collections import config_flags
 
-from softlabel_ood import (
-    cli_errors,
-    command_line,
-    compilation_cache,
-    config_validation,
-    configs,
-    distributed,
-    predict,
-    run_data,
-    run_model,
-    saved_runs,
-    train_loop,
-    train_step,
-    workdir_lock,
-)
+from softlabel_ood import cli_errors, command_line, configs, predict
+from softlabel_ood.configs import config_validation
+from softlabel_ood.data import run_data
+from softlabel_ood.training import compilation_cache, distributed, run_model, train_loop, train_step
+from softlabel_ood.workdir import lock as workdir_lock
+from softlabel_ood.workdir import saved_runs
 
 TrainingDivergedError = train_loop.TrainingDivergedError
 

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from softlabel_ood.datasets import ArrayDataset
+from softlabel_ood.data.datasets import ArrayDataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -70,7 +70,7 @@ jax.distributed.initialize(coordinator_address=f"localhost:{sys.argv[2]}", num_p
 TOY_DATA = """
 import json
 import jax, numpy as np
-from softlabel_ood.datasets import ArrayDataset
+from softlabel_ood.data.datasets import ArrayDataset
 mesh = jax.make_mesh((jax.device_count(),), ("data",))
 n = 40
 images = np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from softlabel_ood import grid, predictions, results
+from softlabel_ood.analysis import results
+from softlabel_ood.experiment import grid
 from softlabel_ood.scoring import MetricRow
+from softlabel_ood.workdir import predictions
 
 OODS = ("noise", "patches")
 SEEDS = (0, 1, 2)

@@ -14,8 +14,10 @@ import time
 import numpy as np
 import pytest
 
-from softlabel_ood import atomic_files, cli_errors, predictions, workdir_lock
-from softlabel_ood.predictions import Split
+from softlabel_ood import cli_errors
+from softlabel_ood.workdir import atomic_files, predictions
+from softlabel_ood.workdir import lock as workdir_lock
+from softlabel_ood.workdir.predictions import Split
 from tests.train_helpers import REPO
 
 
@@ -141,7 +143,7 @@ _SLOW_WRITER = textwrap.dedent("""
     import pathlib, sys, time
     import numpy as np
     sys.path.insert(0, {repo!r})
-    from softlabel_ood import predictions
+    from softlabel_ood.workdir import predictions
     from tests.test_atomic_files import _splits
     real_savez = np.savez
     def slow_savez(f, **arrays):
@@ -181,7 +183,7 @@ def test_a_killed_process_leaves_no_workdir_locked(tmp_path):
     workdir = tmp_path / "run"
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
-         "from softlabel_ood import workdir_lock\n"
+         "from softlabel_ood.workdir import lock as workdir_lock\n"
          "with workdir_lock.hold(sys.argv[2]):\n"
          "    print('locked', flush=True); time.sleep(60)", str(REPO), str(workdir)],
         stdout=subprocess.PIPE, text=True)

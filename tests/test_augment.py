@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from softlabel_ood import augment
+from softlabel_ood.data import augment
 
 PAD = 4
 

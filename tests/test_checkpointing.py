@@ -1,4 +1,4 @@
-"""softlabel_ood.checkpointing: full restores, and model-only restores of other layouts."""
+"""softlabel_ood.training.checkpointing: full restores, and model-only restores of other layouts."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from absl import logging as absl_logging
 
-from softlabel_ood import checkpointing, cli_errors, run_model, saved_runs, train, train_step
+from softlabel_ood import cli_errors, train
+from softlabel_ood.training import checkpointing, run_model, train_step
+from softlabel_ood.workdir import saved_runs
 from tests.train_helpers import tiny_digits_config
 
 

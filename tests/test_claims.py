@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from softlabel_ood import claims, metric_stats
+from softlabel_ood.analysis import claims, metric_stats
 from tests.report_helpers import metric_rows, paper_runs
 
 # Seed means of the MSP AUROC (mean over OOD sets) shaped like the paper's findings.

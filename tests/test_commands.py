@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from softlabel_ood import config_validation, predict, predictions, saved_runs, train
+from softlabel_ood import predict, train
+from softlabel_ood.configs import config_validation
+from softlabel_ood.workdir import predictions, saved_runs
 from tests.train_helpers import run_module, tiny_digits_config
 
 

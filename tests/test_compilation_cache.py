@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from softlabel_ood import compilation_cache, predictions
+from softlabel_ood.training import compilation_cache
+from softlabel_ood.workdir import predictions
 from tests.train_helpers import run_module
 
 ARGS = ["--config=configs/digits.py", "--config.num_epochs=1", "--config.num_train_examples=128",

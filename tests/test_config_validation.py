@@ -9,16 +9,11 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from softlabel_ood import (
-    command_line,
-    config_validation,
-    configs,
-    methods,
-    optimizer,
-    saved_runs,
-    train,
-    workdir_lock,
-)
+from softlabel_ood import command_line, configs, methods, train
+from softlabel_ood.configs import config_validation
+from softlabel_ood.training import optimizer
+from softlabel_ood.workdir import lock as workdir_lock
+from softlabel_ood.workdir import saved_runs
 from tests.train_helpers import REPO, refusal, tiny_digits_config
 
 # (method, overrides, the refusal's line after "error: ")

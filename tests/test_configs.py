@@ -7,7 +7,9 @@ import importlib
 import numpy as np
 import pytest
 
-from softlabel_ood import config_validation, methods, predictions, train
+from softlabel_ood import methods, train
+from softlabel_ood.configs import config_validation
+from softlabel_ood.workdir import predictions
 from tests import idx_files
 
 FAMILIES = ("digits", "fashion_mnist", "cifar10", "cifar100")

@@ -1,4 +1,5 @@
-"""softlabel_ood.datasets: every kind of source, on data the tests make or that ships offline."""
+"""softlabel_ood.data.datasets: every kind of source, on data the tests make or that ships
+offline."""
 
 from __future__ import annotations
 
@@ -11,9 +12,8 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from softlabel_ood import datasets
-from softlabel_ood.data_sources import images as image_lib
-from softlabel_ood.data_sources import synthetic
+from softlabel_ood.data import datasets, synthetic
+from softlabel_ood.data import images as image_lib
 from tests import idx_files
 
 INTERFACE_NAMES = (

@@ -13,7 +13,7 @@ import jaxlib
 import numpy as np
 import optax
 
-from softlabel_ood import environment, report, results
+from softlabel_ood.analysis import environment, report, results
 from tests.report_helpers import metric_rows, paper_runs
 from tests.test_claims import PAPER_LIKE
 

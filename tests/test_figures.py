@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk_metrics
 
-from softlabel_ood import figures, metric_stats, predictions, results
+from softlabel_ood.analysis import figures, metric_stats, results
 from softlabel_ood.scoring import MetricRow
+from softlabel_ood.workdir import predictions
 
 # AUROC of three seeds per grid entry: ce close to 1, ls0.1 in the middle, ls0.2 close to 0, so
 # that mean ± std leaves [0, 1] at both ends.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from softlabel_ood import grid
+from softlabel_ood.experiment import grid
 
 
 def _paper_grid(**kwargs):

@@ -1,4 +1,4 @@
-"""softlabel_ood.input_pipeline: order, sharding arithmetic, resume, padding, global arrays."""
+"""softlabel_ood.data.input_pipeline: order, sharding arithmetic, resume, padding, global arrays."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from softlabel_ood import input_pipeline as ip
+from softlabel_ood.data import input_pipeline as ip
 from tests import jax_processes
 
 _dataset = jax_processes.indexed_dataset
@@ -119,7 +119,7 @@ def test_bad_arguments_fail_at_the_call(mesh1):
 
 
 _EIGHT_DEVICES = jax_processes.TOY_DATA + textwrap.dedent("""
-    from softlabel_ood import input_pipeline as ip
+    from softlabel_ood.data import input_pipeline as ip
     out = {"devices": jax.device_count()}
     evals = list(ip.eval_batches(data, global_batch_size=16, mesh=mesh))
     out["eval_batches"] = len(evals)
@@ -149,7 +149,7 @@ def test_global_arrays_on_eight_devices():
 
 _ONE_OF_TWO_PROCESSES = jax_processes.DISTRIBUTED_START + jax_processes.TOY_DATA + textwrap.dedent(
     """
-    from softlabel_ood import input_pipeline as ip
+    from softlabel_ood.data import input_pipeline as ip
     evals = list(ip.eval_batches(data, global_batch_size=16, mesh=mesh))
     masks = [np.asarray(s.data).tolist() for b in evals for s in b["mask"].addressable_shards]
     print(json.dumps({"eval_batches": len(evals), "masks": masks}))

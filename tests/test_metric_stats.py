@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from softlabel_ood import grid, metric_stats, results
+from softlabel_ood.analysis import metric_stats, results
+from softlabel_ood.experiment import grid
 from softlabel_ood.scoring import MetricRow
 
 

@@ -1,4 +1,4 @@
-"""softlabel_ood.metrics_log: a resumed run's logs read as one uninterrupted run."""
+"""softlabel_ood.workdir.metrics_log: a resumed run's logs read as one uninterrupted run."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import struct
 
 from tensorboardX.proto import event_pb2
 
-from softlabel_ood import metrics_log
+from softlabel_ood.workdir import metrics_log
 
 
 def test_metrics_log_rewinds_to_the_checkpoint_and_drops_a_torn_line(tmp_path):

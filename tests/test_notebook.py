@@ -25,7 +25,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10: pytest depends on tomli there
     import tomli as tomllib
 
-from softlabel_ood import report
+from softlabel_ood.analysis import report
 from tests.report_helpers import metric_rows, paper_runs, write_predictions
 from tests.test_claims import PAPER_LIKE
 from tests.train_helpers import REPO

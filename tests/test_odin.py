@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from softlabel_ood import datasets, models, odin, predict, train_step
+from softlabel_ood import models, predict
+from softlabel_ood.data import datasets
+from softlabel_ood.training import odin, train_step
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
 

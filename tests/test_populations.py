@@ -14,16 +14,11 @@ import numpy as np
 import pytest
 from etils import epath
 
-from softlabel_ood import (
-    checkpointing,
-    grid,
-    populations,
-    predictions,
-    reproduce,
-    run_data,
-    train_loop,
-    train_step,
-)
+from softlabel_ood import reproduce
+from softlabel_ood.data import run_data
+from softlabel_ood.experiment import grid, populations
+from softlabel_ood.training import checkpointing, train_loop, train_step
+from softlabel_ood.workdir import predictions
 from tests.jax_processes import run_on_devices
 from tests.train_helpers import REPO, run_module, run_processes, tiny_digits_config
 
@@ -227,7 +222,8 @@ import json
 import numpy as np, jax
 from etils import epath
 import tempfile
-from softlabel_ood import run_data, train_loop, train_step
+from softlabel_ood.data import run_data
+from softlabel_ood.training import train_loop, train_step
 from tests.train_helpers import REPO, run_module, run_processes, tiny_digits_config
 configs = [tiny_digits_config("ce", seed=s, num_epochs=1, num_train_examples=32)
            for s in (0, 1, 2, 3)]
@@ -255,7 +251,7 @@ def test_a_population_spread_over_runs_and_data_devices_agrees():
 
 
 GRID_CONFIG = """
-from softlabel_ood import grid
+from softlabel_ood.experiment import grid
 from tests.train_helpers import REPO, run_module, run_processes, tiny_digits_config
 
 def get_config():
@@ -290,7 +286,7 @@ def test_two_processes_train_a_population_as_one_process_does(tmp_path):
 
 
 KILL_GRID_CONFIG = """
-from softlabel_ood import grid
+from softlabel_ood.experiment import grid
 from tests.train_helpers import tiny_digits_config
 
 def get_config():

@@ -9,8 +9,8 @@ import re
 import numpy as np
 import pytest
 
-from softlabel_ood import predictions
-from softlabel_ood.predictions import PredictionsError, Split
+from softlabel_ood.workdir import predictions
+from softlabel_ood.workdir.predictions import PredictionsError, Split
 
 K = 3
 

@@ -7,8 +7,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from softlabel_ood import predictions, report, results, scoring
+from softlabel_ood import scoring
+from softlabel_ood.analysis import report, results
 from softlabel_ood.scoring import MetricRow
+from softlabel_ood.workdir import predictions
 from tests.report_helpers import OODS, metric_rows, paper_runs, write_predictions
 from tests.test_claims import PAPER_LIKE
 

@@ -7,14 +7,10 @@ import textwrap
 
 import pytest
 
-from softlabel_ood import (
-    datasets,
-    grid,
-    reproduce,
-    saved_runs,
-    scoring,
-    train,
-)
+from softlabel_ood import reproduce, scoring, train
+from softlabel_ood.data import datasets
+from softlabel_ood.experiment import grid
+from softlabel_ood.workdir import saved_runs
 from tests.report_helpers import write_predictions
 from tests.train_helpers import run_module, tiny_digits_config
 
@@ -136,7 +132,7 @@ def tiny_grid(tmp_path_factory):
     root = tmp_path_factory.mktemp("reproduce")
     config_file = root / "tiny_grid.py"
     config_file.write_text(textwrap.dedent("""
-        from softlabel_ood import grid
+        from softlabel_ood.experiment import grid
         from tests.train_helpers import tiny_digits_config
 
         def get_config():
@@ -192,7 +188,7 @@ def test_second_invocation_trains_nothing(tiny_grid, monkeypatch):
 def test_command_exits_2_with_one_line_on_a_bad_grid(tmp_path):
     config_file = tmp_path / "bad_grid.py"
     config_file.write_text(textwrap.dedent("""
-        from softlabel_ood import grid
+        from softlabel_ood.experiment import grid
         from tests.train_helpers import tiny_digits_config
 
         def get_config():

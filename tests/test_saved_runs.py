@@ -7,7 +7,9 @@ import shutil
 
 import pytest
 
-from softlabel_ood import models, saved_runs, train, train_step
+from softlabel_ood import models, train
+from softlabel_ood.training import saved_models, train_step
+from softlabel_ood.workdir import saved_runs
 from tests.train_helpers import refusal, tiny_digits_config
 
 TEACHER_ROLE = "config.kd.teacher_workdir"
@@ -77,8 +79,8 @@ def test_mark_finished_writes_the_done_marker(tmp_path):
 
 
 def test_a_finished_run_loads_with_its_classes(finished_run, mesh):
-    assert saved_runs.stored_num_outputs(finished_run) == 10
-    model, variables, config = saved_runs.load_finished_model(
+    assert saved_models.stored_num_outputs(finished_run) == 10
+    model, variables, config = saved_models.load_finished_model(
         str(finished_run), mesh, role=TEACHER_ROLE, dataset="digits")
     assert config.dataset == "digits"
     kernel, bias = models.classifier_head(variables["params"])

@@ -13,8 +13,9 @@ import sys
 import numpy as np
 import pytest
 
-from softlabel_ood import predictions, scoring
-from softlabel_ood.predictions import Split
+from softlabel_ood import scoring
+from softlabel_ood.workdir import predictions
+from softlabel_ood.workdir.predictions import Split
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 K = 4
@@ -277,7 +278,7 @@ def test_an_unwritable_out_is_refused_before_scoring(runs, tmp_path, capsys, mon
 def test_a_full_out_keeps_the_old_metrics(runs, tmp_path, capsys, monkeypatch):
     import errno
 
-    from softlabel_ood import atomic_files
+    from softlabel_ood.workdir import atomic_files
     out = tmp_path / "m"
     out.mkdir()
     (out / "metrics.csv").write_text("old")

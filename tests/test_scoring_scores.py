@@ -103,7 +103,8 @@ def test_invalid_inputs_are_rejected(call, message):
 
 
 def test_scoring_imports_neither_flax_nor_tensorflow():
-    code = ("import sys, softlabel_ood.scoring, softlabel_ood.predictions, softlabel_ood.score; "
+    code = ("import sys, softlabel_ood.scoring, softlabel_ood.workdir.predictions, "
+            "softlabel_ood.score; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & "
             "{'flax', 'tensorflow', 'sklearn', 'optax', 'orbax', 'tensorflow_datasets'}))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

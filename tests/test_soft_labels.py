@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from softlabel_ood import soft_labels
+from softlabel_ood.training import soft_labels
 
 K = 5
 

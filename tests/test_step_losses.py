@@ -13,8 +13,9 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from softlabel_ood import augment, methods, models
-from softlabel_ood import train_step as ts
+from softlabel_ood import methods, models
+from softlabel_ood.data import augment
+from softlabel_ood.training import train_step as ts
 
 NUM_CLASSES = 5
 IMAGE_SHAPE = (8, 8, 1)

@@ -9,17 +9,12 @@ import jax
 import numpy as np
 import pytest
 
-from softlabel_ood import (
-    cli_errors,
-    config_validation,
-    datasets,
-    predictions,
-    results,
-    saved_runs,
-    train,
-    train_loop,
-    train_step,
-)
+from softlabel_ood import cli_errors, train
+from softlabel_ood.analysis import results
+from softlabel_ood.configs import config_validation
+from softlabel_ood.data import datasets
+from softlabel_ood.training import saved_models, train_loop, train_step
+from softlabel_ood.workdir import predictions, saved_runs
 from tests.train_helpers import tiny_digits_config
 
 
@@ -97,9 +92,9 @@ def test_oe_fine_tuning_starts_from_the_finished_run(ce_teacher, tmp_path):
     config.learning_rate = 1e-9
     train.train_and_evaluate(config, str(tmp_path / "oe_ft"))
     mesh = train_step.data_mesh()
-    _, ours, _ = saved_runs.load_finished_model(str(tmp_path / "oe_ft"), mesh, role="test",
+    _, ours, _ = saved_models.load_finished_model(str(tmp_path / "oe_ft"), mesh, role="test",
                                                 dataset="digits")
-    _, theirs, _ = saved_runs.load_finished_model(str(ce_teacher), mesh, role="test",
+    _, theirs, _ = saved_models.load_finished_model(str(ce_teacher), mesh, role="test",
                                                   dataset="digits")
     # BatchNorm statistics move (the outliers share the forward pass); the weights must not.
     pairs = zip(jax.tree.leaves(ours["params"]), jax.tree.leaves(theirs["params"]), strict=True)

@@ -6,7 +6,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from softlabel_ood import predictions, train
+from softlabel_ood import train
+from softlabel_ood.workdir import predictions
 
 
 def test_cifar10_config_runs_a_few_steps_on_mock_data(tmp_path):

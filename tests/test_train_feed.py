@@ -1,4 +1,5 @@
-"""softlabel_ood.train_feed: device-resident and host feeds carry the input pipeline's batches."""
+"""softlabel_ood.training.train_feed: device-resident and host feeds carry the input pipeline's
+batches."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
-from softlabel_ood import input_pipeline as ip
-from softlabel_ood import train_feed
+from softlabel_ood.data import input_pipeline as ip
+from softlabel_ood.training import train_feed
 from tests import jax_processes
 
 _dataset = jax_processes.indexed_dataset
@@ -103,7 +104,8 @@ def test_bad_arguments_fail_at_the_call(mesh1):
 
 
 _EIGHT_DEVICES = jax_processes.TOY_DATA + textwrap.dedent("""
-    from softlabel_ood import input_pipeline as ip, train_feed
+    from softlabel_ood.data import input_pipeline as ip
+    from softlabel_ood.training import train_feed
     out = {"devices": jax.device_count()}
     for cap in (10**6, 0):
         feed = train_feed.TrainFeed(data, global_batch_size=16, seed=2, mesh=mesh,
@@ -141,7 +143,7 @@ def test_feeds_on_eight_devices():
 
 _ONE_OF_TWO_PROCESSES = jax_processes.DISTRIBUTED_START + jax_processes.TOY_DATA + textwrap.dedent(
     """
-    from softlabel_ood import train_feed
+    from softlabel_ood.training import train_feed
     out = {}
     for cap in (10**6, 0):
         feed = train_feed.TrainFeed(data, global_batch_size=8, seed=2, mesh=mesh,

@@ -1,4 +1,5 @@
-"""softlabel_ood.train_loop: how steps are cut into calls, and the loop's host-side bookkeeping."""
+"""softlabel_ood.training.train_loop: how steps are cut into calls, and the loop's host-side
+bookkeeping."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import json
 
 import pytest
 
-from softlabel_ood import run_data, run_model, train_loop, train_step
+from softlabel_ood.data import run_data
+from softlabel_ood.training import run_model, train_loop, train_step
 from tests.train_helpers import tiny_digits_config
 
 

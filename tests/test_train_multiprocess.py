@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from softlabel_ood import predictions
+from softlabel_ood.workdir import predictions
 from tests.train_helpers import REPO
 
 ARGS = [

@@ -12,8 +12,9 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from softlabel_ood import methods, models, optimizer
-from softlabel_ood import train_step as ts
+from softlabel_ood import methods, models
+from softlabel_ood.training import optimizer
+from softlabel_ood.training import train_step as ts
 
 NUM_CLASSES = 4
 IMAGE_SHAPE = (8, 8, 1)
@@ -256,7 +257,8 @@ def test_eval_step_uses_running_statistics(mesh):
 MULTI_DEVICE_SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
-    from softlabel_ood import models, train_step as ts
+    from softlabel_ood import models
+    from softlabel_ood.training import train_step as ts
 
     assert len(jax.devices()) == 8, jax.devices()
     rng = np.random.default_rng(0)

@@ -6,7 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from softlabel_ood import grid, predictions, reproduce, workers
+from softlabel_ood import reproduce
+from softlabel_ood.experiment import grid, workers
+from softlabel_ood.workdir import predictions
 from tests.train_helpers import tiny_digits_config
 
 

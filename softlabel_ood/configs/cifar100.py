@@ -7,7 +7,7 @@ The argument is the method (ce, ls, oe, kd, kd_incorrect), or oe_finetune: OE's 
 10 epochs at lr 0.001 from the finished ce run named in --config.oe.finetune_from.
 """
 
-from softlabel_ood import config_base
+from softlabel_ood.configs import config_base
 
 
 def get_config(arg=None):

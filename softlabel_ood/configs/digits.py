@@ -8,7 +8,8 @@ synthetic noise sets the OOD test sets. The argument is the method (ce, ls, oe, 
 or oe_finetune: OE fine-tuning of the finished ce run named in --config.oe.finetune_from.
 """
 
-from softlabel_ood import config_base, grid
+from softlabel_ood.configs import config_base
+from softlabel_ood.experiment import grid
 
 
 def get_config(arg=None):

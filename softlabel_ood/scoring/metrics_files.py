@@ -11,10 +11,10 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from softlabel_ood import atomic_files
 from softlabel_ood.scoring import groups
 from softlabel_ood.scoring.metrics import ID_METRICS, METRICS, ScoringError
 from softlabel_ood.scoring.runs import ALL_SCORES, MetricRow
+from softlabel_ood.workdir import atomic_files
 
 CSV_HEADER = ("run", "score", "ood", "metric", "value")
 

@@ -21,7 +21,7 @@ import pathlib
 
 import numpy as np
 
-from softlabel_ood import predictions as predictions_lib
+from softlabel_ood.workdir import predictions as predictions_lib
 
 RULE = ("the largest configured temperature T, then the ε whose ODIN scores have the highest mean "
         "on the id_train split (Generalized ODIN's criterion; ties to the smaller ε)")

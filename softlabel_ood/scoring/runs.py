@@ -17,11 +17,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from softlabel_ood import predictions as predictions_lib
 from softlabel_ood.scoring import float64, groups, head_scores, metrics, odin_selection, scores
 from softlabel_ood.scoring.head_scores import HEAD_SCORES
 from softlabel_ood.scoring.metrics import ID_METRICS, METRICS, ScoringError
 from softlabel_ood.scoring.scores import FEATURE_SCORES, KNN_K, LOGIT_SCORES
+from softlabel_ood.workdir import predictions as predictions_lib
 
 # Every score, in the order of metrics.csv and metrics.md. Definitions: docs/scores_and_metrics.md.
 ODIN_SCORES = ("odin",)

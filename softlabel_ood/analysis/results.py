@@ -1,0 +1,178 @@
+"""A grid's runs and where their results are: which run is which, and loading a report.
+
+`RunInfo` says what one run is (grid entry, seed, method, α, teacher, starting point);
+`load` reads a reproduce workdir, report or run directories (local or in a bucket) into the
+runs, their metric rows and a `metric_stats.MetricTable`. Means over OOD sets and seeds are
+computed in `metric_stats.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+from collections.abc import Iterable, Sequence
+
+from etils import epath
+
+from softlabel_ood import scoring
+from softlabel_ood.analysis import metric_stats
+from softlabel_ood.experiment import grid
+from softlabel_ood.workdir import atomic_files, predictions
+
+RUNS_FILE = "runs.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """One run of a grid: one grid entry trained with one seed."""
+
+    run: str  # the run directory's base name: the `run` column of metrics.csv
+    name: str  # the grid entry, e.g. "ls0.1"; its seeds share it
+    seed: int
+    method: str  # ce | ls | oe | kd | kd_incorrect
+    alpha: float  # config.label_smoothing of the run
+    teacher: str = ""  # grid name of the KD teacher, or ""
+    init_from: str = ""  # grid name of the run it was fine-tuned from, or ""
+    directory: str = ""  # the run directory (predictions under it), or "" when not at hand
+
+
+def group_by_name(runs: Iterable[RunInfo]) -> dict[str, list[RunInfo]]:
+    """Grid name -> its runs (one per seed), in the order the names first appear."""
+    groups: dict[str, list[RunInfo]] = {}
+    for r in runs:
+        groups.setdefault(r.name, []).append(r)
+    return groups
+
+
+def is_plain_ce(run: RunInfo) -> bool:
+    """A ce run with no teacher and no starting point: the α = 0 point of the ls sweep."""
+    return run.method == "ce" and not run.teacher and not run.init_from
+
+
+def students(runs: Iterable[RunInfo], student_methods: Sequence[str]
+             ) -> list[tuple[list[RunInfo], list[RunInfo]]]:
+    """(student entry, teacher entry) for every grid entry of `student_methods` whose teacher is
+    among `runs`, in grid order; each entry is its runs (one per seed)."""
+    groups = group_by_name(runs)
+    return [(group, groups[group[0].teacher]) for group in groups.values()
+            if group[0].method in student_methods and group[0].teacher in groups]
+
+
+def ls_sweep(runs: Iterable[RunInfo]) -> list[tuple[float, list[RunInfo]]]:
+    """The label-smoothing sweep, sorted by α: the plain ce run is α = 0, then every ls entry.
+
+    A plain ce run is one with no teacher and no starting point: label smoothing with α = 0 is
+    exactly cross-entropy with one-hot targets.
+    """
+    points: dict[float, list[RunInfo]] = {}
+    for group in group_by_name(runs).values():
+        first = group[0]
+        if first.method == "ls" or is_plain_ce(first):
+            alpha = first.alpha if first.method == "ls" else 0.0
+            # The first grid entry with a given α stands for it (a grid lists each α once).
+            points.setdefault(alpha, group)
+    return sorted(points.items())
+
+
+def write_runs_json(runs: Sequence[RunInfo], path: epath.PathLike, *,
+                    environment: dict[str, str] | None = None) -> None:
+    """`{"environment": {...}, "runs": [...]}`; `environment.describe()` says what it holds."""
+    data = {"environment": environment or {}, "runs": [dataclasses.asdict(r) for r in runs]}
+    atomic_files.write_text_atomically(path, json.dumps(data, indent=1) + "\n")
+
+
+def read_runs_json(path: epath.PathLike) -> list[RunInfo]:
+    data = json.loads(epath.Path(path).read_text())
+    # Reports written before the environment was recorded hold the list of runs alone.
+    entries = data if isinstance(data, list) else data["runs"]
+    return [RunInfo(**entry) for entry in entries]
+
+
+def runs_from_directories(run_dirs: Iterable[epath.PathLike]) -> list[RunInfo]:
+    """RunInfo for run directories without a runs.json: from their predictions manifests."""
+    runs = []
+    for d in run_dirs:
+        d = epath.Path(d)
+        manifest = json.loads((d / "predictions" / "manifest.json").read_text())
+        run = predictions.RunSummary.from_json(manifest.get("run", {}))
+        runs.append(RunInfo(
+            run=d.name, name=grid.grid_name(d.name), seed=run.seed, method=run.method,
+            alpha=float(run.alpha),
+            teacher=grid.grid_name(epath.Path(run.teacher).name) if run.teacher else "",
+            init_from=(grid.grid_name(epath.Path(run.finetune_from).name) if run.finetune_from
+                       else ""),
+            directory=str(d)))
+    return runs
+
+
+@dataclasses.dataclass
+class Results:
+    """What a notebook needs: the metrics, the runs, and where their predictions are."""
+
+    rows: list[scoring.MetricRow]
+    runs: list[RunInfo]
+    table: metric_stats.MetricTable
+
+
+def _is_remote(path: epath.Path) -> bool:
+    return "://" in str(path)
+
+
+def local_copy(path: epath.PathLike) -> epath.Path:
+    """A local file or directory with the contents of `path` (itself when it is already local).
+
+    The predictions and metrics readers use the local file system; a bucket is read by copying
+    the few files needed into a temporary directory first.
+    """
+    path = epath.Path(path)
+    if not _is_remote(path):
+        return path
+    target = epath.Path(tempfile.mkdtemp(prefix="softlabel_ood_")) / path.name
+    if path.is_dir():
+        target.mkdir()
+        for child in path.iterdir():
+            if child.is_file():
+                child.copy(target / child.name)
+    else:
+        path.copy(target)
+    return target
+
+
+def _is_run_dir(path: epath.Path) -> bool:
+    return (path / "predictions" / "manifest.json").exists()
+
+
+def load(path: epath.PathLike) -> Results:
+    """Results from a reproduce workdir, its `report/` or `runs/` directory, or one run directory.
+
+    Paths may be local or in a bucket (`gs://...`, via etils.epath). Metrics come from
+    metrics.csv when there is one, else they are computed from the predictions. Run directories
+    found next to a report give the histograms and ROC curves their predictions.
+    """
+    path = epath.Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    report_dir = path / "report" if (path / "report").is_dir() else path
+    runs_dir = next((p for p in (path / "runs", path.parent / "runs", path) if p.is_dir() and (
+        _is_run_dir(p) or any(_is_run_dir(c) for c in p.iterdir() if c.is_dir()))), None)
+    run_dirs = []
+    if runs_dir is not None:
+        run_dirs = [runs_dir] if _is_run_dir(runs_dir) else sorted(
+            c for c in runs_dir.iterdir() if c.is_dir() and _is_run_dir(c))
+
+    if (report_dir / RUNS_FILE).exists():
+        runs = read_runs_json(report_dir / RUNS_FILE)
+        where = {d.name: str(d) for d in run_dirs}
+        runs = [dataclasses.replace(r, directory=where.get(r.run, "")) for r in runs]
+    elif run_dirs:
+        runs = runs_from_directories(run_dirs)
+    else:
+        raise FileNotFoundError(f"{path}: holds neither {RUNS_FILE} nor run directories with "
+                                f"predictions")
+
+    if (report_dir / "metrics.csv").exists():
+        rows = scoring.read_metrics_csv(str(local_copy(report_dir / "metrics.csv")))
+    else:
+        rows = scoring.score_runs_report([str(local_copy(d)) for d in run_dirs]).rows
+    return Results(rows=list(rows), runs=runs, table=metric_stats.MetricTable(rows))

@@ -1,0 +1,1 @@
+"""Datasets as in-memory arrays: named sources, a run's sets, the input pipeline, augmentation."""

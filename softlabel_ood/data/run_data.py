@@ -1,0 +1,76 @@
+"""The datasets of a run, as its config names them."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+import numpy as np
+
+from softlabel_ood import methods
+from softlabel_ood.data import datasets
+
+# Which examples a run sees never depends on its seed: every run of a grid trains on the same
+# subset and is scored on the same OOD sets, so that runs differ only in what they set out to vary.
+DATA_SEED = 0
+
+
+def _load(config: ml_collections.ConfigDict, name: str, split: str,
+          **kwargs) -> datasets.ArrayDataset:
+    path = config.dataset_paths.get(name) or None
+    return datasets.load(name, split, path=path, data_dir=config.data_dir or None, seed=DATA_SEED,
+                         **kwargs)
+
+
+def load_id(config: ml_collections.ConfigDict, split: str) -> datasets.ArrayDataset:
+    cap = config.num_train_examples if split == "train" else 0
+    return _load(config, config.dataset, split, num_examples=cap or None)
+
+
+def load_outliers(config: ml_collections.ConfigDict) -> datasets.ArrayDataset:
+    shape = datasets.info(config.dataset).image_shape
+    return _load(config, config.oe_dataset, "train", image_shape=shape)
+
+
+def load_ood(config: ml_collections.ConfigDict) -> dict[str, datasets.ArrayDataset]:
+    """Every OOD test set, converted to the ID images' shape, labels set to -1."""
+    shape = datasets.info(config.dataset).image_shape
+    sets = {}
+    for name in config.ood_datasets:
+        ds = _load(config, name, "test", image_shape=shape, num_examples=config.num_ood_examples)
+        sets[name] = datasets.ArrayDataset(images=ds.images, labels=np.full_like(ds.labels, -1),
+                                           name=ds.name, split=ds.split)
+    return sets
+
+
+def used_sets(config: ml_collections.ConfigDict, *,
+              training: bool = True) -> list[tuple[str, str, str]]:
+    """(name, split, path) of every set that training (unless `training` is False: OE's
+    outliers are read by training only) and the predictions of `config` read."""
+    used = [(config.dataset, "train"), (config.dataset, "test")]
+    if training and methods.needs_outliers(config.method):
+        used.append((config.oe_dataset, "train"))
+    used += [(name, "test") for name in config.ood_datasets]
+    return [(name, split, config.dataset_paths.get(name) or "") for name, split in used]
+
+
+def check_available(config: ml_collections.ConfigDict, *, training: bool = True) -> None:
+    """Raises DatasetError naming the first set of the run that cannot be found (nothing is
+    read), so that a missing OOD set stops a run before its first step, not after its last."""
+    for name, split, path in used_sets(config, training=training):
+        datasets.check_available(name, split, path=path, data_dir=config.data_dir or None)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingData:
+    """What training reads, loaded once per run: `predict` reuses train and test afterwards."""
+
+    train: datasets.ArrayDataset
+    test: datasets.ArrayDataset
+    outliers: datasets.ArrayDataset | None = None  # OE's auxiliary set
+
+
+def load_training(config: ml_collections.ConfigDict) -> TrainingData:
+    return TrainingData(train=load_id(config, "train"), test=load_id(config, "test"),
+                        outliers=(load_outliers(config) if methods.needs_outliers(config.method)
+                                  else None))

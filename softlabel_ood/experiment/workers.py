@@ -1,0 +1,150 @@
+"""Worker processes that train a grid's populations side by side on one machine.
+
+XLA's CPU backend does not keep every core busy with the small convolutional models of the
+offline grids, so on CPU `reproduce` trains populations in `config.grid.workers` processes at
+once (README, Performance: on 2 cores two processes train small_cnn at the Fashion-MNIST shapes
+at 1.25x the images/s of one). On an accelerator one process owns the device's memory, and with
+several JAX processes (multi-host) every process must train the same runs, so there the default
+is one, and more are refused.
+
+Each worker is a fresh (spawned) Python process that calls `train.train_and_evaluate_population`,
+the function `reproduce` calls itself with one worker: a run's files and numbers are those of the
+run trained in the parent. Workers take the parent's compilation cache and die with it (Linux:
+PR_SET_PDEATHSIG), so a killed `reproduce` leaves no run training on, holding its workdir's lock.
+
+`Pool(1)` trains in the calling process, exactly as before workers existed; `Pool(n)` keeps n
+workers for its lifetime.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import ctypes
+import ctypes.util
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator, Sequence
+
+import jax
+import ml_collections
+
+from softlabel_ood import train as train_lib
+from softlabel_ood.experiment import grid as grid_lib
+from softlabel_ood.experiment import populations
+
+# config.grid.workers = 0 (automatic) on CPU: processes, at most one per core. Two are measured
+# (2 cores); more cores may take more, set by the field.
+AUTO_WORKERS_CPU = 2
+_PR_SET_PDEATHSIG = 1
+
+Outcome = tuple[int, list[str | None], float]  # (population id, each run's failure, seconds)
+
+
+def count(grid: ml_collections.ConfigDict) -> int:
+    """Worker processes for `grid`: config.grid.workers, or the platform's default for 0."""
+    value = int(grid.get("workers", 0))
+    if value < 0:
+        raise grid_lib.GridError(f"config.grid.workers: {value} must be >= 0 (0 = automatic)")
+    if value > 1 and jax.process_count() > 1:
+        raise grid_lib.GridError(
+            f"config.grid.workers: {value} worker processes cannot share a grid across "
+            f"{jax.process_count()} JAX processes; use 1 (or 0, automatic)")
+    if value:
+        return value
+    if jax.process_count() > 1 or jax.default_backend() != "cpu":
+        return 1
+    return max(1, min(AUTO_WORKERS_CPU, os.cpu_count() or 1))
+
+
+def train(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[str],
+          grid: ml_collections.ConfigDict) -> list[str | None]:
+    """Trains one population on its mesh; each run's failure as text, or None."""
+    failures = train_lib.train_and_evaluate_population(
+        configs, workdirs, mesh=populations.mesh(grid, len(configs)))
+    return [None if f is None else str(f) for f in failures]
+
+
+class Pool:
+    """Trains populations, at most `size` at a time; `size` 1 in the calling process."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._running: dict[concurrent.futures.Future, tuple[int, float]] = {}
+        self._done: list[Outcome] = []  # outcomes of in-process training, not yet collected
+        self._executor = None
+        if size > 1:
+            self._executor = concurrent.futures.ProcessPoolExecutor(
+                max_workers=size, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_start_worker,
+                initargs=(os.getpid(), jax.config.jax_compilation_cache_dir))
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._executor is not None:
+            # On an error, populations not started are dropped; those training finish.
+            self._executor.shutdown(wait=True, cancel_futures=exc_info[0] is not None)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._running or self._done)
+
+    @property
+    def full(self) -> bool:
+        # An outcome not yet collected holds its slot: in-process training reports each
+        # population before the next starts.
+        return len(self._running) + len(self._done) >= self.size
+
+    def start(self, population: int, configs, workdirs, grid) -> None:
+        """Starts training population number `population` (an id the outcome carries back)."""
+        started = time.monotonic()
+        if self._executor is None:
+            failures = train(configs, workdirs, grid)
+            self._done.append((population, failures, time.monotonic() - started))
+        else:
+            future = self._executor.submit(train, list(configs), list(workdirs), grid)
+            self._running[future] = (population, started)
+
+    def finished(self) -> Iterator[Outcome]:
+        """Waits until at least one population is done; yields every finished one's outcome.
+
+        An error raised while training (not a run's failure, which is part of the outcome) is
+        raised here.
+        """
+        if not self._done:
+            if not self._running:
+                raise RuntimeError("no population is training")
+            done, _ = concurrent.futures.wait(
+                self._running, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                population, started = self._running.pop(future)
+                self._done.append((population, future.result(), time.monotonic() - started))
+        while self._done:
+            yield self._done.pop(0)
+
+
+def _start_worker(parent_pid: int, compilation_cache_dir: str | None) -> None:
+    _die_with_parent(parent_pid)
+    from absl import logging
+
+    from softlabel_ood import progress
+    from softlabel_ood.training import compilation_cache, distributed
+
+    if compilation_cache_dir:  # the parent's cache, if it has one
+        compilation_cache.enable(compilation_cache_dir)
+    logging.set_verbosity(logging.WARNING)
+    distributed.quiet_library_logs()
+    # Several processes share the terminal: live bars would overwrite each other's lines.
+    progress.use_lines()
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)

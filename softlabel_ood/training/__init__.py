@@ -1,0 +1,3 @@
+"""Training: the compiled steps, the loop and its feed, losses and soft labels, the optimizer,
+model setup, checkpoints.
+"""

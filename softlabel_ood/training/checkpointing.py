@@ -1,0 +1,224 @@
+"""Orbax checkpoints of a TrainState in `<workdir>/checkpoints`, and read-only access to another
+run's model (a KD teacher, or the run that OE fine-tuning starts from)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging as std_logging
+import os
+import sys
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+
+from softlabel_ood.cli_errors import UserError
+from softlabel_ood.training import train_step
+
+MAX_TO_KEEP = 3
+# The name orbax's CheckpointManager gives the single item of each step's directory.
+_ITEM = "default"
+
+
+class DamagedCheckpointError(UserError):
+    """No checkpoint of the run reads back."""
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    line = text.splitlines()[0] if text else ""
+    return f"{type(error).__name__}: {line[:160]}{'...' if len(line) > 160 else ''}"
+
+
+@contextlib.contextmanager
+def _without_read_only_notice():
+    """Orbax warns "Given directory is read only" each time a manager opens read-only, which
+    here is every KD teacher and every predict: expected, so not shown."""
+    def keep(record: std_logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Given directory is read only")
+
+    logger = std_logging.getLogger("absl")
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+
+
+def _quiet_after_failed_read() -> None:
+    """Silences the echoes of a failed restore, once its failure has been handled.
+
+    When one array of a checkpoint cannot be read, orbax's restore raises and closes its asyncio
+    loop while tensorstore still completes the other reads; their callbacks then meet the closed
+    loop and are reported as unraisable `RuntimeError('Event loop is closed')` tracebacks and
+    "Future exception was never retrieved" log lines, possibly at exit, after the command's one
+    line. Only those two messages are dropped; every other report goes through as before.
+    """
+    if getattr(sys.unraisablehook, "_softlabel_ood_quiet", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, RuntimeError) and \
+                str(unraisable.exc_value) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._softlabel_ood_quiet = True
+    sys.unraisablehook = hook
+    std_logging.getLogger("asyncio").addFilter(
+        lambda record: "exception was never retrieved" not in record.getMessage())
+
+
+def has_checkpoint(directory: epath.PathLike) -> bool:
+    """Whether `directory` holds a committed checkpoint (orbax names them by their step)."""
+    directory = epath.Path(directory)
+    return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+
+
+def _saved_tree(state: train_step.TrainState) -> dict:
+    # The optimizer and apply function are rebuilt from the config; only arrays are saved.
+    return {"step": state.step, "params": state.params, "batch_stats": state.batch_stats,
+            "opt_state": state.opt_state}
+
+
+def _abstract(tree):
+    # Shapes, dtypes and shardings of `tree`: orbax restores each array straight onto its devices.
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+class Checkpoints:
+    """The checkpoints of one run.
+
+    Saving is asynchronous: `save` returns once the arrays are copied off the devices, and the
+    files are written in the background while training goes on (at a checkpoint every 100 steps,
+    a synchronous save would cost the digits runs a third of their step time). Orbax writes each
+    checkpoint under a temporary name and renames it when complete, so a killed process leaves
+    no partial checkpoint that `latest_step` could return; `close` waits for the last write.
+    """
+
+    def __init__(self, directory: epath.PathLike, *, read_only: bool = False):
+        # Orbax accepts absolute paths only; a workdir given relative to the current directory
+        # is made absolute here (a bucket path such as gs://... already is).
+        directory = str(directory)
+        self.directory = epath.Path(directory if "://" in directory else os.path.abspath(directory))
+        if read_only:
+            options = ocp.CheckpointManagerOptions(
+                read_only=True, create=False, max_to_keep=None, save_interval_steps=0,
+                enable_async_checkpointing=False)
+        else:
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=MAX_TO_KEEP, create=True, enable_async_checkpointing=True,
+                cleanup_tmp_directories=True,
+                # The runs of a population save the same steps at the same time; with several
+                # processes their barriers must not share names ("commit of step 4").
+                multiprocessing_options=ocp.options.MultiprocessingOptions(
+                    barrier_sync_key_prefix=hashlib.sha1(
+                        str(self.directory).encode()).hexdigest()[:16]))
+        with _without_read_only_notice():
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def drop_after(self, step: int) -> None:
+        """Deletes the checkpoints past `step`: a population rewinding a run that saved a step
+        the others did not (see `train_loop._initial_states`) writes them again, identical."""
+        for later in self._manager.all_steps():
+            if later > step:
+                self._manager.delete(later)
+
+    def save(self, state: train_step.TrainState) -> None:
+        step = int(jax.device_get(state.step))
+        if self._manager.latest_step() != step:
+            self._manager.save(step, args=ocp.args.StandardSave(_saved_tree(state)))
+
+    def restore(self, like: train_step.TrainState, step: int | None = None
+                ) -> train_step.TrainState:
+        """The checkpoint at `step`, shaped and sharded like `like`.
+
+        Without `step`: the latest checkpoint that reads back. One that does not (a truncated
+        or damaged file) is reported and the one before it is tried. If none reads, the latest
+        one's error is raised as it was when its model arrays read (its optimizer state has
+        another layout), and as a DamagedCheckpointError when they do not either.
+        """
+        target = _abstract(_saved_tree(like))
+        if step is not None:
+            return like.replace(**self._manager.restore(
+                step, args=ocp.args.StandardRestore(target)))
+        steps = sorted(self._manager.all_steps(), reverse=True)
+        if not steps:
+            raise DamagedCheckpointError(f"{self.directory}: no checkpoint to restore")
+        # Before the first read: the echoes of a failing read may come while it is still failing.
+        _quiet_after_failed_read()
+        failures = []
+        for s in steps:
+            try:
+                tree = self._manager.restore(s, args=ocp.args.StandardRestore(target))
+            except Exception as e:  # orbax and tensorstore raise many types for a bad file
+                failures.append((s, e))
+                continue
+            if failures:
+                self._set_aside([f for f, _ in failures])
+                logging.warning("%s: checkpoint %s does not read back (%s); set aside as "
+                                "damaged-<step>, resuming from the checkpoint of step %d",
+                                self.directory, ", ".join(str(f) for f, _ in failures),
+                                _first_line(failures[0][1]), s)
+            return like.replace(**tree)
+        latest, error = failures[0]
+        # A fresh manager: this one has bound the item to the full-state handler by now. (Not a
+        # read-only one, which orbax announces with a warning line.)
+        reader = Checkpoints(self.directory)
+        try:
+            reader.restore_variables(like.variables, latest)
+        except Exception:  # any failure to read the model arrays means damaged files
+            raise DamagedCheckpointError(
+                f"{self.directory}: no checkpoint reads back (step {latest}: "
+                f"{_first_line(error)}); the run cannot resume. Move the checkpoints away to "
+                f"train again from step 0") from None
+        finally:
+            reader.close()
+        raise error
+
+    def _set_aside(self, steps: list[int]) -> None:
+        # Renamed rather than deleted (the files may matter to someone), under a name that orbax
+        # does not read as a step, so that the next save of that step is not skipped.
+        for step in steps:
+            (self.directory / str(step)).rename(self.directory / f"damaged-{step}")
+        self._manager.reload()
+
+    def restore_variables(self, like: dict, step: int | None = None) -> dict:
+        """Only {"params", "batch_stats"} of a checkpoint, shaped and sharded like `like` (a
+        `TrainState.variables`).
+
+        What a teacher, a fine-tuning start or `predict` needs. The optimizer state is not read,
+        so checkpoints whose optimizer state has another layout (those written before the
+        learning rate became a runtime value) still serve.
+        """
+        target = _abstract(like)
+        return self._manager.restore(self._step(step), args=ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True))
+
+    def stored_shapes(self, step: int | None = None) -> dict:
+        """The shape of every array of a checkpoint, read from its metadata: no array is read.
+
+        What a checkpoint holds, whatever the config beside it says (a teacher's output size)."""
+        path = self.directory / str(self._step(step)) / _ITEM
+        tree = ocp.PyTreeCheckpointHandler().metadata(path).tree
+        return jax.tree.map(lambda leaf: tuple(leaf.shape), tree)
+
+    def _step(self, step: int | None) -> int:
+        step = self._manager.latest_step() if step is None else step
+        if step is None:
+            raise DamagedCheckpointError(f"{self.directory}: no checkpoint to restore")
+        return step
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
