@@ -12,8 +12,8 @@ are used as they are, and the flags override them. On an accelerator, install th
 first (README); the same command runs there unchanged.
 
 Prints one line:
-  step_images_per_s  the jitted single step (`train_step.make_train_step`) called in a Python
-                     loop on one batch already on the devices: the step's own speed;
+  step_images_per_s  one step per call of the train program (one run, `benchmarks.train_step`)
+                     in a Python loop on one batch already on the devices: the step's speed;
   loop_images_per_s  `train_loop.train`, the train command's loop (device-resident data, calls
                      of steps_per_call steps, logs, checkpoints, and a per-epoch evaluation
                      whose test set is one training batch: the forward passes over a real test
@@ -49,7 +49,13 @@ from benchmarks import train_step as benchmarks_train_step
 from softlabel_ood import configs, methods
 from softlabel_ood.data import datasets, run_data
 from softlabel_ood.data.datasets import ArrayDataset
-from softlabel_ood.training import compilation_cache, run_model, train_feed, train_loop, train_step
+from softlabel_ood.training import (
+    compilation_cache,
+    run_model,
+    runs_axis,
+    train_feed,
+    train_loop,
+)
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 CACHE_SAVED_EVENT = "/jax/compilation_cache/compile_time_saved_sec"
@@ -136,14 +142,12 @@ def bare_step_images_per_s(config, data, mesh, repeats: int) -> float:
     step_config = run_model.step_config(config)
     state = run_model.create_state(config, model, mesh)
     hp = run_model.hyperparams(config, num_train_examples=len(data.train))
-    step = train_step.make_train_step(model, step_config, mesh)
     rows = np.arange(config.batch_size)
-    host = {"image": data.train.images[rows], "label": data.train.labels[rows]}
+    batch = {"image": data.train.images[rows], "label": data.train.labels[rows]}
     if data.outliers is not None:
-        host["outlier_image"] = data.outliers.images[np.arange(config.oe.batch_size)]
-    batch = jax.device_put(host, jax.sharding.NamedSharding(
-        mesh, jax.sharding.PartitionSpec(train_step.DATA_AXIS)))
-    seconds = benchmarks_train_step.time_steps(step, state, hp, batch, warmup=2, steps=repeats)
+        batch["outlier_image"] = data.outliers.images[np.arange(config.oe.batch_size)]
+    call = benchmarks_train_step.one_step_call(model, step_config, mesh, state, hp, batch)
+    seconds = benchmarks_train_step.time_steps(call, warmup=2, steps=repeats)
     return repeats * config.batch_size / seconds
 
 
@@ -155,7 +159,7 @@ def child(args) -> None:
     compiled = EventSeconds(COMPILE_EVENT)
     config = load_config(args)
     data = synthetic_data(config, args.num_train or 20 * config.batch_size)
-    seconds = timed_run(config, data, train_step.data_mesh(), 1)
+    seconds = timed_run(config, data, runs_axis.data_mesh(), 1)
     print(json.dumps({"seconds": seconds, "saved": saved.total, "compiled": compiled.total}))
 
 
@@ -178,7 +182,7 @@ def main(argv=None) -> None:
     jax.config.update("jax_enable_compilation_cache", False)
     compiled = EventSeconds(COMPILE_EVENT)
     config = load_config(args)
-    mesh = train_step.data_mesh()
+    mesh = runs_axis.data_mesh()
     data = synthetic_data(config, args.num_train or 20 * config.batch_size)
     steps_per_epoch = len(data.train) // config.batch_size
 

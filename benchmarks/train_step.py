@@ -22,6 +22,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from softlabel_ood import models
+from softlabel_ood.training import runs_axis
 from softlabel_ood.training import train_step as ts
 
 
@@ -44,42 +45,56 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def time_steps(step, state, hparams, batch, *, warmup: int, steps: int) -> float:
-    """Seconds of `steps` calls of a jitted single step on one batch on the devices, after
-    `warmup` untimed calls (the first compiles). The state is donated call by call."""
+def one_step_call(model, config: ts.StepConfig, mesh, state, hparams, batch: dict):
+    """`call()`: one train step of one run on `batch` (host arrays), everything already on the
+    devices: the train program with R = 1 and one host-fed step per call, as the step alone
+    costs it. The state is carried (donated) from call to call."""
+    program = ts.make_train_program(model, config, mesh, runs=1, steps_per_call=1)
+    feed = jax.device_put({k: np.asarray(v)[None, None] for k, v in batch.items()},
+                          NamedSharding(mesh, P(runs_axis.RUNS_AXIS, None, runs_axis.DATA_AXIS)))
+    carried = {"states": runs_axis.stack([state], mesh)}
+    hps = runs_axis.stack([hparams], mesh)
+    first, count = jax.device_put((np.int32(0), np.int32(1)), NamedSharding(mesh, P()))
+
+    def call():
+        carried["states"], metrics = program(carried["states"], hps, None, {}, feed, first, count)
+        return metrics
+
+    return call
+
+
+def time_steps(call, *, warmup: int, steps: int) -> float:
+    """Seconds of `steps` calls of `call` (`one_step_call`), after `warmup` untimed calls (the
+    first compiles)."""
     for _ in range(warmup):
-        state, metrics = step(state, hparams, batch, None)
-    jax.block_until_ready((state, metrics))
+        metrics = call()
+    jax.block_until_ready(metrics)
     start = time.perf_counter()
     for _ in range(steps):
-        state, metrics = step(state, hparams, batch, None)
-    jax.block_until_ready((state, metrics))
+        metrics = call()
+    jax.block_until_ready(metrics)
     return time.perf_counter() - start
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    mesh = ts.data_mesh()
+    mesh = runs_axis.data_mesh()
     if args.batch_size % mesh.size:
         raise SystemExit(f"--batch_size={args.batch_size} is not divisible by {mesh.size} devices")
     image_shape = (args.image_size, args.image_size, args.channels)
     model = models.create_model(args.model, num_classes=args.num_classes,
                                 dropout_rate=args.dropout_rate, dtype=jnp.dtype(args.dtype))
     total_steps = args.warmup_steps + args.steps
-    config = ts.StepConfig(method="ce", num_classes=args.num_classes,
-                           mean=(0.5,) * args.channels, std=(0.25,) * args.channels,
-                           compute_dtype=args.dtype)
+    config = ts.StepConfig.for_method("ce", num_classes=args.num_classes,
+                                      mean=(0.5,) * args.channels, std=(0.25,) * args.channels,
+                                      compute_dtype=args.dtype)
     state = ts.create_train_state(model, config, image_shape=image_shape, seed=0, mesh=mesh)
     hparams = ts.Hyperparams.create(seed=0, learning_rate=0.1, total_steps=total_steps)
-    step = ts.make_train_step(model, config, mesh)
-
     rng = np.random.default_rng(0)
-    batch = jax.device_put(
-        {"image": rng.integers(0, 256, (args.batch_size, *image_shape), dtype=np.uint8),
-         "label": rng.integers(0, args.num_classes, args.batch_size).astype(np.int32)},
-        NamedSharding(mesh, P(ts.DATA_AXIS)))
-    seconds = time_steps(step, state, hparams, batch, warmup=args.warmup_steps,
-                         steps=args.steps)
+    batch = {"image": rng.integers(0, 256, (args.batch_size, *image_shape), dtype=np.uint8),
+             "label": rng.integers(0, args.num_classes, args.batch_size).astype(np.int32)}
+    call = one_step_call(model, config, mesh, state, hparams, batch)
+    seconds = time_steps(call, warmup=args.warmup_steps, steps=args.steps)
 
     device = jax.local_devices()[0]
     print(f"images_per_sec={args.steps * args.batch_size / seconds:.1f} "

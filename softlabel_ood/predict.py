@@ -14,97 +14,88 @@ from __future__ import annotations
 
 import copy
 import sys
+from collections.abc import Sequence
 
 import jax
 import ml_collections
 import numpy as np
 from absl import app, flags
 from etils import epath
-from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from softlabel_ood import cli_errors, command_line, models, progress
 from softlabel_ood.configs import config_validation
-from softlabel_ood.data import datasets, input_pipeline, run_data
+from softlabel_ood.data import datasets, run_data
 from softlabel_ood.training import (
     compilation_cache,
     distributed,
+    evaluation,
     odin,
     run_model,
+    runs_axis,
     saved_models,
-    train_step,
 )
 from softlabel_ood.workdir import lock as workdir_lock
 from softlabel_ood.workdir import predictions, saved_runs
 
 
-def _outputs(eval_fn, variables, ds: datasets.ArrayDataset, mesh, batch_size: int,
-             odin_fn=None) -> dict[str, np.ndarray]:
-    """Logits, features and (with `odin_fn`) ODIN scores of every example of `ds`, in order,
-    on every process."""
-    parts = {"logits": [], "features": [], "odin": [], "mask": []}
-    for batch in input_pipeline.eval_batches(ds, global_batch_size=batch_size, mesh=mesh):
-        # The ODIN step returns the eval step's outputs too, from the same forward pass.
-        out = dict((odin_fn or eval_fn)(variables, batch), mask=batch["mask"])
-        # Each process holds only its rows of the global batch; gather them (a no-op on one host).
-        gathered = multihost_utils.process_allgather(out, tiled=True)
-        for key, value in gathered.items():
-            parts[key].append(value)
-    keep = np.concatenate(parts.pop("mask"))
-    if keep.sum() != len(ds.labels):
-        raise RuntimeError(f"{ds.name}/{ds.split}: evaluation returned {keep.sum()} rows for "
-                           f"{len(ds.labels)} examples")
-    return {key: np.concatenate(values)[keep].astype(np.float32)
-            for key, values in parts.items() if values}
-
-
-def write_predictions(config: ml_collections.ConfigDict, workdir: epath.PathLike, model,
-                      variables, mesh, *,
+def write_predictions(configs: Sequence[ml_collections.ConfigDict],
+                      workdirs: Sequence[epath.PathLike], variables, mesh, *,
                       id_sets: dict[str, datasets.ArrayDataset] | None = None) -> None:
-    """Evaluates the ID test and train sets and every OOD set; process 0 writes the files.
+    """Evaluates the ID test and train sets and every OOD set for the runs of a population (one
+    run or more, agreeing on their evaluation fields); process 0 writes each run's files.
 
+    `variables` are the runs' {"params", "batch_stats"} stacked on the run axis of `mesh`
+    (`runs_axis.stack`): each device group computes its own runs, as training placed them.
     `id_sets` ({"train": ..., "test": ...}) are the ID splits when the caller has them in memory
     already, as training does; otherwise they are loaded.
     """
+    config = configs[0]
+    model = run_model.create_model(config)
     step_config = run_model.step_config(config)
-    eval_fn = train_step.make_eval_step(model, step_config, mesh)
     # Runs saved before ODIN existed have no odin_pairs in their stored config: the defaults.
     odin_pairs = tuple((float(t), float(e)) for t, e in config.get("odin_pairs",
                                                                    odin.DEFAULT_PAIRS))
-    odin_fn = odin.make_odin_step(model, step_config, mesh, odin_pairs) if odin_pairs else None
+    shape = {"runs": len(configs), "batch_size": config.eval_batch_size}
+    program = (odin.make_odin_program(model, step_config, mesh, odin_pairs, **shape) if odin_pairs
+               else evaluation.make_eval_program(model, step_config, mesh, **shape))
     id_sets = id_sets or {split: run_data.load_id(config, split) for split in ("test", "train")}
     sets = {
         f"{config.dataset}_test": ("id_test", id_sets["test"]),
         f"{config.dataset}_train": ("id_train", id_sets["train"]),
     }
     sets.update({name: ("ood_test", ds) for name, ds in run_data.load_ood(config).items()})
-    splits = {}
+    splits = [{} for _ in configs]
     # The run's name on the bar: a grid's worker processes share one log.
-    bar = progress.bar(sets.items(), desc=f"{epath.Path(workdir).name} predictions", unit="split",
-                    disable=not distributed.is_writer())
-    for name, (role, ds) in bar:
-        bar.set_postfix_str(name)
-        out = _outputs(eval_fn, variables, ds, mesh, config.eval_batch_size, odin_fn)
-        splits[name] = predictions.Split(role=role, logits=out["logits"],
-                                         features=out["features"], odin=out.get("odin"),
-                                         labels=ds.labels.astype(np.int32))
-    kernel, bias = models.classifier_head(variables["params"])
-    head = predictions.Head(np.asarray(kernel), np.asarray(bias))
+    name = epath.Path(workdirs[0]).name + (f" and {len(configs) - 1} more" if len(configs) > 1
+                                           else "")
+    bar = progress.bar(sets.items(), desc=f"{name} predictions", unit="split",
+                       disable=not distributed.is_writer())
+    for split_name, (role, ds) in bar:
+        bar.set_postfix_str(split_name)
+        out = evaluation.outputs(program, variables,
+                                 evaluation.resident(ds, mesh, config.eval_batch_size))
+        for r, run_splits in enumerate(splits):
+            run_splits[split_name] = predictions.Split(
+                role=role, logits=out["logits"][r], features=out["features"][r],
+                odin=out["odin"][r] if "odin" in out else None, labels=ds.labels.astype(np.int32))
+    kernels, biases = jax.device_get(models.classifier_head(variables["params"]))
     if distributed.is_writer():
-        predictions.write(epath.Path(workdir) / "predictions", splits,
-                          num_classes=datasets.info(config.dataset).num_classes,
-                          run=predictions.RunSummary.from_config(config), head=head,
-                          odin_pairs=odin_pairs)
+        for r, (run_config, workdir) in enumerate(zip(configs, workdirs, strict=True)):
+            predictions.write(epath.Path(workdir) / "predictions", splits[r],
+                              num_classes=datasets.info(config.dataset).num_classes,
+                              run=predictions.RunSummary.from_config(run_config),
+                              head=predictions.Head(kernels[r], biases[r]), odin_pairs=odin_pairs)
 
 
 def predict_from_checkpoint(config: ml_collections.ConfigDict, workdir: epath.PathLike) -> None:
     """Rewrites the predictions of the run in `workdir` from its latest checkpoint."""
     config_validation.check_evaluation(config, num_devices=jax.device_count())
     run_data.check_available(config, training=False)
-    mesh = train_step.data_mesh()
+    mesh = runs_axis.data_mesh()
     with workdir_lock.hold(workdir, enabled=distributed.is_writer()):
-        model, variables = saved_models.restore_model(config, workdir, mesh)
-        write_predictions(config, workdir, model, variables, mesh)
+        _, variables = saved_models.restore_model(config, workdir, mesh)
+        write_predictions([config], [workdir], runs_axis.stack([variables], mesh), mesh)
 
 
 def config_with_overrides(stored: ml_collections.ConfigDict,

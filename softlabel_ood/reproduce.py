@@ -14,17 +14,18 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+import jax
 import ml_collections
 import tqdm
 from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
-from softlabel_ood import cli_errors, command_line, configs, progress, scoring
+from softlabel_ood import cli_errors, command_line, configs, scoring
 from softlabel_ood.analysis import claims, report, results
 from softlabel_ood.configs import config_validation
 from softlabel_ood.data import datasets, run_data
-from softlabel_ood.experiment import grid, populations, workers
+from softlabel_ood.experiment import grid, populations, probe, schedule
 from softlabel_ood.training import compilation_cache, distributed
 from softlabel_ood.workdir import saved_runs
 
@@ -60,99 +61,48 @@ class RunsFailedError(saved_runs.RunError):
     """Some runs of the grid did not finish; the others were trained and scored."""
 
 
-def run_grid(config: ml_collections.ConfigDict, workdir: str, *,
-             rules: claims.ClaimRules | None = None) -> list[results.RunInfo]:
-    """Trains every unfinished run of `config.grid` in populations (`populations.form`), up to
-    `config.grid.workers` populations at a time (`workers`), then scores the finished runs and
-    writes the report.
-
-    A population starts once the runs it reads (teachers, fine-tuning starts) are done. A run
-    that fails (its loss diverges, its teacher failed) is reported by name and does not stop the
-    others; RunsFailedError names every failed run after the report is written.
-    """
-    planned = planned_runs(config, workdir)
+def cut_grid(config: ml_collections.ConfigDict, workdir: str,
+             planned: list[tuple[results.RunInfo, ml_collections.ConfigDict]]
+             ) -> tuple[list[list[int]], probe.ProbeResult | None]:
+    """The grid's populations (`populations.form`), sized by config.grid.max_population or,
+    for 0, by the probe; and the probe's result, if one was made or read."""
     configs = [c for _, c in planned]
     directories = [info.directory for info, _ in planned]
-    groups = populations.form(configs, directories, populations.max_population(config.grid))
-    writer = distributed.is_writer()
-    failed: dict[str, str] = {}  # run directory -> why it failed
-    unresolved = set(directories)  # runs not yet skipped, trained or failed
-    bar = progress.bar(total=len(planned), desc="grid", unit="run", disable=not writer)
+    if all(saved_runs.is_finished(d) for d in directories):
+        return [[i] for i in range(len(planned))], None  # nothing to train, nothing to measure
+    size, measured = probe.population_size(config.grid, configs, directories,
+                                           populations.groups(configs, directories), workdir)
+    if measured and distributed.is_writer():
+        tqdm.tqdm.write(f"populations: {measured.describe()}", file=sys.stderr)
+    unit = populations.run_devices(int(config.grid.get("run_devices", 0)), size,
+                                   jax.local_device_count())
+    return populations.form(configs, directories, size, unit=unit), measured
 
-    def say(i: int, what: str) -> None:
-        if writer:
-            info = planned[i][0]
-            tqdm.tqdm.write(f"[{i + 1}/{len(planned)}] {info.run} ({info.method}): {what}",
-                            file=sys.stderr)
 
-    def resolve(i: int, what: str | None = None) -> None:
-        unresolved.discard(directories[i])
-        bar.update(1)
-        if what:
-            say(i, what)
+def run_grid(config: ml_collections.ConfigDict, workdir: str, *,
+             rules: claims.ClaimRules | None = None) -> list[results.RunInfo]:
+    """Trains every unfinished run of `config.grid` in populations (`cut_grid`), teachers
+    before their students (`schedule`), then scores the finished runs and writes the report.
 
-    def ready(group: list[int]) -> bool:
-        return not any(p in unresolved for i in group for p in populations.inputs(configs[i]))
-
-    def to_train(group: list[int]) -> list[int]:
-        """The runs of `group` to train; the others are skipped or fail here, and say so."""
-        todo = []
-        for i in group:
-            if saved_runs.is_finished(directories[i]):
-                resolve(i, "skipped, already finished")
-            elif broken := [p for p in populations.inputs(configs[i]) if p in failed]:
-                failed[directories[i]] = f"not trained: {epath.Path(broken[0]).name} failed"
-                resolve(i, failed[directories[i]])
-            else:
-                todo.append(i)
-        return todo
-
-    pending = list(range(len(groups)))  # populations not started, by index into groups
-    training: dict[int, tuple[list[int], dict[int, bool]]] = {}  # population -> (runs, resumed)
-    with workers.Pool(workers.count(config.grid)) as pool:
-        while pending or pool.busy:
-            while pending and not pool.full:
-                population = next((p for p in pending if ready(groups[p])), None)
-                if population is None:  # every pending population reads a run still training
-                    break
-                pending.remove(population)
-                if not (todo := to_train(groups[population])):
-                    continue
-                bar.set_postfix_str(", ".join(planned[i][0].run for i in todo[:3])
-                                    + (", ..." if len(todo) > 3 else ""))
-                training[population] = (todo, {i: (epath.Path(directories[i]) / "checkpoints")
-                                              .exists() for i in todo})
-                # Every process takes part in training; each decides the same way whether to
-                # skip, because the DONE marker lives in the shared workdir.
-                pool.start(population, [configs[i] for i in todo],
-                           [directories[i] for i in todo], config.grid)
-            if not pool.busy:
-                if pending:  # cannot happen: runs are listed, and so trained, before readers
-                    raise RuntimeError(f"populations {pending} read runs that are never trained")
-                continue  # every population left was skipped
-            for population, outcomes, seconds in pool.finished():
-                todo, resumed = training.pop(population)
-                together = f" (together with {len(todo) - 1} more)" if len(todo) > 1 else ""
-                for i, failure in zip(todo, outcomes, strict=True):
-                    if failure is not None:
-                        failed[directories[i]] = f"failed: {failure}"
-                        resolve(i, failed[directories[i]])
-                    else:
-                        resolve(i, f"{'resumed and trained' if resumed[i] else 'trained'} in "
-                                   f"{seconds:.0f} s{together}")
-    bar.close()
-
+    A run that fails (its loss diverges, its teacher failed) is reported by name and does not
+    stop the others; RunsFailedError names every failed run after the report is written.
+    """
+    planned = planned_runs(config, workdir)
+    cut, measured = cut_grid(config, workdir, planned)
+    failed = schedule.train(planned, cut, config.grid)
     # Process 0 wrote every run's predictions; the others read them to score.
     distributed.wait_for_all("grid trained")
     runs = [info for info, _ in planned if info.directory not in failed]
     # Every process scores (the same read-only work), so that none of them sits idle in JAX's
     # shutdown barrier, which has a timeout, while process 0 alone is busy.
-    rows = scoring.score_runs_report([r.directory for r in runs], progress=writer).rows
-    if writer:
+    rows = scoring.score_runs_report([r.directory for r in runs], progress=distributed.is_writer()
+                                     ).rows
+    if distributed.is_writer():
         out = epath.Path(workdir) / "report"
         report.write_report(rows, out, runs=runs, rules=rules,
                             title=f"Soft labels and OOD detection on {config.dataset}: "
-                                  f"reproduction report")
+                                  f"reproduction report",
+                            training={"population size": measured.describe()} if measured else None)
         print(f"report: {out / 'report.md'}")
     if failed:
         raise RunsFailedError(f"{len(failed)} of {len(planned)} runs did not finish: " + "; ".join(

@@ -27,7 +27,13 @@ from ml_collections import config_flags
 from softlabel_ood import cli_errors, command_line, configs, predict
 from softlabel_ood.configs import config_validation
 from softlabel_ood.data import run_data
-from softlabel_ood.training import compilation_cache, distributed, run_model, train_loop, train_step
+from softlabel_ood.training import (
+    compilation_cache,
+    distributed,
+    run_start,
+    runs_axis,
+    train_loop,
+)
 from softlabel_ood.workdir import lock as workdir_lock
 from softlabel_ood.workdir import saved_runs
 
@@ -52,44 +58,54 @@ def train_and_evaluate_population(configs: Sequence[ml_collections.ConfigDict],
     # Every check that needs no data comes before any dataset is loaded or any file written.
     for config in configs:
         config_validation.check(config, num_devices=jax.device_count())
-    mesh = mesh or train_step.data_mesh()
-    failures: dict[int, Exception] = {}
-    members, indices, teacher_model = [], [], None
-    # Teachers first: a missing or unfinished teacher is found before any data is loaded.
+    mesh = mesh or runs_axis.data_mesh()
+    failures, members, teacher_model = _members(configs, workdirs, mesh)
+    if not members:
+        return [failures.get(i) for i in range(len(configs))]
+    config = members[0][1].config
+    run_data.check_available(config)
+    # One process per workdir (released when this one ends, killed or not).
+    with contextlib.ExitStack() as locks:
+        for _, member in members:
+            locks.enter_context(workdir_lock.hold(member.workdir, enabled=distributed.is_writer()))
+        data = run_data.load_training(config)
+        config_validation.check_training_size(config, len(data.train.labels))
+        results = train_loop.train_population(
+            [m for _, m in members], data, runs_axis.fit_mesh(mesh, len(members)),
+            teacher_model=teacher_model)
+        done = []
+        for (i, member), result in zip(members, results, strict=True):
+            if isinstance(result, Exception):
+                failures[i] = result
+            else:
+                done.append((member, result))
+        if done:
+            predict_mesh = runs_axis.fit_mesh(mesh, len(done))
+            predict.write_predictions(
+                [m.config for m, _ in done], [m.workdir for m, _ in done],
+                runs_axis.stack([state.variables for _, state in done], predict_mesh),
+                predict_mesh, id_sets={"train": data.train, "test": data.test})
+            if distributed.is_writer():
+                for member, _ in done:
+                    saved_runs.mark_finished(member.workdir)
+    return [failures.get(i) for i in range(len(configs))]
+
+
+def _members(configs, workdirs, mesh):
+    """({index: failure}, [(index, Member)], teacher model) of the runs that can start: teachers
+    are read first, so a missing or unfinished one is found before any data is loaded."""
+    failures, members, teacher_model = {}, [], None
     for i, (config, workdir) in enumerate(zip(configs, workdirs, strict=True)):
         try:
-            model, variables = train_loop.load_teacher(config, mesh)
+            model, variables = run_start.load_teacher(config, mesh)
         except saved_runs.RunError as e:
             if len(configs) == 1:
                 raise
             failures[i] = e
             continue
         teacher_model = teacher_model or model
-        members.append(train_loop.Member(config, epath.Path(workdir), variables))
-        indices.append(i)
-    if members:
-        config = members[0].config
-        run_data.check_available(config)
-        # One process per workdir (released when this one ends, killed or not).
-        with contextlib.ExitStack() as locks:
-            for member in members:
-                locks.enter_context(workdir_lock.hold(member.workdir,
-                                                      enabled=distributed.is_writer()))
-            data = run_data.load_training(config)
-            config_validation.check_training_size(config, len(data.train.labels))
-            model = run_model.create_model(config)
-            results = train_loop.train_population(members, data, mesh,
-                                                  teacher_model=teacher_model)
-            for i, member, result in zip(indices, members, results, strict=True):
-                if isinstance(result, Exception):
-                    failures[i] = result
-                    continue
-                predict.write_predictions(member.config, member.workdir, model,
-                                          result.variables, mesh,
-                                          id_sets={"train": data.train, "test": data.test})
-                if distributed.is_writer():
-                    saved_runs.mark_finished(member.workdir)
-    return [failures.get(i) for i in range(len(configs))]
+        members.append((i, run_start.Member(config, epath.Path(workdir), variables)))
+    return failures, members, teacher_model
 
 
 @cli_errors.exit_on_user_error

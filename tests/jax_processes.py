@@ -71,7 +71,8 @@ TOY_DATA = """
 import json
 import jax, numpy as np
 from softlabel_ood.data.datasets import ArrayDataset
-mesh = jax.make_mesh((jax.device_count(),), ("data",))
+from softlabel_ood.training import runs_axis
+mesh = runs_axis.data_mesh()
 n = 40
 images = np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
 data = ArrayDataset(images, np.arange(n, dtype=np.int32), "toy", "train")

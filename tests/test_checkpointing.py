@@ -11,14 +11,14 @@ import pytest
 from absl import logging as absl_logging
 
 from softlabel_ood import cli_errors, train
-from softlabel_ood.training import checkpointing, run_model, train_step
+from softlabel_ood.training import checkpointing, run_model, runs_axis, train_step
 from softlabel_ood.workdir import saved_runs
 from tests.train_helpers import tiny_digits_config
 
 
 def _state(seed: int) -> train_step.TrainState:
     config = tiny_digits_config("ce", seed=seed)
-    return run_model.create_state(config, run_model.create_model(config), train_step.data_mesh())
+    return run_model.create_state(config, run_model.create_model(config), runs_axis.data_mesh())
 
 
 def test_full_restore_equals_what_was_saved(tmp_path):

@@ -224,11 +224,14 @@ def test_the_optimizer_names_agree_with_the_optimizer_module():
 
 
 def test_methods_name_their_teacher_and_outliers():
-    assert methods.TEACHER_METHODS == ("kd", "kd_incorrect")
-    assert methods.OUTLIER_METHODS == ("oe",)
-    for name in methods.METHODS:
-        for field in methods.BY_NAME[name].reads:
+    assert [m for m in methods.names() if methods.needs_teacher(m)] == ["kd", "kd_incorrect"]
+    assert [m for m in methods.names() if methods.needs_outliers(m)] == ["oe"]
+    for method in methods.BY_NAME.values():
+        for field in method.reads:
             assert field in config_validation.FIELDS, field
+    # Every field a method may leave unread has a neutral value, and it is a config field.
+    for field in methods.NEUTRAL:
+        assert field in config_validation.FIELDS, field
 
 
 def test_loading_a_config_file_imports_no_jax():

@@ -28,7 +28,7 @@ def test_run_spec_holds_its_overrides_apart():
 def test_paper_grid_lists_every_run_teachers_first():
     g = _paper_grid()
     assert g.seeds == (4, 5)
-    assert (g.max_population, g.run_devices, g.workers) == (0, 1, 0)
+    assert (g.max_population, g.run_devices, g.workers) == (0, 0, 0)
     assert _summary(g) == [
         ("ce", "ce", "", "", {}),
         ("ls0.1", "ls", "", "", {"label_smoothing": 0.1}),

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from softlabel_ood import models, predict
+from softlabel_ood import models
 from softlabel_ood.data import datasets
-from softlabel_ood.training import odin, train_step
+from softlabel_ood.training import evaluation, odin, runs_axis, train_step
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
 
@@ -74,13 +74,14 @@ def _dataset(n=40, seed=1):
 
 def test_predict_odin_at_t1_eps0_is_msp_and_head_gives_the_logits(small_model):
     model, variables = small_model
-    config = train_step.StepConfig(method="ce", num_classes=10, mean=(0.3,), std=(0.2,))
-    mesh = train_step.data_mesh()
+    config = train_step.StepConfig.for_method("ce", num_classes=10, mean=(0.3,), std=(0.2,))
+    mesh = runs_axis.data_mesh()
     pairs = ((1.0, 0.0), (1000.0, 0.0), (1000.0, 0.0014))
-    eval_fn = train_step.make_eval_step(model, config, mesh)
-    odin_fn = odin.make_odin_step(model, config, mesh, pairs)
+    stacked = runs_axis.stack([variables], mesh)
     # 40 examples in batches of 16: the last batch is padded, and the padding dropped.
-    out = predict._outputs(eval_fn, variables, _dataset(), mesh, 16, odin_fn)
+    split = evaluation.resident(_dataset(), mesh, 16)
+    odin_program = odin.make_odin_program(model, config, mesh, pairs, runs=1, batch_size=16)
+    out = {k: v[0] for k, v in evaluation.outputs(odin_program, stacked, split).items()}
     assert out["odin"].shape == (40, 3)
     assert out["odin"].dtype == np.float32
     logits = out["logits"].astype(np.float64)
@@ -91,7 +92,8 @@ def test_predict_odin_at_t1_eps0_is_msp_and_head_gives_the_logits(small_model):
     np.testing.assert_allclose(out["odin"][:, 1], (e / e.sum(1, keepdims=True)).max(1),
                                rtol=1e-6)
     # The ODIN step's logits and features are the eval step's.
-    plain = predict._outputs(eval_fn, variables, _dataset(), mesh, 16)
+    eval_program = evaluation.make_eval_program(model, config, mesh, runs=1, batch_size=16)
+    plain = {k: v[0] for k, v in evaluation.outputs(eval_program, stacked, split).items()}
     assert "odin" not in plain
     np.testing.assert_array_equal(plain["logits"], out["logits"])
     np.testing.assert_array_equal(plain["features"], out["features"])

@@ -21,8 +21,10 @@ def _config(runs, seeds=(0,)):
     config = tiny_digits_config()
     config.grid.runs = runs
     config.grid.seeds = seeds
-    # These tests replace the training function in this process: no worker processes.
+    # These tests replace the training function in this process: no worker processes, and no
+    # probe timing real programs for a grid trained by the fake; runs alone, in the grid's order.
     config.grid.workers = 1
+    config.grid.max_population = 1
     return config
 
 

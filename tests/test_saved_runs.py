@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from softlabel_ood import models, train
-from softlabel_ood.training import saved_models, train_step
+from softlabel_ood.training import runs_axis, saved_models
 from softlabel_ood.workdir import saved_runs
 from tests.train_helpers import refusal, tiny_digits_config
 
@@ -25,7 +25,7 @@ def finished_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mesh():
-    return train_step.data_mesh()
+    return runs_axis.data_mesh()
 
 
 # ---- config.json

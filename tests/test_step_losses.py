@@ -15,7 +15,9 @@ from jax.sharding import PartitionSpec as P
 
 from softlabel_ood import methods, models
 from softlabel_ood.data import augment
+from softlabel_ood.training import run_model, runs_axis
 from softlabel_ood.training import train_step as ts
+from tests.train_helpers import one_step_program
 
 NUM_CLASSES = 5
 IMAGE_SHAPE = (8, 8, 1)
@@ -28,7 +30,7 @@ NUM_OUTLIERS = 6
 
 @pytest.fixture(scope="module")
 def mesh():
-    return ts.data_mesh(jax.devices()[:1])
+    return runs_axis.data_mesh(jax.devices()[:1])
 
 
 def tiny_model():
@@ -41,7 +43,7 @@ def fixed_batch(mesh, outliers=0):
              "label": rng.integers(0, NUM_CLASSES, 12).astype(np.int32)}
     if outliers:
         batch["outlier_image"] = rng.integers(0, 256, (outliers, *IMAGE_SHAPE)).astype(np.uint8)
-    return jax.device_put(batch, NamedSharding(mesh, P(ts.DATA_AXIS)))
+    return jax.device_put(batch, NamedSharding(mesh, P(runs_axis.DATA_AXIS)))
 
 
 def teacher_and_variables(model=None):
@@ -131,20 +133,28 @@ def test_the_reference_formulas_on_a_hand_worked_case():
 def step_inputs(mesh, method):
     """(step, state, hyperparams, batch, teacher, teacher_variables) for one step of `method`,
     augmentation off so that the forward pass can be recomputed exactly."""
-    config = ts.StepConfig(method=method, num_classes=NUM_CLASSES, mean=MEAN, std=STD,
-                           augment=False)
+    config = ts.StepConfig.for_method(method, num_classes=NUM_CLASSES, mean=MEAN, std=STD,
+                                      augment=False)
     teacher, teacher_variables = (teacher_and_variables() if methods.needs_teacher(method)
                                   else (None, None))
-    step = ts.make_train_step(tiny_model(), config, mesh, teacher_model=teacher)
+    step = one_step_program(tiny_model(), config, mesh, teacher_model=teacher)
     state = ts.create_train_state(tiny_model(), config, image_shape=IMAGE_SHAPE, seed=5,
                                   mesh=mesh)
     # A confident student (logits of a few units, not a fresh head's tenths), so that the
     # loss moves with every hyperparameter.
     state = state.replace(params=jax.tree.map(
         lambda p: p * 8 if p.ndim == 2 else p, state.params))
-    hp = ts.Hyperparams.create(seed=5, learning_rate=0.1, total_steps=100, **HYPERPARAMS)
+    hp = ts.Hyperparams.create(seed=5, learning_rate=0.1, total_steps=100,
+                               **hyperparams_read(method))
     batch = fixed_batch(mesh, outliers=NUM_OUTLIERS if method == "oe" else 0)
     return step, state, hp, batch, teacher, teacher_variables
+
+
+def hyperparams_read(method):
+    """HYPERPARAMS as the train command gives them to `method`: the fields it does not read
+    (its record in `methods`) at their neutral values."""
+    return {name: methods.value_read(method, run_model.HYPERPARAM_FIELDS[name], value)
+            for name, value in HYPERPARAMS.items()}
 
 
 def forward(variables, images):
@@ -155,7 +165,7 @@ def forward(variables, images):
 
 
 # Every defined method: a method added without a reference formula here fails this test.
-@pytest.mark.parametrize("method", methods.METHODS)
+@pytest.mark.parametrize("method", methods.names())
 def test_step_loss_equals_its_formula(mesh, method):
     step, state, hp, batch, teacher, teacher_variables = step_inputs(mesh, method)
     labels = np.asarray(batch["label"])
@@ -212,16 +222,17 @@ def test_the_teacher_sees_the_students_augmented_batch(mesh, method):
 
     student = Recording(tiny_model(), "student", record)
     teacher = Recording(tiny_model(), "teacher", record)
-    config = ts.StepConfig(method=method, num_classes=NUM_CLASSES, mean=MEAN, std=STD,
-                           augment=True)
+    config = ts.StepConfig.for_method(method, num_classes=NUM_CLASSES, mean=MEAN, std=STD,
+                                      augment=True)
     state = ts.create_train_state(student, config, image_shape=IMAGE_SHAPE, seed=5, mesh=mesh)
     seen.clear()  # the initialisation's input
     teacher_variables = teacher.init(jax.random.key(11), jnp.zeros((1, *IMAGE_SHAPE)),
                                      train=False)
     seen.clear()
-    hp = ts.Hyperparams.create(seed=5, learning_rate=0.1, total_steps=100, **HYPERPARAMS)
+    hp = ts.Hyperparams.create(seed=5, learning_rate=0.1, total_steps=100,
+                               **hyperparams_read(method))
     batch = fixed_batch(mesh)
-    step = ts.make_train_step(student, config, mesh, teacher_model=teacher)
+    step = one_step_program(student, config, mesh, teacher_model=teacher)
     step(state, hp, batch, teacher_variables)
     jax.effects_barrier()
 

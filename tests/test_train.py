@@ -13,7 +13,7 @@ from softlabel_ood import cli_errors, train
 from softlabel_ood.analysis import results
 from softlabel_ood.configs import config_validation
 from softlabel_ood.data import datasets
-from softlabel_ood.training import saved_models, train_loop, train_step
+from softlabel_ood.training import runs_axis, saved_models, train_loop
 from softlabel_ood.workdir import predictions, saved_runs
 from tests.train_helpers import tiny_digits_config
 
@@ -91,7 +91,7 @@ def test_oe_fine_tuning_starts_from_the_finished_run(ce_teacher, tmp_path):
     # The OE schedule never goes below 1e-6 (its absolute floor), so the weights move by ~1e-6.
     config.learning_rate = 1e-9
     train.train_and_evaluate(config, str(tmp_path / "oe_ft"))
-    mesh = train_step.data_mesh()
+    mesh = runs_axis.data_mesh()
     _, ours, _ = saved_models.load_finished_model(str(tmp_path / "oe_ft"), mesh, role="test",
                                                 dataset="digits")
     _, theirs, _ = saved_models.load_finished_model(str(ce_teacher), mesh, role="test",

@@ -6,12 +6,13 @@ from __future__ import annotations
 import itertools
 import textwrap
 
+import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
 from softlabel_ood.data import input_pipeline as ip
-from softlabel_ood.training import train_feed
+from softlabel_ood.training import runs_axis, train_feed
 from tests import jax_processes
 
 _dataset = jax_processes.indexed_dataset
@@ -19,14 +20,14 @@ _dataset = jax_processes.indexed_dataset
 
 @pytest.fixture(scope="module")
 def mesh1():
-    return jax_processes.one_device_mesh()
+    return runs_axis.data_mesh(jax.devices()[:1])
 
 
-def _batches(feed: train_feed.TrainFeed, plan) -> list[dict]:
-    """Every step's batch as the compiled steps would see it, gathered on the host."""
+def _batches(feed: train_feed.TrainFeed, plan, run: int = 0) -> list[dict]:
+    """Every step's batch of run `run` as the train program would see it, gathered on the host."""
     out = []
     for chunk in feed.chunks(plan):
-        host = {k: np.asarray(v) for k, v in chunk.feed.items()}
+        host = {k: np.asarray(v)[run] for k, v in chunk.feed.items()}
         for i in range(chunk.first, chunk.first + chunk.num_steps):
             if feed.resident:
                 data = {k: np.asarray(v) for k, v in feed.data.items()}
@@ -43,7 +44,7 @@ def _batches(feed: train_feed.TrainFeed, plan) -> list[dict]:
 @pytest.mark.parametrize("max_device_bytes", [10**9, 0], ids=["resident", "host"])
 def test_feed_holds_the_permuted_examples_and_resumes_exactly(mesh1, max_device_bytes):
     data, outliers = _dataset(30), _dataset(11, name="outliers")
-    kwargs = dict(global_batch_size=6, seed=9, mesh=mesh1, steps_per_call=4,
+    kwargs = dict(global_batch_size=6, seeds=[9], mesh=mesh1, steps_per_call=4,
                   max_device_bytes=max_device_bytes, outliers=outliers, outlier_batch_size=4)
     feed = train_feed.TrainFeed(data, **kwargs)
     assert feed.resident == (max_device_bytes > 0)
@@ -65,24 +66,43 @@ def test_feed_holds_the_permuted_examples_and_resumes_exactly(mesh1, max_device_
             np.testing.assert_array_equal(a[key], b[key])
 
 
+@pytest.mark.parametrize("max_device_bytes", [10**9, 0], ids=["resident", "host"])
+def test_every_run_of_a_population_gets_the_batches_of_its_own_seed(mesh1, max_device_bytes):
+    data = _dataset(30)
+    common = dict(global_batch_size=6, mesh=mesh1, steps_per_call=2,
+                  max_device_bytes=max_device_bytes)
+    population = train_feed.TrainFeed(data, seeds=[3, 7, 3], **common)
+    plan = [(0, 2), (2, 2), (4, 1), (5, 2)]
+    for run, seed in enumerate([3, 7, 3]):
+        alone = _batches(train_feed.TrainFeed(data, seeds=[seed], **common), plan)
+        together = _batches(population, plan, run)
+        for a, b in zip(alone, together, strict=True):
+            np.testing.assert_array_equal(a["label"], b["label"])
+    assert not np.array_equal(_batches(population, plan, 0)[0]["label"],
+                              _batches(population, plan, 1)[0]["label"])
+
+
 def test_resident_data_is_placed_once_and_calls_carry_indices_only(mesh1):
     data = _dataset(30)
-    feed = train_feed.TrainFeed(data, global_batch_size=6, seed=0, mesh=mesh1, steps_per_call=3,
+    feed = train_feed.TrainFeed(data, global_batch_size=6, seeds=[0], mesh=mesh1,
+                                steps_per_call=3,
                                 max_device_bytes=train_feed.training_bytes(data, None))
     assert feed.resident
     assert set(feed.data) == {"image", "label"}
     assert feed.data["image"].sharding.spec == PartitionSpec()
     chunks = list(feed.chunks([(0, 2), (2, 3), (5, 3)]))
     assert set(chunks[0].feed) == {"index"}
-    # One index table per epoch (5 steps of 6), shared by the calls of that epoch.
+    # One index table per epoch (1 run, 5 steps of 6), shared by the calls of that epoch.
     assert chunks[0].feed["index"].dtype == np.int32
-    assert chunks[0].feed["index"].shape == (5, 6)
-    assert chunks[0].feed["index"].sharding.spec == PartitionSpec(None, ip.DATA_AXIS)
+    assert chunks[0].feed["index"].shape == (1, 5, 6)
+    assert chunks[0].feed["index"].sharding.spec == PartitionSpec(
+        runs_axis.RUNS_AXIS, None, ip.DATA_AXIS)
     assert chunks[1].feed is chunks[0].feed
     assert chunks[2].feed is not chunks[0].feed
     assert [c.first for c in chunks] == [0, 2, 0]
     # One byte over the cap, and the same data goes through the host.
-    host = train_feed.TrainFeed(data, global_batch_size=6, seed=0, mesh=mesh1, steps_per_call=3,
+    host = train_feed.TrainFeed(data, global_batch_size=6, seeds=[0], mesh=mesh1,
+                                steps_per_call=3,
                                 max_device_bytes=train_feed.training_bytes(data, None) - 1)
     assert not host.resident
     assert host.data == {}
@@ -91,7 +111,7 @@ def test_resident_data_is_placed_once_and_calls_carry_indices_only(mesh1):
 
 def test_bad_arguments_fail_at_the_call(mesh1):
     data = _dataset(10)
-    common = dict(seed=0, mesh=mesh1, steps_per_call=2, max_device_bytes=10**6)
+    common = dict(seeds=[0], mesh=mesh1, steps_per_call=2, max_device_bytes=10**6)
     with pytest.raises(ValueError, match="outlier_batch_size"):
         train_feed.TrainFeed(data, global_batch_size=2, outliers=data, **common)
     feed = train_feed.TrainFeed(data, global_batch_size=2, **common)
@@ -108,20 +128,20 @@ _EIGHT_DEVICES = jax_processes.TOY_DATA + textwrap.dedent("""
     from softlabel_ood.training import train_feed
     out = {"devices": jax.device_count()}
     for cap in (10**6, 0):
-        feed = train_feed.TrainFeed(data, global_batch_size=16, seed=2, mesh=mesh,
+        feed = train_feed.TrainFeed(data, global_batch_size=16, seeds=[2], mesh=mesh,
                                     steps_per_call=2, max_device_bytes=cap, outliers=data,
                                     outlier_batch_size=8)
         chunk = next(feed.chunks([(0, 2)]))
         name = "index" if feed.resident else "label"
-        first = np.asarray(chunk.feed[name])[0]
+        first = np.asarray(chunk.feed[name])[0, 0]
         out[f"{cap}_rows_ok"] = first.tolist() == next(
             ip.train_indices(n, global_batch_size=16, seed=2)).tolist()
         out[f"{cap}_shard_shape"] = sorted(
-            {s.data.shape[1:2] for s in chunk.feed[name].addressable_shards})
+            {s.data.shape[2:3] for s in chunk.feed[name].addressable_shards})
         out[f"{cap}_shard_devices"] = len({s.device for s in chunk.feed[name].addressable_shards})
     for size in (12, 4):
         try:
-            train_feed.TrainFeed(data, global_batch_size=size, seed=0, mesh=mesh,
+            train_feed.TrainFeed(data, global_batch_size=size, seeds=[0], mesh=mesh,
                                  steps_per_call=2, max_device_bytes=0)
             out[f"error_{size}"] = None
         except ValueError as e:
@@ -146,11 +166,11 @@ _ONE_OF_TWO_PROCESSES = jax_processes.DISTRIBUTED_START + jax_processes.TOY_DATA
     from softlabel_ood.training import train_feed
     out = {}
     for cap in (10**6, 0):
-        feed = train_feed.TrainFeed(data, global_batch_size=8, seed=2, mesh=mesh,
+        feed = train_feed.TrainFeed(data, global_batch_size=8, seeds=[2], mesh=mesh,
                                     steps_per_call=1, max_device_bytes=cap)
         chunk = next(feed.chunks([(0, 1)]))
         name = "index" if feed.resident else "label"
-        out[str(cap)] = {s.index[1].start: np.asarray(s.data)[0].tolist()
+        out[str(cap)] = {s.index[2].start: np.asarray(s.data)[0, 0].tolist()
                          for s in chunk.feed[name].addressable_shards}
         if feed.resident:
             out["resident_rows"] = feed.data["label"].addressable_shards[0].data.shape[0]

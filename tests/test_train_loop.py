@@ -8,7 +8,7 @@ import json
 import pytest
 
 from softlabel_ood.data import run_data
-from softlabel_ood.training import run_model, train_loop, train_step
+from softlabel_ood.training import run_model, runs_axis, train_loop
 from tests.train_helpers import tiny_digits_config
 
 
@@ -51,7 +51,7 @@ def test_logs_are_the_same_however_the_steps_are_fed(steps_per_call, max_mb, tmp
     def records(workdir, **overrides):
         config = tiny_digits_config("ce", num_epochs=2, **overrides)
         data = run_data.load_training(config)
-        train_loop.train(config, workdir, data, train_step.data_mesh())
+        train_loop.train(config, workdir, data, runs_axis.data_mesh())
         return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
     reference = records(tmp_path / "reference", steps_per_call=1)

@@ -13,8 +13,10 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from softlabel_ood import methods, models
-from softlabel_ood.training import optimizer
+from softlabel_ood.data.datasets import ArrayDataset
+from softlabel_ood.training import evaluation, optimizer, runs_axis
 from softlabel_ood.training import train_step as ts
+from tests.train_helpers import one_step_program
 
 NUM_CLASSES = 4
 IMAGE_SHAPE = (8, 8, 1)
@@ -23,7 +25,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def mesh():
-    return ts.data_mesh(jax.devices()[:1])
+    return runs_axis.data_mesh(jax.devices()[:1])
 
 
 def tiny_model(**kwargs):
@@ -32,8 +34,8 @@ def tiny_model(**kwargs):
 
 def step_config(method="ce", **kwargs):
     kwargs.setdefault("augment", False)
-    return ts.StepConfig(method=method, num_classes=NUM_CLASSES, mean=(0.5,), std=(0.25,),
-                         **kwargs)
+    return ts.StepConfig.for_method(method, num_classes=NUM_CLASSES, mean=(0.5,), std=(0.25,),
+                                    **kwargs)
 
 
 def hparams(learning_rate=0.3, total_steps=1000, seed=0, **kwargs):
@@ -52,7 +54,7 @@ def learnable_batch(mesh, seed=0, batch_size=32, outliers=0):
     batch = {"image": images.astype(np.uint8), "label": labels}
     if outliers:
         batch["outlier_image"] = rng.integers(0, 256, (outliers, *IMAGE_SHAPE)).astype(np.uint8)
-    return jax.device_put(batch, NamedSharding(mesh, P(ts.DATA_AXIS)))
+    return jax.device_put(batch, NamedSharding(mesh, P(runs_axis.DATA_AXIS)))
 
 
 def make_state(mesh, model=None, seed=0, config=None):
@@ -124,8 +126,10 @@ def test_bad_optimizer_and_method_are_rejected():
         optimizer.make_optimizer(weight_decay=0.0, optimizer="rmsprop")
     with pytest.raises(ValueError, match="rmsprop"):
         step_config(optimizer="rmsprop")
-    with pytest.raises(ValueError, match="mixup"):
+    with pytest.raises(KeyError, match="mixup"):
         step_config("mixup")
+    with pytest.raises(ValueError, match="mixup"):
+        ts.StepConfig(loss="mixup", num_classes=2, mean=(0.5,), std=(0.25,))
 
 
 # ---- state
@@ -164,7 +168,7 @@ def test_every_method_lowers_the_loss(mesh, method, kwargs):
         teacher = tiny_model()
         teacher_variables = teacher.init(jax.random.key(7), jnp.zeros((1, *IMAGE_SHAPE)),
                                          train=False)
-    step = ts.make_train_step(tiny_model(), config, mesh, teacher_model=teacher)
+    step = one_step_program(tiny_model(), config, mesh, teacher_model=teacher)
     state = make_state(mesh)
     batch = learnable_batch(mesh, outliers=16 if method == "oe" else 0)
     teacher_before = copy_tree(teacher_variables)
@@ -184,7 +188,7 @@ def test_every_method_lowers_the_loss(mesh, method, kwargs):
 
 def test_teacher_methods_need_a_teacher(mesh):
     with pytest.raises(ValueError, match="teacher"):
-        ts.make_train_step(tiny_model(), step_config("kd"), mesh)
+        ts.make_train_program(tiny_model(), step_config("kd"), mesh, runs=1, steps_per_call=1)
 
 
 def counting_model(traces: list, **kwargs) -> nn.Module:
@@ -204,7 +208,7 @@ def test_step_compiles_once_and_reports_metrics(mesh):
     model = counting_model(traces, dropout_rate=0.2)
     config = step_config("ce", augment=True)
     state = make_state(mesh, model=model, config=config)
-    step = ts.make_train_step(model, config, mesh)
+    step = one_step_program(model, config, mesh)
     schedule = optimizer.oe_cosine_schedule(0.1, 4)
     params_before = copy_tree(state.params)
     stats_before = copy_tree(state.batch_stats)
@@ -226,7 +230,7 @@ def test_step_compiles_once_and_reports_metrics(mesh):
 def test_bfloat16_step_keeps_float32_state(mesh):
     model = tiny_model(dtype=jnp.bfloat16)
     state = make_state(mesh, model=model)
-    step = ts.make_train_step(model, step_config("ls", compute_dtype="bfloat16"), mesh)
+    step = one_step_program(model, step_config("ls", compute_dtype="bfloat16"), mesh)
     state, metrics = step(state, hparams(label_smoothing=0.1), learnable_batch(mesh), None)
     assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.float32)}
     assert math.isfinite(float(metrics["loss"]))
@@ -239,25 +243,33 @@ def test_eval_step_uses_running_statistics(mesh):
     model = tiny_model()
     state = make_state(mesh, model=model)
     config = step_config("ce")
-    state, _ = ts.make_train_step(model, config, mesh)(state, hparams(), learnable_batch(mesh),
-                                                       None)
-    eval_step = ts.make_eval_step(model, config, mesh)
-    batch = dict(learnable_batch(mesh, seed=5, batch_size=8))
-    batch["mask"] = jnp.ones(8, bool)
-    out = eval_step(state.variables, batch)
-    assert (out["logits"].shape, out["logits"].dtype) == ((8, NUM_CLASSES), jnp.float32)
-    assert (out["features"].shape, out["features"].dtype) == ((8, 16), jnp.float32)
+    state, _ = one_step_program(model, config, mesh)(state, hparams(), learnable_batch(mesh),
+                                                     None)
+    program = evaluation.make_eval_program(model, config, mesh, runs=1, batch_size=8)
+    batch = jax.device_get(learnable_batch(mesh, seed=5, batch_size=8))
+    split = evaluation.resident(ArrayDataset(batch["image"], batch["label"], "t", "test"), mesh, 8)
+    out = program(runs_axis.stack([state.variables], mesh), split.images, np.int32(0))
+    assert (out["logits"].shape, out["logits"].dtype) == ((1, 8, NUM_CLASSES), jnp.float32)
+    assert (out["features"].shape, out["features"].dtype) == ((1, 8, 16), jnp.float32)
     x = (np.asarray(batch["image"], np.float32) / 255 - 0.5) / 0.25
     expected = model.apply(state.variables, x, train=False)
-    np.testing.assert_allclose(out["logits"], expected, atol=1e-5)
+    np.testing.assert_allclose(out["logits"][0], expected, atol=1e-5)
+    # A split that does not fill its last batch: padded rows are dropped from the outputs.
+    split = evaluation.resident(ArrayDataset(batch["image"][:5], batch["label"][:5], "t", "test"),
+                                mesh, 4)
+    outputs = evaluation.outputs(evaluation.make_eval_program(model, config, mesh, runs=1,
+                                                              batch_size=4),
+                                 runs_axis.stack([state.variables], mesh), split)
+    np.testing.assert_allclose(outputs["logits"][0], expected[:5], atol=1e-5)
 
 
 # ---- 1 device vs 8 devices
 
 MULTI_DEVICE_SCRIPT = textwrap.dedent("""
     import jax, numpy as np
-    from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding, PartitionSpec as P
     from softlabel_ood import models
+    from softlabel_ood.training import runs_axis
     from softlabel_ood.training import train_step as ts
 
     assert len(jax.devices()) == 8, jax.devices()
@@ -268,25 +280,33 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent("""
         "outlier_image": rng.integers(0, 256, (8, 8, 8, 1), dtype=np.uint8),
     }
     meshes = {
-        "1 device": ts.data_mesh(jax.devices()[:1]),
-        "8 devices": ts.data_mesh(),
-        "8 devices, auto axes": jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,)),
+        "1 device": runs_axis.data_mesh(jax.devices()[:1]),
+        "8 devices": runs_axis.data_mesh(),
+        "8 devices, 2 x 4": runs_axis.population_mesh(2),
     }
     results = {}
     for name, mesh in meshes.items():
         # OE with dropout and augmentation: every source of randomness and the ID/outlier
         # concatenation are exercised.
         model = models.SmallCNN(num_classes=4, channels=(8, 16), dropout_rate=0.3)
-        config = ts.StepConfig(method="oe", num_classes=4, mean=(0.5,), std=(0.25,))
+        config = ts.StepConfig.for_method("oe", num_classes=4, mean=(0.5,), std=(0.25,))
+        # The same run twice on the 2 x 4 mesh: each group of 4 devices trains one whole run.
+        runs = mesh.shape["runs"]
         state = ts.create_train_state(model, config, image_shape=(8, 8, 1), seed=0, mesh=mesh)
-        hp = ts.Hyperparams.create(seed=0, learning_rate=0.1, total_steps=10)
-        step = ts.make_train_step(model, config, mesh)
-        batch = jax.device_put(host_batch, NamedSharding(mesh, P("data")))
+        hp = ts.Hyperparams.create(seed=0, learning_rate=0.1, total_steps=10, oe_weight=0.5)
+        program = ts.make_train_program(model, config, mesh, runs=runs, steps_per_call=1)
+        feed = jax.device_put({k: np.stack([v[None]] * runs) for k, v in host_batch.items()},
+                              NamedSharding(mesh, P("runs", None, "data")))
+        states = runs_axis.stack([state] * runs, mesh)
+        hps = runs_axis.stack([hp] * runs, mesh)
         for _ in range(2):
-            state, metrics = step(state, hp, batch, None)
-        assert len(state.params["Conv_0"]["kernel"].sharding.device_set) == mesh.size
-        results[name] = jax.tree.map(np.asarray, (state.params, state.batch_stats, metrics))
-    reference = jax.tree.leaves(results.pop("1 device"))
+            states, metrics = program(states, hps, None, {}, feed, np.int32(0), np.int32(1))
+        assert len(states.params["Conv_0"]["kernel"].sharding.device_set) == mesh.size
+        for r in range(runs):
+            state = runs_axis.member(states, r, mesh)
+            results[(name, r)] = jax.tree.map(np.asarray, (
+                state.params, state.batch_stats, {k: v[r] for k, v in metrics.items()}))
+    reference = jax.tree.leaves(results.pop(("1 device", 0)))
     for name, result in results.items():
         diff = max(float(np.max(np.abs(a - b)))
                    for a, b in zip(reference, jax.tree.leaves(result), strict=True))
@@ -314,8 +334,28 @@ def _resident(mesh, n=64, seed=0):
 
 
 def _indices(mesh, steps, batch_size=16, n=64, seed=0):
+    """Rows [steps, B] of one run, and the same as its feed table [1, steps, B] on the mesh."""
     rows = np.random.default_rng(seed).integers(0, n, (steps, batch_size)).astype(np.int32)
-    return rows, jax.device_put(rows, NamedSharding(mesh, P(None, ts.DATA_AXIS)))
+    return rows, _feed(mesh, rows)
+
+
+def _feed(mesh, array):
+    return jax.device_put(array[None], NamedSharding(
+        mesh, P(runs_axis.RUNS_AXIS, None, runs_axis.DATA_AXIS)))
+
+
+def one_run_program(model, config, mesh, steps_per_call):
+    """`run(state, hp, data, feed, first, num_steps) -> (state, metrics [steps_per_call])`: the
+    train program with R = 1, the run unstacked around it."""
+    program = ts.make_train_program(model, config, mesh, runs=1, steps_per_call=steps_per_call)
+
+    def run(state, hp, data, feed, first, num_steps):
+        states, metrics = program(runs_axis.stack([state], mesh), runs_axis.stack([hp], mesh),
+                                  None, data, feed, np.int32(first), np.int32(num_steps))
+        return runs_axis.member(states, 0, mesh), {k: v[0] for k, v in metrics.items()}
+
+    run.program = program
+    return run
 
 
 def test_calls_of_many_steps_equal_each_other_and_single_steps(mesh):
@@ -327,12 +367,11 @@ def test_calls_of_many_steps_equal_each_other_and_single_steps(mesh):
 
     def run(k, cuts):
         state = make_state(mesh, model=model, config=config)
-        run_steps = ts.make_train_steps(model, config, mesh, steps_per_call=k, resident=True)
+        run_steps = one_run_program(model, config, mesh, k)
         losses, start = [], 0
         for n in cuts:
             # The whole index table goes with every call; `first` picks the call's rows.
-            state, metrics = run_steps(state, hp, None, data, {"index": index},
-                                       np.int32(start), np.int32(n))
+            state, metrics = run_steps(state, hp, data, {"index": index}, start, n)
             assert np.isnan(np.asarray(metrics["loss"])[n:]).all()
             losses += np.asarray(metrics["loss"])[:n].tolist()
             start += n
@@ -354,12 +393,12 @@ def test_calls_of_many_steps_equal_each_other_and_single_steps(mesh):
 
     # The same batches through the single-step program: another compilation of the same math.
     state = make_state(mesh, model=model, config=config)
-    step = ts.make_train_step(model, config, mesh)
+    step = one_step_program(model, config, mesh)
     host = {k: np.asarray(v) for k, v in data.items()}
     single = []
     for i in range(6):
         batch = jax.device_put({k: v[rows[i]] for k, v in host.items()},
-                               NamedSharding(mesh, P(ts.DATA_AXIS)))
+                               NamedSharding(mesh, P(runs_axis.DATA_AXIS)))
         state, metrics = step(state, hp, batch, None)
         single.append(float(metrics["loss"]))
     np.testing.assert_allclose(single, losses_a, rtol=1e-5)
@@ -373,19 +412,17 @@ def test_host_fed_calls_equal_device_resident_calls(mesh):
     rows, index = _indices(mesh, 3)
     outlier_rows, outlier_index = _indices(mesh, 3, batch_size=8, seed=1)
     hp = hparams(0.1, 3)
-    resident = ts.make_train_steps(model, config, mesh, steps_per_call=3, resident=True)
-    a, ma = resident(make_state(mesh, model=model, config=config), hp, None, data,
-                     {"index": index, "outlier_index": outlier_index}, np.int32(0), np.int32(3))
+    run = one_run_program(model, config, mesh, 3)
+    a, ma = run(make_state(mesh, model=model, config=config), hp, data,
+                {"index": index, "outlier_index": outlier_index}, 0, 3)
     host = {k: np.asarray(v) for k, v in data.items()}
-    feed = jax.device_put({"image": host["image"][rows], "label": host["label"][rows],
-                           "outlier_image": host["outlier_image"][outlier_rows]},
-                          NamedSharding(mesh, P(None, ts.DATA_AXIS)))
-    fed = ts.make_train_steps(model, config, mesh, steps_per_call=3, resident=False)
-    b, mb = fed(make_state(mesh, model=model, config=config), hp, None, {}, feed, np.int32(0),
-                np.int32(3))
-    np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-6)
+    feed = {"image": _feed(mesh, host["image"][rows]), "label": _feed(mesh, host["label"][rows]),
+            "outlier_image": _feed(mesh, host["outlier_image"][outlier_rows])}
+    b, mb = run(make_state(mesh, model=model, config=config), hp, {}, feed, 0, 3)
+    # The same program body on the same images: gathered on the device or fed, the same bits.
+    np.testing.assert_array_equal(ma["loss"], mb["loss"])
     for x, y in zip(jax.tree.leaves(copy_tree(a)), jax.tree.leaves(copy_tree(b)), strict=True):
-        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(x, y)
 
 
 def test_runs_that_differ_in_hyperparameters_share_one_compiled_program(mesh):
@@ -403,21 +440,21 @@ def test_runs_that_differ_in_hyperparameters_share_one_compiled_program(mesh):
         # Each run builds its model, config and program as the train command does.
         model, config = model_class(), step_config("ls", augment=True)
         state = make_state(mesh, model=model, seed=values["seed"], config=config)
-        run_steps = ts.make_train_steps(model, config, mesh, steps_per_call=2, resident=True)
-        _, metrics = run_steps(state, hparams(**{"total_steps": 4, **values}), None, data,
-                               {"index": index}, np.int32(0), np.int32(2))
+        run_steps = one_run_program(model, config, mesh, 2)
+        _, metrics = run_steps(state, hparams(**{"total_steps": 4, **values}), data,
+                               {"index": index}, 0, 2)
         losses[name] = np.asarray(metrics["loss"]).tolist()
         if name == "a":
             traced_after_first = len(traces)
     # Traced (so compiled) by the first run only, and every value took effect.
     assert len(traces) == traced_after_first
-    assert run_steps._cache_size() == 1
+    assert run_steps.program._cache_size() == 1
     assert len({tuple(v) for v in losses.values()}) == len(grid)
 
 
 def test_learning_rate_and_total_steps_are_runtime_values(mesh):
     model, config = tiny_model(), step_config("ce")
-    step = ts.make_train_step(model, config, mesh)
+    step = one_step_program(model, config, mesh)
     for lr, total in ((0.1, 4), (0.02, 50)):
         state = make_state(mesh, model=model, config=config)
         rates = []

@@ -77,3 +77,30 @@ def refusal(capsys, call) -> str:
     assert err.endswith("\n")
     assert err.startswith("error: ")
     return err.strip()
+
+
+def one_step_program(model, config, mesh, teacher_model=None):
+    """`step(state, hparams, batch, teacher_variables) -> (state, metrics)` of one run: the
+    train program with R = 1 and one host-fed step per call."""
+    import jax
+    import numpy as np
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from softlabel_ood.training import runs_axis
+    from softlabel_ood.training import train_step as ts
+
+    program = ts.make_train_program(model, config, mesh, runs=1, steps_per_call=1,
+                                    teacher_model=teacher_model)
+    feed_sharding = NamedSharding(mesh, P(runs_axis.RUNS_AXIS, None, runs_axis.DATA_AXIS))
+
+    def step(state, hp, batch, teacher_variables):
+        feed = {k: jax.device_put(np.asarray(v)[None, None], feed_sharding)
+                for k, v in batch.items()}
+        teachers = None if teacher_variables is None else runs_axis.stack([teacher_variables],
+                                                                          mesh)
+        states, metrics = program(runs_axis.stack([state], mesh), runs_axis.stack([hp], mesh),
+                                  teachers, {}, feed, np.int32(0), np.int32(1))
+        return runs_axis.member(states, 0, mesh), {k: v[0, 0] for k, v in metrics.items()}
+
+    return step

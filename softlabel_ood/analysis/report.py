@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from etils import epath
 
-from softlabel_ood import __version__, scoring
+from softlabel_ood import __version__, methods, scoring
 from softlabel_ood.analysis import claims, environment, figures, metric_stats, results
 from softlabel_ood.analysis.metric_stats import MetricTable
 from softlabel_ood.analysis.results import RunInfo
@@ -82,7 +82,7 @@ def runs_markdown(runs: Sequence[RunInfo]) -> str:
     rows = []
     for name, group in results.group_by_name(runs).items():
         r = group[0]
-        alpha = f"{r.alpha:g}" if r.method in ("ls", "kd_incorrect") else ""
+        alpha = f"{r.alpha:g}" if _reads_alpha(r.method) else ""
         seeds = ", ".join(str(g.seed) for g in group)
         rows.append([f"`{name}`", r.method, alpha, r.teacher, r.init_from, seeds])
     return _md_table(["run", "method", "α", "teacher", "fine-tuned from", "seeds"], rows)
@@ -153,8 +153,13 @@ def ood_table_markdown(table: MetricTable, runs: Sequence[RunInfo], ood: str, *,
     return _md_table(header, rows)
 
 
+def _reads_alpha(method: str) -> bool:
+    # A method of another version (a run directory read back) may be unknown here: no α then.
+    return method in methods.BY_NAME and methods.reads(method, "label_smoothing")
+
+
 def _teacher_label(teacher: RunInfo) -> str:
-    if teacher.method == "ls":
+    if _reads_alpha(teacher.method):
         return f"ls (α = {teacher.alpha:g}; `{teacher.name}`)"
     return f"{teacher.method} (`{teacher.name}`)"
 
@@ -440,13 +445,15 @@ def write_report(rows: Sequence[scoring.MetricRow], out_dir: epath.PathLike, *,
                  "reproduction report", scores: Sequence[str] | None = None,
                  focus_ood: str | None = None,
                  rules: claims.ClaimRules | None = None,
-                 groups: dict[str, tuple[str, ...]] | None = None) -> None:
+                 groups: dict[str, tuple[str, ...]] | None = None,
+                 training: dict[str, str] | None = None) -> None:
     """Writes metrics.csv (+ metrics.md), runs.json, the PNG figures and, last, report.md.
 
     `runs` says which run is which (`results.RunInfo`); histograms and ROC curves need each
     run's `directory` and are left out for runs without one. `focus_ood` picks the OOD set of
     those two figures (default: `default_focus_ood`). `groups` ({group: OOD sets}) adds group
     means to the tables (default: the `ood_groups` stored with the runs, `run_groups`).
+    `training` ({what: how}, e.g. how the grid chose its population size) joins the environment.
     """
     rules = rules or claims.ClaimRules()
     out_dir = epath.Path(out_dir)
@@ -467,7 +474,7 @@ def write_report(rows: Sequence[scoring.MetricRow], out_dir: epath.PathLike, *,
                     (epath.Path(tmp) / name).copy(out_dir / name, overwrite=True)
     else:
         scoring.write_metrics(rows, str(out_dir), groups=per_run_groups)
-    env = environment.describe()
+    env = {**environment.describe(), **(training or {})}
     results.write_runs_json([dataclasses.replace(r, directory="") for r in runs],
                             out_dir / results.RUNS_FILE, environment=env)
     scores = _scores(table, scores)

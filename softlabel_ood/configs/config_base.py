@@ -17,7 +17,6 @@ from softlabel_ood.configs.config_validation import ConfigError
 from softlabel_ood.data import datasets
 
 FINETUNE_ARG = "oe_finetune"
-METHOD_ARGS = (*methods.METHODS, FINETUNE_ARG)
 
 # The default of config.odin_pairs (softlabel_ood.training.odin, which reads it from here:
 # the config side imports no JAX). The ODIN paper's setting for CIFAR (T = 1000, ε = 0.0014)
@@ -34,9 +33,9 @@ def base_config(method: str | None, *, finetune: bool = False) -> ml_collections
     it fine-tunes, and the config check refuses it until it does.
     """
     method = method or "ce"
-    if method not in methods.METHODS:
+    if method not in methods.BY_NAME:
         raise ConfigError(f"config argument: unknown method {method!r}; expected one of "
-                          f"{', '.join(METHOD_ARGS)}")
+                          f"{', '.join((*methods.names(), FINETUNE_ARG))}")
     c = ml_collections.ConfigDict()
     c.method = method
 
@@ -103,9 +102,9 @@ def parse_method_arg(arg: str | None) -> tuple[str, bool]:
     """`configs/<family>.py:<arg>` -> (method, fine-tune); `oe_finetune` is OE's fine-tuning."""
     if arg == FINETUNE_ARG:
         return "oe", True
-    if arg and arg not in methods.METHODS:
+    if arg and arg not in methods.BY_NAME:
         raise ConfigError(f"config argument: unknown method {arg!r}; expected one of "
-                          f"{', '.join(METHOD_ARGS)}")
+                          f"{', '.join((*methods.names(), FINETUNE_ARG))}")
     return arg or "ce", False
 
 

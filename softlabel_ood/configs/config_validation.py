@@ -98,7 +98,7 @@ def _ood_groups(v) -> bool:
 
 
 FIELDS: dict[str, Rule] = {
-    "method": Rule(f"one of {', '.join(methods.METHODS)}", lambda v: v in methods.METHODS),
+    "method": Rule(f"one of {', '.join(methods.names())}", lambda v: v in methods.BY_NAME),
     "dataset": Rule("a dataset name with class labels (see softlabel_ood.data.datasets)",
                     lambda v: _dataset_name(v) and datasets.info(v).num_classes >= 2),
     "ood_datasets": Rule("a tuple of distinct dataset names, without the ID dataset",
@@ -169,7 +169,7 @@ def _check_dataset_names(config: ml_collections.ConfigDict) -> None:
     """Names first, so that a misspelt dataset gets its own message with the known names."""
     named = [("dataset", config.get("dataset"))]
     named += [("ood_datasets", n) for n in config.get("ood_datasets") or ()]
-    if config.get("method") in methods.OUTLIER_METHODS:
+    if config.get("method") in methods.BY_NAME and methods.needs_outliers(config.method):
         named.append(("oe_dataset", config.get("oe_dataset")))
     for field, name in named:
         if isinstance(name, str) and name not in datasets.NAMES:
@@ -235,11 +235,11 @@ def _check_method(config: ml_collections.ConfigDict) -> None:
                           "(a finished run's workdir)")
     # Fields that only some methods read: a value set for a method that ignores it would be
     # recorded with the run as if it had been used.
-    neutral = {"label_smoothing": 0.0, "kd.teacher_workdir": "", "oe.finetune_from": ""}
     values = flat_fields(config)
-    for field, value in neutral.items():
+    for field in methods.REFUSED_UNLESS_READ:
+        value = methods.NEUTRAL[field]
         if not methods.reads(method, field) and values[field] != value:
-            users = [m for m in methods.METHODS if methods.reads(m, field)]
+            users = methods.readers(field)
             raise ConfigError(f"config.{field}: {values[field]!r} is ignored by method "
                               f"{method} (read by {', '.join(users)} only; leave it "
                               f"{value!r})")

@@ -1,8 +1,14 @@
-"""The datasets of a run, as its config names them."""
+"""The datasets of a run, as its config names them, each loaded once per process.
+
+A grid's runs read the same sets (every run its ID splits and OOD sets, every OE run the same
+outliers), so a set is loaded, converted and generated once per process and shared, read-only:
+`reproduce` then pays for data once, not once per run.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import ml_collections
 import numpy as np
@@ -15,11 +21,23 @@ from softlabel_ood.data import datasets
 DATA_SEED = 0
 
 
-def _load(config: ml_collections.ConfigDict, name: str, split: str,
-          **kwargs) -> datasets.ArrayDataset:
-    path = config.dataset_paths.get(name) or None
-    return datasets.load(name, split, path=path, data_dir=config.data_dir or None, seed=DATA_SEED,
-                         **kwargs)
+def _load(config: ml_collections.ConfigDict, name: str, split: str, *,
+          image_shape: tuple[int, int, int] | None = None,
+          num_examples: int | None = None) -> datasets.ArrayDataset:
+    return _load_once(name, split, config.dataset_paths.get(name) or None,
+                      config.data_dir or None, image_shape and tuple(image_shape), num_examples)
+
+
+# Enough for every set of a grid (ID train and test, OE outliers, ten OOD sets) twice over.
+@functools.lru_cache(maxsize=32)
+def _load_once(name: str, split: str, path: str | None, data_dir: str | None,
+               image_shape: tuple[int, int, int] | None,
+               num_examples: int | None) -> datasets.ArrayDataset:
+    ds = datasets.load(name, split, path=path, data_dir=data_dir, seed=DATA_SEED,
+                       image_shape=image_shape, num_examples=num_examples)
+    for array in (ds.images, ds.labels):
+        array.setflags(write=False)  # shared by every run of the process
+    return ds
 
 
 def load_id(config: ml_collections.ConfigDict, split: str) -> datasets.ArrayDataset:

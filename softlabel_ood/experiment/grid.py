@@ -11,9 +11,10 @@ Runs are listed teachers first; `validate_grid` checks that order rather than so
 How the grid is trained (fields of the grid, not of its runs, so changing them never changes a
 run's identity):
   max_population  the most runs trained together in one compiled program (`populations`);
-                  0 = automatic by platform, 1 = every run alone
-  run_devices     devices along the mesh's "runs" axis for a population (1 = each run's batch
-                  split over all devices; larger values give devices whole runs)
+                  0 = measured at grid start (`probe`), 1 = every run alone
+  run_devices     devices along the mesh's "runs" axis for a population (0 = as many as
+                  divide the population and the devices: whole runs per device first; 1 =
+                  each run's batch split over all devices)
   workers         populations trained at the same time, each in its own process (`workers`);
                   0 = automatic (2 on a CPU, 1 on an accelerator or with several JAX processes)
 """
@@ -90,7 +91,7 @@ def paper_grid(*, ls_alphas, kd_ls_alpha, incorrect_alpha, seeds,
     g.seeds = tuple(seeds)
     g.runs = runs
     g.max_population = 0
-    g.run_devices = 1
+    g.run_devices = 0
     g.workers = 0
     return g
 
@@ -123,7 +124,7 @@ def validate_grid(config: ml_collections.ConfigDict) -> None:
         raise GridError(f"config.grid.seeds: {seeds!r} must be a non-empty list of integers")
     if len(set(seeds)) != len(seeds):
         raise GridError(f"config.grid.seeds: {seeds!r} repeats a seed")
-    for key, least in (("max_population", 0), ("run_devices", 1), ("workers", 0)):
+    for key, least in (("max_population", 0), ("run_devices", 0), ("workers", 0)):
         value = g.get(key, least)
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise GridError(f"config.grid.{key}: {value!r} must be an integer >= {least}")
@@ -147,13 +148,13 @@ def validate_grid(config: ml_collections.ConfigDict) -> None:
         where = f"config.grid.runs[{i}] ({name})"
         if name in earlier:
             raise GridError(f"{where}: duplicate run name {name!r}")
-        if method not in methods.METHODS:
+        if method not in methods.BY_NAME:
             raise GridError(f"{where}: unknown method {method!r}; expected one of "
-                            f"{methods.METHODS}")
+                            f"{methods.names()}")
         teacher, init_from = run.get("teacher", ""), run.get("init_from", "")
-        if method in methods.TEACHER_METHODS and not teacher:
+        if methods.needs_teacher(method) and not teacher:
             raise GridError(f"{where}: method {method} needs a teacher")
-        if teacher and method not in methods.TEACHER_METHODS:
+        if teacher and not methods.needs_teacher(method):
             raise GridError(f"{where}: teacher {teacher!r} given, but method {method} uses none")
         for key, ref in (("teacher", teacher), ("init_from", init_from)):
             if ref and ref not in earlier:

@@ -29,12 +29,13 @@ from collections.abc import Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
 from softlabel_ood.configs.config_base import ODIN_PAIRS as DEFAULT_PAIRS  # noqa: F401 (defined there)
 from softlabel_ood.data import augment
-from softlabel_ood.training import train_step
+from softlabel_ood.training import evaluation
+from softlabel_ood.training.runs_axis import PROGRAM_CACHE_SIZE
+from softlabel_ood.training.train_step import StepConfig, prepare_images
 
 
 def max_softmax(logits: jax.Array, temperature: float) -> jax.Array:
@@ -79,30 +80,26 @@ def odin_scores(apply_fn: Callable, images_uint8: jax.Array, mean: Sequence[floa
     return jnp.stack(columns, axis=-1)
 
 
-# Cached like the train and eval steps: every run of a grid then reuses one traced program.
-@functools.lru_cache(maxsize=train_step.PROGRAM_CACHE_SIZE)
-def make_odin_step(model: nn.Module, step_config: train_step.StepConfig, mesh: Mesh,
-                   pairs: tuple[tuple[float, float], ...]) -> Callable:
-    """Returns jitted `odin_step(variables, batch) -> {"logits": [B, K], "features": [B, D],
-    "odin": [B, len(pairs)]}`, all float32: the eval step's outputs and the ODIN scores from one
-    program, so the plain forward pass is shared."""
-    replicated = NamedSharding(mesh, P())
-    batch_sharded = NamedSharding(mesh, P(train_step.DATA_AXIS))
+# Cached like the train and eval programs: every run of a grid then reuses one traced program.
+@functools.lru_cache(maxsize=PROGRAM_CACHE_SIZE)
+def make_odin_program(model: nn.Module, step_config: StepConfig, mesh: Mesh,
+                      pairs: tuple[tuple[float, float], ...], *, runs: int,
+                      batch_size: int) -> Callable:
+    """Returns jitted `odin(variables, images, offset) -> {"logits": [runs, B, K], "features":
+    [runs, B, D], "odin": [runs, B, len(pairs)]}`, all float32: the eval program's outputs and
+    the ODIN scores from one program, so the plain forward pass is shared
+    (`evaluation.make_eval_program` for the arguments)."""
     dtype = jnp.dtype(step_config.compute_dtype)
 
-    def odin_step(variables, batch):
+    def per_run(variables, images):
         def apply_fn(x):
             return model.apply(variables, x, train=False)
-        # The eval step's forward pass, exactly (train_step.make_eval_step).
-        x = augment.normalize(batch["image"], step_config.mean, step_config.std, dtype=dtype)
+        # The eval program's forward pass, exactly (evaluation.make_eval_program).
+        x = prepare_images(images, None, step_config)
         logits, features = model.apply(variables, x, train=False, return_features=True)
-        scores = odin_scores(apply_fn, batch["image"], step_config.mean, step_config.std, pairs,
+        scores = odin_scores(apply_fn, images, step_config.mean, step_config.std, pairs,
                              dtype=dtype, logits=logits)
         return {"logits": logits.astype(jnp.float32), "features": features.astype(jnp.float32),
                 "odin": scores}
 
-    return jax.jit(
-        train_step._auto_sharded(odin_step, mesh, batch_sharded),
-        in_shardings=(replicated, batch_sharded),
-        out_shardings=batch_sharded,
-    )
+    return evaluation.batch_program(per_run, mesh, runs=runs, batch_size=batch_size)

@@ -1,7 +1,9 @@
 """The model, step configuration, hyperparameters and train state of a run, from its config.
 
 Derived values live here, not in config files: the number of classes and the image shape come
-from the dataset, the number of steps from the dataset size, batch size and epochs.
+from the dataset, the number of steps from the dataset size, batch size and epochs. What a
+method reads comes from its record in `methods`: a field it does not read enters the step at
+its neutral value.
 """
 
 from __future__ import annotations
@@ -15,6 +17,17 @@ from softlabel_ood import methods, models
 from softlabel_ood.data import datasets, input_pipeline
 from softlabel_ood.training import train_step
 
+# Hyperparams field -> the config field it holds.
+HYPERPARAM_FIELDS = {"label_smoothing": "label_smoothing", "kd_temperature": "kd.temperature",
+                     "kd_weight": "kd.weight", "oe_weight": "oe.weight"}
+
+# Train steps per compiled call when config.steps_per_call is 0 (automatic), by platform. On CPU
+# one: XLA's CPU backend runs convolution gradients inside a loop 5-30x slower than outside one,
+# and a CPU step is long enough for the host to dispatch the next one while it runs. Elsewhere
+# the steps between two log lines (the CIFAR configs log every 100 steps).
+AUTO_STEPS_PER_CALL = {"cpu": 1}
+AUTO_STEPS_PER_CALL_ACCELERATOR = 100
+
 
 def create_model(config: ml_collections.ConfigDict) -> nn.Module:
     info = datasets.info(config.dataset)
@@ -27,66 +40,57 @@ def total_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> i
     return config.num_epochs * input_pipeline.steps_per_epoch(num_train_examples, config.batch_size)
 
 
-# Train steps per compiled call when config.steps_per_call is 0 (automatic), by platform. On CPU
-# one: XLA's CPU backend runs convolution gradients inside a loop 5-30x slower than outside one,
-# and a CPU step is long enough for the host to dispatch the next one while it runs. Elsewhere
-# the steps between two log lines (the CIFAR configs log every 100 steps).
-AUTO_STEPS_PER_CALL = {"cpu": 1}
-AUTO_STEPS_PER_CALL_ACCELERATOR = 100
-
-
 def steps_per_call(config: ml_collections.ConfigDict) -> int:
     if config.steps_per_call:
         return config.steps_per_call
     return AUTO_STEPS_PER_CALL.get(jax.default_backend(), AUTO_STEPS_PER_CALL_ACCELERATOR)
 
 
-# In a population, ce runs take the ls program with α = 0: (1 - 0)·onehot + 0/K is the one-hot
-# target exactly, so ce and every α of the sweep train together.
-_POPULATION_METHOD = {"ce": "ls"}
-
-
-def step_config(config: ml_collections.ConfigDict, *,
-                population: bool = False) -> train_step.StepConfig:
-    """What the compiled step is specialised to; runs that agree on it share one executable.
-
-    `population=True` gives the program of a population (ce as ls with α = 0)."""
+def step_config(config: ml_collections.ConfigDict) -> train_step.StepConfig:
+    """What the compiled step is specialised to; runs that agree on it share one executable."""
     info = datasets.info(config.dataset)
-    method = _POPULATION_METHOD.get(config.method, config.method) if population else config.method
-    return train_step.StepConfig(
-        method=method, num_classes=info.num_classes, mean=tuple(info.mean),
+    return train_step.StepConfig.for_method(
+        config.method, num_classes=info.num_classes, mean=tuple(info.mean),
         std=tuple(info.std), augment=info.augment, compute_dtype=config.compute_dtype,
         optimizer=config.optimizer, weight_decay=float(config.weight_decay),
         momentum=float(config.momentum), nesterov=bool(config.nesterov))
 
 
+def _field(config: ml_collections.ConfigDict, dotted: str):
+    value = config
+    for part in dotted.split("."):
+        value = value[part]
+    return value
+
+
 def hyperparams(config: ml_collections.ConfigDict, *,
                 num_train_examples: int) -> train_step.Hyperparams:
-    """The values the compiled step takes as arguments."""
+    """The values the compiled step takes as arguments; fields the method does not read (its
+    record in `methods`) at their neutral values."""
+    soft_label_values = {name: methods.value_read(config.method, field, _field(config, field))
+                         for name, field in HYPERPARAM_FIELDS.items()}
     return train_step.Hyperparams.create(
         seed=config.seed, learning_rate=config.learning_rate,
-        total_steps=total_steps(config, num_train_examples),
-        # Only ls and kd_incorrect read α; ce may share the ls program, where α must be 0.
-        label_smoothing=(config.label_smoothing if config.method in ("ls", "kd_incorrect")
-                         else 0.0),
-        kd_temperature=config.kd.temperature,
-        kd_weight=config.kd.weight, oe_weight=config.oe.weight)
+        total_steps=total_steps(config, num_train_examples), **soft_label_values)
 
 
 def population_key(config: ml_collections.ConfigDict, teacher_model: str = "") -> tuple:
     """Runs with equal keys can train together in one population: one compiled program (model,
-    method family, optimizer, shapes), the same training data, batches, steps and boundaries.
-    They may differ in seed, learning rate, α, KD temperature and weight, OE weight and teacher
-    (`teacher_model` names the teacher's architecture, which must agree too)."""
+    loss, optimizer, shapes), the same training data, batches, steps and boundaries, and the
+    same evaluated sets (their predictions are computed together). They may differ in seed,
+    learning rate, α, KD temperature and weight, OE weight and teacher (`teacher_model` names
+    the teacher's architecture, which must agree too)."""
+    outliers = methods.needs_outliers(config.method)
     return (
-        step_config(config, population=True), config.model, float(config.dropout_rate),
+        step_config(config), config.model, float(config.dropout_rate),
         config.dataset, str(config.get("data_dir", "")),
         repr(sorted(config.dataset_paths.items())) if "dataset_paths" in config else "",
         int(config.num_train_examples), int(config.batch_size), int(config.num_epochs),
         int(config.eval_batch_size), int(config.log_every_steps),
         int(config.checkpoint_every_steps), steps_per_call(config),
-        config.oe_dataset if methods.needs_outliers(config.method) else "",
-        int(config.oe.batch_size) if methods.needs_outliers(config.method) else 0,
+        int(config.device_data_max_mb), tuple(config.ood_datasets),
+        int(config.num_ood_examples), repr(config.get("odin_pairs")),
+        config.oe_dataset if outliers else "", int(config.oe.batch_size) if outliers else 0,
         teacher_model,
     )
 

@@ -1,9 +1,9 @@
-"""The train command's loop: a run's steps in calls of many steps, with logs, evaluation and
-checkpoints between calls.
+"""The train loop: a population's steps in calls of many steps, with logs, evaluation and
+checkpoints between calls. A run trained alone is a population of one.
 
-`train(config, workdir, data, mesh)` trains (or resumes) one run on arrays already in memory and
-returns its final state; `train.train_and_evaluate` loads the data and writes the predictions
-around it, and `benchmarks/train_loop.py` times it on synthetic arrays.
+`train_population(members, data, mesh)` trains (or resumes) the runs on arrays already in
+memory and returns their final states; `train.train_and_evaluate_population` loads the data and
+writes the predictions around it, and `benchmarks/train_loop.py` times it on synthetic arrays.
 
 How the host keeps out of the accelerator's way:
 - the steps between two boundaries (a log, an epoch's evaluation, a checkpoint) run as calls of
@@ -14,40 +14,39 @@ How the host keeps out of the accelerator's way:
   calls; the host waits only for results it needs, and stays at most `MAX_CALLS_IN_FLIGHT`
   calls ahead of the device;
 - metrics stay on the device until a log boundary.
-The loss is checked for NaN or infinity at every log and before every checkpoint, so a diverged
-run never saves a checkpoint past the divergence.
+The loss is checked at every log and before every checkpoint, so a diverged run never saves a
+checkpoint past the divergence. A run whose loss diverges stops writing (its last good
+checkpoint stays), the others go on, and training ends once every run has diverged.
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
 import functools
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import tqdm
 from etils import epath
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from softlabel_ood import methods, progress
+from softlabel_ood import progress
 from softlabel_ood.cli_errors import UserError
-from softlabel_ood.configs import config_validation
 from softlabel_ood.data import input_pipeline, run_data
 from softlabel_ood.training import (
     checkpointing,
     distributed,
+    evaluation,
     run_model,
-    saved_models,
+    run_start,
+    runs_axis,
     train_feed,
     train_step,
 )
+from softlabel_ood.training.run_start import Member
 from softlabel_ood.workdir import metrics_log, saved_runs
 
 MEGABYTE = 2**20
@@ -55,8 +54,6 @@ MEGABYTE = 2**20
 # (evaluation, logs, the next index table) happens while queued steps run, few enough that the
 # queued feeds stay small.
 MAX_CALLS_IN_FLIGHT = 4
-
-
 # A step's loss above this means the run has diverged (DESIGN.md §3): every loss of §7 starts
 # near log K (at most 4.6 for 100 classes) and a training run only lowers it, while a diverged
 # one reaches 1e16 and more with accuracy at chance.
@@ -86,138 +83,170 @@ def chunk_plan(start_step: int, total_steps: int, steps_per_call: int,
     return plan
 
 
-@jax.jit
-def _count_correct(logits, labels, mask):
-    # logits [B, K], or [runs, B, K] for a population: one count per run.
-    return jnp.sum((jnp.argmax(logits, axis=-1) == labels) & mask, axis=-1)
+def read_means(calls: list[tuple[int, int, dict]], methods: Sequence[str]
+               ) -> list[dict[str, float] | TrainingDivergedError]:
+    """Each run's mean metrics over the calls (first step, num_steps, metrics [runs, per call]),
+    or its TrainingDivergedError if its loss was NaN, infinite or above MAX_LOSS at some step."""
+    values = jax.device_get([m for _, _, m in calls])
+    counts = [n for _, n, _ in calls]
+    per_step = {name: np.concatenate([v[name][:, :n] for n, v in zip(counts, values, strict=True)],
+                                     axis=1) for name in train_step.METRICS}
+    results = []
+    for run, losses in enumerate(per_step["loss"]):
+        diverged = ~(np.abs(losses) <= MAX_LOSS)  # also true for NaN
+        if not diverged.any():
+            results.append({name: float(np.mean(v[run])) for name, v in per_step.items()})
+            continue
+        bad = int(np.argmax(diverged))
+        results.append(TrainingDivergedError(
+            f"training diverged: method {methods[run]} loss is {losses[bad]:.4g} at step "
+            f"{calls[0][0] + bad + 1} (the bound is {MAX_LOSS:g}); lower "
+            f"config.learning_rate or check the data"))
+    return results
 
 
-def evaluate_accuracy(eval_fn, variables, ds, mesh, batch_size: int
-                      ) -> Callable[[], list[float]]:
-    """Dispatches the evaluation of `ds` by `eval_fn` (`train_step.make_eval_step`, or
-    `make_population_eval_step` with stacked variables); the returned function waits for it and
-    gives each run's accuracy."""
-    correct = jnp.zeros((), jnp.int32)
-    for batch in input_pipeline.eval_batches(ds, global_batch_size=batch_size, mesh=mesh):
-        out = eval_fn(variables, batch)
-        correct = correct + _count_correct(out["logits"], batch["label"], batch["mask"])
-    return lambda: [int(c) / len(ds.labels) for c in np.atleast_1d(jax.device_get(correct))]
+class Population:
+    """A population being trained: its program, feed, states, checkpoints and logs, and the
+    calls dispatched but not yet read (each with the host work that waits for its results)."""
 
-
-class _StepMetrics:
-    """The metrics of the calls since the last log, kept on the device until they are read."""
-
-    def __init__(self, methods: Sequence[str] = ()):
-        self._methods = list(methods)  # each run's method, named when its loss diverges
-        # (first step, num_steps, {name: float32 [steps_per_call] or [runs, steps_per_call]})
-        self._calls = []
-
-    def add(self, start: int, num_steps: int, metrics: dict) -> None:
-        self._calls.append((start, num_steps, metrics))
-
-    def take(self) -> Callable[[], list[dict[str, float] | TrainingDivergedError]]:
-        """Hands over the pending calls; the returned function reads them and gives each run's
-        means, or its TrainingDivergedError if its loss was NaN or infinite at some step."""
-        calls, self._calls = self._calls, []
-
-        def read() -> list[dict[str, float] | TrainingDivergedError]:
-            values = jax.device_get([m for _, _, m in calls])
-            counts = [n for _, n, _ in calls]
-            # [runs, steps since the last log] per name; a run trained alone is one row.
-            per_step = {name: np.concatenate([np.atleast_2d(v[name])[:, :n]
-                                              for n, v in zip(counts, values, strict=True)],
-                                             axis=1)
-                        for name in train_step.METRICS}
-            results = []
-            for run, losses in enumerate(per_step["loss"]):
-                diverged = ~(np.abs(losses) <= MAX_LOSS)  # also true for NaN
-                if not diverged.any():
-                    results.append({name: float(np.mean(v[run])) for name, v in per_step.items()})
-                    continue
-                bad = int(np.argmax(diverged))
-                method = self._methods[run] if run < len(self._methods) else "?"
-                results.append(TrainingDivergedError(
-                    f"training diverged: method {method} loss is {losses[bad]:.4g} at step "
-                    f"{calls[0][0] + bad + 1} (the bound is {MAX_LOSS:g}); lower "
-                    f"config.learning_rate or check the data"))
-            return results
-
-        return read
-
-
-def _check_resumable(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
-    """A checkpoint may only be resumed by the config that made it (up to evaluation fields)."""
-    if not (workdir / saved_runs.CONFIG_FILE).exists() or \
-            not checkpointing.has_checkpoint(workdir / "checkpoints"):
-        return  # a start that failed before its first checkpoint does not bind the workdir
-    stored = saved_runs.config_to_dict(saved_runs.read_config(workdir))
-    current = saved_runs.config_to_dict(config)
-    changed = [name for name in config_validation.changed_fields(stored, current)
-               if name.split(".")[0] not in config_validation.RESUMABLE_CHANGES]
-    if changed:
-        raise config_validation.ConfigError(
-            f"{workdir / saved_runs.CONFIG_FILE}: this workdir was trained with other values of "
-            f"{', '.join(changed)}; use a new workdir")
-
-
-def _initial_state(config, model, mesh, ckpts) -> train_step.TrainState:
-    state = run_model.create_state(config, model, mesh)
-    if ckpts.latest_step() is not None:
+    def __init__(self, members: Sequence[Member], data: run_data.TrainingData, mesh, *,
+                 teacher_model=None):
+        self.members, self.mesh = list(members), mesh
+        configs = [m.config for m in members]
+        if len({run_model.population_key(c) for c in configs}) != 1:
+            raise ValueError("the runs of a population must share their compiled program")
+        self.config = config = configs[0]
+        model = run_model.create_model(config)
+        for m in members:
+            m.workdir.mkdir(parents=True, exist_ok=True)
+            run_start.check_resumable(m.config, m.workdir)
+        self.ckpts = [checkpointing.Checkpoints(m.workdir / "checkpoints") for m in members]
         try:
-            return ckpts.restore(state)
-        except UserError:
+            states, self.start_step = run_start.initial_states(configs, model, mesh, self.ckpts)
+        except BaseException:
+            self.close()
             raise
-        except (ValueError, KeyError, TypeError) as e:
-            # The model fits (the config check passed), so the layout is another version's.
-            raise saved_runs.RunError(
-                f"{ckpts.directory}: its latest checkpoint's optimizer state does not fit this "
-                f"version's train state ({type(e).__name__}), so it cannot be resumed; train in "
-                f"a new workdir (its model can still serve as a teacher or be predicted)"
-            ) from None
-    if methods.reads(config.method, "oe.finetune_from") and config.oe.finetune_from:
-        # OE fine-tuning starts from the finished run's weights with a fresh optimizer and schedule.
-        _, variables, start_config = saved_models.load_finished_model(
-            config.oe.finetune_from, mesh, role="config.oe.finetune_from", dataset=config.dataset)
-        if start_config.model != config.model:
-            raise config_validation.ConfigError(
-                f"config.oe.finetune_from: {config.oe.finetune_from} is a {start_config.model}, "
-                f"this run a {config.model}")
-        return state.replace(**variables)
-    return state
+        num_train = len(data.train.labels)
+        self.steps_per_epoch = input_pipeline.steps_per_epoch(num_train, config.batch_size)
+        self.total_steps = run_model.total_steps(config, num_train)
+        step_config, runs = run_model.step_config(config), len(members)
+        per_call = run_model.steps_per_call(config)
+        self.feed = train_feed.TrainFeed(
+            data.train, global_batch_size=config.batch_size, seeds=[c.seed for c in configs],
+            mesh=mesh, steps_per_call=per_call,
+            max_device_bytes=config.device_data_max_mb * MEGABYTE, outliers=data.outliers,
+            outlier_batch_size=config.oe.batch_size if data.outliers is not None else 0)
+        self.program = train_step.make_train_program(
+            model, step_config, mesh, runs=runs, steps_per_call=per_call,
+            teacher_model=teacher_model)
+        self.eval_program = evaluation.make_eval_program(
+            model, step_config, mesh, runs=runs, batch_size=config.eval_batch_size,
+            features=False)
+        self.test = evaluation.resident(data.test, mesh, config.eval_batch_size)
+        self.states = runs_axis.stack(states, mesh)
+        self.hparams = runs_axis.stack([run_model.hyperparams(c, num_train_examples=num_train)
+                                        for c in configs], mesh)
+        self.teachers = (runs_axis.stack([m.teacher_variables for m in members], mesh)
+                         if teacher_model is not None else None)
+        self.plan = chunk_plan(self.start_step, self.total_steps, per_call,
+                               (config.log_every_steps, self.steps_per_epoch,
+                                config.checkpoint_every_steps))
+        self.writer = distributed.is_writer()
+        self.logs = [metrics_log.MetricsLog(m.workdir, resume_step=self.start_step,
+                                            enabled=self.writer) for m in members]
+        if self.writer:
+            for m in members:
+                saved_runs.write_config(m.workdir, m.config)
+        self.bar = self._progress_bar()
+        self.diverged: dict[int, TrainingDivergedError] = {}
+        self.pending: list[tuple[int, int, dict]] = []  # calls since the last log
+        self.in_flight: collections.deque = collections.deque()
 
+    def _progress_bar(self):
+        name = self.members[0].workdir.name
+        if len(self.members) > 1:  # named by its first run: worker processes share one log
+            name = f"{name} and {len(self.members) - 1} more"
+        if self.start_step and self.writer:
+            tqdm.tqdm.write(f"{name}: resuming from step {self.start_step} of {self.total_steps}")
+        return progress.bar(total=self.total_steps, initial=self.start_step, desc=name,
+                            unit="step", disable=not self.writer)
 
-def load_teacher(config: ml_collections.ConfigDict, mesh):
-    """(model, variables) of the run's KD teacher, or (None, None) for methods without one."""
-    if not methods.needs_teacher(config.method):
-        return None, None
-    model, variables, _ = saved_models.load_finished_model(
-        config.kd.teacher_workdir, mesh, role="config.kd.teacher_workdir", dataset=config.dataset)
-    return model, variables
+    @functools.cache  # noqa: B019 (one population, a few distinct offsets and step counts)
+    def _on_device(self, value: int) -> jax.Array:
+        return jax.device_put(np.int32(value), NamedSharding(self.mesh, P()))
 
+    def dispatch(self, chunk: train_feed.Chunk) -> None:
+        """Queues one call, with the logs, evaluation and checkpoint due after it."""
+        self.states, metrics = self.program(
+            self.states, self.hparams, self.teachers, self.feed.data, chunk.feed,
+            self._on_device(chunk.first), self._on_device(chunk.num_steps))
+        self.pending.append((chunk.start, chunk.num_steps, metrics))
+        done = chunk.start + chunk.num_steps
+        work = [lambda n=chunk.num_steps: self.bar.update(n)]
+        epoch_end = done % self.steps_per_epoch == 0
+        checkpoint_due = done % self.config.checkpoint_every_steps == 0 or done == self.total_steps
+        if done % self.config.log_every_steps == 0 or epoch_end or checkpoint_due:
+            calls, self.pending = self.pending, []
+            work.append(functools.partial(self._log_train, done, calls))
+        if epoch_end:
+            accuracies = evaluation.accuracy(self.eval_program, self.states.variables, self.test)
+            work.append(functools.partial(self._log_epoch, done, accuracies))
+        self.in_flight.append((metrics, work))
+        while len(self.in_flight) > MAX_CALLS_IN_FLIGHT:
+            self._finish_oldest()  # older calls' host work, while newer calls keep the device busy
+        if checkpoint_due:
+            self.drain()  # the loss check comes before the checkpoint
+            self.save_checkpoints()
 
-@dataclasses.dataclass
-class Member:
-    """One run of a population: its config, its directory and its KD teacher's variables."""
+    def _finish_oldest(self) -> None:
+        metrics, work = self.in_flight.popleft()
+        jax.block_until_ready(metrics)
+        for item in work:
+            item()
 
-    config: ml_collections.ConfigDict
-    workdir: epath.Path
-    teacher_variables: Any = None
+    def drain(self) -> None:
+        while self.in_flight:
+            self._finish_oldest()
 
+    def _log_train(self, step: int, calls) -> None:
+        for r, means in enumerate(read_means(calls, [m.config.method for m in self.members])):
+            if isinstance(means, TrainingDivergedError):
+                if r not in self.diverged and self.writer and len(self.members) > 1:
+                    tqdm.tqdm.write(f"{self.members[r].workdir}: {means}; the run stops here, "
+                                    f"the others go on", file=sys.stderr)
+                self.diverged.setdefault(r, means)
+            elif r not in self.diverged:
+                self.logs[r].write(step, {f"train_{k}": v for k, v in means.items()})
+        if len(self.members) == 1 and not self.diverged:
+            self.bar.set_postfix(loss=f"{means['loss']:.4f}", acc=f"{means['accuracy']:.3f}")
 
-def train(config: ml_collections.ConfigDict, workdir: epath.PathLike,
-          data: run_data.TrainingData, mesh, *, teacher=(None, None)) -> train_step.TrainState:
-    """Trains the run in `workdir` to its last step (resuming from its latest checkpoint).
+    def _log_epoch(self, step: int, accuracies: Callable[[], list[float]]) -> None:
+        for r, accuracy in enumerate(accuracies()):
+            if r not in self.diverged:
+                self.logs[r].write(step, {"epoch": step // self.steps_per_epoch,
+                                          "test_accuracy": accuracy})
 
-    `teacher` is `load_teacher(config, mesh)` for kd and kd_incorrect. Writes config.json,
-    checkpoints, metrics.jsonl and TensorBoard events (process 0); returns the final state.
-    Raises TrainingDivergedError if the loss becomes NaN or infinite.
-    """
-    teacher_model, teacher_variables = teacher
-    result, = train_population([Member(config, epath.Path(workdir), teacher_variables)], data,
-                               mesh, teacher_model=teacher_model)
-    if isinstance(result, TrainingDivergedError):
-        raise result
-    return result
+    def state_of(self, run: int) -> train_step.TrainState:
+        """Run `run`'s state, replicated on the mesh as a run alone holds it."""
+        return runs_axis.member(self.states, run, self.mesh)
+
+    def save_checkpoints(self) -> None:
+        for r, c in enumerate(self.ckpts):
+            if r not in self.diverged:
+                c.save(self.state_of(r))
+
+    @property
+    def all_diverged(self) -> bool:
+        return len(self.diverged) == len(self.members)
+
+    def results(self) -> list[train_step.TrainState | TrainingDivergedError]:
+        return [self.diverged.get(r) or self.state_of(r) for r in range(len(self.members))]
+
+    def close(self) -> None:
+        # Also on a diverged loss: the last good checkpoint's write completes, files are closed.
+        for closing in (getattr(self, "bar", None), *getattr(self, "logs", ()), *self.ckpts):
+            if closing is not None:
+                closing.close()
 
 
 def train_population(members: Sequence[Member], data: run_data.TrainingData, mesh, *,
@@ -225,183 +254,31 @@ def train_population(members: Sequence[Member], data: run_data.TrainingData, mes
     """Trains (or resumes) the runs of a population together, each to its last step.
 
     The runs must agree on everything that shapes the compiled program (`run_model.
-    population_key`); they differ in seed, hyperparameters and teacher. One run takes the
-    single-run program (`make_train_steps`), several the stacked one (`make_population_steps`)
-    on the mesh's "runs" axis. Every run writes its own config.json, checkpoints, metrics.jsonl
-    and TensorBoard events, as if trained alone. A run whose loss becomes NaN or infinite stops
-    writing (its last good checkpoint stays) and its result is the TrainingDivergedError; the
-    others go on, and training ends once every run has diverged. Returns each run's final state
-    (replicated, as a run trained alone holds it).
+    population_key`); they differ in seed, hyperparameters and teacher. Every run writes its
+    own config.json, checkpoints, metrics.jsonl and TensorBoard events, as if trained alone.
+    Returns each run's final state (replicated on `mesh`), or its TrainingDivergedError.
     """
-    configs = [m.config for m in members]
-    keys = {run_model.population_key(c) for c in configs}
-    if len(keys) != 1:
-        raise ValueError(f"the runs of a population must share their compiled program, got "
-                         f"{len(keys)} different ones")
-    config = configs[0]
-    stacked = len(members) > 1
-    model = run_model.create_model(config)
-    for m in members:
-        m.workdir.mkdir(parents=True, exist_ok=True)
-        _check_resumable(m.config, m.workdir)
-    ckpts = [checkpointing.Checkpoints(m.workdir / "checkpoints") for m in members]
+    population = Population(members, data, mesh, teacher_model=teacher_model)
     try:
-        states, start_step = _initial_states(configs, model, mesh, ckpts)
-    except BaseException:
-        for c in ckpts:
-            c.close()
-        raise
-    if distributed.is_writer():
-        for m in members:
-            saved_runs.write_config(m.workdir, m.config)
-
-    num_train = len(data.train.labels)
-    per_call = run_model.steps_per_call(config)
-    steps_per_epoch = input_pipeline.steps_per_epoch(num_train, config.batch_size)
-    total_steps = run_model.total_steps(config, num_train)
-    replicated = NamedSharding(mesh, P())
-    hparams = [run_model.hyperparams(c, num_train_examples=num_train) for c in configs]
-    step_config = run_model.step_config(config, population=stacked)
-    outlier_batch = config.oe.batch_size if data.outliers is not None else 0
-    if stacked:
-        feed = train_feed.PopulationFeed(
-            data.train, global_batch_size=config.batch_size, seeds=[c.seed for c in configs],
-            mesh=mesh, outliers=data.outliers, outlier_batch_size=outlier_batch)
-        run_steps = train_step.make_population_steps(
-            model, step_config, mesh, steps_per_call=per_call, population=len(members),
-            teacher_model=teacher_model)
-        state = train_step.stack(states, mesh)
-        hparams = train_step.stack(hparams, mesh)
-        teacher_variables = (train_step.stack([m.teacher_variables for m in members], mesh)
-                             if teacher_model is not None else None)
-        eval_fn = train_step.make_population_eval_step(model, step_config, mesh)
-    else:
-        feed = train_feed.TrainFeed(
-            data.train, global_batch_size=config.batch_size, seed=config.seed, mesh=mesh,
-            steps_per_call=per_call, max_device_bytes=config.device_data_max_mb * MEGABYTE,
-            outliers=data.outliers, outlier_batch_size=outlier_batch)
-        run_steps = train_step.make_train_steps(
-            model, step_config, mesh, steps_per_call=per_call, resident=feed.resident,
-            teacher_model=teacher_model)
-        state, = states
-        hparams = jax.device_put(hparams[0], replicated)
-        teacher_variables = members[0].teacher_variables
-        eval_fn = train_step.make_eval_step(model, step_config, mesh)
-
-    plan = chunk_plan(start_step, total_steps, per_call,
-                      (config.log_every_steps, steps_per_epoch, config.checkpoint_every_steps))
-    writer = distributed.is_writer()
-    logs = [metrics_log.MetricsLog(m.workdir, resume_step=start_step, enabled=writer)
-            for m in members]
-    name = members[0].workdir.name
-    if stacked:  # named by its first run: populations in other worker processes share the log
-        name = f"{name} and {len(members) - 1} more"
-    if start_step and writer:
-        tqdm.tqdm.write(f"{name}: resuming from step {start_step} of {total_steps}")
-    bar = progress.bar(total=total_steps, initial=start_step, desc=name, unit="step",
-                    disable=not writer)
-    pending = _StepMetrics([c.method for c in configs])
-    diverged: dict[int, TrainingDivergedError] = {}
-    # Calls dispatched but not yet read, each with the host work that waits for its results.
-    in_flight: collections.deque[tuple[dict, list[Callable[[], None]]]] = collections.deque()
-
-    def finish_oldest():
-        metrics, work = in_flight.popleft()
-        jax.block_until_ready(metrics)
-        for item in work:
-            item()
-
-    def member_state(r: int):
-        return train_step.member(state, r, mesh) if stacked else state
-
-    def save_checkpoints():
-        for r, c in enumerate(ckpts):
-            if r not in diverged:
-                c.save(member_state(r))
-
-    @functools.cache
-    def on_device(value: int) -> jax.Array:
-        # The few distinct row offsets and step counts, each copied to the devices once.
-        return jax.device_put(np.int32(value), replicated)
-
-    def log_train(step: int, read_means):
-        def write():
-            for r, means in enumerate(read_means()):
-                if isinstance(means, TrainingDivergedError):
-                    if r not in diverged and writer and stacked:
-                        tqdm.tqdm.write(f"{members[r].workdir}: {means}; the run stops here, "
-                                        f"the others go on", file=sys.stderr)
-                    diverged.setdefault(r, means)
-                elif r not in diverged:
-                    logs[r].write(step, {f"train_{k}": v for k, v in means.items()})
-            if not stacked and not diverged:
-                bar.set_postfix(loss=f"{means['loss']:.4f}", acc=f"{means['accuracy']:.3f}")
-        return write
-
-    def log_epoch(step: int, accuracies):
-        def write():
-            for r, accuracy in enumerate(accuracies()):
-                if r not in diverged:
-                    logs[r].write(step, {"epoch": step // steps_per_epoch,
-                                         "test_accuracy": accuracy})
-        return write
-
-    try:
-        for chunk in feed.chunks(plan):
-            state, metrics = run_steps(state, hparams, teacher_variables, feed.data, chunk.feed,
-                                       on_device(chunk.first), on_device(chunk.num_steps))
-            pending.add(chunk.start, chunk.num_steps, metrics)
-            done = chunk.start + chunk.num_steps
-            work = [lambda n=chunk.num_steps: bar.update(n)]
-            epoch_end = done % steps_per_epoch == 0
-            checkpoint_due = done % config.checkpoint_every_steps == 0 or done == total_steps
-            if done % config.log_every_steps == 0 or epoch_end or checkpoint_due:
-                work.append(log_train(done, pending.take()))
-            if epoch_end:
-                work.append(log_epoch(done, evaluate_accuracy(
-                    eval_fn, state.variables, data.test, mesh, config.eval_batch_size)))
-            in_flight.append((metrics, work))
-            # Finish older calls while newer ones keep the device busy.
-            while len(in_flight) > MAX_CALLS_IN_FLIGHT:
-                finish_oldest()
-            if checkpoint_due:
-                while in_flight:  # the loss check comes before the checkpoint
-                    finish_oldest()
-                save_checkpoints()
-            if len(diverged) == len(members):
+        for chunk in population.feed.chunks(population.plan):
+            population.dispatch(chunk)
+            if population.all_diverged:
                 break  # nothing left to train
-        while in_flight:
-            finish_oldest()
-        save_checkpoints()  # A run with no training steps left still has its final checkpoint.
+        population.drain()
+        population.save_checkpoints()  # a run with no steps left still has its final checkpoint
     finally:
-        # Also on a diverged loss: the last good checkpoint's write completes, files are closed.
-        bar.close()
-        for log in logs:
-            log.close()
-        for c in ckpts:
-            c.close()
-    return [diverged.get(r) or member_state(r) for r in range(len(members))]
+        population.close()
+    return population.results()
 
 
-def _initial_states(configs, model, mesh, ckpts) -> tuple[list[train_step.TrainState], int]:
-    """Each run's state at the population's common start step, and that step.
-
-    The runs of a population save their checkpoints at the same steps, but a killed process
-    may have finished writing some of the latest ones and not others. Every run then resumes
-    from the latest step that all of them saved, and checkpoints past it are dropped: they
-    will be written again, identical, since the population recomputes the same steps.
-    """
-    latest = [c.latest_step() or 0 for c in ckpts]
-    start = min(latest)
-    if start and not all(start in c.all_steps() for c in ckpts):
-        start = 0  # a run no longer holds the common step: the population starts again
-    states = []
-    for config, c in zip(configs, ckpts, strict=True):
-        if c.latest_step() is not None and c.latest_step() > start:
-            c.drop_after(start)
-        states.append(_initial_state(config, model, mesh, c))
-    # A damaged checkpoint is set aside and the one before it restored (checkpointing): the
-    # population then starts again from the earliest step that every run restored.
-    if any(int(jax.device_get(s.step)) != start for s in states):
-        return _initial_states(configs, model, mesh, ckpts)
-    return states, start
+def train(config, workdir: epath.PathLike, data: run_data.TrainingData, mesh, *,
+          teacher=(None, None)) -> train_step.TrainState:
+    """Trains the run in `workdir` alone (a population of one) to its last step, resuming from
+    its latest checkpoint; `teacher` is `run_start.load_teacher(config, mesh)` for kd and
+    kd_incorrect. Raises TrainingDivergedError if the loss diverges."""
+    teacher_model, teacher_variables = teacher
+    result, = train_population([Member(config, epath.Path(workdir), teacher_variables)], data,
+                               mesh, teacher_model=teacher_model)
+    if isinstance(result, TrainingDivergedError):
+        raise result
+    return result
