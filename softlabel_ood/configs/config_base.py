@@ -19,6 +19,11 @@ from softlabel_ood.data import datasets
 FINETUNE_ARG = "oe_finetune"
 METHOD_ARGS = (*methods.METHODS, FINETUNE_ARG)
 
+# α of a run whose method reads it (ls, kd_incorrect) when its config argument names the method:
+# the grid's ls teacher and kd_incorrect runs use it too. Without it, `configs/<family>.py:ls`
+# would train with α = 0, which is cross-entropy (method ce) under another name.
+METHOD_ALPHA = 0.3
+
 # The default of config.odin_pairs (softlabel_ood.training.odin, which reads it from here:
 # the config side imports no JAX). The ODIN paper's setting for CIFAR (T = 1000, ε = 0.0014)
 # with the ε grid around it that the selection rule (`softlabel_ood.scoring.odin_choice`)
@@ -60,7 +65,8 @@ def base_config(method: str | None, *, finetune: bool = False) -> ml_collections
     c.compute_dtype = "float32"
 
     # Soft labels.
-    c.label_smoothing = 0.0  # alpha for `ls`, and the incorrect-class mass for `kd_incorrect`.
+    # α for `ls`, and the incorrect-class mass for `kd_incorrect`; other methods must leave it 0.
+    c.label_smoothing = METHOD_ALPHA if methods.reads(method, "label_smoothing") else 0.0
     c.kd = ml_collections.ConfigDict()
     c.kd.teacher_workdir = ""
     c.kd.temperature = 4.0
