@@ -42,6 +42,7 @@ EXTRA_MODULES = {
     "ml-collections": "ml_collections",
     "scikit-learn": "sklearn", "tqdm": "tqdm", "tensorboardX": "tensorboardX", "absl-py": "absl",
     "pillow": "PIL", "tensorflow-datasets": "tensorflow_datasets", "tensorflow-cpu": "tensorflow",
+    "importlib_resources": "importlib_resources",
 }
 # matplotlib itself depends on pillow, so PIL is importable with the core extra.
 BLOCKED = sorted(set(EXTRA_MODULES.values()) - {"PIL"})
