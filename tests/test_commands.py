@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 from softlabel_ood import predict, train
 from softlabel_ood.configs import config_validation
 from softlabel_ood.workdir import predictions, saved_runs
-from tests.train_helpers import run_module, tiny_digits_config
+from tests.train_helpers import REPO, run_module, tiny_digits_config
 
 
 def test_train_rejects_bad_input_with_one_line_from_the_command_line(tmp_path):
@@ -52,6 +54,20 @@ def test_help_names_the_config_it_shows():
     assert "Values shown: those of --config=configs/digits.py:ls." in result.stdout
     assert "  --config.label_smoothing=0.3  " in result.stdout
     assert "  --config.dataset='digits'  " in result.stdout
+
+
+def test_the_readme_names_every_field_predict_may_change():
+    # predict --help lists config_validation.EVALUATION_FIELDS (test above); the README the same.
+    readme = (REPO / "README.md").read_text()
+    row = next(line for line in readme.splitlines()
+               if line.startswith("| `python -m softlabel_ood.predict"))
+    named = set(re.findall(r"`([a-z_]+)`", row))
+    assert named >= config_validation.EVALUATION_FIELDS
+    assert len(config_validation.EVALUATION_FIELDS) == 7
+
+
+def test_the_readme_stays_short():
+    assert len((REPO / "README.md").read_text().splitlines()) <= 180
 
 
 def test_predict_rejects_a_directory_that_is_not_a_run(tmp_path):

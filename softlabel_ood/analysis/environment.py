@@ -1,6 +1,6 @@
 """The software and machine behind a report: package versions, Python, platform, devices.
 
-Results move with these versions (the README's tables differ in the second decimal between jax
+Results move with these versions (a report's tables differ in the second decimal between jax
 releases), so every report records them: report.md in its Environment section, runs.json under
 `"environment"`. They describe the process that wrote the report; `reproduce` trains and reports
 in one process, so for its runs they are also the training environment. Versions are read from

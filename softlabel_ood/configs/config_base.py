@@ -133,7 +133,8 @@ def cifar_config(arg: str | None, *, dataset: str, other_cifar: str) -> ml_colle
     c.ood_groups.near = (other_cifar,)
     c.ood_groups.far = ("textures", "svhn", "places365", "lsun_crop", "lsun_resize", "isun")
     c.ood_groups.noise = ("gaussian", "rademacher", "blobs")
-    # The files of the ODIN and OE releases (see README, "Datasets that tfds does not provide").
+    # The files of the ODIN and OE releases (docs/reproduction.md, "Datasets that tfds does not
+    # provide").
     c.dataset_paths.lsun_crop = "~/ood_data/LSUN_C"
     c.dataset_paths.lsun_resize = "~/ood_data/LSUN_resize"
     c.dataset_paths.isun = "~/ood_data/iSUN"
