@@ -1,6 +1,7 @@
 #!/bin/bash
-# The accelerator figures that the README and docs/reproduction.md quote, in one script sized to
-# fit a 15-minute lease of one GPU (each check has its own time limit; together at most 9 minutes).
+# The accelerator figures that docs/performance.md and docs/reproduction.md quote, in one script
+# sized to fit a 15-minute lease of one GPU (each check has its own time limit; together at most
+# 9 minutes).
 #
 #     benchmarks/accelerator_checks.sh OUT_DIR           # on the GPU or TPU machine
 #     benchmarks/accelerator_checks.sh OUT_DIR --smoke   # tiny sizes: checks the script on a CPU

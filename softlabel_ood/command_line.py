@@ -41,6 +41,24 @@ def _config_file_arg(argv: Iterable[str]) -> tuple[str, str | None] | None:
     return None
 
 
+# What --help shows without a config: the fields' values in `config_base.base_config`.
+BASE_DEFAULTS = ("the base protocol's defaults (`config_base.base_config`: CIFAR-10, "
+                 "WideResNet-40-2, the OE reference's training), which every family's file "
+                 "starts from and changes")
+
+
+def config_source(argv: Iterable[str]) -> str:
+    """Which config's values `config_from_file(argv)` holds, in words, for --help."""
+    found = _config_file_arg(argv)
+    if found is None:
+        return (f"{BASE_DEFAULTS}; no --config was given (--config=configs/<family>.py"
+                f"[:<method>] shows a family's)")
+    path, config_arg = found
+    if not os.path.isfile(path):
+        return f"{BASE_DEFAULTS}; --config={path} is no file"
+    return f"those of --config={path}" + (f":{config_arg}" if config_arg else "")
+
+
 def config_from_file(argv: Iterable[str]):
     """The config of `--config=...` in argv, or the base protocol's when none is given."""
     from softlabel_ood.configs import config_base
@@ -74,8 +92,10 @@ def field_lines(config, names: Iterable[str] | None = None) -> list[str]:
 
 
 def exit_on_help(argv: list[str], usage: str, flag_names: Iterable[str],
-                 config_lines: Callable[[], list[str]]) -> None:
-    """Prints the usage, the command's flags and its config fields, and exits 0, when asked."""
+                 config_lines: Callable[[], list[str]], source: str) -> None:
+    """Prints the usage, the command's flags and its config fields, and exits 0, when asked.
+
+    `source` says in words which config's values the field lines show."""
     if not any(arg in HELP_FLAGS for arg in argv[1:]):
         return
     print(usage.strip())
@@ -84,7 +104,8 @@ def exit_on_help(argv: list[str], usage: str, flag_names: Iterable[str],
         flag = flags.FLAGS[name]
         default = "" if flag.default in (None, False) else f" (default: {flag.default!r})"
         print(f"  --{name}: {flag.help}{default}")
-    print("\nconfig fields, as --config.<field>=<value> (current value, then what is allowed):")
+    print("\nconfig fields, as --config.<field>=<value> (current value, then what is allowed).")
+    print(f"Values shown: {source}.")
     for line in config_lines():
         print(line)
     sys.exit(0)

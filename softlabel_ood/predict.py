@@ -4,7 +4,8 @@
 
 The config is the run's stored `config.json`, and the model its latest checkpoint. Overrides may
 change only what is evaluated (ood_datasets, dataset_paths, data_dir, num_ood_examples,
-eval_batch_size); a field that defines the trained run is refused with exit code 2.
+eval_batch_size, odin_pairs, ood_groups: the fields listed below); a field that defines the
+trained run is refused with exit code 2.
 `--config.ood_datasets=...` adds OOD sets to those the predictions directory already has;
 with --replace_ood the list replaces them, and the files of the sets left out go with the old
 directory, which the new one replaces in one rename.
@@ -139,13 +140,16 @@ def _stored_config_from_argv(argv: list[str]) -> ml_collections.ConfigDict:
     raise saved_runs.RunError("--workdir is required")
 
 
-def _help_lines() -> list[str]:
+def _help_config() -> tuple[object, str]:
+    """The config whose values --help shows, and which one it is in words."""
     try:
-        config = _stored_config_from_argv(sys.argv)
-    except saved_runs.RunError:
+        return _stored_config_from_argv(sys.argv), "the run's config.json in --workdir"
+    except saved_runs.RunError as e:
         from softlabel_ood.configs import config_base
-        config = config_base.base_config(None)
-    return command_line.field_lines(config, config_validation.EVALUATION_FIELDS)
+        why = ("no --workdir was given" if "required" in str(e) else
+               "--workdir holds no readable config.json")
+        return (config_base.base_config(None),
+                f"{command_line.BASE_DEFAULTS}; {why} (--workdir=<run> shows a run's)")
 
 
 @cli_errors.exit_on_user_error
@@ -167,8 +171,11 @@ if __name__ == "__main__":
     flags.DEFINE_bool("replace_ood", False,
                       "--config.ood_datasets replaces the OOD sets instead of adding to them.")
     distributed.define_flags()
-    command_line.exit_on_help(sys.argv, __doc__,
-                              ("workdir", "replace_ood", *distributed.FLAG_NAMES), _help_lines)
+    help_config, help_source = _help_config()
+    command_line.exit_on_help(
+        sys.argv, __doc__, ("workdir", "replace_ood", *distributed.FLAG_NAMES),
+        lambda: command_line.field_lines(help_config, config_validation.EVALUATION_FIELDS),
+        help_source)
     try:
         config_flags.DEFINE_config_dict("config", _stored_config_from_argv(sys.argv))
     except saved_runs.RunError as e:

@@ -131,4 +131,8 @@ if __name__ == "__main__":
     flags.DEFINE_string("workdir", None, "Directory of the whole grid (created if missing).")
     flags.mark_flags_as_required(["config", "workdir"])
     distributed.define_flags()
+    command_line.exit_on_help(
+        sys.argv, __doc__, ("config", "workdir", *distributed.FLAG_NAMES),
+        lambda: command_line.field_lines(command_line.config_from_file(sys.argv)),
+        command_line.config_source(sys.argv))
     app.run(main, flags_parser=command_line.parse_flags)

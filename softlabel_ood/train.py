@@ -127,5 +127,6 @@ if __name__ == "__main__":
     distributed.define_flags()
     command_line.exit_on_help(
         sys.argv, __doc__, ("config", "workdir", *distributed.FLAG_NAMES),
-        lambda: command_line.field_lines(command_line.config_from_file(sys.argv)))
+        lambda: command_line.field_lines(command_line.config_from_file(sys.argv)),
+        command_line.config_source(sys.argv))
     app.run(main, flags_parser=command_line.parse_flags)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 from softlabel_ood import predict, train
 from softlabel_ood.configs import config_validation
 from softlabel_ood.workdir import predictions, saved_runs
-from tests.train_helpers import run_module, tiny_digits_config
+from tests.train_helpers import REPO, run_module, tiny_digits_config
 
 
 def test_train_rejects_bad_input_with_one_line_from_the_command_line(tmp_path):
@@ -22,16 +24,50 @@ def test_train_rejects_bad_input_with_one_line_from_the_command_line(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("module", ["softlabel_ood.train", "softlabel_ood.predict"])
+@pytest.mark.parametrize("module", ["softlabel_ood.train", "softlabel_ood.predict",
+                                    "softlabel_ood.reproduce"])
 def test_help_prints_the_usage_and_the_config_fields(module):
     result = run_module(module, "--help")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(("Trains one run", "Runs a trained model"))
+    assert result.stdout.startswith(("Trains one run", "Runs a trained model", "Runs a config"))
     assert "--workdir" in result.stdout
+    assert "--multihost: Call jax.distributed.initialize()" in result.stdout
     assert "--config.ood_datasets=" in result.stdout
     assert "--config.eval_batch_size=500  an integer >= 1" in result.stdout
-    # train lists every field; predict only those it may change.
-    assert ("--config.label_smoothing=" in result.stdout) == (module == "softlabel_ood.train")
+    # Without a config the values are the base protocol's, and the help says so.
+    assert "Values shown: the base protocol's defaults (`config_base.base_config`: CIFAR-10" in \
+        result.stdout
+    fields = {line.split("=")[0].strip() for line in result.stdout.splitlines()
+              if line.startswith("  --config.")}
+    # train and reproduce list every field; predict exactly those it may change.
+    if module == "softlabel_ood.predict":
+        per_name = {"dataset_paths": "dataset_paths.<name>", "ood_groups": "ood_groups.<group>"}
+        assert fields == {f"--config.{per_name.get(name, name)}"
+                          for name in config_validation.EVALUATION_FIELDS}
+    else:
+        assert "--config.label_smoothing" in fields
+
+
+def test_help_names_the_config_it_shows():
+    result = run_module("softlabel_ood.train", "--help", "--config=configs/digits.py:ls")
+    assert result.returncode == 0, result.stderr
+    assert "Values shown: those of --config=configs/digits.py:ls." in result.stdout
+    assert "  --config.label_smoothing=0.3  " in result.stdout
+    assert "  --config.dataset='digits'  " in result.stdout
+
+
+def test_the_readme_names_every_field_predict_may_change():
+    # predict --help lists config_validation.EVALUATION_FIELDS (test above); the README the same.
+    readme = (REPO / "README.md").read_text()
+    row = next(line for line in readme.splitlines()
+               if line.startswith("| `python -m softlabel_ood.predict"))
+    named = set(re.findall(r"`([a-z_]+)`", row))
+    assert named >= config_validation.EVALUATION_FIELDS
+    assert len(config_validation.EVALUATION_FIELDS) == 7
+
+
+def test_the_readme_stays_short():
+    assert len((REPO / "README.md").read_text().splitlines()) <= 180
 
 
 def test_predict_rejects_a_directory_that_is_not_a_run(tmp_path):

@@ -39,6 +39,12 @@ BAD_CONFIGS = [
      "config.label_smoothing: 1.0 is not allowed; expected a number in [0, 1)"),
     ("ls", {"label_smoothing": -0.1}, "config.label_smoothing: -0.1 is not allowed"),
     ("ls", {"label_smoothing": math.nan}, "config.label_smoothing: nan is not allowed"),
+    # α = 0 would train cross-entropy under another method's name.
+    ("ls", {"label_smoothing": 0.0},
+     "config.label_smoothing: 0 is not allowed for method ls, which it makes plain "
+     "cross-entropy (method ce); expected α in (0, 1)"),
+    ("kd_incorrect", {"kd.teacher_workdir": "/t", "label_smoothing": 0.0},
+     "config.label_smoothing: 0 is not allowed for method kd_incorrect"),
     ("kd", {"kd.teacher_workdir": "/t", "kd.temperature": 0.0},
      "config.kd.temperature: 0.0 is not allowed; expected a number > 0"),
     ("kd", {"kd.teacher_workdir": "/t", "kd.weight": 1.5},

@@ -98,3 +98,22 @@ def test_cifar_grids_have_three_seeds_and_offer_oe_finetuning():
         assert runs["kd_oe_ft"]["teacher"] == runs["kdi_oe_ft"]["teacher"] == "oe_ft"
         assert finetune.method == "ce"
         assert finetune.num_epochs == plain.num_epochs
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_ls_argument_trains_the_grids_ls_teacher_not_ce(family):
+    # `configs/<family>.py:ls` used to train with α = 0, bitwise the grid's ce run.
+    from softlabel_ood.configs import config_base
+    from softlabel_ood.experiment import grid
+
+    assert config_base.METHOD_ALPHA == 0.3
+    family_config = _family(family).get_config()
+    spec = next(run for run in family_config.grid.runs if run["name"] == "ls0.3")
+    grid_run = grid.run_config(family_config, spec, 0, "/unused").to_dict()
+    by_argument = _family(family).get_config("ls")
+    with by_argument.unlocked():
+        del by_argument["grid"]
+    assert config_validation.changed_fields(grid_run, by_argument.to_dict()) == []
+    kdi = _family(family).get_config("kd_incorrect")
+    assert (kdi.method, kdi.label_smoothing) == ("kd_incorrect", 0.3)
+    assert _family(family).get_config("ce").label_smoothing == 0.0

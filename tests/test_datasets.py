@@ -15,6 +15,7 @@ from scipy import ndimage
 from softlabel_ood.data import datasets, synthetic
 from softlabel_ood.data import images as image_lib
 from tests import idx_files
+from tests.train_helpers import run_module
 
 INTERFACE_NAMES = (
     "cifar10", "cifar100", "svhn", "textures", "places365", "fashion_mnist", "mnist", "digits",
@@ -156,7 +157,7 @@ def test_tfds_source_under_mock_data(name, tfds_lib, tmp_path):
 
 def test_tfds_source_without_prepared_data_names_the_dataset(tfds_lib, tmp_path):
     with pytest.raises(datasets.DatasetError,
-                       match=r"cifar100/test: tfds dataset cifar100:3\.0\.2 .*tfds build"):
+                       match=r"cifar100/test: tfds dataset cifar100:3\.0\.2 .*prepare_tfds"):
         datasets.load("cifar100", "test", data_dir=str(tmp_path))
     with pytest.raises(datasets.DatasetError, match="textures: no split 'train'"):
         datasets.load("textures", "train", data_dir=str(tmp_path))
@@ -285,9 +286,66 @@ def test_image_folder_reads_nested_files_in_sorted_order(tmp_path):
     _check(gray, 2, (16, 16, 1))
 
 
+def _cifar10_archive(root, rng) -> tuple[np.ndarray, np.ndarray]:
+    """What cifar-10-binary.tar.gz extracts to, with 2 images per file: the records are a label
+    byte and the image's 3072 bytes, channel by channel. Returns the test batch."""
+    folder = root / "cifar-10-batches-bin"
+    folder.mkdir(parents=True)
+    (folder / "batches.meta.txt").write_text("\n".join(f"class{i}" for i in range(10)) + "\n")
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        images = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+        labels = rng.integers(0, 10, 2, dtype=np.uint8)
+        records = [np.r_[label, image.transpose(2, 0, 1).ravel()]
+                   for label, image in zip(labels, images, strict=True)]
+        (folder / name).write_bytes(np.stack(records).astype(np.uint8).tobytes())
+    return images, labels
+
+
+def test_the_command_a_missing_set_names_prepares_it(tfds_lib, tmp_path, monkeypatch):
+    # `tfds build` stops at `import apache_beam` with tensorflow-datasets 4.9.10; the command the
+    # error prints runs tfds' own builder instead. The download is served from a local archive.
+    data_dir = str(tmp_path / "tfds")
+    with pytest.raises(datasets.DatasetError) as error:
+        datasets.check_available("cifar10", "test", data_dir=data_dir)
+    printed = str(error.value).split("`")[-2]
+    assert printed == ("python -m softlabel_ood.data.prepare_tfds cifar10:3.0.2 "
+                       f"--data_dir={data_dir}")
+    images, labels = _cifar10_archive(tmp_path / "extracted", np.random.default_rng(0))
+    urls = []
+
+    def download_and_extract(self, url):
+        urls.append(url)
+        return str(tmp_path / "extracted")
+
+    monkeypatch.setattr(tfds_lib.download.DownloadManager, "download_and_extract",
+                        download_and_extract)
+    from softlabel_ood.data import prepare_tfds
+
+    prepare_tfds.main(printed.split()[3:])
+    assert urls == ["https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"]
+    datasets.check_available("cifar10", "test", data_dir=data_dir)
+    test = datasets.load("cifar10", "test", data_dir=data_dir)
+    # tfds stores the examples in an order of its own (hashed keys): compare them as a set.
+    def examples(labels_, images_):
+        return sorted(zip(labels_.tolist(), (im.tobytes() for im in images_), strict=True))
+
+    assert examples(test.labels, test.images) == examples(labels, images)
+    assert len(datasets.load("cifar10", "train", data_dir=data_dir).labels) == 10
+
+
+def test_prepare_tfds_refuses_an_unknown_name_and_needs_no_apache_beam(tmp_path):
+    result = run_module("softlabel_ood.data.prepare_tfds", "cifar11:3.0.2",
+                        f"--data_dir={tmp_path}", timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "error: cifar11:3.0.2: not a tfds dataset this tensorflow-datasets can build")
+    assert "apache_beam" not in result.stderr
+
+
 def test_availability_is_checked_without_reading(tfds_lib, tmp_path):
     with pytest.raises(datasets.DatasetError, match=r"cifar100/test: tfds dataset cifar100:3\.0\.2 "
-                       r".*prepare it once with `tfds build cifar100:3\.0\.2 --data_dir="):
+                       r".*prepare it once with `python -m softlabel_ood\.data\.prepare_tfds "
+                       r"cifar100:3\.0\.2 --data_dir="):
         datasets.check_available("cifar100", "test", data_dir=str(tmp_path))
     # The message names the command to run, not an option that the commands do not have.
     with pytest.raises(datasets.DatasetError) as error:

@@ -133,3 +133,33 @@ def test_roc_figure_labels_the_95_percent_tpr_line(tmp_path):
     id_msp, ood_msp = figures.id_ood_msp(preds, "noise")
     auroc = sk_metrics.roc_auc_score(np.r_[np.ones(400), np.zeros(300)], np.r_[id_msp, ood_msp])
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [f"ce ({100 * auroc:.1f})"]
+
+
+def test_claims_figure_shows_each_seeds_difference_its_mean_and_the_noise_band():
+    from softlabel_ood.analysis import claims
+
+    # Two comparisons with differences worked by hand: (2, 4, 9) points, mean 5, sample std
+    # sqrt(13) = 3.61; (-1, -0.2) points, mean -0.6, std 0.57. Both stds exceed the 0.5-point
+    # minimum, so each is its comparison's noise threshold.
+    rules = claims.ClaimRules()
+    first = claims.compare_paired({0: 0.52, 1: 0.54, 2: 0.59}, {0: 0.50, 1: 0.50, 2: 0.50}, rules)
+    second = claims.compare_paired({0: 0.49, 1: 0.498}, {0: 0.50, 1: 0.50}, rules)
+    results_ = [claims.ClaimResult(1, "", claims.SUPPORTED, "", (), comparisons=(
+                    ("a − b", first, +1),)),
+                claims.ClaimResult(2, "", claims.INCONCLUSIVE, "", (), comparisons=(
+                    ("c − d", second, -1),))]
+    fig = figures.claim_differences(results_)
+    ax = fig.axes[0]
+    dots, means = ax.collections[1::3], ax.collections[2::3]
+    np.testing.assert_allclose(dots[0].get_offsets(), [[2, 0], [4, 0], [9, 0]], atol=1e-9)
+    np.testing.assert_allclose(dots[1].get_offsets(), [[-1, 1], [-0.2, 1]], atol=1e-9)
+    np.testing.assert_allclose(means[0].get_offsets(), [[5, 0]], atol=1e-9)
+    np.testing.assert_allclose(means[1].get_offsets(), [[-0.6, 1]], atol=1e-9)
+    bands = ax.collections[0::3]
+    for band, threshold in zip(bands, (np.sqrt(13), np.std([-1, -0.2], ddof=1)), strict=True):
+        x = band.get_paths()[0].vertices[:, 0]
+        assert x.min() == pytest.approx(-threshold)
+        assert x.max() == pytest.approx(threshold)
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a − b\n(claimed > 0)",
+                                                            "c − d\n(claimed < 0)"]
+    assert [t.get_text() for t in ax.texts] == ["claim 1: supported", "claim 2: inconclusive"]

@@ -9,12 +9,16 @@ run, a last cell prints which of them got imported (none may), and the kernel's 
 directory is an empty temporary directory.
 The package is found on PYTHONPATH, as an installed package would be. The digits job, which
 needs the `train` extra, runs as the notebook runs it: in a subprocess, which the blocker does
-not reach.
+not reach. The committed Fashion-MNIST report that the notebook opens with is read from this
+repository, once over HTTP as Colab reads it from GitHub and once as a local directory.
 """
 
 from __future__ import annotations
 
+import functools
+import http.server
 import re
+import threading
 
 import nbclient
 import nbformat
@@ -38,6 +42,7 @@ EXTRA_MODULES = {
     "ml-collections": "ml_collections",
     "scikit-learn": "sklearn", "tqdm": "tqdm", "tensorboardX": "tensorboardX", "absl-py": "absl",
     "pillow": "PIL", "tensorflow-datasets": "tensorflow_datasets", "tensorflow-cpu": "tensorflow",
+    "importlib_resources": "importlib_resources",
 }
 # matplotlib itself depends on pillow, so PIL is importable with the core extra.
 BLOCKED = sorted(set(EXTRA_MODULES.values()) - {"PIL"})
@@ -102,6 +107,39 @@ def _images(outputs) -> list:
     return [out for out in outputs if "image/png" in out.get("data", {})]
 
 
+# The committed report's verdicts, as its README states them (7.35 ± 1.39 points lost from α = 0
+# to 0.5, every seed losing; kd_incorrect from the OE teacher 13.83 ± 2.05 above ls).
+SUMMARY_LINES = (
+    "- **Claim 1** (label smoothing hurts softmax-based detection as α grows, accuracy kept): "
+    "**not supported**: ce (α = 0) − ls (α = 0.5) = +7.35 ± 1.39 points (noise threshold 1.39, "
+    "seeds +++)",
+    "- **Claim 2** (a kd student inherits its teacher's OOD behaviour): **supported**",
+    "kd_incorrect-from-oe − ls (α = 0.3) = +13.83 ± 2.05 points",
+)
+
+
+def _opens_with_the_summary(outputs) -> None:
+    """The notebook's first output is the committed report's summary, then its two figures."""
+    first = outputs[0]["data"]["text/markdown"]
+    assert all(line in first for line in SUMMARY_LINES)
+    assert ["image/png" in out.get("data", {}) for out in outputs[1:3]] == [True, True]
+
+
+@pytest.fixture
+def served_repository():
+    """The repository over HTTP on localhost: the committed report as Colab fetches it."""
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(REPO)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("notebook")
@@ -122,15 +160,19 @@ def test_notebook_is_stored_without_outputs():
 
 
 def test_notebook_reads_results_made_elsewhere_with_the_core_extra(workdir, tmp_path,
-                                                                  monkeypatch):
-    outputs = _run_as_colab(tmp_path, monkeypatch, SOFTLABEL_OOD_RESULTS=str(workdir))
+                                                                  monkeypatch, served_repository):
+    outputs = _run_as_colab(
+        tmp_path, monkeypatch, SOFTLABEL_OOD_RESULTS=str(workdir),
+        SOFTLABEL_OOD_SUMMARY=f"{served_repository}/docs/results/fashion_mnist")
+    _opens_with_the_summary(outputs)
     text = _text(outputs)
     assert f"reading results from {workdir}" in text
     assert "20 runs in 10 grid entries" in text
     assert "Table 1. Label-smoothing sweep" in text
     assert "### Claim 1: supported" in text
     assert "blocked modules imported: []" in text
-    assert len(_images(outputs)) == 4  # α sweep, accuracy/ECE sweep, histograms, ROC curves
+    # The summary's claims and α sweep; then α sweep, accuracy/ECE sweep, histograms, ROC curves.
+    assert len(_images(outputs)) == 6
     assert list((tmp_path / "content").iterdir()) == []  # reading writes nothing
 
 
@@ -140,7 +182,9 @@ def test_notebook_runs_the_digits_job_itself(tmp_path, monkeypatch):
                 "--config.num_ood_examples=64 --config.grid.seeds=(0,)")
     outputs = _run_as_colab(tmp_path, monkeypatch, SOFTLABEL_OOD_RESULTS="",
                             SOFTLABEL_OOD_JOB_ARGS=job_args,
-                            SOFTLABEL_OOD_COMPILATION_CACHE=str(tmp_path / "jax_cache"))
+                            SOFTLABEL_OOD_COMPILATION_CACHE=str(tmp_path / "jax_cache"),
+                            SOFTLABEL_OOD_SUMMARY=str(REPO / "docs" / "results" / "fashion_mnist"))
+    _opens_with_the_summary(outputs)
     text = _text(outputs)
     assert "$ python -m softlabel_ood.reproduce --config=configs/digits.py --workdir=digits" in text
     assert "[12/12] kdi_oe_seed0 (kd_incorrect): trained" in text
@@ -149,4 +193,4 @@ def test_notebook_runs_the_digits_job_itself(tmp_path, monkeypatch):
     assert "Table 2. Teachers and students" in text
     assert "blocked modules imported: []" in text
     assert (tmp_path / "content" / "digits" / "report" / "report.md").is_file()
-    assert len(_images(outputs)) == 4
+    assert len(_images(outputs)) == 6

@@ -50,32 +50,109 @@ def test_metrics_csv_holds_the_fractions(workdir):
 
 def test_report_tables_print_percent_mean_and_std(workdir):
     text = (workdir / "report" / "report.md").read_text()
-    for heading in ("## Definitions", "## Runs", "## Table 1. Label-smoothing sweep",
+    for heading in ("## Summary", "## Claims", "## Table 1. Label-smoothing sweep",
                     "### Table 1, OOD set `noise`", "### Table 1, OOD set `patches`",
                     "## Table 2. Teachers and students", "## Table 3. All runs", "## Figures",
-                    "## Claims"):
+                    "## Definitions", "## Runs", "## Environment"):
         assert heading in text
     lines = text.splitlines()
     # Seeds 0 and 1 differ by 0.002, so std = 0.002 / sqrt(2) = 0.14 points.
     # α = 0: accuracy 89.9, ECE 4.9; msp AUROC 94.9, FPR95 5.1, AUPR-out 93.9; energy + 1 point.
-    row = ("| 0 | 89.90 ± 0.14 | 4.90 ± 0.14 | 94.90 ± 0.14 | 5.10 ± 0.14 | 93.90 ± 0.14 | "
-           "95.90 ± 0.14 | 4.10 ± 0.14 | 94.90 ± 0.14 |")
-    assert row in lines
-    # Per OOD set: noise is 2 points above the mean over OOD sets.
-    assert "| 0.3 | 87.90 ± 0.14 | 12.10 ± 0.14 | 86.90 ± 0.14 | 88.90 ± 0.14 | 11.10 ± 0.14 | " \
-           "87.90 ± 0.14 |" in lines
+    # Table 1 is one table per metric, a column per score; the AUROC one leads with accuracy, ECE.
+    assert "| α | accuracy ↑ | ECE ↓ | `msp` | `energy` |" in lines
+    assert "| 0 | 89.90 ± 0.14 | 4.90 ± 0.14 | 94.90 ± 0.14 | 95.90 ± 0.14 |" in lines
+    assert "| 0 | 5.10 ± 0.14 | 4.10 ± 0.14 |" in lines  # FPR95
+    assert "| 0 | 93.90 ± 0.14 | 94.90 ± 0.14 |" in lines  # AUPR-out
+    # Per OOD set: noise is 2 points above the mean over OOD sets (AUROC 87.9 at α = 0.3).
+    noise = text[text.index("### Table 1, OOD set `noise`"):]
+    assert "| 0.3 | 87.90 ± 0.14 | 88.90 ± 0.14 |" in noise.splitlines()
+    assert "| 0.3 | 12.10 ± 0.14 | 11.10 ± 0.14 |" in noise.splitlines()
     # Table 2: the oe teacher, its kd student and its kd_incorrect student, side by side.
     assert ("| oe (`oe`) | 89.90 ± 0.14 | 98.90 ± 0.14 | 1.10 ± 0.14 | 89.90 ± 0.14 | "
             "96.90 ± 0.14 | 3.10 ± 0.14 | 89.90 ± 0.14 | 95.90 ± 0.14 | 4.10 ± 0.14 |") in lines
     assert any(line.startswith("| ls (α = 0.3; `ls0.3`) |") and line.endswith("| – | – | – |")
                for line in lines)
-    assert "| `kdi_oe` | kd_incorrect |" in text
+    assert "| `kdi_oe` (kd_incorrect) | 89.90 ± 0.14 |" in text
     for n in (1, 2, 3):
         assert f"### Claim {n}: supported" in text
         assert f"| {n} | supported | supported |" in text  # paired and independent verdicts
     assert "**paired by seed**" in text
     # The histogram and ROC figures use the OOD set that is hardest for the ce run.
     assert "MSP on the ID test set and on patches" in text
+
+
+def test_summary_states_each_verdict_with_its_numbers(workdir):
+    text = (workdir / "report" / "report.md").read_text()
+    summary = text[text.index("## Summary"):text.index("## Claims")]
+    # PAPER_LIKE: A(0) − A(0.3) = 95 − 86 = 9 points; kd-from-oe − kd-from-ce = 97 − 94;
+    # kd-from-ls − kd-from-ce = 88 − 94; kdi-from-oe − ls0.3 = 96 − 86. metric_rows moves every
+    # entry by the same per-seed offset, so each seed's difference is the same (std 0) and the
+    # noise threshold is the 0.5-point minimum.
+    assert ("- **Claim 1** (label smoothing hurts softmax-based detection as α grows, accuracy "
+            "kept): **supported**: ce (α = 0) − ls (α = 0.3) = +9.00 ± 0.00 points (noise "
+            "threshold 0.50, seeds ++); Spearman ρ(α, A) = -1.00 (supported needs ≤ -0.8); no "
+            "α > 0 has a lower accuracy than α = 0") in summary
+    assert ("kd-from-oe − kd-from-ce = +3.00 ± 0.00 points (noise threshold 0.50, seeds ++); "
+            "kd-from-ls − kd-from-ce = -6.00 ± 0.00 points (noise threshold 0.50, seeds −−).") \
+        in summary
+    assert ("kd_incorrect-from-oe − ls (α = 0.3) = +10.00 ± 0.00 points (noise threshold 0.50, "
+            "seeds ++).") in summary
+    # The claims figure and the α sweep follow the verdicts, before any other section.
+    assert summary.index("![claims.png](claims.png)") < summary.index(
+        "![alpha_sweep_auroc.png](alpha_sweep_auroc.png)")
+    assert (workdir / "report" / "claims.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _sections(text: str) -> list[str]:
+    return [line[3:] for line in text.splitlines() if line.startswith("## ")]
+
+
+def _markdown_tables(text: str) -> list[list[list[str]]]:
+    """Every markdown table of `text`, as rows of cells (the separator row left out)."""
+    tables, current = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|") and line.endswith("|"):
+            cells = [c.strip() for c in line[1:-1].split("|")]
+            if not all(set(c) <= {"-", ":"} and c for c in cells):
+                current.append(cells)
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def test_report_opens_with_its_answers_and_keeps_every_table_narrow(tmp_path):
+    # Every score the project computes and two OOD groups: Table 1's AUROC table has 12 columns,
+    # and the per-score tables 8.
+    runs = paper_runs(seeds=SEEDS, workdir=tmp_path)
+    for r in runs:
+        write_predictions(tmp_path / "runs" / r.run, seed=r.seed, method=r.method)
+    rows = metric_rows(runs, PAPER_LIKE, scores=scoring.ALL_SCORES)
+    report.write_report(rows, tmp_path / "report", runs=runs,
+                        groups={"near": ("patches",), "far": ("noise",)})
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert text.startswith("# Soft labels and OOD detection")
+    assert _sections(text) == ["Summary", "Claims", "Table 1. Label-smoothing sweep",
+                               "Table 2. Teachers and students", "Table 3. All runs", "Figures",
+                               "Definitions", "Runs", "Environment"]
+    assert [s for s in report.SECTIONS if s in _sections(text)] == _sections(text)
+    tables = _markdown_tables(text)
+    assert len(tables) > 20
+    widths = [len(row) for table in tables for row in table]
+    assert max(widths) == report.MAX_TABLE_COLUMNS
+    assert all(len(set(len(row) for row in table)) == 1 for table in tables)
+    assert ["α", "accuracy ↑", "ECE ↓", *(f"`{s}`" for s in scoring.ALL_SCORES)] in [
+        table[0] for table in tables]
+
+
+def test_a_wide_table_is_cut_into_tables_that_repeat_the_row_labels():
+    header = ["name", *(f"c{i}" for i in range(25))]
+    rows = [["a", *(str(i) for i in range(25))], ["b", *(str(-i) for i in range(25))]]
+    tables = _markdown_tables(report._md_table(header, rows))
+    assert [len(t[0]) for t in tables] == [12, 12, 4]  # 11 + 11 + 3 columns after "name"
+    assert [t[1][0] for t in tables] == ["a", "a", "a"]
+    assert [c for t in tables for c in t[0][1:]] == header[1:]  # each column once, in order
+    assert [c for t in tables for c in t[2][1:]] == rows[1][1:]
 
 
 def test_report_without_predictions_and_with_one_seed(tmp_path):
@@ -111,9 +188,10 @@ def test_load_a_workdir_a_report_dir_and_a_runs_dir(workdir):
         results.load(workdir / "missing")
 
 
-def test_report_states_the_odin_pair_of_each_run(tmp_path):
-    write_predictions(tmp_path / "ce_seed0", seed=0, method="ce")
-    directory = tmp_path / "ce_seed0" / "predictions"
+def _odin_predictions(run_dir, train_scores) -> None:
+    """Predictions with ODIN scores; id_train's mean score per pair is `train_scores`."""
+    write_predictions(run_dir, seed=0, method="ce")
+    directory = run_dir / "predictions"
     preds = predictions.read(directory)
     rng = np.random.default_rng(0)
     splits = {name: dataclasses.replace(split, odin=rng.uniform(0.4, 0.6, (len(split.labels), 3))
@@ -122,14 +200,28 @@ def test_report_states_the_odin_pair_of_each_run(tmp_path):
     train = splits["toy_test"].logits.shape[0]
     splits["toy_train"] = predictions.Split(
         "id_train", splits["toy_test"].logits, np.zeros(train, np.int32),
-        odin=np.tile(np.float32([0.5, 0.3, 0.6]), (train, 1)))
+        odin=np.tile(np.float32(train_scores), (train, 1)))
     predictions.write(directory, splits, num_classes=preds.num_classes, run=preds.run,
                       odin_pairs=((1.0, 0.0), (1000.0, 0.0), (1000.0, 0.0014)))
-    runs = [results.RunInfo(run="ce_seed0", name="ce", seed=0, method="ce", alpha=0.0,
-                            directory=str(tmp_path / "ce_seed0"))]
-    text = report.odin_pairs_markdown(runs)
+
+
+def test_report_states_the_odin_pair_of_each_run(tmp_path):
+    # At T = 1000 the id_train means are 0.3 (ε = 0) and 0.6 (ε = 0.0014): the rule takes 0.0014;
+    # the second run's means make it take ε = 0.
+    _odin_predictions(tmp_path / "ce_seed0", [0.5, 0.3, 0.6])
+    _odin_predictions(tmp_path / "ce_seed1", [0.5, 0.7, 0.6])
+    runs = [results.RunInfo(run=f"ce_seed{s}", name="ce", seed=s, method="ce", alpha=0.0,
+                            directory=str(tmp_path / f"ce_seed{s}")) for s in (0, 1)]
+    choices = report.odin_choices(runs)
+    text = report.odin_pairs_markdown(choices)
     assert "| `ce_seed0` | 1000 | 0.0014 | 30.00, 60.00 |" in text
+    assert "| `ce_seed1` | 1000 | 0 | 70.00, 60.00 |" in text
     assert "the largest configured temperature T" in text
+    # Every run with the same pair: one line instead of the table.
+    one = report.odin_pairs_markdown({"ce_seed0": choices["ce_seed0"],
+                                      "ls_seed0": choices["ce_seed0"]})
+    assert "Every one of the 2 runs chose T = 1000, ε = 0.0014" in one
+    assert "|" not in one
 
 
 def test_report_groups_and_claim_1_for_every_score(tmp_path):

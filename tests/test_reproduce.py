@@ -65,8 +65,9 @@ def test_unprepared_tfds_set_is_reported_before_training(tmp_path):
     config = _config([spec("ce", "ce")])
     config.ood_datasets = ("gaussian", "svhn")
     config.data_dir = str(tmp_path / "tfds")
-    with pytest.raises(datasets.DatasetError, match=r"svhn/test: .*`tfds build svhn_cropped:3"
-                                                    r"\.1\.0 --data_dir=.*tfds`"):
+    with pytest.raises(datasets.DatasetError,
+                       match=r"svhn/test: .*`python -m softlabel_ood\.data\.prepare_tfds "
+                             r"svhn_cropped:3\.1\.0 --data_dir=.*tfds`"):
         reproduce.planned_runs(config, tmp_path)
     assert not (tmp_path / "runs").exists()
 

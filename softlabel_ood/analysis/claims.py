@@ -44,6 +44,12 @@ STATEMENTS = {
        "α on the incorrect classes, mass shaped like an OE teacher's outputs (kd_incorrect) "
        "detects OOD better than uniform mass (ls).",
 }
+# Each claim in a few words, for the report's summary and figure.
+HEADLINES = {
+    1: "label smoothing hurts softmax-based detection as α grows, accuracy kept",
+    2: "a kd student inherits its teacher's OOD behaviour",
+    3: "teacher-shaped incorrect-class mass beats uniform mass",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +73,8 @@ class ClaimResult:
     evidence: tuple[str, ...]  # the deciding numbers, one line each
     independent_verdict: str = ""  # the same rule with seeds treated as independent
     numbers: dict[str, float] = dataclasses.field(default_factory=dict)  # the key figures
+    # The paired comparisons that decided it: (what, a − b paired by seed, the claimed sign).
+    comparisons: tuple[tuple[str, PairedComparison, int], ...] = ()
 
 
 def _pct(x: float) -> str:
@@ -144,9 +152,20 @@ class PairedComparison:
             return -1
         return 0
 
+    def brief(self) -> str:
+        """The mean ± std of the differences, the threshold and the signs, in one phrase."""
+        spread = "" if self.n < 2 else f" ± {_pct(self.std)}"
+        threshold = "unknown" if math.isnan(self.threshold) else _pct(self.threshold)
+        return (f"{100 * self.mean:+.2f}{spread} points (noise threshold {threshold}, "
+                f"seeds {self.signs or '–'})")
+
+    @property
+    def signs(self) -> str:
+        return "".join("+" if d > 0 else "−" if d < 0 else "0" for _, d in self.differences)
+
     def text(self) -> str:
         per_seed = ", ".join(f"seed {seed}: {_pct(d):s}" for seed, d in self.differences)
-        signs = "".join("+" if d > 0 else "−" if d < 0 else "0" for _, d in self.differences)
+        signs = self.signs
         spread = "" if self.n < 2 else f" ± {_pct(self.std)}"
         threshold = ("unknown" if math.isnan(self.threshold) else _pct(self.threshold))
         return (f"paired over {self.n} seed(s) ({per_seed}): mean difference "
@@ -242,7 +261,10 @@ def claim1(table: MetricTable, runs: Sequence[RunInfo], rules: ClaimRules) -> Cl
         evidence.append(f"only {fewest} seed(s) for some sweep point; {rules.min_seeds} needed")
     return ClaimResult(1, STATEMENTS[1], verdict(drop.direction), rule, tuple(evidence),
                        verdict(drop_independent.direction),
-                       {"spearman": rho, "difference": drop.mean, "difference_std": drop.std})
+                       {"spearman": rho, "difference": drop.mean, "difference_std": drop.std,
+                        "alpha_max": alpha_max, "accuracy_drop": acc_drop,
+                        "worst_alpha": worst_alpha},
+                       ((f"ce (α = 0) − ls (α = {alpha_max:g})", drop, +1),))
 
 
 def _students(runs: Sequence[RunInfo], method: str) -> dict[str, list[RunInfo]]:
@@ -315,13 +337,15 @@ def claim2(table: MetricTable, runs: Sequence[RunInfo], rules: ClaimRules) -> Cl
     if any(k not in stats or not stats[k].n for k in ("ce", "ls", "oe")):
         evidence.append("needs kd students of a ce, an ls and an oe teacher, with metrics")
         return ClaimResult(2, STATEMENTS[2], INCONCLUSIVE, rule, tuple(evidence), INCONCLUSIVE)
-    oe, oe_independent, oe_text = _part(
-        "kd-from-oe − kd-from-ce", *_both(table, students["oe"], students["ce"], rules), +1)
-    ls, ls_independent, ls_text = _part(
-        "kd-from-ls − kd-from-ce", *_both(table, students["ls"], students["ce"], rules), -1)
+    oe_pair = _both(table, students["oe"], students["ce"], rules)
+    ls_pair = _both(table, students["ls"], students["ce"], rules)
+    oe, oe_independent, oe_text = _part("kd-from-oe − kd-from-ce", *oe_pair, +1)
+    ls, ls_independent, ls_text = _part("kd-from-ls − kd-from-ce", *ls_pair, -1)
     evidence += oe_text + ls_text
     return ClaimResult(2, STATEMENTS[2], _combine([oe, ls]), rule, tuple(evidence),
-                       _combine([oe_independent, ls_independent]))
+                       _combine([oe_independent, ls_independent]),
+                       comparisons=(("kd-from-oe − kd-from-ce", oe_pair[0], +1),
+                                    ("kd-from-ls − kd-from-ce", ls_pair[0], -1)))
 
 
 def claim3(table: MetricTable, runs: Sequence[RunInfo], rules: ClaimRules) -> ClaimResult:
@@ -354,11 +378,12 @@ def claim3(table: MetricTable, runs: Sequence[RunInfo], rules: ClaimRules) -> Cl
     if not kdi.n or not ls_stat.n:
         evidence.append("missing metrics")
         return ClaimResult(3, STATEMENTS[3], INCONCLUSIVE, rule, tuple(evidence), INCONCLUSIVE)
-    outcome, independent, text = _part("kd_incorrect-from-oe − ls",
-                                       *_both(table, students["oe"], ls, rules), +1)
+    pair = _both(table, students["oe"], ls, rules)
+    outcome, independent, text = _part("kd_incorrect-from-oe − ls", *pair, +1)
     evidence += text
     return ClaimResult(3, STATEMENTS[3], _combine([outcome]), rule, tuple(evidence),
-                       _combine([independent]))
+                       _combine([independent]),
+                       comparisons=((f"kd_incorrect-from-oe − ls (α = {alpha:g})", pair[0], +1),))
 
 
 def evaluate_claims(table: MetricTable, runs: Sequence[RunInfo],

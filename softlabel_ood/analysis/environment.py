@@ -1,6 +1,6 @@
 """The software and machine behind a report: package versions, Python, platform, devices.
 
-Results move with these versions (the README's tables differ in the second decimal between jax
+Results move with these versions (a report's tables differ in the second decimal between jax
 releases), so every report records them: report.md in its Environment section, runs.json under
 `"environment"`. They describe the process that wrote the report; `reproduce` trains and reports
 in one process, so for its runs they are also the training environment. Versions are read from
@@ -58,10 +58,18 @@ def describe() -> dict[str, str]:
     }
 
 
-def markdown(environment: dict[str, str]) -> str:
-    """The Environment section of report.md."""
+def markdown(environment: dict[str, str], *, rebuilt_by: str | None = None) -> str:
+    """The Environment section of report.md; `rebuilt_by` is the softlabel_ood version that
+    rebuilt the report from an earlier one's files (the environment is then that report's)."""
     rows = "\n".join(f"| {name} | {value} |" for name, value in environment.items())
-    return ("## Environment\n\n"
-            "The process that wrote this report (for `reproduce`, also the one that trained its "
-            "runs; runs skipped as already finished were trained by an earlier one).\n\n"
-            f"| | |\n|---|---|\n{rows}\n")
+    who = ("The process that wrote this report (for `reproduce`, also the one that trained its "
+           "runs; runs skipped as already finished were trained by an earlier one).")
+    if rebuilt_by is not None:
+        who = (f"The process that scored these runs and first wrote their report (for "
+               f"`reproduce`, also the one that trained them). This report.md was rebuilt from "
+               f"that report's metrics.csv and runs.json by softlabel_ood {rebuilt_by} "
+               f"(`python -m softlabel_ood.analysis.rebuild`); every value is the one scored "
+               f"then.")
+    if not environment:
+        return f"## Environment\n\n{who} Not recorded: the report predates it.\n"
+    return f"## Environment\n\n{who}\n\n| | |\n|---|---|\n{rows}\n"

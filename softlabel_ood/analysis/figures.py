@@ -21,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from softlabel_ood import scoring
-from softlabel_ood.analysis import metric_stats
+from softlabel_ood.analysis import claims, metric_stats
 from softlabel_ood.analysis.metric_stats import MetricTable
 from softlabel_ood.analysis.results import RunInfo
 from softlabel_ood.workdir import atomic_files, predictions
@@ -54,16 +54,16 @@ def _sweep_title(what: str, sweep: Sequence[tuple[float, Sequence[RunInfo]]],
                  dataset: str | None) -> str:
     """`what` on `dataset` (else the one in the runs' predictions), with the seeds."""
     if dataset is None:
-        dataset = _dataset_of(run for _, group in sweep for run in group)
+        dataset = dataset_of(run for _, group in sweep for run in group)
     seeds = sorted({run.seed for _, group in sweep for run in group})
     where = f" on {dataset}" if dataset else ""
     return (f"{what}{where}; mean ± std over {len(seeds)} seed{'s' * (len(seeds) != 1)} "
             f"({', '.join(map(str, seeds))})")
 
 
-def _dataset_of(runs) -> str:
-    # The ID dataset is recorded in each run's predictions manifest; runs whose directory is not
-    # at hand (a report read without its runs/) leave the title without it.
+def dataset_of(runs) -> str:
+    """The ID dataset recorded in the first readable predictions manifest of `runs`, else ""
+    (runs whose directory is not at hand: a report read without its runs/)."""
     for run in runs:
         if run.directory:
             try:
@@ -120,6 +120,45 @@ def id_sweep(table: MetricTable, sweep: Sequence[tuple[float, Sequence[RunInfo]]
         ax.set_title(f"ID test {metric_stats.METRIC_LABELS[metric]}")
         ax.grid(alpha=0.3)
     fig.suptitle(_sweep_title("Accuracy and ECE against α", sweep, dataset))
+    return fig
+
+
+def claim_differences(claim_results: Sequence[claims.ClaimResult], *,
+                      quantity: str = "msp AUROC (mean over OOD sets)") -> Figure:
+    """Each claim's paired comparisons: the per-seed differences as dots, their mean as a
+    diamond, and the noise threshold as a grey band around 0.
+
+    One row per comparison (claim 2 has two), labelled with the sign the claim expects and, on
+    the right, the claim's verdict. A difference counts when its mean lies beyond the band on the
+    claimed side with every dot on that side. Values in points (percent).
+    """
+    rows = [(c, label, p, want) for c in claim_results for label, p, want in c.comparisons]
+    fig, axes = _new_figure(1, 1, width=7.5, height=0.8 * max(len(rows), 1) + 1.4)
+    ax = axes[0, 0]
+    for y, (c, _, p, _) in enumerate(rows):
+        first = y == 0
+        if not math.isnan(p.threshold):
+            band = 100 * p.threshold
+            ax.fill_betweenx([y - 0.35, y + 0.35], -band, band, color="0.85",
+                             label="noise threshold" if first else None)
+        values = [100 * d for _, d in p.differences]
+        ax.scatter(values, [y] * len(values), s=20, color="tab:blue", zorder=3,
+                   label="one seed" if first else None)
+        if p.n:
+            ax.scatter([100 * p.mean], [y], s=90, marker="D", facecolor="none",
+                       edgecolor="black", zorder=4, label="mean" if first else None)
+        ax.annotate(f"claim {c.number}: {c.verdict}", (1.02, y),
+                    xycoords=("axes fraction", "data"), va="center", fontsize="small")
+    ax.axvline(0, color="grey", linewidth=0.8)
+    ax.set_yticks(range(len(rows)), [f"{label}\n(claimed {'> 0' if want > 0 else '< 0'})"
+                                     for _, label, _, want in rows], fontsize="small")
+    ax.set_ylim(len(rows) - 0.5, -0.5)  # the first claim on top
+    ax.set_xlabel(f"a − b, paired by seed: {quantity}, points")
+    ax.grid(axis="x", alpha=0.3)
+    if rows:
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=3,
+                   fontsize="small", frameon=False)
+    fig.suptitle("The claims: per-seed differences, their mean and the noise threshold")
     return fig
 
 

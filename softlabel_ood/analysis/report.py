@@ -2,6 +2,12 @@
 
     write_report(rows, "<workdir>/report", runs=runs)
 
+report.md opens with its answers and ends with its reference material, in this order (`SECTIONS`):
+the Summary (one line per claim with the numbers that decided it, the claims figure and the α
+sweep), the Claims with their rules and evidence, the tables, the other figures, then the
+Definitions, the Runs, the ODIN pairs and the Environment. No table is wider than
+`MAX_TABLE_COLUMNS`: wider ones are cut into several that repeat the row labels.
+
 Tables print percent (a metric's fraction times 100) as "mean ± std" over seeds; metrics.csv
 keeps the fractions. How each number is computed is stated in report.md itself (see
 `DEFINITIONS`), in `results` (aggregation over OOD sets and seeds) and in `claims` (the decision
@@ -13,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from etils import epath
 
@@ -24,6 +30,12 @@ from softlabel_ood.analysis.results import RunInfo
 from softlabel_ood.workdir import atomic_files, predictions
 
 OOD_METRICS = ("auroc", "fpr95", "aupr_out")
+# Wider tables do not fit a screen or a GitHub page; `_md_table` cuts them.
+MAX_TABLE_COLUMNS = 12
+# The `##` sections of report.md, in order (Claims and Figures only when there is something).
+SECTIONS = ("Summary", "Claims", "Table 1. Label-smoothing sweep", "Table 2. Teachers and students",
+            "Table 3. All runs", "Figures", "Definitions", "Runs", "ODIN pairs", "Environment")
+CLAIMS_FIGURE = "claims.png"
 _HEADERS = {"auroc": "AUROC ↑", "fpr95": "FPR95 ↓", "aupr_out": "AUPR-out ↑",
             "accuracy": "accuracy ↑", "ece": "ECE ↓"}
 
@@ -66,12 +78,21 @@ DEFINITIONS = """\
 """
 
 
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]], *, keep: int = 1) -> str:
+    """A markdown table; one wider than MAX_TABLE_COLUMNS is cut into several, each repeating
+    the first `keep` columns (the row labels)."""
     if not rows:
         return "*(This grid has no runs for this table.)*\n"
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    width = MAX_TABLE_COLUMNS - keep
+    starts = range(keep, max(len(header), keep + 1), width)
+    tables = []
+    for start in starts:
+        columns = [*range(keep), *range(start, min(start + width, len(header)))]
+        lines = ["| " + " | ".join(header[i] for i in columns) + " |",
+                 "|" + "|".join("---" for _ in columns) + "|"]
+        lines += ["| " + " | ".join(row[i] for i in columns) + " |" for row in rows]
+        tables.append("\n".join(lines) + "\n")
+    return "\n".join(tables)
 
 
 def _fmt(stat: metric_stats.Stat) -> str:
@@ -92,20 +113,35 @@ def _scores(table: MetricTable, scores: Sequence[str] | None) -> list[str]:
     return list(table.scores if scores is None else scores)
 
 
-def table1_markdown(table: MetricTable, runs: Sequence[RunInfo], *,
-                    scores: Sequence[str] | None = None) -> str:
-    """Rows α of the LS sweep; accuracy, ECE and, per score, OOD metrics averaged over OOD sets."""
+def _metric_label(metric: str) -> str:
+    return _HEADERS.get(metric, metric_stats.METRIC_LABELS.get(metric, metric))
+
+
+def sweep_metric_markdown(table: MetricTable, runs: Sequence[RunInfo], metric: str, *,
+                          scores: Sequence[str] | None = None, ood: str | None = None,
+                          with_id: bool = False) -> str:
+    """Rows α of the LS sweep; a column per score: `metric` averaged over the OOD sets, or on
+    `ood` alone. `with_id` puts ID test accuracy and ECE first."""
     scores = _scores(table, scores)
-    header = ["α", _HEADERS["accuracy"], _HEADERS["ece"]]
-    header += [f"{s} {_HEADERS[m]}" for s in scores for m in OOD_METRICS]
+    id_metrics = ("accuracy", "ece") if with_id else ()
+    header = ["α", *(_HEADERS[m] for m in id_metrics), *(f"`{s}`" for s in scores)]
     rows = []
     for alpha, group in results.ls_sweep(runs):
-        row = [f"{alpha:g}", _fmt(metric_stats.id_stat(table, group, "accuracy")),
-               _fmt(metric_stats.id_stat(table, group, "ece"))]
-        row += [_fmt(metric_stats.ood_mean_stat(table, group, s, m)) for s in scores
-                for m in OOD_METRICS]
+        row = [f"{alpha:g}"] + [_fmt(metric_stats.id_stat(table, group, m)) for m in id_metrics]
+        row += [_fmt(metric_stats.ood_mean_stat(table, group, s, metric) if ood is None
+                     else metric_stats.ood_stat(table, group, s, metric, ood)) for s in scores]
         rows.append(row)
     return _md_table(header, rows)
+
+
+def table1_markdown(table: MetricTable, runs: Sequence[RunInfo], *,
+                    scores: Sequence[str] | None = None) -> str:
+    """Rows α of the LS sweep; one table per OOD metric (averaged over the OOD sets) with a
+    column per score, the first also with ID test accuracy and ECE."""
+    return "\n".join(
+        f"**{_metric_label(m)}**, averaged over the OOD sets\n\n"
+        + sweep_metric_markdown(table, runs, m, scores=scores, with_id=i == 0)
+        for i, m in enumerate(OOD_METRICS))
 
 
 def sweep_by_score_markdown(table: MetricTable, runs: Sequence[RunInfo], score: str, *,
@@ -144,13 +180,10 @@ def claim1_by_score_markdown(table: MetricTable, runs: Sequence[RunInfo],
 
 def ood_table_markdown(table: MetricTable, runs: Sequence[RunInfo], ood: str, *,
                        scores: Sequence[str] | None = None) -> str:
-    """Rows α of the LS sweep; per score, the OOD metrics on one OOD set."""
-    scores = _scores(table, scores)
-    header = ["α"] + [f"{s} {_HEADERS[m]}" for s in scores for m in OOD_METRICS]
-    rows = [[f"{alpha:g}"] + [_fmt(metric_stats.ood_stat(table, group, s, m, ood))
-                              for s in scores for m in OOD_METRICS]
-            for alpha, group in results.ls_sweep(runs)]
-    return _md_table(header, rows)
+    """Rows α of the LS sweep; one table per OOD metric on one OOD set, a column per score."""
+    return "\n".join(f"**{_metric_label(m)}** on `{ood}`\n\n"
+                     + sweep_metric_markdown(table, runs, m, scores=scores, ood=ood)
+                     for m in OOD_METRICS)
 
 
 def _reads_alpha(method: str) -> bool:
@@ -195,18 +228,19 @@ def table2_markdown(table: MetricTable, runs: Sequence[RunInfo], *, score: str =
 def table3_markdown(table: MetricTable, runs: Sequence[RunInfo], *,
                     scores: Sequence[str] | None = None, metric: str = "auroc",
                     names: Sequence[str] | None = None, ood: str | None = None) -> str:
-    """Rows: grid entries; columns: accuracy, ECE and `metric` per score.
+    """Rows: grid entries (with their method); columns: accuracy, ECE and `metric` per score.
 
     `metric` is averaged over the OOD sets, or taken on `ood` alone when it is given.
     """
     scores = _scores(table, scores)
     groups = results.group_by_name(runs)
-    header = ["run", "method", _HEADERS["accuracy"], _HEADERS["ece"]]
-    header += [f"{s} {_HEADERS.get(metric, metric)}" for s in scores]
+    header = ["run (method)", _HEADERS["accuracy"], _HEADERS["ece"]]
+    header += [f"{s} {_metric_label(metric)}" for s in scores]
     rows = []
     for name in (groups if names is None else names):
         group = groups[name]
-        row = [f"`{name}`", group[0].method, _fmt(metric_stats.id_stat(table, group, "accuracy")),
+        row = [f"`{name}` ({group[0].method})",
+               _fmt(metric_stats.id_stat(table, group, "accuracy")),
                _fmt(metric_stats.id_stat(table, group, "ece"))]
         for s in scores:
             stat = (metric_stats.ood_mean_stat(table, group, s, metric) if ood is None
@@ -218,7 +252,8 @@ def table3_markdown(table: MetricTable, runs: Sequence[RunInfo], *,
 
 def claims_markdown(claim_results: Sequence[claims.ClaimResult], rules: claims.ClaimRules) -> str:
     out = [
-        "Each claim of the paper is decided from the metrics above by the rule printed with it. "
+        "Each claim of the paper is decided from the metrics of the tables below by the rule "
+        "printed with it. "
         f"The rules compare {rules.score} "
         f"{metric_stats.METRIC_LABELS.get(rules.metric, rules.metric)} averaged over the OOD sets, "
         "**paired by seed**: within a seed every run of the grid shares its initialisation, "
@@ -246,6 +281,39 @@ def claims_markdown(claim_results: Sequence[claims.ClaimResult], rules: claims.C
                        f"*{c.independent_verdict}*.\n")
         out.append("\n".join(f"- {line}" for line in c.evidence) + "\n")
     return "\n".join(out)
+
+
+def summary_line(c: claims.ClaimResult, rules: claims.ClaimRules) -> str:
+    """One line: the claim, its verdict (paired by seed) and the numbers that decided it."""
+    head = f"- **Claim {c.number}** ({claims.HEADLINES[c.number]}): **{c.verdict}**"
+    if not c.comparisons:  # runs or metrics missing: the last evidence line says which
+        return f"{head}; {c.evidence[-1] if c.evidence else 'no runs for it'}."
+    parts = [f"{label} = {p.brief()}" for label, p, _ in c.comparisons]
+    n = c.numbers
+    if c.number == 1:
+        rho = n.get("spearman", math.nan)
+        parts.append("Spearman ρ(α, A) = " + ("–" if math.isnan(rho) else f"{rho:.2f}")
+                     + f" (supported needs ≤ {rules.spearman_max:g})")
+        drop = n.get("accuracy_drop", math.nan)
+        if drop > 0:
+            parts.append(f"accuracy at α = {n['worst_alpha']:g} is {100 * drop:.2f} points below "
+                         f"α = 0 (more than {100 * rules.accuracy_margin:g} goes against the "
+                         f"claim)")
+        elif not math.isnan(drop):
+            parts.append(f"no α > 0 has a lower accuracy than α = 0 (the lowest, at "
+                         f"α = {n['worst_alpha']:g}, is {-100 * drop:.2f} points above)")
+    return f"{head}: " + "; ".join(parts) + "."
+
+
+def summary_markdown(claim_results: Sequence[claims.ClaimResult],
+                     rules: claims.ClaimRules) -> str:
+    """The verdicts, one line each, with the rule's quantity and noise threshold in one sentence."""
+    label = metric_stats.METRIC_LABELS.get(rules.metric, rules.metric)
+    return (f"Verdicts of the paper's claims, paired by seed (A = {rules.score} {label} averaged "
+            f"over the OOD sets, in points; a difference a − b counts when its mean is beyond "
+            f"the noise threshold max({100 * rules.min_effect:g}, std of the per-seed "
+            f"differences) on the claimed side with every seed agreeing; rules and evidence in "
+            f"Claims below):\n\n" + "\n".join(summary_line(c, rules) for c in claim_results) + "\n")
 
 
 def default_focus_ood(table: MetricTable, runs: Sequence[RunInfo], score: str = "msp") -> str:
@@ -304,24 +372,48 @@ def roc_groups(runs: Sequence[RunInfo]) -> list[tuple[str, list[tuple[str, list[
                                                 ("teachers and students", others)) if panel]
 
 
+# Figures drawn from the runs' predictions: a report rebuilt without them keeps the earlier files.
+PREDICTION_FIGURES = ("msp_histograms.png", "roc_curves.png")
+
+
 def _write_figures(table: MetricTable, runs: Sequence[RunInfo], out_dir: epath.Path, *,
-                   scores: Sequence[str], focus_ood: str) -> list[tuple[str, str]]:
+                   scores: Sequence[str], focus_ood: str, rules: claims.ClaimRules,
+                   claim_results: Sequence[claims.ClaimResult], dataset: str,
+                   figures_from: epath.Path | None = None) -> list[tuple[str, str]]:
     """Writes the PNG files; returns (file name, caption) in report order."""
     written = []
+    if any(c.comparisons for c in claim_results):
+        quantity = (f"{rules.score} {metric_stats.METRIC_LABELS.get(rules.metric, rules.metric)}"
+                    f" (mean over OOD sets)")
+        figures.save(figures.claim_differences(claim_results, quantity=quantity),
+                     out_dir / CLAIMS_FIGURE)
+        written.append((CLAIMS_FIGURE, f"The comparisons that decide the claims: for each, the "
+                                       f"per-seed differences a − b of {quantity} (dots, points), "
+                                       f"their mean (diamond) and the noise threshold (grey "
+                                       f"band around 0). Claim 1 also needs the rank correlation "
+                                       f"and the accuracy rule of the Summary."))
     sweep = results.ls_sweep(runs)
     if len(sweep) >= 2:  # one α is no sweep
         for metric in OOD_METRICS:
             name = f"alpha_sweep_{metric}.png"
-            figures.save(figures.alpha_sweep(table, sweep, metric=metric, scores=scores),
-                         out_dir / name)
+            figures.save(figures.alpha_sweep(table, sweep, metric=metric, scores=scores,
+                                             dataset=dataset), out_dir / name)
             written.append((name, f"{metric_stats.METRIC_LABELS[metric]} (%) against α, mean over "
                                   f"OOD sets and per OOD set, one line per score; error bars: "
                                   f"std over seeds."))
-        figures.save(figures.id_sweep(table, sweep), out_dir / "alpha_sweep_id.png")
+        figures.save(figures.id_sweep(table, sweep, dataset=dataset),
+                     out_dir / "alpha_sweep_id.png")
         written.append(("alpha_sweep_id.png", "ID test accuracy and ECE (%) against α; error "
                                               "bars: std over seeds."))
     if not focus_ood:
         return written
+    captions = {
+        "msp_histograms.png": f"MSP on the ID test set and on {focus_ood} (normalised histograms, "
+                              f"30 bins from 1/K to 1, log density axis), first seed of each run.",
+        "roc_curves.png": f"ROC curves of MSP, ID test set positive and {focus_ood} negative, "
+                          f"first seed of each run; the legend gives that seed's AUROC (%). The "
+                          f"horizontal line marks TPR = 95%, where FPR95 is read.",
+    }
     loaded = {}  # grid name -> predictions of its first seed, read once
 
     def preds(group):
@@ -329,14 +421,11 @@ def _write_figures(table: MetricTable, runs: Sequence[RunInfo], out_dir: epath.P
             loaded[group[0].name] = first_predictions(group)
         return loaded.get(group[0].name) if group else None
 
+    drawn = {}
     panels = [(f"{label} (seed {g[0].seed})", preds(g)) for label, g in histogram_panels(runs)]
     panels = [(label, p) for label, p in panels if p is not None and focus_ood in p.splits]
     if panels:
-        figures.save(figures.msp_histograms(panels, focus_ood), out_dir / "msp_histograms.png")
-        written.append(("msp_histograms.png", f"MSP on the ID test set and on {focus_ood} "
-                                              f"(normalised histograms, 30 bins from 1/K to 1, log "
-                                              f"density axis), "
-                                              f"first seed of each run."))
+        drawn["msp_histograms.png"] = figures.msp_histograms(panels, focus_ood)
     groups = []
     for title, members in roc_groups(runs):
         curves = [(label, preds(g)) for label, g in members]
@@ -344,60 +433,84 @@ def _write_figures(table: MetricTable, runs: Sequence[RunInfo], out_dir: epath.P
         if curves:
             groups.append((title, curves))
     if groups:
-        figures.save(figures.roc_curves(groups, focus_ood), out_dir / "roc_curves.png")
-        written.append(("roc_curves.png", f"ROC curves of MSP, ID test set positive and "
-                                          f"{focus_ood} negative, first seed of each run; the "
-                                          f"legend gives that seed's AUROC (%). The horizontal "
-                                          f"line marks TPR = 95%, where FPR95 is read."))
+        drawn["roc_curves.png"] = figures.roc_curves(groups, focus_ood)
+    for name in PREDICTION_FIGURES:
+        if name in drawn:
+            figures.save(drawn[name], out_dir / name)
+        elif figures_from is not None and (figures_from / name).exists():
+            if figures_from / name != out_dir / name:
+                atomic_files.write_atomically(out_dir / name,
+                                              lambda f, n=name: f.write((figures_from / n)
+                                                                        .read_bytes()))
+        else:
+            continue
+        written.append((name, captions[name]))
     return written
 
 
-def odin_pairs_markdown(runs: Sequence[RunInfo]) -> str:
-    """Per run at hand: the (T, ε) pair the odin score used, chosen on ID train data only."""
-    rows = []
+def odin_choices(runs: Sequence[RunInfo]) -> dict[str, scoring.odin_selection.OdinChoice]:
+    """Run -> the (T, ε) pair its odin score used, for the runs whose predictions are at hand."""
+    choices = {}
     for r in runs:
         directory = epath.Path(r.directory) / "predictions" if r.directory else None
         if directory is None or not (directory / predictions.MANIFEST).exists():
             continue
         choice = scoring.odin_selection.choose_from_directory(results.local_copy(directory))
         if choice is not None:
-            rows.append([f"`{r.run}`", f"{choice.temperature:g}", f"{choice.epsilon:g}",
-                         ", ".join(f"{100 * m:.2f}" for m in choice.id_train_means)])
-    if not rows:
+            choices[r.run] = choice
+    return choices
+
+
+def odin_pairs_markdown(choices: Mapping[str, scoring.odin_selection.OdinChoice]) -> str:
+    """The (T, ε) pair each run's odin score used, chosen on ID train data only; one line when
+    every run chose the same pair."""
+    if not choices:
         return ""
-    return ("The `odin` score of each run uses one saved (T, ε) pair, chosen without OOD data: "
-            f"{scoring.odin_selection.RULE}. Last column: the mean id_train ODIN score (%) of "
-            "each ε at that T, smallest ε first.\n\n"
-            + _md_table(["run", "T", "ε", "mean id_train score per ε"], rows))
+    text = ("The `odin` score of each run uses one saved (T, ε) pair, chosen without OOD data: "
+            f"{scoring.odin_selection.RULE}.")
+    pairs = {(c.temperature, c.epsilon) for c in choices.values()}
+    if len(pairs) == 1:
+        (temperature, epsilon), = pairs
+        return (f"{text} Every one of the {len(choices)} runs chose T = {temperature:g}, "
+                f"ε = {epsilon:g}; each run's mean id_train score per ε is in runs.json.\n")
+    rows = [[f"`{run}`", f"{c.temperature:g}", f"{c.epsilon:g}",
+             ", ".join(f"{100 * m:.2f}" for m in c.id_train_means)]
+            for run, c in choices.items()]
+    return (f"{text} Last column: the mean id_train ODIN score (%) of each ε at that T, smallest "
+            "ε first.\n\n" + _md_table(["run", "T", "ε", "mean id_train score per ε"], rows))
 
 
 def render(table: MetricTable, runs: Sequence[RunInfo], *, title: str,
            scores: Sequence[str], rules: claims.ClaimRules,
            figure_files: Sequence[tuple[str, str]],
-           groups: dict[str, tuple[str, ...]] | None = None) -> str:
-    """report.md as a string."""
+           groups: dict[str, tuple[str, ...]] | None = None,
+           odin: Mapping[str, scoring.odin_selection.OdinChoice] | None = None,
+           claim_results: Sequence[claims.ClaimResult] | None = None) -> str:
+    """report.md as a string, without its Environment section."""
+    if claim_results is None:
+        claim_results = claims.evaluate_claims(table, runs, rules)
     oods = ", ".join(f"`{o}`" for o in table.ood_sets) or "(none)"
+    figure_md = {name: f"![{name}]({name})\n\n*{caption}*\n" for name, caption in figure_files}
+    first = [name for name in (CLAIMS_FIGURE, "alpha_sweep_auroc.png") if name in figure_md]
     out = [f"# {title}\n",
            f"Written by softlabel_ood {__version__} from {len(runs)} runs "
            f"({len(results.group_by_name(runs))} grid entries). "
-           "`metrics.csv` in this directory holds every metric of every run as fractions.\n",
-           "## Definitions\n", DEFINITIONS.format(oods=oods, knn_k=scoring.KNN_K)]
-    left_out = [o for o in table.all_ood_sets if o not in table.ood_sets]
-    if left_out:
-        out.append(f"OOD sets not scored for every run, left out of the means: "
-                   f"{', '.join(left_out)}.\n")
-    out += ["## Runs\n", runs_markdown(runs)]
-    if "odin" in scores:
-        odin_text = odin_pairs_markdown(runs)
-        if odin_text:
-            out += ["### ODIN pairs\n", odin_text]
+           "`metrics.csv` in this directory holds every metric of every run as fractions; the "
+           "tables print percent, mean ± std over seeds (Definitions, at the end).\n",
+           "## Summary\n", summary_markdown(claim_results, rules)]
+    out += [figure_md[name] for name in first]
+    out += ["## Claims\n", claims_markdown(claim_results, rules),
+            "### Claim 1 for every score\n",
+            f"Does label smoothing hurt detection for every score, or only for the softmax? "
+            f"Claim 1's rule above, unchanged, applied with each score in place of "
+            f"{rules.score} (A = that score's "
+            f"{metric_stats.METRIC_LABELS.get(rules.metric, rules.metric)} averaged over the OOD "
+            f"sets; ρ and the paired A(0) − A(α_max) in points, as in the rule).\n",
+            claim1_by_score_markdown(table, runs, rules, scores)]
     out += ["## Table 1. Label-smoothing sweep\n",
-            "Rows: α (0 = the ce run). Columns: ID test accuracy and ECE, then for each score "
-            "AUROC, FPR95 and AUPR-out, each averaged over the OOD sets.\n",
+            "Rows: α (0 = the ce run). One table per OOD metric, averaged over the OOD sets, with "
+            "a column per score; the first also gives ID test accuracy and ECE.\n",
             table1_markdown(table, runs, scores=scores)]
-    for ood in table.all_ood_sets:
-        out += [f"### Table 1, OOD set `{ood}`\n", ood_table_markdown(table, runs, ood,
-                                                                     scores=scores)]
     grouped = {g: m for g, m in (groups or {}).items() if set(m) & set(table.ood_sets)}
     group_text = ("; then AUROC averaged over the OOD sets of each group: " + "; ".join(
         f"{g} = {', '.join(f'`{o}`' for o in m if o in table.ood_sets)}"
@@ -407,26 +520,31 @@ def render(table: MetricTable, runs: Sequence[RunInfo], *, title: str,
                 f"Rows: α. Columns: ID test accuracy and ECE, {score} AUROC, FPR95 and AUPR-out "
                 f"averaged over the OOD sets{group_text}.\n",
                 sweep_by_score_markdown(table, runs, score, groups=grouped)]
+    for ood in table.all_ood_sets:
+        out += [f"### Table 1, OOD set `{ood}`\n", ood_table_markdown(table, runs, ood,
+                                                                     scores=scores)]
     out += ["## Table 2. Teachers and students\n",
             f"Rows: the teacher of the kd and kd_incorrect students. Columns: ID test accuracy and "
             f"{rules.score} AUROC and FPR95 averaged over the OOD sets, for the teacher, its kd "
             f"student and its kd_incorrect student (– where the grid has no such student).\n",
             table2_markdown(table, runs, score=rules.score)]
     out += ["## Table 3. All runs\n",
-            "Rows: grid entries. Columns: ID test accuracy and ECE, then AUROC averaged over the "
-            "OOD sets for each score.\n",
+            "Rows: grid entries, with their method. Columns: ID test accuracy and ECE, then AUROC "
+            "averaged over the OOD sets for each score.\n",
             table3_markdown(table, runs, scores=scores)]
-    if figure_files:
+    rest = [name for name in figure_md if name not in first]
+    if rest:
         out.append("## Figures\n")
-        out += [f"![{name}]({name})\n\n*{caption}*\n" for name, caption in figure_files]
-    out += ["## Claims\n", claims_markdown(claims.evaluate_claims(table, runs, rules), rules)]
-    out += ["### Claim 1 for every score\n",
-            f"Does label smoothing hurt detection for every score, or only for the softmax? "
-            f"Claim 1's rule above, unchanged, applied with each score in place of "
-            f"{rules.score} (A = that score's "
-            f"{metric_stats.METRIC_LABELS.get(rules.metric, rules.metric)} averaged over the OOD "
-            f"sets; ρ and the paired A(0) − A(α_max) in points, as in the rule).\n",
-            claim1_by_score_markdown(table, runs, rules, scores)]
+        out += [figure_md[name] for name in rest]
+    out += ["## Definitions\n", DEFINITIONS.format(oods=oods, knn_k=scoring.KNN_K)]
+    left_out = [o for o in table.all_ood_sets if o not in table.ood_sets]
+    if left_out:
+        out.append(f"OOD sets not scored for every run, left out of the means: "
+                   f"{', '.join(left_out)}.\n")
+    out += ["## Runs\n", runs_markdown(runs)]
+    odin_text = odin_pairs_markdown(odin or {}) if "odin" in scores else ""
+    if odin_text:
+        out += ["## ODIN pairs\n", odin_text]
     return "\n".join(out)
 
 
@@ -446,14 +564,24 @@ def write_report(rows: Sequence[scoring.MetricRow], out_dir: epath.PathLike, *,
                  focus_ood: str | None = None,
                  rules: claims.ClaimRules | None = None,
                  groups: dict[str, tuple[str, ...]] | None = None,
+                 dataset: str | None = None,
+                 odin: Mapping[str, scoring.odin_selection.OdinChoice] | None = None,
+                 environment_of_runs: dict[str, str] | None = None,
+                 figures_from: epath.PathLike | None = None,
                  training: dict[str, str] | None = None) -> None:
     """Writes metrics.csv (+ metrics.md), runs.json, the PNG figures and, last, report.md.
 
     `runs` says which run is which (`results.RunInfo`); histograms and ROC curves need each
-    run's `directory` and are left out for runs without one. `focus_ood` picks the OOD set of
-    those two figures (default: `default_focus_ood`). `groups` ({group: OOD sets}) adds group
-    means to the tables (default: the `ood_groups` stored with the runs, `run_groups`).
-    `training` ({what: how}, e.g. how the grid chose its population size) joins the environment.
+    run's `directory` and are left out for runs without one (or copied from `figures_from`, the
+    directory of an earlier report of the same runs). `focus_ood` picks the OOD set of those two
+    figures (default: `default_focus_ood`). `groups` ({group: OOD sets}) adds group means to the
+    tables (default: the `ood_groups` stored with the runs, `run_groups`); `dataset` names the
+    ID dataset in the figures' titles (default: the one in the runs' predictions); `odin` the
+    pair each run's odin score used (default: chosen from the runs' predictions). runs.json
+    records these beside the runs, so that `rebuild.rebuild_report` can write the report again
+    from this directory alone. `environment_of_runs` is the environment recorded by the report
+    that first scored these runs (a rebuilt report keeps it); default: this process's, with
+    `training` ({what: how}, e.g. how the grid chose its population size) added.
     """
     rules = rules or claims.ClaimRules()
     out_dir = epath.Path(out_dir)
@@ -465,6 +593,10 @@ def write_report(rows: Sequence[scoring.MetricRow], out_dir: epath.PathLike, *,
         raise ValueError(f"metrics name runs that `runs` does not describe: {', '.join(unknown)}")
     if groups is None:
         groups = run_groups(runs)
+    if dataset is None:
+        dataset = figures.dataset_of(runs)
+    if odin is None:
+        odin = odin_choices(runs)
     per_run_groups = dict.fromkeys(table.runs, groups) if groups else {}
     if "://" in str(out_dir):
         with tempfile.TemporaryDirectory() as tmp:
@@ -474,14 +606,21 @@ def write_report(rows: Sequence[scoring.MetricRow], out_dir: epath.PathLike, *,
                     (epath.Path(tmp) / name).copy(out_dir / name, overwrite=True)
     else:
         scoring.write_metrics(rows, str(out_dir), groups=per_run_groups)
-    env = {**environment.describe(), **(training or {})}
+    env = environment_of_runs or {**environment.describe(), **(training or {})}
+    record = results.ReportRecord(title=title, dataset=dataset, ood_groups=dict(groups),
+                                  odin_pairs=dict(odin))
     results.write_runs_json([dataclasses.replace(r, directory="") for r in runs],
-                            out_dir / results.RUNS_FILE, environment=env)
+                            out_dir / results.RUNS_FILE, environment=env, report=record)
     scores = _scores(table, scores)
     if focus_ood is None:
         focus_ood = default_focus_ood(table, runs, rules.score)
-    figure_files = _write_figures(table, runs, out_dir, scores=scores, focus_ood=focus_ood)
+    claim_results = claims.evaluate_claims(table, runs, rules)
+    figure_files = _write_figures(
+        table, runs, out_dir, scores=scores, focus_ood=focus_ood, rules=rules,
+        claim_results=claim_results, dataset=dataset,
+        figures_from=None if figures_from is None else epath.Path(figures_from))
     text = render(table, runs, title=title, scores=scores, rules=rules, figure_files=figure_files,
-                  groups=groups)
-    text += "\n" + environment.markdown(env)
+                  groups=groups, odin=odin, claim_results=claim_results)
+    text += "\n" + environment.markdown(
+        env, rebuilt_by=None if environment_of_runs is None else __version__)
     atomic_files.write_text_atomically(out_dir / "report.md", text)

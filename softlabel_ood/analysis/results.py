@@ -75,18 +75,64 @@ def ls_sweep(runs: Iterable[RunInfo]) -> list[tuple[float, list[RunInfo]]]:
     return sorted(points.items())
 
 
+@dataclasses.dataclass(frozen=True)
+class ReportRecord:
+    """What a report shows beyond its metrics and runs, none of which metrics.csv holds: kept in
+    runs.json under "report" so that the report can be written again without the run
+    directories (`rebuild.rebuild_report`)."""
+
+    title: str = ""
+    dataset: str = ""  # the ID dataset, named in the figures' titles
+    ood_groups: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    # run -> the (T, ε) pair its odin score used (chosen from its predictions)
+    odin_pairs: dict[str, scoring.odin_selection.OdinChoice] = dataclasses.field(
+        default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"title": self.title, "dataset": self.dataset,
+                "ood_groups": {g: list(m) for g, m in self.ood_groups.items()},
+                "odin_pairs": {run: dataclasses.asdict(c) for run, c in self.odin_pairs.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict) -> ReportRecord:
+        return cls(title=data.get("title", ""), dataset=data.get("dataset", ""),
+                   ood_groups={g: tuple(m) for g, m in data.get("ood_groups", {}).items()},
+                   odin_pairs={run: scoring.odin_selection.OdinChoice(
+                       index=c["index"], temperature=c["temperature"], epsilon=c["epsilon"],
+                       id_train_means=tuple(c["id_train_means"]))
+                       for run, c in data.get("odin_pairs", {}).items()})
+
+
 def write_runs_json(runs: Sequence[RunInfo], path: epath.PathLike, *,
-                    environment: dict[str, str] | None = None) -> None:
-    """`{"environment": {...}, "runs": [...]}`; `environment.describe()` says what it holds."""
+                    environment: dict[str, str] | None = None,
+                    report: ReportRecord | None = None) -> None:
+    """`{"environment": {...}, "runs": [...], "report": {...}}`; `environment.describe()` says
+    what the environment holds, `ReportRecord` what the report record holds."""
     data = {"environment": environment or {}, "runs": [dataclasses.asdict(r) for r in runs]}
+    if report is not None:
+        data["report"] = report.to_json()
     atomic_files.write_text_atomically(path, json.dumps(data, indent=1) + "\n")
 
 
-def read_runs_json(path: epath.PathLike) -> list[RunInfo]:
+def _runs_file(path: epath.PathLike) -> dict:
     data = json.loads(epath.Path(path).read_text())
     # Reports written before the environment was recorded hold the list of runs alone.
-    entries = data if isinstance(data, list) else data["runs"]
-    return [RunInfo(**entry) for entry in entries]
+    return {"runs": data} if isinstance(data, list) else data
+
+
+def read_runs_json(path: epath.PathLike) -> list[RunInfo]:
+    return [RunInfo(**entry) for entry in _runs_file(path)["runs"]]
+
+
+def read_environment(path: epath.PathLike) -> dict[str, str]:
+    """The environment a runs.json records ({} for reports written before it was recorded)."""
+    return dict(_runs_file(path).get("environment", {}))
+
+
+def read_report_record(path: epath.PathLike) -> ReportRecord | None:
+    """The report record of a runs.json; None for reports written before it was recorded."""
+    data = _runs_file(path).get("report")
+    return None if data is None else ReportRecord.from_json(data)
 
 
 def runs_from_directories(run_dirs: Iterable[epath.PathLike]) -> list[RunInfo]:

@@ -18,6 +18,11 @@ from softlabel_ood.data import datasets
 
 FINETUNE_ARG = "oe_finetune"
 
+# α of a run whose method reads it (ls, kd_incorrect) when its config argument names the method:
+# the grid's ls teacher and kd_incorrect runs use it too. Without it, `configs/<family>.py:ls`
+# would train with α = 0, which is cross-entropy (method ce) under another name.
+METHOD_ALPHA = 0.3
+
 # The default of config.odin_pairs (softlabel_ood.training.odin, which reads it from here:
 # the config side imports no JAX). The ODIN paper's setting for CIFAR (T = 1000, ε = 0.0014)
 # with the ε grid around it that the selection rule (`softlabel_ood.scoring.odin_choice`)
@@ -59,7 +64,8 @@ def base_config(method: str | None, *, finetune: bool = False) -> ml_collections
     c.compute_dtype = "float32"
 
     # Soft labels.
-    c.label_smoothing = 0.0  # alpha for `ls`, and the incorrect-class mass for `kd_incorrect`.
+    # α for `ls`, and the incorrect-class mass for `kd_incorrect`; other methods must leave it 0.
+    c.label_smoothing = METHOD_ALPHA if methods.reads(method, "label_smoothing") else 0.0
     c.kd = ml_collections.ConfigDict()
     c.kd.teacher_workdir = ""
     c.kd.temperature = 4.0
@@ -126,7 +132,8 @@ def cifar_config(arg: str | None, *, dataset: str, other_cifar: str) -> ml_colle
     c.ood_groups.near = (other_cifar,)
     c.ood_groups.far = ("textures", "svhn", "places365", "lsun_crop", "lsun_resize", "isun")
     c.ood_groups.noise = ("gaussian", "rademacher", "blobs")
-    # The files of the ODIN and OE releases (see README, "Datasets that tfds does not provide").
+    # The files of the ODIN and OE releases (docs/reproduction.md, "Datasets that tfds does not
+    # provide").
     c.dataset_paths.lsun_crop = "~/ood_data/LSUN_C"
     c.dataset_paths.lsun_resize = "~/ood_data/LSUN_resize"
     c.dataset_paths.isun = "~/ood_data/iSUN"

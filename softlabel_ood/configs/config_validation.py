@@ -233,6 +233,9 @@ def _check_method(config: ml_collections.ConfigDict) -> None:
     if methods.needs_teacher(method) and not config.kd.teacher_workdir:
         raise ConfigError(f"config.kd.teacher_workdir: method {method} needs a teacher "
                           "(a finished run's workdir)")
+    if methods.reads(method, "label_smoothing") and config.label_smoothing == 0:
+        raise ConfigError(f"config.label_smoothing: 0 is not allowed for method {method}, which "
+                          f"it makes plain cross-entropy (method ce); expected α in (0, 1)")
     # Fields that only some methods read: a value set for a method that ignores it would be
     # recorded with the run as if it had been used.
     values = flat_fields(config)

@@ -4,7 +4,8 @@
 
 Everything ships with scikit-learn, so nothing is downloaded: digits (8x8 grayscale, 10 classes)
 are the ID data, patches of china.jpg the OE auxiliary set, and patches of flower.jpg plus four
-synthetic noise sets the OOD test sets. The argument is the method (ce, ls, oe, kd, kd_incorrect),
+synthetic noise sets the OOD test sets. The argument is the method (ce, ls, oe, kd,
+kd_incorrect; ls and kd_incorrect with α = 0.3 unless --config.label_smoothing gives another),
 or oe_finetune: OE fine-tuning of the finished ce run named in --config.oe.finetune_from.
 """
 

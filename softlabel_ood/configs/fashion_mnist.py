@@ -6,7 +6,8 @@ By default the images come from the IDX files of Debian's `dataset-fashion-mnist
 (`apt-get install dataset-fashion-mnist`); set --config.dataset_paths.fashion_mnist="" to read
 them through tfds instead. OOD sets: scikit-learn's digits upsampled to 28x28, patches of
 flower.jpg, and synthetic noise; patches of china.jpg are the OE auxiliary set.
-The argument is the method (ce, ls, oe, kd, kd_incorrect), or oe_finetune: OE fine-tuning of
+The argument is the method (ce, ls, oe, kd, kd_incorrect; ls and kd_incorrect with
+α = 0.3 unless --config.label_smoothing gives another), or oe_finetune: OE fine-tuning of
 the finished ce run named in --config.oe.finetune_from.
 """
 

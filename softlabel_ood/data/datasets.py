@@ -18,8 +18,8 @@ normalisation, augmentation, and its source, an instance of one kind of source i
 (interface: `data/sources.py`). `load` and `check_available` check the request, then ask
 the source; a new dataset is one new record.
 
-TensorFlow Datasets (prepared beforehand with `tfds build`, never downloaded by the commands; how
-they are read is explained in `data/tfds_source.py`):
+TensorFlow Datasets (prepared beforehand with `python -m softlabel_ood.data.prepare_tfds`, never
+downloaded by the commands; how they are read is explained in `data/tfds_source.py`):
 
 | name          | tfds name:version     | "train" split | "test" split            | shape          |
 |---------------|-----------------------|---------------|-------------------------|----------------|

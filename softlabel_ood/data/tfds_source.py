@@ -14,7 +14,9 @@ decoders={"image": tfds.decode.SkipDecoding()})`, batched into encoded bytes and
   resize as the local files.
 - `shuffle_files=False` makes the order deterministic; `download=False` by default because the
   loader may run on every host of a multi-host job at once, and preparing a dataset concurrently
-  into one data_dir corrupts it. Prepare once with `tfds build <name>:<version> --data_dir=<dir>`.
+  into one data_dir corrupts it. Prepare once with `python -m softlabel_ood.data.prepare_tfds
+  <name>:<version> --data_dir=<dir>` (`prepare_tfds`: what `tfds build` does, which needs
+  apache_beam with tensorflow-datasets 4.9.10).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 
 from softlabel_ood.data import images as image_lib
+from softlabel_ood.data import prepare_tfds
 from softlabel_ood.data.sources import DatasetError, Source, subset_indices
 
 _READ_BATCH = 1024  # encoded examples per host batch while reading; only affects speed
@@ -88,7 +91,7 @@ class TfdsSource(Source):
 
     def check_available(self, name: str, split: str, *, path: str | None,
                         data_dir: str | None) -> None:
-        """Raises DatasetError (with the `tfds build` command) unless the split can be read.
+        """Raises DatasetError (with the command that prepares it) unless the split can be read.
 
         The split is opened as `load` opens it, without reading a record: a missing set is found
         before any training, not when predictions are written after the last epoch.
@@ -112,8 +115,7 @@ class TfdsSource(Source):
             # tfds reports "not prepared" as an AssertionError; name what is missing and the fix.
             text = str(e).strip()
             first_sentence = text.splitlines()[0].split(". ")[0] if text else type(e).__name__
-            build = f"tfds build {self.versioned_name}" + (
-                f" --data_dir={data_dir}" if data_dir else "")
+            build = prepare_tfds.command(self.versioned_name, data_dir)
             raise DatasetError(
                 f"{name}/{split}: tfds dataset {self.versioned_name} split {tfds_split!r} is not "
                 f"available in {_where(data_dir)} ({first_sentence}); prepare it once with "
