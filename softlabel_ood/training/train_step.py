@@ -112,21 +112,27 @@ class StepConfig:
             raise ValueError(f"optimizer {self.optimizer!r}: expected one of "
                              f"{optimizer.OPTIMIZERS}")
 
+    @property
+    def optimizer_fields(self) -> dict:
+        return {"optimizer": self.optimizer, "weight_decay": self.weight_decay,
+                "momentum": self.momentum, "nesterov": self.nesterov}
+
     def make_optimizer(self) -> optax.GradientTransformation:
-        return optimizer.make_optimizer(weight_decay=self.weight_decay, momentum=self.momentum,
-                                        nesterov=self.nesterov, optimizer=self.optimizer)
+        return optimizer.make_optimizer(**self.optimizer_fields)
 
 
 def create_train_state(model: nn.Module, config: StepConfig, *, image_shape: Sequence[int],
                        seed: int, mesh: Mesh) -> TrainState:
     """Initial state, a function of `seed` alone, placed replicated on `mesh`."""
-    return _init_program(model, config, tuple(image_shape), mesh)(np.int32(seed))
+    # Keyed by the optimizer, not the whole StepConfig: every loss of a grid shares one program.
+    optimizer_fields = tuple(sorted(config.optimizer_fields.items()))
+    return _init_program(model, optimizer_fields, tuple(image_shape), mesh)(np.int32(seed))
 
 
 @functools.lru_cache(maxsize=PROGRAM_CACHE_SIZE)
-def _init_program(model: nn.Module, config: StepConfig, image_shape: tuple[int, ...],
+def _init_program(model: nn.Module, optimizer_fields: tuple, image_shape: tuple[int, ...],
                   mesh: Mesh) -> Callable:
-    tx = config.make_optimizer()
+    tx = optimizer.make_optimizer(**dict(optimizer_fields))
 
     def init(seed):
         params_key, dropout_key = jax.random.split(jax.random.key(seed))
