@@ -86,7 +86,8 @@ def write_predictions(config: ml_collections.ConfigDict, workdir: epath.PathLike
         bar.set_postfix_str(name)
         out = _outputs(eval_fn, variables, ds, mesh, config.eval_batch_size, odin_fn)
         splits[name] = predictions.Split(role=role, logits=out["logits"],
-                                         features=out["features"], odin=out.get("odin"),
+                                         features=out["features"],
+                                         odin_log_ratio=out.get("odin"),
                                          labels=ds.labels.astype(np.int32))
     kernel, bias = models.classifier_head(variables["params"])
     head = predictions.Head(np.asarray(kernel), np.asarray(bias))

@@ -116,19 +116,20 @@ def test_report_states_the_odin_pair_of_each_run(tmp_path):
     directory = tmp_path / "ce_seed0" / "predictions"
     preds = predictions.read(directory)
     rng = np.random.default_rng(0)
-    splits = {name: dataclasses.replace(split, odin=rng.uniform(0.4, 0.6, (len(split.labels), 3))
-                                        .astype(np.float32)) for name, split in
-              preds.splits.items()}
+    k = preds.num_classes
+    splits = {name: dataclasses.replace(split, odin_log_ratio=np.log(
+        k * rng.uniform(0.4, 0.6, (len(split.labels), 3))).astype(np.float32))
+        for name, split in preds.splits.items()}
     train = splits["toy_test"].logits.shape[0]
     splits["toy_train"] = predictions.Split(
         "id_train", splits["toy_test"].logits, np.zeros(train, np.int32),
-        odin=np.tile(np.float32([0.5, 0.3, 0.6]), (train, 1)))
+        odin_log_ratio=np.log(k * np.tile(np.float32([0.5, 0.35, 0.6]), (train, 1))))
     predictions.write(directory, splits, num_classes=preds.num_classes, run=preds.run,
                       odin_pairs=((1.0, 0.0), (1000.0, 0.0), (1000.0, 0.0014)))
     runs = [results.RunInfo(run="ce_seed0", name="ce", seed=0, method="ce", alpha=0.0,
                             directory=str(tmp_path / "ce_seed0"))]
     text = report.odin_pairs_markdown(runs)
-    assert "| `ce_seed0` | 1000 | 0.0014 | 30.00, 60.00 |" in text
+    assert "| `ce_seed0` | 1000 | 0.0014 | 35.00, 60.00 |" in text
     assert "the largest configured temperature T" in text
 
 

@@ -60,16 +60,21 @@ def odin_problem(preds: predictions_lib.Predictions) -> str | None:
 
 def choose_for(preds: predictions_lib.Predictions) -> OdinChoice:
     train = preds.splits[preds.names("id_train")[0]]
-    return choose(preds.odin_pairs, train.odin)
+    return choose(preds.odin_pairs, train.odin_max_softmax())
 
 
 def choose_from_directory(directory) -> OdinChoice | None:
     """The choice for a predictions directory, reading only its manifest and the id_train split's
-    odin array; None when `odin` is not computed for it."""
+    ODIN array; None when `odin` is not computed for it."""
     manifest = predictions_lib.read_manifest(directory)
     pairs = manifest.get("odin", {}).get("pairs")
     train = [e for e in manifest["splits"].values() if e["role"] == "id_train"]
     if not pairs or not train:
         return None
     with np.load(pathlib.Path(os.fspath(directory)) / train[0]["file"]) as npz:
-        return choose(pairs, npz["odin"]) if "odin" in npz.files else None
+        field = predictions_lib.ODIN_V2_FIELD \
+            if manifest["format"] == predictions_lib.FORMAT_V2 else predictions_lib.ODIN_FIELD
+        if field not in npz.files:
+            return None
+        scores = predictions_lib.odin_max_softmax(field, npz[field], manifest["num_classes"])
+    return choose(pairs, scores)

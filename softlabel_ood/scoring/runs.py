@@ -133,8 +133,8 @@ def _dispatch_run(name: str, preds: predictions_lib.Predictions, knn_k: int) -> 
     problem = odin_selection.odin_problem(preds)
     if problem is None:
         choice = odin_selection.choose_for(preds)
-        values["odin"] = {s: preds.splits[s].odin[:, choice.index].astype(np.float64)
-                          for s in evaluated}
+        # Ranked as saved: the log-ratios of format v3 order exactly as the scores.
+        values["odin"] = {s: preds.splits[s].odin_ranking()[:, choice.index] for s in evaluated}
         notes["odin"] = choice.text()
     else:
         skipped["odin"] = f"skipped: {problem}"
