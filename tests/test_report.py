@@ -131,6 +131,8 @@ def test_report_states_the_odin_pair_of_each_run(tmp_path):
     text = report.odin_pairs_markdown(runs)
     assert "| `ce_seed0` | 1000 | 0.0014 | 35.00, 60.00 |" in text
     assert "the largest configured temperature T" in text
+    # The knn score's k follows the id_train split's size (24 examples: k = 1).
+    assert report.knn_k_text(runs) == "k = 1"
 
 
 def test_report_groups_and_claim_1_for_every_score(tmp_path):

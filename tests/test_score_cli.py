@@ -218,6 +218,27 @@ def test_v1_run_directories_are_scored_without_head_scores(tmp_path):
         "skipped: the predictions have no classifier head (format v1)"
 
 
+def test_the_knn_k_of_each_run_is_stated(tmp_path):
+    # 60 id_train examples: the default rule's k is 1; a given k is capped at 60.
+    make_run(tmp_path / "run", seed=6, features=True)
+    report = scoring.score_runs_report([tmp_path / "run"])
+    assert report.notes["run"]["knn"] == (
+        "k = 1 (Sun et al.'s k = 50 for 50,000 train examples, scaled to the 60 id_train "
+        "examples: one per 1,000, at least 1)")
+    train = predictions.read(tmp_path / "run" / "predictions").splits["digits_train"]
+    test = predictions.read(tmp_path / "run" / "predictions").splits["digits_test"]
+    blobs = predictions.read(tmp_path / "run" / "predictions").splits["blobs"]
+    rows = {(r.score, r.ood, r.metric): r.value for r in report.rows}
+    expected = scoring.pair_metrics(scoring.knn(test.features, train.features, 1),
+                                    scoring.knn(blobs.features, train.features, 1))
+    assert rows[("knn", "blobs", "auroc")] == pytest.approx(expected["auroc"], abs=1e-12)
+    report = scoring.score_runs_report([tmp_path / "run"], knn_k=100)
+    assert report.notes["run"]["knn"] == "k = 60 (as given; 100 capped at the id_train size)"
+    scoring.write_metrics(report.rows, tmp_path / "out", notes=report.notes)
+    knn_table = (tmp_path / "out" / "metrics.md").read_text().split("### knn")[1]
+    assert knn_table.lstrip().startswith("k = 60 (as given")
+
+
 def test_v2_run_directories_score_odin_from_their_saved_scores(tmp_path):
     # Format v2 saved the ODIN scores p themselves, in float32, as `odin`: they are still read,
     # and the pair and the metrics come from them as before.

@@ -11,6 +11,7 @@ rules), so that a reader of the report alone can tell what every number is.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import tempfile
 from collections.abc import Sequence
@@ -47,9 +48,12 @@ DEFINITIONS = """\
 - **Scores** (exact formulas: `softlabel_ood/scoring/scores.py`): `msp` maximum
   softmax probability; `max_logit` largest logit; `energy` logsumexp of the logits (T = 1);
   `entropy` negative entropy of the softmax; `mahalanobis` negative smallest squared Mahalanobis
-  distance to a class mean of the ID train features (shared covariance); `knn` cosine similarity
-  to the k-th most similar ID train feature minus 1 (k = {knn_k}); `react` energy of the logits
-  of the features clipped at the 90th percentile of the ID train activations; `vim` energy minus
+  distance to a class mean of the ID train features (shared covariance; the vanilla last-layer
+  variant, OpenOOD's MDS); `knn` cosine similarity to the k-th most similar ID train feature
+  minus 1 ({knn_k}: Sun et al.'s k = 50 for 50,000 training images, scaled to the ID train
+  split's size, one neighbour per 1,000 examples, at least 1); `react` energy of the logits
+  of the features clipped at the 90th percentile of the ID train activations (the original
+  code takes it on ID validation data, which the project does not hold out); `vim` energy minus
   the scaled norm of the features' residual outside the principal subspace of the ID train
   features (`softlabel_ood/scoring/head_scores.py`); `odin` max softmax at temperature T of the
   input perturbed by ε, at the pair chosen on ID train data only (see "ODIN pairs" below).
@@ -347,6 +351,22 @@ def _write_figures(table: MetricTable, runs: Sequence[RunInfo], out_dir: epath.P
     return written
 
 
+def knn_k_text(runs: Sequence[RunInfo]) -> str:
+    """The knn score's k in these runs (`score`'s default, from each id_train split's size)."""
+    ks = set()
+    for r in runs:
+        directory = epath.Path(r.directory) / "predictions" if r.directory else None
+        if directory is None or not (directory / predictions.MANIFEST).exists():
+            continue
+        # The manifest alone (read in place, local or in a bucket): the splits' sizes.
+        splits = json.loads((directory / predictions.MANIFEST).read_text())["splits"]
+        train = [entry for entry in splits.values() if entry["role"] == "id_train"][:1]
+        ks.update(scoring.default_knn_k(entry["num_examples"]) for entry in train)
+    if not ks:
+        return "k per run"
+    return f"k = {min(ks)}" if len(ks) == 1 else f"k = {min(ks)} to {max(ks)} by run"
+
+
 def odin_pairs_markdown(runs: Sequence[RunInfo]) -> str:
     """Per run at hand: the (T, ε) pair the odin score used, chosen on ID train data only."""
     rows = []
@@ -376,7 +396,7 @@ def render(table: MetricTable, runs: Sequence[RunInfo], *, title: str,
            f"Written by softlabel_ood {__version__} from {len(runs)} runs "
            f"({len(results.group_by_name(runs))} grid entries). "
            "`metrics.csv` in this directory holds every metric of every run as fractions.\n",
-           "## Definitions\n", DEFINITIONS.format(oods=oods, knn_k=scoring.KNN_K)]
+           "## Definitions\n", DEFINITIONS.format(oods=oods, knn_k=knn_k_text(runs))]
     left_out = [o for o in table.all_ood_sets if o not in table.ood_sets]
     if left_out:
         out.append(f"OOD sets not scored for every run, left out of the means: "

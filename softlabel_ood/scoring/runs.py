@@ -20,7 +20,7 @@ import numpy as np
 from softlabel_ood.scoring import float64, groups, head_scores, metrics, odin_selection, scores
 from softlabel_ood.scoring.head_scores import HEAD_SCORES
 from softlabel_ood.scoring.metrics import ID_METRICS, METRICS, ScoringError
-from softlabel_ood.scoring.scores import FEATURE_SCORES, KNN_K, LOGIT_SCORES
+from softlabel_ood.scoring.scores import FEATURE_SCORES, LOGIT_SCORES
 from softlabel_ood.workdir import predictions as predictions_lib
 
 # Every score, in the order of metrics.csv and metrics.md. Definitions: docs/scores_and_metrics.md.
@@ -91,7 +91,22 @@ def _id_calibration(logit_values, logits, labels, edges):
                                    edges)
 
 
-def _dispatch_run(name: str, preds: predictions_lib.Predictions, knn_k: int) -> _RunScores:
+def _knn_note(k: int | None, num_train: int) -> tuple[int, str]:
+    """The k the knn score uses for an id_train split of `num_train` rows, and what it is."""
+    if k is None:
+        k = scores.default_knn_k(num_train)
+        why = (f"Sun et al.'s k = 50 for 50,000 train examples, scaled to the {num_train:,} "
+               f"id_train examples: one per {scores.KNN_TRAIN_PER_NEIGHBOUR:,}, at least 1")
+    else:
+        why = "as given"
+    k_used = min(k, num_train)
+    if k_used < k:
+        why += f"; {k} capped at the id_train size"
+    return k_used, f"k = {k_used} ({why})"
+
+
+def _dispatch_run(name: str, preds: predictions_lib.Predictions,
+                  knn_k: int | None) -> _RunScores:
     """Starts the run's score computations; JAX runs them while the next run is read."""
     id_test = preds.id_test_name
     ood = preds.names("ood_test")
@@ -105,16 +120,18 @@ def _dispatch_run(name: str, preds: predictions_lib.Predictions, knn_k: int) -> 
     values = {"logit": logit_values}  # split -> [4, N], taken apart once computed
 
     skipped = {}
+    notes = {}
     problem = _feature_problem(preds, evaluated)
     if problem is None:
         train = preds.splits[preds.names("id_train")[0]]
+        k, notes["knn"] = _knn_note(knn_k, len(train.labels))
         # One pass over all evaluated splits, then cut back into splits.
         features = np.concatenate([preds.splits[s].features for s in evaluated])
         ends = np.cumsum([preds.splits[s].features.shape[0] for s in evaluated])
         for score, per_row in [
                 ("mahalanobis", scores.mahalanobis(features, train.features, train.labels,
                                                    preds.num_classes)),
-                ("knn", scores.knn(features, train.features, knn_k))]:
+                ("knn", scores.knn(features, train.features, k))]:
             values[score] = dict(zip(evaluated, np.split(per_row, ends[:-1]), strict=True))
     else:
         skipped = dict.fromkeys(FEATURE_SCORES, f"skipped: {problem}")
@@ -129,7 +146,6 @@ def _dispatch_run(name: str, preds: predictions_lib.Predictions, knn_k: int) -> 
     else:
         skipped.update(dict.fromkeys(HEAD_SCORES, f"skipped: {problem}"))
 
-    notes = {}
     problem = odin_selection.odin_problem(preds)
     if problem is None:
         choice = odin_selection.choose_for(preds)
@@ -207,7 +223,7 @@ def _progress(items: Iterable, total: int | None) -> Iterable:
 
 
 def score_predictions(named: Iterable[tuple[str, predictions_lib.Predictions]], *,
-                      knn_k: int = KNN_K, progress: bool = False,
+                      knn_k: int | None = None, progress: bool = False,
                       total: int | None = None) -> ScoreReport:
     """Scores runs given as (name, Predictions) pairs; see `score_runs_report`."""
     pending = []
@@ -245,7 +261,7 @@ def _check_run_dirs(run_dirs: Sequence) -> list[str]:
     return names
 
 
-def score_runs_report(run_dirs: Sequence, *, knn_k: int = KNN_K, progress: bool = False,
+def score_runs_report(run_dirs: Sequence, *, knn_k: int | None = None, progress: bool = False,
                       ood_groups: Mapping[str, Sequence[str]] | None = None) -> ScoreReport:
     """Reads `<run_dir>/predictions` of each run and computes every score and metric.
 
@@ -257,6 +273,8 @@ def score_runs_report(run_dirs: Sequence, *, knn_k: int = KNN_K, progress: bool 
     or invalid run directory and ScoringError for clashing run names.
 
     `ood_groups` ({group: OOD sets}) overrides the groups each run names in its config.json.
+    `knn_k` fixes the knn score's k for every run; by default each run's is
+    `scores.default_knn_k` of its id_train size, and the report's notes say which k it used.
     """
     names = _check_run_dirs(run_dirs)
     run_groups = {name: (dict(ood_groups) if ood_groups is not None else groups.read_groups(d))
