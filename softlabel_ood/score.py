@@ -34,6 +34,11 @@ def _parse(argv):
                         help="groups of OOD sets whose means metrics.md shows, e.g. "
                              "'near=cifar100;far=svhn,textures' (default: each run's "
                              "config.ood_groups from its config.json)")
+    parser.add_argument("--odin_selection", default=None, choices=("id_train", "fixed"),
+                        help="the ODIN pair of every run: id_train (the ε with the highest mean "
+                             "id_train score at the largest T) or fixed (T = 1000, ε = 0.0014, "
+                             "OpenOOD's default) (default: each run's config.odin_selection "
+                             "from its config.json, else id_train)")
     parser.add_argument("--platform", default=None,
                         help="JAX platform to score on, e.g. cpu, gpu, tpu (default: "
                              "$JAX_PLATFORMS, else cpu)")
@@ -88,7 +93,7 @@ def main(argv=None) -> int:
         _check_platform(args.platform)
         groups = None if args.groups is None else scoring.groups.parse_groups(args.groups)
         report = scoring.score_runs_report(args.run_dirs, knn_k=knn_k, progress=True,
-                                           ood_groups=groups)
+                                           ood_groups=groups, odin_selection=args.odin_selection)
         for run, reasons in report.skipped.items():
             for score, reason in reasons.items():
                 print(f"{run}: {score} {reason}", file=sys.stderr)

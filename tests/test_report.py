@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -131,6 +132,13 @@ def test_report_states_the_odin_pair_of_each_run(tmp_path):
     text = report.odin_pairs_markdown(runs)
     assert "| `ce_seed0` | 1000 | 0.0014 | 35.00, 60.00 |" in text
     assert "the largest configured temperature T" in text
+    # The rule took the largest ε of the grid (0 or 0.0014) for every run: the report says so.
+    assert "Every run's rule chose the largest ε offered (0.0014)" in text
+    # With odin_selection = "fixed" the pair is OpenOOD's, and the line goes.
+    (tmp_path / "ce_seed0" / "config.json").write_text(json.dumps({"odin_selection": "fixed"}))
+    text = report.odin_pairs_markdown(runs)
+    assert "| `ce_seed0` | 1000 | 0.0014 | 35.00, 60.00 |" in text
+    assert "Every run's rule" not in text
     # The knn score's k follows the id_train split's size (24 examples: k = 1).
     assert report.knn_k_text(runs) == "k = 1"
 

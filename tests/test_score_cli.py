@@ -239,6 +239,47 @@ def test_the_knn_k_of_each_run_is_stated(tmp_path):
     assert knn_table.lstrip().startswith("k = 60 (as given")
 
 
+def test_odin_selection_fixed_from_the_run_config_and_from_the_command_line(tmp_path):
+    splits = make_run(tmp_path / "run", seed=7, features=True)
+    # On id_train, (1000, 0) now has the highest mean: the rule takes it, "fixed" (1000, 0.0014).
+    train = splits["digits_train"]
+    splits["digits_train"] = dataclasses.replace(
+        train, odin_log_ratio=np.minimum(train.odin_log_ratio * [1, 2, 1], np.log(K)).astype(
+            np.float32))
+    predictions.write(tmp_path / "run" / "predictions", splits, num_classes=K, run={},
+                      odin_pairs=ODIN_PAIRS)
+
+    def odin_auroc(column):
+        return scoring.pair_metrics(splits["digits_test"].odin_log_ratio[:, column],
+                                    splits["gaussian"].odin_log_ratio[:, column])["auroc"]
+
+    assert odin_auroc(1) != odin_auroc(2)
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"odin_selection": "fixed"}))
+    report = scoring.score_runs_report([tmp_path / "run"], knn_k=5)
+    assert report.notes["run"]["odin"] == "T = 1000, ε = 0.0014 (fixed: OpenOOD's default pair)"
+    rows = {(r.score, r.ood, r.metric): r.value for r in report.rows}
+    assert rows[("odin", "gaussian", "auroc")] == pytest.approx(odin_auroc(2), abs=1e-12)
+    # --odin_selection replaces the stored choice.
+    result = run_score(tmp_path / "run", f"--out={tmp_path / 'm'}", "--odin_selection=id_train")
+    assert result.returncode == 0, result.stderr
+    assert "run: odin T = 1000, ε = 0 (chosen by the rule" in result.stderr
+    rows = {(r.score, r.ood, r.metric): r.value
+            for r in scoring.read_metrics_csv(tmp_path / "m" / "metrics.csv")}
+    assert rows[("odin", "gaussian", "auroc")] == pytest.approx(odin_auroc(1), abs=1e-12)
+    # Runs saved without the fixed pair skip odin under "fixed", and say why.
+    (tmp_path / "run" / "config.json").write_text(json.dumps({}))
+    predictions.write(tmp_path / "run" / "predictions",
+                      {n: dataclasses.replace(sp, odin_log_ratio=sp.odin_log_ratio[:, :2])
+                       for n, sp in splits.items()}, num_classes=K, run={},
+                      odin_pairs=ODIN_PAIRS[:2])
+    report = scoring.score_runs_report([tmp_path / "run"], knn_k=5, odin_selection="fixed")
+    assert report.skipped["run"]["odin"] == (
+        "skipped: odin_selection is fixed, but the predictions hold no pair (T = 1000, "
+        "ε = 0.0014)")
+    with pytest.raises(scoring.ScoringError, match="odin_selection: 'best', expected one of"):
+        scoring.score_runs_report([tmp_path / "run"], odin_selection="best")
+
+
 def test_v2_run_directories_score_odin_from_their_saved_scores(tmp_path):
     # Format v2 saved the ODIN scores p themselves, in float32, as `odin`: they are still read,
     # and the pair and the metrics come from them as before.

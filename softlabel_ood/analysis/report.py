@@ -368,22 +368,33 @@ def knn_k_text(runs: Sequence[RunInfo]) -> str:
 
 
 def odin_pairs_markdown(runs: Sequence[RunInfo]) -> str:
-    """Per run at hand: the (T, ε) pair the odin score used, chosen on ID train data only."""
-    rows = []
+    """Per run at hand: the (T, ε) pair the odin score used, chosen without OOD data."""
+    rows, choices = [], []
     for r in runs:
         directory = epath.Path(r.directory) / "predictions" if r.directory else None
         if directory is None or not (directory / predictions.MANIFEST).exists():
             continue
-        choice = scoring.odin_selection.choose_from_directory(results.local_copy(directory))
+        config = epath.Path(r.directory) / scoring.odin_selection.CONFIG_FILE
+        selection = scoring.odin_selection.selection_from_config(
+            json.loads(config.read_text()) if config.exists() else {}, str(config))
+        choice = scoring.odin_selection.choose_from_directory(results.local_copy(directory),
+                                                              selection)
         if choice is not None:
+            choices.append(choice)
             rows.append([f"`{r.run}`", f"{choice.temperature:g}", f"{choice.epsilon:g}",
                          ", ".join(f"{100 * m:.2f}" for m in choice.id_train_means)])
     if not rows:
         return ""
-    return ("The `odin` score of each run uses one saved (T, ε) pair, chosen without OOD data: "
-            f"{scoring.odin_selection.RULE}. Last column: the mean id_train ODIN score (%) of "
-            "each ε at that T, smallest ε first.\n\n"
-            + _md_table(["run", "T", "ε", "mean id_train score per ε"], rows))
+    text = ("The `odin` score of each run uses one saved (T, ε) pair, chosen without OOD data: "
+            f"{scoring.odin_selection.RULE}, or OpenOOD's fixed default (T = 1000, ε = 0.0014) "
+            "for runs with `odin_selection = \"fixed\"`. Last column: the mean id_train ODIN "
+            "score (%) of each ε at that T, smallest ε first.\n\n")
+    if all(c.took_the_largest_epsilon for c in choices):
+        largest = ", ".join(sorted({f"{c.epsilon:g}" for c in choices}))
+        text += (f"Every run's rule chose the largest ε offered ({largest}): the mean id_train "
+                 "score was highest there, so the rule sits at the edge of its grid; OpenOOD's "
+                 "fixed pair (`odin_selection = \"fixed\"`) is the comparison point.\n\n")
+    return text + _md_table(["run", "T", "ε", "mean id_train score per ε"], rows)
 
 
 def render(table: MetricTable, runs: Sequence[RunInfo], *, title: str,
