@@ -21,11 +21,11 @@ What is saved is not the max softmax p but its log-ratio to the uniform value 1/
 since K · p = K / sum_k exp(u_k) = 1 / (1 + mean_k expm1(u_k)). It is strictly increasing in p,
 so it ranks examples exactly as the ODIN score does, and it keeps float32's full relative
 resolution near the uniform distribution, where ODIN's scores lie at large T: at T = 1000 every
-p is about 1/K, and float32 p itself ties up to 8% of the examples. Each expm1 term keeps full
-relative precision however small u is, and so does their mean and its log1p (to a few float32
-roundings). At the other end, p near 1 (T = 1), the log-ratio lies near log K, where float32
-resolves 1 - p to about 2e-7: no finer than float32 p itself (the `msp` score, computed from the
-saved logits in float64, is the full-resolution score there).
+p is about 1/K, and float32 p ties up to 16% of the id_train examples (the digits runs). Each
+expm1 term keeps full relative precision however small u is, and so does their mean and its
+log1p (to a few float32 roundings). At the other end, p near 1 (T = 1), the log-ratio lies near
+log K, where float32 resolves 1 - p to about 2e-7: no finer than float32 p itself (the `msp`
+score, computed from the saved logits in float64, is the full-resolution score there).
 
 The gradient depends on T but not on ε, so one forward and backward pass per temperature serves
 all of its ε: a pair with ε > 0 costs one extra forward pass, and every ε = 0 pair comes from the
