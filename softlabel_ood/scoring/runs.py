@@ -281,7 +281,7 @@ def score_runs_report(run_dirs: Sequence, *, knn_k: int | None = None, progress:
 
     `ood_groups` ({group: OOD sets}) overrides the groups each run names in its config.json.
     `knn_k` fixes the knn score's k for every run; by default each run's is
-    `scores.default_knn_k` of its id_train size, and the report's notes say which k it used.
+    `scores.default_knn_k` of its id_train size, and the notes say which k it used.
     `odin_selection` ("id_train" or "fixed") overrides the rule each run's config.json names for
     its ODIN pair (odin_selection.py).
     """

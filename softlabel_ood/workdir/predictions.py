@@ -73,9 +73,11 @@ class Split:
     def odin_max_softmax(self) -> np.ndarray | None:
         """float64 [N, P]: the ODIN scores (the max softmax at temperature T), from either
         format."""
+        num_classes = self.logits.shape[1]
         if self.odin_log_ratio is not None:
-            return odin_max_softmax(ODIN_FIELD, self.odin_log_ratio, self.logits.shape[1])
-        return None if self.odin is None else odin_max_softmax(ODIN_V2_FIELD, self.odin, 0)
+            return odin_max_softmax(ODIN_FIELD, self.odin_log_ratio, num_classes)
+        return None if self.odin is None else odin_max_softmax(ODIN_V2_FIELD, self.odin,
+                                                                num_classes)
 
 
 def odin_max_softmax(field: str, saved: np.ndarray, num_classes: int) -> np.ndarray:
