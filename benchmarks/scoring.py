@@ -38,6 +38,7 @@ from softlabel_ood import scoring
 from softlabel_ood.workdir import predictions
 
 ODIN_PAIRS = ((1.0, 0.0), (1000.0, 0.0), (1000.0, 0.0014), (1000.0, 0.004))
+KNN_K = 50  # Sun et al.'s CIFAR k, given to both computations
 
 
 def make_runs(num_runs, num_ood, num_examples, num_classes, feature_dim=0, train_examples=0,
@@ -199,7 +200,7 @@ def sklearn_loop(runs):
                 split = preds.splits[split_name]
                 values[split_name].update(numpy_feature_scores(
                     split.features, train.features, train.labels, preds.num_classes,
-                    preds.head.kernel, preds.head.bias, scoring.KNN_K))
+                    preds.head.kernel, preds.head.bias, KNN_K))
                 values[split_name]["odin"] = split.odin[:, column].astype(np.float64)
             score_names += ["mahalanobis", "knn", "react", "vim", "odin"]
         for score in score_names:
@@ -266,7 +267,7 @@ def compare(title, ours_fn, sklearn_fn, repeats, tolerance, knn_tolerance=None):
 
 
 def ours(runs):
-    rows = scoring.score_predictions(runs).rows
+    rows = scoring.score_predictions(runs, knn_k=KNN_K).rows
     return {(r.run, r.score, r.ood, r.metric): r.value for r in rows}
 
 

@@ -79,7 +79,8 @@ def write_predictions(configs: Sequence[ml_collections.ConfigDict],
         for r, run_splits in enumerate(splits):
             run_splits[split_name] = predictions.Split(
                 role=role, logits=out["logits"][r], features=out["features"][r],
-                odin=out["odin"][r] if "odin" in out else None, labels=ds.labels.astype(np.int32))
+                odin_log_ratio=out["odin"][r] if "odin" in out else None,
+                labels=ds.labels.astype(np.int32))
     kernels, biases = jax.device_get(models.classifier_head(variables["params"]))
     if distributed.is_writer():
         for r, (run_config, workdir) in enumerate(zip(configs, workdirs, strict=True)):

@@ -27,11 +27,18 @@ def _parse(argv):
                         help="run directories, each holding predictions/manifest.json")
     parser.add_argument("--out", required=True, help="directory for metrics.csv and metrics.md")
     parser.add_argument("--knn_k", type=int, default=None,
-                        help="k of the knn score (default 50, capped at the id_train size)")
+                        help="k of the knn score for every run (default: per run, one "
+                             "neighbour per 1,000 id_train examples, at least 1, as Sun et al.'s "
+                             "k = 50 for 50,000; capped at the id_train size)")
     parser.add_argument("--groups", default=None,
                         help="groups of OOD sets whose means metrics.md shows, e.g. "
                              "'near=cifar100;far=svhn,textures' (default: each run's "
                              "config.ood_groups from its config.json)")
+    parser.add_argument("--odin_selection", default=None, choices=("id_train", "fixed"),
+                        help="the ODIN pair of every run: id_train (the ε with the highest mean "
+                             "id_train score at the largest T) or fixed (T = 1000, ε = 0.0014, "
+                             "OpenOOD's default) (default: each run's config.odin_selection "
+                             "from its config.json, else id_train)")
     parser.add_argument("--platform", default=None,
                         help="JAX platform to score on, e.g. cpu, gpu, tpu (default: "
                              "$JAX_PLATFORMS, else cpu)")
@@ -78,15 +85,15 @@ def main(argv=None) -> int:
 
     from softlabel_ood import cli_errors, scoring
 
-    knn_k = scoring.KNN_K if args.knn_k is None else args.knn_k
+    knn_k = args.knn_k
     try:
-        if knn_k < 1:
+        if knn_k is not None and knn_k < 1:
             raise scoring.ScoringError(f"--knn_k: must be at least 1, got {knn_k}")
         _check_out(args.out)
         _check_platform(args.platform)
         groups = None if args.groups is None else scoring.groups.parse_groups(args.groups)
         report = scoring.score_runs_report(args.run_dirs, knn_k=knn_k, progress=True,
-                                           ood_groups=groups)
+                                           ood_groups=groups, odin_selection=args.odin_selection)
         for run, reasons in report.skipped.items():
             for score, reason in reasons.items():
                 print(f"{run}: {score} {reason}", file=sys.stderr)

@@ -62,6 +62,13 @@ BAD_CONFIGS = [
     ("ce", {"odin_pairs": ((1000.0, -0.1),)},
      "config.odin_pairs: ((1000.0, -0.1),) is not allowed; expected distinct (temperature > 0, "
      "epsilon >= 0) pairs"),
+    ("ce", {"odin_selection": "best"},
+     "config.odin_selection: 'best' is not allowed; expected id_train (the ε with the highest "
+     "mean id_train ODIN score at the largest T) or fixed (T = 1000, ε = 0.0014, OpenOOD's "
+     "default)"),
+    ("ce", {"odin_selection": "fixed", "odin_pairs": ((1000.0, 0.001),)},
+     "config.odin_selection: 'fixed' scores ODIN at (T, ε) = (1000.0, 0.0014), which "
+     "config.odin_pairs lacks; add it there"),
     ("ce", {"dataset": "no_such_set"}, "config.dataset: unknown dataset 'no_such_set'; known: "),
     ("ce", {"ood_datasets": ("flower_patches", "svhm")},
      "config.ood_datasets: unknown dataset 'svhm'; known: cifar10"),
@@ -227,6 +234,15 @@ def test_oe_finetune_is_honoured_by_every_family(parse, family):
 
 def test_the_optimizer_names_agree_with_the_optimizer_module():
     assert config_validation.OPTIMIZERS == optimizer.OPTIMIZERS
+
+
+def test_the_odin_selections_agree_with_the_scoring_module():
+    from softlabel_ood.scoring import odin_selection
+    assert config_validation.ODIN_SELECTIONS == odin_selection.SELECTIONS
+    assert config_validation.ODIN_FIXED_PAIR == odin_selection.FIXED_PAIR
+    # The default config offers the fixed pair, so "fixed" works without other changes.
+    config = tiny_digits_config("ce", odin_selection="fixed")
+    config_validation.check(config)
 
 
 def test_methods_name_their_teacher_and_outliers():

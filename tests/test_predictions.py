@@ -122,7 +122,8 @@ FILE_CASES = {
                  "manifest.json: not valid JSON"),
     "wrong format": (lambda d: _edit_manifest(d, lambda m: m.update(format="v0")),
                      "manifest.json: field 'format' is 'v0', expected one of "
-                     "'softlabel_ood.predictions/v1', 'softlabel_ood.predictions/v2'"),
+                     "'softlabel_ood.predictions/v1', 'softlabel_ood.predictions/v2', "
+                     "'softlabel_ood.predictions/v3'"),
     "bad num_classes": (lambda d: _edit_manifest(d, lambda m: m.update(num_classes="3")),
                         "manifest.json: field 'num_classes' is '3'"),
     "missing split file": (lambda d: (d / "svhn.npz").unlink(),
@@ -203,10 +204,10 @@ def test_validation_errors_name_the_file_and_field(pred_dir, case):
 PAIRS = ((1.0, 0.0), (1000.0, 0.0014))
 
 
-def _v2_splits() -> dict[str, Split]:
+def _v3_splits() -> dict[str, Split]:
     rng = np.random.default_rng(1)
-    return {name: dataclasses.replace(split, odin=rng.uniform(
-        1 / K, 1, (len(split.labels), len(PAIRS))).astype(np.float32))
+    return {name: dataclasses.replace(split, odin_log_ratio=rng.uniform(
+        0, np.log(K), (len(split.labels), len(PAIRS))).astype(np.float32))
         for name, split in _splits().items()}
 
 
@@ -217,26 +218,61 @@ def _head() -> predictions.Head:
 
 
 @pytest.fixture
-def v2_dir(tmp_path):
+def v3_dir(tmp_path):
     directory = tmp_path / "run" / "predictions"
-    predictions.write(directory, _v2_splits(), num_classes=K, run={}, head=_head(),
+    predictions.write(directory, _v3_splits(), num_classes=K, run={}, head=_head(),
                       odin_pairs=PAIRS)
     return directory
 
 
-def test_v2_round_trip_with_head_and_odin(v2_dir):
-    manifest = json.loads((v2_dir / "manifest.json").read_text())
-    assert manifest["format"] == "softlabel_ood.predictions/v2"
+def as_v2(directory):
+    """Rewrites a v3 directory as format v2 wrote it: the ODIN scores themselves, as `odin`."""
+    _edit_manifest(directory, lambda m: m.update(format="softlabel_ood.predictions/v2"))
+    for path in directory.glob("*.npz"):
+        with np.load(path) as npz:
+            arrays = dict(npz)
+        if "odin_log_ratio" in arrays:
+            arrays["odin"] = (np.exp(arrays.pop("odin_log_ratio").astype(np.float64)) / K
+                              ).astype(np.float32)
+        np.savez(path, **arrays)
+
+
+def test_v3_round_trip_with_head_and_odin(v3_dir):
+    manifest = json.loads((v3_dir / "manifest.json").read_text())
+    assert manifest["format"] == "softlabel_ood.predictions/v3"
     assert manifest["head"] == {"file": "head.npz"}
     assert manifest["odin"] == {"pairs": [[1.0, 0.0], [1000.0, 0.0014]]}
-    preds = predictions.read(v2_dir)
+    with np.load(v3_dir / "svhn.npz") as npz:
+        assert sorted(npz.files) == ["features", "labels", "logits", "odin_log_ratio"]
+    preds = predictions.read(v3_dir)
     assert preds.odin_pairs == PAIRS
     np.testing.assert_array_equal(preds.head.kernel, _head().kernel)
     np.testing.assert_array_equal(preds.head.bias, _head().bias)
-    for name, split in _v2_splits().items():
-        np.testing.assert_array_equal(preds.splits[name].odin, split.odin)
-    assert sorted(p.name for p in v2_dir.iterdir()) == sorted(
+    for name, split in _v3_splits().items():
+        got = preds.splits[name]
+        np.testing.assert_array_equal(got.odin_log_ratio, split.odin_log_ratio)
+        assert got.odin is None
+        # The scores themselves: p = exp(log(K p)) / K; the ranking values are the log-ratios.
+        np.testing.assert_allclose(got.odin_max_softmax(),
+                                   np.exp(split.odin_log_ratio.astype(np.float64)) / K)
+        np.testing.assert_array_equal(got.odin_ranking(), split.odin_log_ratio)
+    assert sorted(p.name for p in v3_dir.iterdir()) == sorted(
         ["manifest.json", "head.npz", *(f"{n}.npz" for n in _splits())])
+
+
+def test_v2_directories_are_still_read(v3_dir):
+    as_v2(v3_dir)
+    preds = predictions.read(v3_dir)
+    assert preds.odin_pairs == PAIRS
+    for name, split in _v3_splits().items():
+        got = preds.splits[name]
+        assert got.odin_log_ratio is None
+        expected = (np.exp(split.odin_log_ratio.astype(np.float64)) / K).astype(np.float32)
+        np.testing.assert_array_equal(got.odin, expected)
+        np.testing.assert_array_equal(got.odin_max_softmax(), expected)
+        np.testing.assert_array_equal(got.odin_ranking(), expected)
+    from softlabel_ood.scoring import odin_selection
+    assert odin_selection.choose_from_directory(v3_dir) == odin_selection.choose_for(preds)
 
 
 def test_v1_directories_are_still_read(pred_dir):
@@ -245,11 +281,12 @@ def test_v1_directories_are_still_read(pred_dir):
     preds = predictions.read(pred_dir)
     assert preds.head is None
     assert preds.odin_pairs == ()
-    assert all(split.odin is None for split in preds.splits.values())
+    assert all(split.odin is None and split.odin_log_ratio is None
+               for split in preds.splits.values())
     np.testing.assert_array_equal(preds.splits["svhn"].logits, _splits()["svhn"].logits)
 
 
-V2_CASES = {
+V3_CASES = {
     "kernel dtype": (lambda d: _rewrite_npz(d / "head.npz", kernel=np.zeros((2, K))),
                      "head.npz: field 'kernel' has dtype float64, expected float32"),
     "kernel columns": (lambda d: _rewrite_npz(d / "head.npz",
@@ -268,14 +305,22 @@ V2_CASES = {
                           "head.npz: missing (listed in the manifest)"),
     "head outside": (lambda d: _edit_manifest(d, lambda m: m["head"].update(file="../h.npz")),
                      "manifest.json: field 'head.file' is '../h.npz'"),
-    "missing odin": (lambda d: _rewrite_npz(d / "svhn.npz", odin=None),
-                     "svhn.npz: field 'odin' is missing (the manifest lists 2 ODIN pairs)"),
-    "odin shape": (lambda d: _rewrite_npz(d / "svhn.npz", odin=np.full((3, 1), 0.5, np.float32)),
-                   "svhn.npz: field 'odin' has shape (3, 1), expected (3, 2)"),
-    "odin dtype": (lambda d: _rewrite_npz(d / "svhn.npz", odin=np.full((3, 2), 0.5)),
-                   "svhn.npz: field 'odin' has dtype float64, expected float32"),
-    "odin range": (lambda d: _rewrite_npz(d / "svhn.npz", odin=np.full((3, 2), 1.5, np.float32)),
-                   "svhn.npz: field 'odin' has values outside (0, 1]"),
+    "missing odin": (lambda d: _rewrite_npz(d / "svhn.npz", odin_log_ratio=None),
+                     "svhn.npz: field 'odin_log_ratio' is missing (the manifest lists 2 ODIN "
+                     "pairs)"),
+    "odin shape": (lambda d: _rewrite_npz(d / "svhn.npz",
+                                          odin_log_ratio=np.full((3, 1), 0.5, np.float32)),
+                   "svhn.npz: field 'odin_log_ratio' has shape (3, 1), expected (3, 2)"),
+    "odin dtype": (lambda d: _rewrite_npz(d / "svhn.npz", odin_log_ratio=np.full((3, 2), 0.5)),
+                   "svhn.npz: field 'odin_log_ratio' has dtype float64, expected float32"),
+    "odin above log K": (lambda d: _rewrite_npz(d / "svhn.npz", odin_log_ratio=np.full(
+        (3, 2), 1.2, np.float32)), "svhn.npz: field 'odin_log_ratio' has values outside [0, "
+                                   "log K = 1.09861]"),
+    "odin negative": (lambda d: _rewrite_npz(d / "svhn.npz", odin_log_ratio=np.full(
+        (3, 2), -1e-6, np.float32)), "svhn.npz: field 'odin_log_ratio' has values outside [0,"),
+    "v2 odin in v3": (lambda d: _rewrite_npz(d / "svhn.npz", odin_log_ratio=None,
+                                             odin=np.full((3, 2), 0.5, np.float32)),
+                      "svhn.npz: field 'odin_log_ratio' is missing"),
     "odin pair": (lambda d: _edit_manifest(d, lambda m: m["odin"].update(pairs=[[0, 0.1]])),
                   "manifest.json: field 'odin.pairs' has entry [0, 0.1], expected "
                   "[temperature > 0, epsilon >= 0]"),
@@ -284,25 +329,46 @@ V2_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(V2_CASES))
-def test_v2_validation_errors_name_the_file_and_field(v2_dir, case):
-    breaks, message = V2_CASES[case]
-    breaks(v2_dir)
+@pytest.mark.parametrize("case", list(V3_CASES))
+def test_v3_validation_errors_name_the_file_and_field(v3_dir, case):
+    breaks, message = V3_CASES[case]
+    breaks(v3_dir)
     with pytest.raises(PredictionsError) as error:
-        predictions.validate(v2_dir)
+        predictions.validate(v3_dir)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+V2_CASES = {
+    "missing odin": (lambda d: _rewrite_npz(d / "svhn.npz", odin=None),
+                     "svhn.npz: field 'odin' is missing (the manifest lists 2 ODIN pairs)"),
+    "odin range": (lambda d: _rewrite_npz(d / "svhn.npz", odin=np.full((3, 2), 1.5, np.float32)),
+                   "svhn.npz: field 'odin' has values outside (0, 1]"),
+    "odin shape": (lambda d: _rewrite_npz(d / "svhn.npz", odin=np.full((3, 1), 0.5, np.float32)),
+                   "svhn.npz: field 'odin' has shape (3, 1), expected (3, 2)"),
+}
+
+
+@pytest.mark.parametrize("case", list(V2_CASES))
+def test_v2_validation_errors_name_the_file_and_field(v3_dir, case):
+    as_v2(v3_dir)
+    breaks, message = V2_CASES[case]
+    breaks(v3_dir)
+    with pytest.raises(PredictionsError) as error:
+        predictions.validate(v3_dir)
     assert message in str(error.value)
     assert "\n" not in str(error.value)
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"odin_pairs": PAIRS}, "split 'cifar_test': field 'odin' is missing"),
+    ({"odin_pairs": PAIRS}, "split 'cifar_test': field 'odin_log_ratio' is missing"),
     ({"head": predictions.Head(np.zeros((3, K), np.float32), np.zeros(K, np.float32))},
      "split 'cifar_test': field 'features' has 2 columns, but the head's kernel has 3 rows"),
     ({"head": predictions.Head(np.zeros((2, K), np.float32), np.zeros(K))},
      "head: field 'bias' has dtype float64"),
     ({"odin_pairs": ((1.0, -0.1),)}, "odin_pairs: field 'odin.pairs' has entry (1.0, -0.1)"),
 ])
-def test_write_rejects_bad_v2_arrays_and_writes_nothing(tmp_path, kwargs, message):
+def test_write_rejects_bad_v3_arrays_and_writes_nothing(tmp_path, kwargs, message):
     with pytest.raises(PredictionsError, match=re.escape(message)):
         predictions.write(tmp_path / "p", _splits(), num_classes=K, run={}, **kwargs)
     assert not (tmp_path / "p").exists()
@@ -310,7 +376,16 @@ def test_write_rejects_bad_v2_arrays_and_writes_nothing(tmp_path, kwargs, messag
 
 def test_write_rejects_odin_arrays_without_pairs(tmp_path):
     with pytest.raises(PredictionsError, match="the manifest lists no ODIN pairs"):
-        predictions.write(tmp_path / "p", _v2_splits(), num_classes=K, run={})
+        predictions.write(tmp_path / "p", _v3_splits(), num_classes=K, run={})
+
+
+def test_write_refuses_format_v2_odin_scores(tmp_path):
+    splits = {name: dataclasses.replace(split, odin=np.full((len(split.labels), 2), 0.5,
+                                                            np.float32))
+              for name, split in _splits().items()}
+    with pytest.raises(PredictionsError, match=r"field 'odin' .* is read, never written"):
+        predictions.write(tmp_path / "p", splits, num_classes=K, run={}, odin_pairs=PAIRS)
+    assert not (tmp_path / "p").exists()
 
 
 def test_missing_directory(tmp_path):

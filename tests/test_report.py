@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -194,13 +195,14 @@ def _odin_predictions(run_dir, train_scores) -> None:
     directory = run_dir / "predictions"
     preds = predictions.read(directory)
     rng = np.random.default_rng(0)
-    splits = {name: dataclasses.replace(split, odin=rng.uniform(0.4, 0.6, (len(split.labels), 3))
-                                        .astype(np.float32)) for name, split in
-              preds.splits.items()}
+    k = preds.num_classes
+    splits = {name: dataclasses.replace(split, odin_log_ratio=np.log(
+        k * rng.uniform(0.4, 0.6, (len(split.labels), 3))).astype(np.float32))
+        for name, split in preds.splits.items()}
     train = splits["toy_test"].logits.shape[0]
     splits["toy_train"] = predictions.Split(
         "id_train", splits["toy_test"].logits, np.zeros(train, np.int32),
-        odin=np.tile(np.float32(train_scores), (train, 1)))
+        odin_log_ratio=np.log(k * np.tile(np.float32(train_scores), (train, 1))))
     predictions.write(directory, splits, num_classes=preds.num_classes, run=preds.run,
                       odin_pairs=((1.0, 0.0), (1000.0, 0.0), (1000.0, 0.0014)))
 
@@ -217,11 +219,20 @@ def test_report_states_the_odin_pair_of_each_run(tmp_path):
     assert "| `ce_seed0` | 1000 | 0.0014 | 30.00, 60.00 |" in text
     assert "| `ce_seed1` | 1000 | 0 | 70.00, 60.00 |" in text
     assert "the largest configured temperature T" in text
-    # Every run with the same pair: one line instead of the table.
-    one = report.odin_pairs_markdown({"ce_seed0": choices["ce_seed0"],
-                                      "ls_seed0": choices["ce_seed0"]})
-    assert "Every one of the 2 runs chose T = 1000, ε = 0.0014" in one
+    assert "Every run's rule" not in text  # one run took ε = 0
+    # Every run with the same pair: one line instead of the table; and that pair is the largest
+    # ε of the grid for every run, which the report says.
+    one = report.odin_pairs_markdown(report.odin_choices(runs[:1]))
+    assert "Every one of the 1 runs chose T = 1000, ε = 0.0014" in one
+    assert "Every run's rule chose the largest ε offered (0.0014)" in one
     assert "|" not in one
+    # With odin_selection = "fixed" the pair is OpenOOD's, and that line goes.
+    (tmp_path / "ce_seed0" / "config.json").write_text(json.dumps({"odin_selection": "fixed"}))
+    fixed = report.odin_pairs_markdown(report.odin_choices(runs[:1]))
+    assert "chose T = 1000, ε = 0.0014" in fixed
+    assert "Every run's rule" not in fixed
+    # The knn score's k follows the id_train split's size (24 examples: k = 1).
+    assert report.knn_k_text(runs) == "k = 1"
 
 
 def test_report_groups_and_claim_1_for_every_score(tmp_path):

@@ -42,11 +42,11 @@ def make_run(run_dir: pathlib.Path, seed: int, features: bool) -> dict[str, Spli
     if not features:
         predictions.write(run_dir / "predictions", splits, num_classes=K, run={"seed": seed})
         return splits
-    # With features, also the head and ODIN scores (format v2); on the train split the pair
-    # (1000, 0.0014) has the highest mean, so the selection rule picks it.
+    # With features, also the head and ODIN arrays (format v3: log(K p) for the scores p); on
+    # the train split the pair (1000, 0.0014) has the highest mean, so the selection rule picks it.
     splits["digits_train"] = split("id_train", 60, 3.0)
-    splits = {name: dataclasses.replace(sp, odin=rng.uniform(
-        0.3, 0.7 + 0.1 * (name == "digits_train") * np.arange(3), (len(sp.labels), 3)).astype(
+    splits = {name: dataclasses.replace(sp, odin_log_ratio=np.log(K * rng.uniform(
+        0.3, 0.7 + 0.1 * (name == "digits_train") * np.arange(3), (len(sp.labels), 3))).astype(
         np.float32)) for name, sp in splits.items()}
     head = predictions.Head(rng.normal(size=(3, K)).astype(np.float32),
                             rng.normal(size=K).astype(np.float32))
@@ -115,7 +115,8 @@ def test_cli_writes_metrics_csv_and_md(scored, runs):
                                         fn(ce["gaussian"].features, *head))
         for metric, value in expected.items():
             assert values[("ce", score, "gaussian", metric)] == pytest.approx(value, abs=1e-12)
-    expected = scoring.pair_metrics(ce["digits_test"].odin[:, 2], ce["blobs"].odin[:, 2])
+    expected = scoring.pair_metrics(ce["digits_test"].odin_log_ratio[:, 2],
+                                    ce["blobs"].odin_log_ratio[:, 2])
     assert values[("ce", "odin", "blobs", "auroc")] == pytest.approx(expected["auroc"], abs=1e-12)
     assert "ce: odin T = 1000, ε = 0.0014 (chosen by the rule" in result.stderr
 
@@ -217,6 +218,94 @@ def test_v1_run_directories_are_scored_without_head_scores(tmp_path):
         "skipped: the predictions have no classifier head (format v1)"
 
 
+def test_the_knn_k_of_each_run_is_stated(tmp_path):
+    # 60 id_train examples: the default rule's k is 1; a given k is capped at 60.
+    make_run(tmp_path / "run", seed=6, features=True)
+    report = scoring.score_runs_report([tmp_path / "run"])
+    assert report.notes["run"]["knn"] == (
+        "k = 1 (Sun et al.'s k = 50 for 50,000 train examples, scaled to the 60 id_train "
+        "examples: one per 1,000, at least 1)")
+    train = predictions.read(tmp_path / "run" / "predictions").splits["digits_train"]
+    test = predictions.read(tmp_path / "run" / "predictions").splits["digits_test"]
+    blobs = predictions.read(tmp_path / "run" / "predictions").splits["blobs"]
+    rows = {(r.score, r.ood, r.metric): r.value for r in report.rows}
+    expected = scoring.pair_metrics(scoring.knn(test.features, train.features, 1),
+                                    scoring.knn(blobs.features, train.features, 1))
+    assert rows[("knn", "blobs", "auroc")] == pytest.approx(expected["auroc"], abs=1e-12)
+    report = scoring.score_runs_report([tmp_path / "run"], knn_k=100)
+    assert report.notes["run"]["knn"] == "k = 60 (as given; 100 capped at the id_train size)"
+    scoring.write_metrics(report.rows, tmp_path / "out", notes=report.notes)
+    knn_table = (tmp_path / "out" / "metrics.md").read_text().split("### knn")[1]
+    assert knn_table.lstrip().startswith("k = 60 (as given")
+
+
+def test_odin_selection_fixed_from_the_run_config_and_from_the_command_line(tmp_path):
+    splits = make_run(tmp_path / "run", seed=7, features=True)
+    # On id_train, (1000, 0) now has the highest mean: the rule takes it, "fixed" (1000, 0.0014).
+    train = splits["digits_train"]
+    splits["digits_train"] = dataclasses.replace(
+        train, odin_log_ratio=np.minimum(train.odin_log_ratio * [1, 2, 1], np.log(K)).astype(
+            np.float32))
+    predictions.write(tmp_path / "run" / "predictions", splits, num_classes=K, run={},
+                      odin_pairs=ODIN_PAIRS)
+
+    def odin_auroc(column):
+        return scoring.pair_metrics(splits["digits_test"].odin_log_ratio[:, column],
+                                    splits["gaussian"].odin_log_ratio[:, column])["auroc"]
+
+    assert odin_auroc(1) != odin_auroc(2)
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"odin_selection": "fixed"}))
+    report = scoring.score_runs_report([tmp_path / "run"], knn_k=5)
+    assert report.notes["run"]["odin"] == "T = 1000, ε = 0.0014 (fixed: OpenOOD's default pair)"
+    rows = {(r.score, r.ood, r.metric): r.value for r in report.rows}
+    assert rows[("odin", "gaussian", "auroc")] == pytest.approx(odin_auroc(2), abs=1e-12)
+    # --odin_selection replaces the stored choice.
+    result = run_score(tmp_path / "run", f"--out={tmp_path / 'm'}", "--odin_selection=id_train")
+    assert result.returncode == 0, result.stderr
+    assert "run: odin T = 1000, ε = 0 (chosen by the rule" in result.stderr
+    rows = {(r.score, r.ood, r.metric): r.value
+            for r in scoring.read_metrics_csv(tmp_path / "m" / "metrics.csv")}
+    assert rows[("odin", "gaussian", "auroc")] == pytest.approx(odin_auroc(1), abs=1e-12)
+    # Runs saved without the fixed pair skip odin under "fixed", and say why.
+    (tmp_path / "run" / "config.json").write_text(json.dumps({}))
+    predictions.write(tmp_path / "run" / "predictions",
+                      {n: dataclasses.replace(sp, odin_log_ratio=sp.odin_log_ratio[:, :2])
+                       for n, sp in splits.items()}, num_classes=K, run={},
+                      odin_pairs=ODIN_PAIRS[:2])
+    report = scoring.score_runs_report([tmp_path / "run"], knn_k=5, odin_selection="fixed")
+    assert report.skipped["run"]["odin"] == (
+        "skipped: odin_selection is fixed, but the predictions hold no pair (T = 1000, "
+        "ε = 0.0014)")
+    with pytest.raises(scoring.ScoringError, match="odin_selection: 'best', expected one of"):
+        scoring.score_runs_report([tmp_path / "run"], odin_selection="best")
+
+
+def test_v2_run_directories_score_odin_from_their_saved_scores(tmp_path):
+    # Format v2 saved the ODIN scores p themselves, in float32, as `odin`: they are still read,
+    # and the pair and the metrics come from them as before.
+    make_run(tmp_path / "old", seed=5, features=True)
+    directory = tmp_path / "old" / "predictions"
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["format"] = "softlabel_ood.predictions/v2"
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    saved = {}
+    for path in directory.glob("*.npz"):
+        with np.load(path) as npz:
+            arrays = dict(npz)
+        if "odin_log_ratio" in arrays:
+            # Quantised to 0.01, so the v2 scores tie where the log-ratios did not.
+            p = np.round(np.exp(arrays.pop("odin_log_ratio").astype(np.float64)) / K, 2)
+            arrays["odin"] = saved[path.stem] = p.astype(np.float32)
+        np.savez(path, **arrays)
+    rows = {(r.score, r.ood, r.metric): r.value
+            for r in scoring.score_runs_report([tmp_path / "old"], knn_k=5).rows}
+    means = saved["digits_train"].astype(np.float64).mean(0)
+    column = 1 + int(np.argmax(means[1:]))  # the largest T, then the highest mean
+    expected = scoring.pair_metrics(saved["digits_test"][:, column], saved["blobs"][:, column])
+    for metric, value in expected.items():
+        assert rows[("odin", "blobs", metric)] == pytest.approx(value, abs=1e-12), metric
+
+
 def test_group_means_from_the_run_config_and_from_the_command_line(tmp_path):
     make_run(tmp_path / "run", seed=4, features=False)
     (tmp_path / "run" / "config.json").write_text(json.dumps(
@@ -303,7 +392,7 @@ def test_an_unknown_platform_is_refused(runs, tmp_path, capsys, monkeypatch):
 
 def _without_head_or_odin(run_dir: pathlib.Path) -> dict[str, Split]:
     """A run with features but neither head nor ODIN arrays (as format v1 has)."""
-    splits = {name: dataclasses.replace(split, odin=None)
+    splits = {name: dataclasses.replace(split, odin_log_ratio=None)
               for name, split in make_run(run_dir, 0, features=True).items()}
     predictions.write(run_dir / "predictions", splits, num_classes=K, run={})
     return splits

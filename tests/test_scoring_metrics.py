@@ -214,6 +214,56 @@ def test_fpr95_oe_matches_the_oe_code_on_tie_heavy_scores(num_id, num_ood, level
         oe_fpr95(id_scores, ood_scores)
 
 
+def planted_cut(rng, n: int):
+    """OOD scores 1..n with one tie group across recall 0.95, and 40 ID scores around it.
+
+    Returns (ID scores, OOD scores, t1, t2): the recall jumps from t1 / n to t2 / n. For n a
+    multiple of 10, t1 + t2 = 1.9 n: two recalls equally far from 0.95, where float64 rounding
+    decides; otherwise a random span around 0.95.
+    """
+    if n % 10 == 0:
+        t1 = max(19 * n // 20 - int(rng.integers(0 if n % 20 else 1, 4)), 0)
+        t2 = min(19 * n // 10 - t1, n)
+    else:
+        t1 = max(19 * n // 20 - int(rng.integers(0, 3)), 0)
+        t2 = min(-(-19 * n // 20) + int(rng.integers(0, 3)), n)
+    ood = np.arange(1.0, n + 1)
+    ood[t1:t2] = t1 + 1.0  # OOD examples t1 + 1 .. t2 tie
+    near = ood[max(t1 - 2, 0):min(t2 + 2, n)]
+    id_scores = np.r_[rng.choice(np.r_[near, near + 0.5], 30), rng.uniform(0, n + 2, 10)]
+    return id_scores, ood, t1, t2
+
+
+def test_fpr95_oe_matches_the_oe_code_for_every_ood_size_up_to_3000():
+    # One batched call over N = 1..3000, each with ties planted at the cut. About a quarter of
+    # XLA's CPU quotients t / N differ from numpy's in the last bit; the OE code's float64
+    # argmin is decided by those bits wherever two recalls are equally far from 0.95.
+    rng = np.random.default_rng(20)
+    sizes = np.arange(1, 3001)
+    cases = [planted_cut(rng, int(n)) for n in sizes]
+    id_scores = np.stack([c[0] for c in cases])
+    ood_scores = np.zeros((len(sizes), 1, sizes[-1]))
+    for i, case in enumerate(cases):
+        ood_scores[i, 0, :len(case[1])] = case[1]
+    ours = metrics.ood_metrics(id_scores, ood_scores, ood_sizes=sizes[:, None])["fpr95_oe"]
+    expected = np.array([oe_fpr95(id_s, ood) for id_s, ood, _, _ in cases])
+    wrong = sizes[ours[:, 0] != expected]
+    assert not wrong.size, f"fpr95_oe differs from the OE code for N = {wrong[:20].tolist()}"
+    # The sweep holds exact ties that float64 breaks towards the lower recall (N = 10: 0.9
+    # beats 1.0), where "ties to the larger t" in exact arithmetic would be wrong, and where
+    # the two recalls' thresholds call different numbers of ID examples OOD.
+    lower = [(id_s, ood, t1, t2) for id_s, ood, t1, t2 in cases
+             if 20 * t1 + 20 * t2 == 38 * len(ood) and t1 < t2
+             and abs(t1 / len(ood) - 0.95) < abs(t2 / len(ood) - 0.95)]
+    def accepted_as_ood(id_s, ood, t):  # ID examples below the lowest threshold of recall t
+        return np.sum(id_s < ood[t]) if t < len(ood) else np.sum(id_s <= ood[-1])
+
+    differ = [c for c in lower if accepted_as_ood(c[0], c[1], c[2])
+              != accepted_as_ood(c[0], c[1], c[3])]
+    assert len(lower) > 50
+    assert len(differ) > 20
+
+
 def test_fpr95_oe_exceeds_fpr95_ood_positive_at_the_oe_sizes():
     # Continuous scores at the OE evaluation sizes (10k ID, 2k OOD): 1900/2000 is exactly the
     # float64 0.95, so the OE rule sits on that plateau's lowest threshold and adds the ID

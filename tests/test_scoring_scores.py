@@ -90,6 +90,25 @@ def test_knn_is_the_kth_cosine_similarity_minus_one():
     assert scores.knn(features, train, 3)[0] == -1.0
 
 
+@pytest.mark.parametrize(("num_train", "k"), [
+    (50_000, 50),  # Sun et al.'s CIFAR setting
+    (60_000, 60),  # Fashion-MNIST
+    (1_347, 1),  # the digits config's training split
+    (1_281_167, 1281),  # ImageNet-1k: Sun et al. use 1000 (ratio 1/1281), the CIFAR ratio 1281
+    (12_812, 13),  # ImageNet's 1% sample: Sun et al. use 10
+    (1_500, 2), (1_499, 1), (499, 1), (1, 1)])  # halves round up; never below 1
+def test_default_knn_k_is_one_neighbour_per_thousand_train_examples(num_train, k):
+    assert scores.default_knn_k(num_train) == k
+
+
+def test_knn_without_k_uses_the_default_for_the_train_size():
+    rng = np.random.default_rng(4)
+    train = rng.normal(size=(2_600, 4)).astype(np.float32)
+    features = rng.normal(size=(9, 4)).astype(np.float32)
+    np.testing.assert_array_equal(scores.knn(features, train), scores.knn(features, train, 3))
+    assert not np.array_equal(scores.knn(features, train, 3), scores.knn(features, train, 50))
+
+
 @pytest.mark.parametrize(("call", "message"), [
     (lambda: scores.logit_scores(np.zeros((0, 3), np.float32)), "non-empty [N, K]"),
     (lambda: scores.knn(np.zeros((2, 3)), np.zeros((4, 2))), "share a feature dimension"),

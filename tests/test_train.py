@@ -35,15 +35,15 @@ def _check_run(workdir, config, *, min_accuracy=0.3):
     assert len(preds.splits["digits_train"].labels) == config.num_train_examples
     assert len(preds.splits["gaussian"].labels) == config.num_ood_examples
     assert all(split.features is not None for split in preds.splits.values())
-    # The head and the ODIN scores travel with the predictions (format v2).
+    # The head and the ODIN arrays travel with the predictions (format v3).
     assert preds.odin_pairs == tuple(config.odin_pairs)
     for split in preds.splits.values():
         np.testing.assert_allclose(split.features @ preds.head.kernel + preds.head.bias,
                                    split.logits, rtol=1e-4, atol=1e-4)
         msp = np.exp(split.logits - split.logits.max(1, keepdims=True))
         msp = (msp / msp.sum(1, keepdims=True)).max(1)
-        np.testing.assert_allclose(split.odin[:, preds.odin_pairs.index((1.0, 0.0))], msp,
-                                   rtol=1e-6)
+        np.testing.assert_allclose(
+            split.odin_max_softmax()[:, preds.odin_pairs.index((1.0, 0.0))], msp, rtol=1e-6)
     assert preds.run["method"] == config.method
     # Two short epochs on digits already classify better than chance (10%).
     test = preds.splits["digits_test"]

@@ -17,6 +17,7 @@ rules), so that a reader of the report alone can tell what every number is.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -59,9 +60,12 @@ DEFINITIONS = """\
 - **Scores** (exact formulas: `softlabel_ood/scoring/scores.py`): `msp` maximum
   softmax probability; `max_logit` largest logit; `energy` logsumexp of the logits (T = 1);
   `entropy` negative entropy of the softmax; `mahalanobis` negative smallest squared Mahalanobis
-  distance to a class mean of the ID train features (shared covariance); `knn` cosine similarity
-  to the k-th most similar ID train feature minus 1 (k = {knn_k}); `react` energy of the logits
-  of the features clipped at the 90th percentile of the ID train activations; `vim` energy minus
+  distance to a class mean of the ID train features (shared covariance; the vanilla last-layer
+  variant, OpenOOD's MDS); `knn` cosine similarity to the k-th most similar ID train feature
+  minus 1 ({knn_k}: Sun et al.'s k = 50 for 50,000 training images, scaled to the ID train
+  split's size, one neighbour per 1,000 examples, at least 1); `react` energy of the logits
+  of the features clipped at the 90th percentile of the ID train activations (the original
+  code takes it on ID validation data, which the project does not hold out); `vim` energy minus
   the scaled norm of the features' residual outside the principal subspace of the ID train
   features (`softlabel_ood/scoring/head_scores.py`); `odin` max softmax at temperature T of the
   input perturbed by ε, at the pair chosen on ID train data only (see "ODIN pairs" below).
@@ -448,26 +452,53 @@ def _write_figures(table: MetricTable, runs: Sequence[RunInfo], out_dir: epath.P
     return written
 
 
+def knn_k_text(runs: Sequence[RunInfo]) -> str:
+    """The knn score's k in these runs (`score`'s default, from each id_train split's size)."""
+    ks = set()
+    for r in runs:
+        directory = epath.Path(r.directory) / "predictions" if r.directory else None
+        if directory is None or not (directory / predictions.MANIFEST).exists():
+            continue
+        # The manifest alone (read in place, local or in a bucket): the splits' sizes.
+        splits = json.loads((directory / predictions.MANIFEST).read_text())["splits"]
+        train = [entry for entry in splits.values() if entry["role"] == "id_train"][:1]
+        ks.update(scoring.default_knn_k(entry["num_examples"]) for entry in train)
+    if not ks:
+        return "k per run"
+    return f"k = {min(ks)}" if len(ks) == 1 else f"k = {min(ks)} to {max(ks)} by run"
+
+
 def odin_choices(runs: Sequence[RunInfo]) -> dict[str, scoring.odin_selection.OdinChoice]:
-    """Run -> the (T, ε) pair its odin score used, for the runs whose predictions are at hand."""
+    """Run -> the (T, ε) pair its odin score used (by its config's `odin_selection`), for the
+    runs whose predictions are at hand."""
     choices = {}
     for r in runs:
         directory = epath.Path(r.directory) / "predictions" if r.directory else None
         if directory is None or not (directory / predictions.MANIFEST).exists():
             continue
-        choice = scoring.odin_selection.choose_from_directory(results.local_copy(directory))
+        config = epath.Path(r.directory) / scoring.odin_selection.CONFIG_FILE
+        selection = scoring.odin_selection.selection_from_config(
+            json.loads(config.read_text()) if config.exists() else {}, str(config))
+        choice = scoring.odin_selection.choose_from_directory(results.local_copy(directory),
+                                                              selection)
         if choice is not None:
             choices[r.run] = choice
     return choices
 
 
 def odin_pairs_markdown(choices: Mapping[str, scoring.odin_selection.OdinChoice]) -> str:
-    """The (T, ε) pair each run's odin score used, chosen on ID train data only; one line when
-    every run chose the same pair."""
+    """The (T, ε) pair each run's odin score used, chosen without OOD data; one line when every
+    run chose the same pair, and one more when the rule chose the largest ε for every run."""
     if not choices:
         return ""
     text = ("The `odin` score of each run uses one saved (T, ε) pair, chosen without OOD data: "
-            f"{scoring.odin_selection.RULE}.")
+            f"{scoring.odin_selection.RULE}, or OpenOOD's fixed default (T = 1000, ε = 0.0014) "
+            "for runs with `odin_selection = \"fixed\"`.")
+    if all(c.took_the_largest_epsilon for c in choices.values()):
+        largest = ", ".join(sorted({f"{c.epsilon:g}" for c in choices.values()}))
+        text += (f" Every run's rule chose the largest ε offered ({largest}): the mean id_train "
+                 "score was highest there, so the rule sits at the edge of its grid; OpenOOD's "
+                 "fixed pair (`odin_selection = \"fixed\"`) is the comparison point.")
     pairs = {(c.temperature, c.epsilon) for c in choices.values()}
     if len(pairs) == 1:
         (temperature, epsilon), = pairs
@@ -485,8 +516,12 @@ def render(table: MetricTable, runs: Sequence[RunInfo], *, title: str,
            figure_files: Sequence[tuple[str, str]],
            groups: dict[str, tuple[str, ...]] | None = None,
            odin: Mapping[str, scoring.odin_selection.OdinChoice] | None = None,
-           claim_results: Sequence[claims.ClaimResult] | None = None) -> str:
-    """report.md as a string, without its Environment section."""
+           claim_results: Sequence[claims.ClaimResult] | None = None,
+           knn_k: str | None = None) -> str:
+    """report.md as a string, without its Environment section. `knn_k` says which k the knn
+    score used (default: from the runs' predictions, `knn_k_text`)."""
+    if knn_k is None:
+        knn_k = knn_k_text(runs)
     if claim_results is None:
         claim_results = claims.evaluate_claims(table, runs, rules)
     oods = ", ".join(f"`{o}`" for o in table.ood_sets) or "(none)"
@@ -536,7 +571,7 @@ def render(table: MetricTable, runs: Sequence[RunInfo], *, title: str,
     if rest:
         out.append("## Figures\n")
         out += [figure_md[name] for name in rest]
-    out += ["## Definitions\n", DEFINITIONS.format(oods=oods, knn_k=scoring.KNN_K)]
+    out += ["## Definitions\n", DEFINITIONS.format(oods=oods, knn_k=knn_k)]
     left_out = [o for o in table.all_ood_sets if o not in table.ood_sets]
     if left_out:
         out.append(f"OOD sets not scored for every run, left out of the means: "
@@ -568,7 +603,8 @@ def write_report(rows: Sequence[scoring.MetricRow], out_dir: epath.PathLike, *,
                  odin: Mapping[str, scoring.odin_selection.OdinChoice] | None = None,
                  environment_of_runs: dict[str, str] | None = None,
                  figures_from: epath.PathLike | None = None,
-                 training: dict[str, str] | None = None) -> None:
+                 training: dict[str, str] | None = None,
+                 knn_k: str | None = None) -> None:
     """Writes metrics.csv (+ metrics.md), runs.json, the PNG figures and, last, report.md.
 
     `runs` says which run is which (`results.RunInfo`); histograms and ROC curves need each
@@ -607,8 +643,10 @@ def write_report(rows: Sequence[scoring.MetricRow], out_dir: epath.PathLike, *,
     else:
         scoring.write_metrics(rows, str(out_dir), groups=per_run_groups)
     env = environment_of_runs or {**environment.describe(), **(training or {})}
+    if knn_k is None:
+        knn_k = knn_k_text(runs)
     record = results.ReportRecord(title=title, dataset=dataset, ood_groups=dict(groups),
-                                  odin_pairs=dict(odin))
+                                  odin_pairs=dict(odin), knn_k=knn_k)
     results.write_runs_json([dataclasses.replace(r, directory="") for r in runs],
                             out_dir / results.RUNS_FILE, environment=env, report=record)
     scores = _scores(table, scores)

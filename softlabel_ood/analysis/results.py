@@ -87,20 +87,25 @@ class ReportRecord:
     # run -> the (T, ε) pair its odin score used (chosen from its predictions)
     odin_pairs: dict[str, scoring.odin_selection.OdinChoice] = dataclasses.field(
         default_factory=dict)
+    # which k the knn score used; reports written before k followed the ID train set's size
+    # (and so before this field) used k = 50
+    knn_k: str = "k = 50"
 
     def to_json(self) -> dict:
         return {"title": self.title, "dataset": self.dataset,
                 "ood_groups": {g: list(m) for g, m in self.ood_groups.items()},
-                "odin_pairs": {run: dataclasses.asdict(c) for run, c in self.odin_pairs.items()}}
+                "odin_pairs": {run: dataclasses.asdict(c) for run, c in self.odin_pairs.items()},
+                "knn_k": self.knn_k}
 
     @classmethod
     def from_json(cls, data: dict) -> ReportRecord:
         return cls(title=data.get("title", ""), dataset=data.get("dataset", ""),
                    ood_groups={g: tuple(m) for g, m in data.get("ood_groups", {}).items()},
-                   odin_pairs={run: scoring.odin_selection.OdinChoice(
-                       index=c["index"], temperature=c["temperature"], epsilon=c["epsilon"],
-                       id_train_means=tuple(c["id_train_means"]))
-                       for run, c in data.get("odin_pairs", {}).items()})
+                   odin_pairs={run: scoring.odin_selection.OdinChoice(**{
+                       key: tuple(value) if isinstance(value, list) else value
+                       for key, value in c.items()})
+                       for run, c in data.get("odin_pairs", {}).items()},
+                   knn_k=data.get("knn_k", cls.knn_k))
 
 
 def write_runs_json(runs: Sequence[RunInfo], path: epath.PathLike, *,

@@ -25,7 +25,7 @@ METHOD_ALPHA = 0.3
 
 # The default of config.odin_pairs (softlabel_ood.training.odin, which reads it from here:
 # the config side imports no JAX). The ODIN paper's setting for CIFAR (T = 1000, ε = 0.0014)
-# with the ε grid around it that the selection rule (`softlabel_ood.scoring.odin_choice`)
+# with the ε grid around it that the selection rule (`softlabel_ood.scoring.odin_selection`)
 # chooses from, and (1, 0), which is msp.
 ODIN_PAIRS = ((1.0, 0.0), (1000.0, 0.0), (1000.0, 0.0005), (1000.0, 0.001),
               (1000.0, 0.0014), (1000.0, 0.002), (1000.0, 0.004))
@@ -91,6 +91,10 @@ def base_config(method: str | None, *, finetune: bool = False) -> ml_collections
     # split (softlabel_ood/training/odin.py); () saves none. Each temperature with an epsilon > 0
     # costs a forward and a backward pass, each such pair one more forward pass.
     c.odin_pairs = ODIN_PAIRS
+    # Which saved pair the `odin` score uses (softlabel_ood/scoring/odin_selection.py):
+    # "id_train", the largest T and then the ε with the highest mean id_train score, or
+    # "fixed", OpenOOD's default T = 1000 and ε = 0.0014 (a pair of odin_pairs).
+    c.odin_selection = "id_train"
 
     # Bookkeeping.
     c.checkpoint_every_steps = 1000

@@ -25,6 +25,10 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 # The step's seed is an int32 argument of the compiled step.
 MAX_SEED = 2**31 - 1
+# The rules of `softlabel_ood.scoring.odin_selection` (SELECTIONS, FIXED_PAIR; a test keeps them
+# equal, so that the config side needs no JAX).
+ODIN_SELECTIONS = ("id_train", "fixed")
+ODIN_FIXED_PAIR = (1000.0, 0.0014)
 
 
 class ConfigError(UserError):
@@ -34,7 +38,7 @@ class ConfigError(UserError):
 # Fields that `predict` may change on a finished run: what is evaluated, never what was trained.
 EVALUATION_FIELDS = frozenset({
     "ood_datasets", "dataset_paths", "data_dir", "num_ood_examples", "eval_batch_size",
-    "odin_pairs", "ood_groups",
+    "odin_pairs", "odin_selection", "ood_groups",
 })
 # Fields that may differ between the run that made a checkpoint and the run that resumes it:
 # they change what is evaluated or logged, or the speed, not what is trained.
@@ -135,6 +139,9 @@ FIELDS: dict[str, Rule] = {
     "weight_decay": _real("a number >= 0", lambda v: v >= 0),
     "seed": Rule(f"an integer in [0, {MAX_SEED}]", lambda v: _is_int(v) and 0 <= v <= MAX_SEED),
     "odin_pairs": Rule("distinct (temperature > 0, epsilon >= 0) pairs", _odin_pairs),
+    "odin_selection": Rule("id_train (the ε with the highest mean id_train ODIN score at the "
+                           "largest T) or fixed (T = 1000, ε = 0.0014, OpenOOD's default)",
+                           lambda v: v in ODIN_SELECTIONS),
     "checkpoint_every_steps": _int_at_least(1),
     "log_every_steps": _int_at_least(1),
     "steps_per_call": Rule("an integer >= 0 (0 chooses by platform)",
@@ -197,6 +204,7 @@ def check(config: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
         if not rule.ok(values[name]):
             raise _refuse(name, values[name], rule.allowed)
     _check_method(config)
+    _check_odin_selection(config)
     if config.dataset in config.ood_datasets:
         raise _refuse("ood_datasets", config.ood_datasets,
                       f"OOD sets other than the ID dataset {config.dataset!r}")
@@ -218,12 +226,22 @@ def check_evaluation(config: ml_collections.ConfigDict, *, num_devices: int = 1)
         # Runs of earlier versions may lack a later field (odin_pairs): predict uses its default.
         if name in values and not FIELDS[name].ok(values[name]):
             raise _refuse(name, values[name], FIELDS[name].allowed)
+    # Runs of earlier versions may lack both fields: predict then saves the default pairs.
+    if "odin_selection" in values and "odin_pairs" in values:
+        _check_odin_selection(config)
     if config.dataset in config.ood_datasets:
         raise _refuse("ood_datasets", config.ood_datasets,
                       f"OOD sets other than the ID dataset {config.dataset!r}")
     if config.eval_batch_size % num_devices:
         raise _refuse("eval_batch_size", config.eval_batch_size,
                       f"a multiple of the {num_devices} devices")
+
+
+def _check_odin_selection(config: ml_collections.ConfigDict) -> None:
+    pairs = {tuple(map(float, p)) for p in config.odin_pairs}
+    if config.odin_selection == "fixed" and ODIN_FIXED_PAIR not in pairs:
+        raise ConfigError(f"config.odin_selection: 'fixed' scores ODIN at (T, ε) = "
+                          f"{ODIN_FIXED_PAIR}, which config.odin_pairs lacks; add it there")
 
 
 def _check_method(config: ml_collections.ConfigDict) -> None:

@@ -30,8 +30,8 @@ from softlabel_ood.scoring.runs import (
 )
 from softlabel_ood.scoring.scores import (
     FEATURE_SCORES,
-    KNN_K,
     LOGIT_SCORES,
+    default_knn_k,
     knn,
     logit_scores,
     mahalanobis,
@@ -45,7 +45,6 @@ __all__ = [
     "FEATURE_SCORES",
     "HEAD_SCORES",
     "ID_METRICS",
-    "KNN_K",
     "LOGIT_SCORES",
     "METRICS",
     "MetricRow",
@@ -53,6 +52,7 @@ __all__ = [
     "ScoringError",
     "accuracy",
     "calibration_metrics",
+    "default_knn_k",
     "ece",
     "groups",
     "id_metrics",

@@ -1,4 +1,4 @@
-"""Scores that need the classifier head (predictions format v2's head.npz) besides the features.
+"""Scores that need the classifier head (head.npz, predictions format v2 on) besides features.
 
 Both use the penultimate features f (the `features` arrays: the globally pooled activations the
 final dense layer reads, dimension D), the `id_train` split's features as the ID reference, and

@@ -36,14 +36,18 @@ distinct score values. For P ID scores u and N OOD scores v:
     fpr95_oe      = #{u < v_(t+1)} / P (#{u <= max v} / P when t = N), where t is the value of
                     ood_le_self nearest 0.95 N (|t / N - 0.95| in float64, as the OE code
                     computes it; the larger t on an exact tie) and v_(t+1) the (t+1)-th smallest
-                    OOD score: the lowest point of t's recall plateau in the OE code's scan
+                    OOD score: the lowest point of t's recall plateau in the OE code's scan.
+                    The two candidates nearest in exact arithmetic (integers: 20 t against
+                    19 N) come from the compiled program; numpy's correctly rounded float64
+                    division chooses between them, as in the OE code
     detection_acc = max(0.5, max_i 0.5 * (id_ge / P + 1 - (N - ood_lt) / N))
 
 Only ID scores need to be visited for fpr95 and detection_acc: moving a threshold up past a group
 of OOD-only scores lowers fpr without changing tpr, so the first ROC point with tpr >= 0.95 and
 the best detection accuracy sit at ID scores (or at the (0, 0) point, which gives 0.5).
-The tpr >= 0.95 test divides integers in float64 exactly as scikit-learn does, so a boundary case
-such as 19 of 20 is decided the same way.
+The tpr >= 0.95 tests compare integers, 20 t >= 19 P: the same decision as scikit-learn's float64
+t / P >= 0.95 (a boundary case such as 19 of 20 included), without relying on XLA's division,
+which on CPU multiplies by the reciprocal and is not correctly rounded.
 
 Each (run, score) group sorts its ID scores once and shares them across all its OOD splits; each
 OOD split is sorted once and located in the ID order with one binary search. Counts for the ID
@@ -145,39 +149,47 @@ def _one_pair(id_sorted, id_first, id_size, ood_sorted, id_le, ood_size):
     histogram = jnp.zeros(num_id_slots + 1, jnp.int32).at[id_le].add(ood_valid.astype(jnp.int32))
     ood_lt = jnp.cumsum(histogram)[:num_id_slots]
 
-    id_ge = (id_size - id_first).astype(f64)
-    ood_ge = (ood_size - ood_lt).astype(f64)
-    tpr = id_ge / p
-    fpr = ood_ge / n
+    id_ge = id_size - id_first
+    ood_ge = ood_size - ood_lt
+    tpr = id_ge.astype(f64) / p
+    fpr = ood_ge.astype(f64) / n
 
     # Mann-Whitney from the OOD side: #ID > v_j + #ID == v_j / 2 = P - (id_le_j + id_lt_j) / 2.
     auroc = jnp.sum(jnp.where(ood_valid, 2 * id_size - id_le.astype(jnp.int64) - id_lt, 0)) \
         / (2.0 * p * n)
-    aupr_in = jnp.sum(jnp.where(id_valid, id_ge / (id_ge + ood_ge), 0.0)) / p
-    fpr95 = jnp.min(jnp.where(id_valid & (tpr >= 0.95), fpr, jnp.inf))
+    aupr_in = jnp.sum(jnp.where(id_valid, id_ge.astype(f64) / (id_ge + ood_ge), 0.0)) / p
+    # Recall >= 0.95 as integers, 20 t >= 19 P: exactly scikit-learn's float64 t / P >= 0.95
+    # (float64 rounding cannot cross 0.95 for fewer than 10^14 examples), while XLA's CPU
+    # division, through the reciprocal, is not correctly rounded.
+    fpr95 = jnp.min(jnp.where(id_valid & (20 * id_ge >= 19 * id_size), fpr, jnp.inf))
     detection_acc = jnp.maximum(
         0.5, jnp.max(jnp.where(id_valid, 0.5 * (tpr + 1.0 - fpr), -jnp.inf)))
 
-    ood_le_self = ood_le_self.astype(f64)
-    id_le = id_le.astype(f64)
-    aupr_out = jnp.sum(jnp.where(ood_valid, ood_le_self / (ood_le_self + id_le), 0.0)) / n
-    fpr95_ood = jnp.min(jnp.where(ood_valid & (ood_le_self / n >= 0.95), id_le / p, jnp.inf))
+    fpr95_ood = jnp.min(jnp.where(ood_valid & (20 * ood_le_self >= 19 * ood_size),
+                                  id_le.astype(f64) / p, jnp.inf))
+    aupr_out = jnp.sum(jnp.where(
+        ood_valid, ood_le_self.astype(f64) / (ood_le_self + id_le), 0.0)) / n
 
-    # The OE code's rule: the recall t / N nearest 0.95, the larger t when two are equally near
-    # (its scan meets higher recall first), then the plateau's lowest threshold, just below the
-    # next OOD score, which accepts the most ID examples as OOD.
-    distance = jnp.where(ood_valid, jnp.abs(ood_le_self / n - 0.95), jnp.inf)
-    nearest = ood_valid & (distance == jnp.min(distance))
-    t = jnp.max(jnp.where(nearest, ood_le_self, 0.0)).astype(jnp.int32)
+    # The OE code's cut: the recall t / N nearest 0.95. In exact arithmetic the nearest are the
+    # largest t with 20 t <= 19 N and the smallest with 20 t >= 19 N (integers); which of the
+    # two the OE code takes is decided by float64 rounding, on the host (_oe_cut). At t, the
+    # plateau's lowest threshold, just below the next OOD score, accepts the most ID examples
+    # as OOD.
+    recalls = jnp.where(ood_valid, ood_le_self, 0)
+    t_below = jnp.max(jnp.where(20 * recalls <= 19 * ood_size, recalls, 0))
+    t_above = jnp.min(jnp.where(ood_valid & (20 * recalls >= 19 * ood_size), recalls, ood_size))
     last = jnp.maximum(ood_size - 1, 0)
-    fpr95_oe = jnp.where(t < ood_size, id_lt[jnp.minimum(t, num_ood_slots - 1)],
-                         id_le[last]) / p
+
+    def oe_fpr(t):
+        return jnp.where(t < ood_size, id_lt[jnp.minimum(t, num_ood_slots - 1)], id_le[last]) / p
 
     values = {"auroc": auroc, "aupr_in": aupr_in, "aupr_out": aupr_out, "fpr95": fpr95,
               "tnr95": 1.0 - fpr95, "fpr95_ood_positive": fpr95_ood,
-              "detection_acc": detection_acc, "fpr95_oe": fpr95_oe}
+              "detection_acc": detection_acc, "oe_fpr_below": oe_fpr(t_below),
+              "oe_fpr_above": oe_fpr(t_above)}
     exists = (id_size > 0) & (ood_size > 0)
-    return {k: jnp.where(exists, v, jnp.nan) for k, v in values.items()}
+    out = {k: jnp.where(exists, v, jnp.nan) for k, v in values.items()}
+    return {**out, "oe_t_below": t_below, "oe_t_above": t_above}
 
 
 def _one_group(id_sorted, id_size, ood_sorted, id_le, ood_sizes):
@@ -193,11 +205,27 @@ _metrics_from_counts = jax.jit(jax.vmap(_one_group))
 
 
 def _batched(id_scores, id_sizes, ood_scores, ood_sizes):
-    """METRICS for G groups: ID rows [G, P] against OOD rows [G, O, N] (float64 scores)."""
+    """METRICS but fpr95_oe, and fpr95_oe's two candidates, for G groups: ID rows [G, P]
+    against OOD rows [G, O, N] (float64 scores)."""
     id_sorted, ood_sorted = _sorted_keys(id_scores, id_sizes, ood_scores, ood_sizes)
     groups = id_sorted.shape[0]
     id_le = _count_at_most(id_sorted, ood_sorted.reshape(groups, -1)).reshape(ood_sorted.shape)
     return _metrics_from_counts(id_sorted, id_sizes, ood_sorted, id_le, ood_sizes)
+
+
+def _oe_cut(out: dict[str, np.ndarray], ood_sizes: np.ndarray) -> np.ndarray:
+    """fpr95_oe from its two candidates: the recall nearest 0.95 from below and from above.
+
+    Which one the OE code takes is decided by float64 rounding: it computes |t / N - 0.95|
+    with numpy, so 36/40 = 0.9 is nearer than 40/40 = 1.0 though both are 0.05 away. The same
+    numpy expression decides here, on the host: XLA on CPU divides by a scalar through its
+    reciprocal, which is not correctly rounded and so can break such a tie the other way. The
+    OE code's scan meets the larger t first, so it wins an equal distance.
+    """
+    n = np.maximum(ood_sizes, 1).astype(np.float64)  # 0 marks an absent split: NaN either way
+    below = np.abs(out.pop("oe_t_below") / n - 0.95)
+    above = np.abs(out.pop("oe_t_above") / n - 0.95)
+    return np.where(below < above, out.pop("oe_fpr_below"), out.pop("oe_fpr_above"))
 
 
 def _bucket(n: int, minimum: int) -> int:
@@ -279,6 +307,7 @@ def ood_metrics(id_scores, ood_scores, *, id_sizes=None, ood_sizes=None) -> dict
     with float64.enabled():
         out = _batched(id_pad, id_size_pad, ood_pad, ood_size_pad)
         out = jax.device_get(out)
+    out["fpr95_oe"] = _oe_cut(out, ood_size_pad)
     return {m: np.asarray(out[m][:groups, :num_ood], np.float64).reshape(*batch, num_ood)
             for m in METRICS}
 

@@ -20,7 +20,9 @@ import numpy as np
 from softlabel_ood.scoring import float64, groups, head_scores, metrics, odin_selection, scores
 from softlabel_ood.scoring.head_scores import HEAD_SCORES
 from softlabel_ood.scoring.metrics import ID_METRICS, METRICS, ScoringError
-from softlabel_ood.scoring.scores import FEATURE_SCORES, KNN_K, LOGIT_SCORES
+from softlabel_ood.scoring.odin_selection import SELECTIONS as ODIN_SELECTIONS
+from softlabel_ood.scoring.odin_selection import read_selection
+from softlabel_ood.scoring.scores import FEATURE_SCORES, LOGIT_SCORES
 from softlabel_ood.workdir import predictions as predictions_lib
 
 # Every score, in the order of metrics.csv and metrics.md. Definitions: docs/scores_and_metrics.md.
@@ -91,7 +93,22 @@ def _id_calibration(logit_values, logits, labels, edges):
                                    edges)
 
 
-def _dispatch_run(name: str, preds: predictions_lib.Predictions, knn_k: int) -> _RunScores:
+def _knn_note(k: int | None, num_train: int) -> tuple[int, str]:
+    """The k the knn score uses for an id_train split of `num_train` rows, and what it is."""
+    if k is None:
+        k = scores.default_knn_k(num_train)
+        why = (f"Sun et al.'s k = 50 for 50,000 train examples, scaled to the {num_train:,} "
+               f"id_train examples: one per {scores.KNN_TRAIN_PER_NEIGHBOUR:,}, at least 1")
+    else:
+        why = "as given"
+    k_used = min(k, num_train)
+    if k_used < k:
+        why += f"; {k} capped at the id_train size"
+    return k_used, f"k = {k_used} ({why})"
+
+
+def _dispatch_run(name: str, preds: predictions_lib.Predictions, knn_k: int | None,
+                  selection: str) -> _RunScores:
     """Starts the run's score computations; JAX runs them while the next run is read."""
     id_test = preds.id_test_name
     ood = preds.names("ood_test")
@@ -105,16 +122,18 @@ def _dispatch_run(name: str, preds: predictions_lib.Predictions, knn_k: int) -> 
     values = {"logit": logit_values}  # split -> [4, N], taken apart once computed
 
     skipped = {}
+    notes = {}
     problem = _feature_problem(preds, evaluated)
     if problem is None:
         train = preds.splits[preds.names("id_train")[0]]
+        k, notes["knn"] = _knn_note(knn_k, len(train.labels))
         # One pass over all evaluated splits, then cut back into splits.
         features = np.concatenate([preds.splits[s].features for s in evaluated])
         ends = np.cumsum([preds.splits[s].features.shape[0] for s in evaluated])
         for score, per_row in [
                 ("mahalanobis", scores.mahalanobis(features, train.features, train.labels,
                                                    preds.num_classes)),
-                ("knn", scores.knn(features, train.features, knn_k))]:
+                ("knn", scores.knn(features, train.features, k))]:
             values[score] = dict(zip(evaluated, np.split(per_row, ends[:-1]), strict=True))
     else:
         skipped = dict.fromkeys(FEATURE_SCORES, f"skipped: {problem}")
@@ -129,12 +148,11 @@ def _dispatch_run(name: str, preds: predictions_lib.Predictions, knn_k: int) -> 
     else:
         skipped.update(dict.fromkeys(HEAD_SCORES, f"skipped: {problem}"))
 
-    notes = {}
-    problem = odin_selection.odin_problem(preds)
+    problem = odin_selection.odin_problem(preds, selection)
     if problem is None:
-        choice = odin_selection.choose_for(preds)
-        values["odin"] = {s: preds.splits[s].odin[:, choice.index].astype(np.float64)
-                          for s in evaluated}
+        choice = odin_selection.choose_for(preds, selection)
+        # Ranked as saved: the log-ratios of format v3 order exactly as the scores.
+        values["odin"] = {s: preds.splits[s].odin_ranking()[:, choice.index] for s in evaluated}
         notes["odin"] = choice.text()
     else:
         skipped["odin"] = f"skipped: {problem}"
@@ -207,16 +225,20 @@ def _progress(items: Iterable, total: int | None) -> Iterable:
 
 
 def score_predictions(named: Iterable[tuple[str, predictions_lib.Predictions]], *,
-                      knn_k: int = KNN_K, progress: bool = False,
-                      total: int | None = None) -> ScoreReport:
-    """Scores runs given as (name, Predictions) pairs; see `score_runs_report`."""
+                      knn_k: int | None = None,
+                      odin_selections: Mapping[str, str] | None = None,
+                      progress: bool = False, total: int | None = None) -> ScoreReport:
+    """Scores runs given as (name, Predictions) pairs; see `score_runs_report`.
+    `odin_selections` ({run: "id_train" or "fixed"}) picks each run's ODIN pair (default
+    "id_train")."""
     pending = []
     with float64.enabled():
         for name, preds in _progress(named, total) if progress else named:
             if any(run.name == name for run in pending):
                 raise ScoringError(f"{name}: two runs share this name (run names are "
                                    "directory base names)")
-            pending.append(_dispatch_run(name, preds, knn_k))
+            pending.append(_dispatch_run(name, preds, knn_k,
+                                         (odin_selections or {}).get(name, "id_train")))
         runs = [_finish_run(run) for run in pending]
     if progress:
         print(f"computing metrics for {sum(len(r.values) * len(r.ood) for r in runs)} "
@@ -245,8 +267,9 @@ def _check_run_dirs(run_dirs: Sequence) -> list[str]:
     return names
 
 
-def score_runs_report(run_dirs: Sequence, *, knn_k: int = KNN_K, progress: bool = False,
-                      ood_groups: Mapping[str, Sequence[str]] | None = None) -> ScoreReport:
+def score_runs_report(run_dirs: Sequence, *, knn_k: int | None = None, progress: bool = False,
+                      ood_groups: Mapping[str, Sequence[str]] | None = None,
+                      odin_selection: str | None = None) -> ScoreReport:
     """Reads `<run_dir>/predictions` of each run and computes every score and metric.
 
     Rows per run: accuracy and ece of the ID test split (empty score and ood), then for each
@@ -257,11 +280,21 @@ def score_runs_report(run_dirs: Sequence, *, knn_k: int = KNN_K, progress: bool 
     or invalid run directory and ScoringError for clashing run names.
 
     `ood_groups` ({group: OOD sets}) overrides the groups each run names in its config.json.
+    `knn_k` fixes the knn score's k for every run; by default each run's is
+    `scores.default_knn_k` of its id_train size, and the notes say which k it used.
+    `odin_selection` ("id_train" or "fixed") overrides the rule each run's config.json names for
+    its ODIN pair (odin_selection.py).
     """
+    if odin_selection is not None and odin_selection not in ODIN_SELECTIONS:
+        raise ScoringError(f"odin_selection: {odin_selection!r}, expected one of "
+                           f"{', '.join(ODIN_SELECTIONS)}")
     names = _check_run_dirs(run_dirs)
     run_groups = {name: (dict(ood_groups) if ood_groups is not None else groups.read_groups(d))
                   for name, d in zip(names, run_dirs, strict=True)}
     named = ((name, predictions_lib.read(pathlib.Path(os.fspath(d)) / "predictions"))
              for name, d in zip(names, run_dirs, strict=True))
-    report = score_predictions(named, knn_k=knn_k, progress=progress, total=len(names))
+    selections = {name: odin_selection or read_selection(d)
+                  for name, d in zip(names, run_dirs, strict=True)}
+    report = score_predictions(named, knn_k=knn_k, odin_selections=selections,
+                               progress=progress, total=len(names))
     return dataclasses.replace(report, groups={n: g for n, g in run_groups.items() if g})

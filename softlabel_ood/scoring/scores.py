@@ -10,6 +10,8 @@ From the logits l (K classes) of one example, with p = softmax(l):
 From penultimate features f, given the `id_train` split's features and labels:
 
     mahalanobis  -min_c (f - mu_c)^T Sigma^+ (f - mu_c)                 (Lee et al. 2018)
+                 the vanilla variant on the last layer's features, as OpenOOD's MDS: no input
+                 preprocessing, no ensemble of layers (Lee et al.'s headline configuration).
                  mu_c: mean feature of train class c (classes absent from the train split are
                  left out of the min); Sigma: the shared covariance
                  (1/N) sum_i (f_i - mu_{y_i})(f_i - mu_{y_i})^T over the N train examples;
@@ -17,8 +19,9 @@ From penultimate features f, given the `id_train` split's features and labels:
                  lambda_max * D * 2.2e-16 (penultimate ReLU features are often rank-deficient).
                  The squared distance ranks examples exactly as the distance does.
     knn          -(1 - cos(f, f_(k))) = cos(f, f_(k)) - 1, where f_(k) is the train feature with
-                 the k-th largest cosine similarity to f (k = 50 by default, capped at the
-                 number of train examples). Equals -||z - z_(k)||^2 / 2 for the L2-normalised
+                 the k-th largest cosine similarity to f; by default k = default_knn_k(N_train),
+                 one neighbour per 1,000 train examples (capped at their number). Equals
+                 -||z - z_(k)||^2 / 2 for the L2-normalised
                  features z, so it ranks examples exactly as Sun et al. (2022)'s
                  -||z - z_(k)||. A zero feature vector has similarity 0 to everything.
 
@@ -39,7 +42,16 @@ from softlabel_ood.scoring import float64
 
 LOGIT_SCORES = ("msp", "max_logit", "energy", "entropy")
 FEATURE_SCORES = ("mahalanobis", "knn")
-KNN_K = 50
+# Sun et al. (2022) use k = 50 for CIFAR-10's 50,000 training images, and on ImageNet scale k
+# with the fraction of the training set they search (k = 1000 for all of it, k = 10 for 1%).
+KNN_TRAIN_PER_NEIGHBOUR = 1000
+
+
+def default_knn_k(num_train: int) -> int:
+    """k of the knn score for `num_train` train examples: Sun et al.'s k = 50 for 50,000,
+    scaled with the train set's size (one neighbour per 1,000 examples, rounded, at least 1)."""
+    return max(1, (num_train + KNN_TRAIN_PER_NEIGHBOUR // 2) // KNN_TRAIN_PER_NEIGHBOUR)
+
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -193,13 +205,16 @@ def _knn(features, train_features, k, chunk):
     return kth.astype(jnp.float64) - 1.0
 
 
-def knn(features, train_features, k: int = KNN_K, *, chunk: int = 512) -> np.ndarray:
-    """The knn score (module docstring) of each row of `features`, float64 [N]."""
+def knn(features, train_features, k: int | None = None, *, chunk: int = 512) -> np.ndarray:
+    """The knn score (module docstring) of each row of `features`, float64 [N]; k defaults to
+    default_knn_k(number of train features)."""
     features, train_features = np.asarray(features), np.asarray(train_features)
     if features.ndim != 2 or train_features.ndim != 2 \
             or features.shape[1] != train_features.shape[1] or not len(train_features):
         raise ValueError(f"features: shapes {features.shape} and {train_features.shape} do not "
                          "share a feature dimension")
+    if k is None:
+        k = default_knn_k(train_features.shape[0])
     if k < 1:
         raise ValueError(f"k: must be at least 1, got {k}")
     k = min(k, train_features.shape[0])

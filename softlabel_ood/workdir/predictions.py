@@ -1,4 +1,4 @@
-"""The predictions directory, format v2 (DESIGN.md §5): write, read and validate.
+"""The predictions directory, format v3 (DESIGN.md §5): write, read and validate.
 
 A run's outputs on every split live in `<run_dir>/predictions/`:
 
@@ -6,12 +6,15 @@ A run's outputs on every split live in `<run_dir>/predictions/`:
                       "num_examples"}}, "run": {...}, optionally "head": {"file": "head.npz"}
                       and "odin": {"pairs": [[T, eps], ...]}}
     <name>.npz       logits float32 [N, K], labels int32 [N] (-1 for OOD splits),
-                     optionally features float32 [N, D]; odin float32 [N, P] when the manifest
-                     lists P ODIN pairs (column p: the ODIN score of pair p)
+                     optionally features float32 [N, D]; odin_log_ratio float32 [N, P] when
+                     the manifest lists P ODIN pairs (column p: log(K · the ODIN score of pair
+                     p), which ranks exactly as the score; softlabel_ood/training/odin.py)
     head.npz         kernel float32 [D, K] and bias float32 [K] of the final dense layer:
                      logits = features @ kernel + bias (up to float32 rounding)
 
-Directories in format v1 (no head, no ODIN arrays) are read as well.
+Directories in format v2 (the ODIN arrays saved as `odin`, the ODIN scores themselves in float32)
+and v1 (no head, no ODIN arrays) are read as well. `Split.odin_ranking` and
+`Split.odin_max_softmax` give either format's ODIN arrays in one form.
 
 This module needs numpy only, so predictions can be inspected and scored on a machine that has
 neither flax nor tensorflow. Every problem is reported as a `PredictionsError` whose message is
@@ -38,9 +41,10 @@ from softlabel_ood.cli_errors import UserError
 from softlabel_ood.workdir import atomic_files
 
 ROLES = ("id_test", "ood_test", "id_train")
-FORMAT = "softlabel_ood.predictions/v2"
+FORMAT = "softlabel_ood.predictions/v3"
+FORMAT_V2 = "softlabel_ood.predictions/v2"
 FORMAT_V1 = "softlabel_ood.predictions/v1"
-READABLE_FORMATS = (FORMAT_V1, FORMAT)
+READABLE_FORMATS = (FORMAT_V1, FORMAT_V2, FORMAT)
 MANIFEST = "manifest.json"
 HEAD_FILE = "head.npz"
 
@@ -55,7 +59,32 @@ class Split:
     logits: np.ndarray  # float32 [N, K]
     labels: np.ndarray  # int32 [N]; -1 for ood_test
     features: np.ndarray | None = None  # float32 [N, D]
-    odin: np.ndarray | None = None  # float32 [N, P]: ODIN scores, one column per (T, eps) pair
+    # float32 [N, P]: the ODIN scores themselves, as format v2 saved them (read, never written).
+    odin: np.ndarray | None = None
+    # float32 [N, P], one column per (T, eps) pair: log(K · ODIN score), written since format v3.
+    odin_log_ratio: np.ndarray | None = None
+
+    def odin_ranking(self) -> np.ndarray | None:
+        """float64 [N, P] that order exactly as the ODIN scores: the log-ratios (v3) or the
+        scores (v2). Their values are for ranking only."""
+        saved = self.odin_log_ratio if self.odin_log_ratio is not None else self.odin
+        return None if saved is None else saved.astype(np.float64)
+
+    def odin_max_softmax(self) -> np.ndarray | None:
+        """float64 [N, P]: the ODIN scores (the max softmax at temperature T), from either
+        format."""
+        num_classes = self.logits.shape[1]
+        if self.odin_log_ratio is not None:
+            return odin_max_softmax(ODIN_FIELD, self.odin_log_ratio, num_classes)
+        return None if self.odin is None else odin_max_softmax(ODIN_V2_FIELD, self.odin,
+                                                                num_classes)
+
+
+def odin_max_softmax(field: str, saved: np.ndarray, num_classes: int) -> np.ndarray:
+    """float64 ODIN scores from a split's saved ODIN array `field` (ODIN_FIELD: p = exp(.) / K;
+    ODIN_V2_FIELD: p itself)."""
+    saved = saved.astype(np.float64)
+    return np.exp(saved) / num_classes if field == ODIN_FIELD else saved
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,6 +285,11 @@ def _check_head_matches_features(where: str, features, feature_dim: int) -> None
                                f"the head's kernel has {feature_dim} rows")
 
 
+# The splits' ODIN arrays, named as the Split fields that hold them.
+ODIN_FIELD = "odin_log_ratio"  # format v3
+ODIN_V2_FIELD = "odin"
+
+
 def _check_odin_pairs(where: str, pairs: Any) -> tuple[tuple[float, float], ...]:
     """[[T, eps], ...] with T > 0 and eps >= 0, finite and distinct."""
     def number(x):
@@ -276,23 +310,30 @@ def _check_odin_pairs(where: str, pairs: Any) -> tuple[tuple[float, float], ...]
     return tuple(out)
 
 
-def _check_odin(where: str, odin, num_pairs: int, num_examples: int) -> None:
+def _check_odin(where: str, field: str, odin, num_pairs: int, num_examples: int,
+                num_classes: int) -> None:
+    """The ODIN arrays: `odin_log_ratio` (v3) or `odin` (v2), one column per pair."""
     if num_pairs == 0:
         if odin is not None:
-            raise PredictionsError(f"{where}: field 'odin' is present, but the manifest lists no "
-                                   "ODIN pairs")
+            raise PredictionsError(f"{where}: field '{field}' is present, but the manifest lists "
+                                   "no ODIN pairs")
         return
     if odin is None:
-        raise PredictionsError(f"{where}: field 'odin' is missing (the manifest lists "
+        raise PredictionsError(f"{where}: field '{field}' is missing (the manifest lists "
                                f"{num_pairs} ODIN pairs)")
-    odin = _check_array(where, "odin", odin, np.float32, 2)
+    odin = _check_array(where, field, odin, np.float32, 2)
     if odin.shape != (num_examples, num_pairs):
-        raise PredictionsError(f"{where}: field 'odin' has shape {odin.shape}, expected "
+        raise PredictionsError(f"{where}: field '{field}' has shape {odin.shape}, expected "
                                f"({num_examples}, {num_pairs}): one column per ODIN pair")
-    _check_finite(where, "odin", odin)
-    if not ((odin > 0) & (odin <= 1)).all():
-        raise PredictionsError(f"{where}: field 'odin' has values outside (0, 1] (ODIN scores "
-                               "are softmax probabilities)")
+    _check_finite(where, field, odin)
+    if field == ODIN_V2_FIELD:
+        if not ((odin > 0) & (odin <= 1)).all():
+            raise PredictionsError(f"{where}: field 'odin' has values outside (0, 1] (ODIN "
+                                   "scores are softmax probabilities)")
+    # log(K p) for a max softmax p in [1/K, 1]; float32 rounding may pass log K by a few ulp.
+    elif not ((odin >= 0) & (odin <= np.log(num_classes) * (1 + 1e-6))).all():
+        raise PredictionsError(f"{where}: field '{field}' has values outside [0, log K = "
+                               f"{np.log(num_classes):.6g}] (log(K · max softmax))")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,15 +365,18 @@ def write(directory, splits: Mapping[str, Split], *, num_classes: int,
         labels = np.asarray(split.labels)
         features = None if split.features is None else np.asarray(split.features)
         _check_split(where, split.role, logits, labels, features, num_classes)
-        odin = None if split.odin is None else np.asarray(split.odin)
-        _check_odin(where, odin, len(odin_pairs), logits.shape[0])
+        if split.odin is not None:
+            raise PredictionsError(f"{where}: field 'odin' (format v2's ODIN scores) is read, "
+                                   f"never written; give the log-ratios as '{ODIN_FIELD}'")
+        odin = None if split.odin_log_ratio is None else np.asarray(split.odin_log_ratio)
+        _check_odin(where, ODIN_FIELD, odin, len(odin_pairs), logits.shape[0], num_classes)
         if head is not None:
             _check_head_matches_features(where, features, head.kernel.shape[0])
         arrays[name] = {"logits": logits, "labels": labels}
         if features is not None:
             arrays[name]["features"] = features
         if odin is not None:
-            arrays[name]["odin"] = odin
+            arrays[name][ODIN_FIELD] = odin
     _check_roles("splits", {name: split.role for name, split in splits.items()})
     _check_feature_widths({name: fields.get("features") for name, fields in arrays.items()},
                           lambda name: f"split '{name}'")
@@ -430,7 +474,7 @@ def read_manifest(directory) -> dict:
 
 
 def _load_npz(path: pathlib.Path, with_features: bool,
-              required=("logits", "labels"), optional=("odin",)) -> dict[str, np.ndarray]:
+              required=("logits", "labels"), optional=()) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise PredictionsError(f"{path}: missing (listed in the manifest)")
     try:
@@ -465,19 +509,22 @@ def read(directory, *, features: bool = True) -> Predictions:
     odin_pairs = ()
     if "odin" in manifest:
         odin_pairs = _check_odin_pairs(str(directory / MANIFEST), manifest["odin"]["pairs"])
+    odin_field = ODIN_V2_FIELD if manifest["format"] == FORMAT_V2 else ODIN_FIELD
     splits = {}
     for name, entry in manifest["splits"].items():
         path = directory / entry["file"]
-        arrays = _load_npz(path, features, optional=("odin",) if odin_pairs else ())
+        arrays = _load_npz(path, features, optional=(odin_field,) if odin_pairs else ())
         _check_split(str(path), entry["role"], arrays["logits"], arrays["labels"],
                      arrays.get("features"), num_classes, entry["num_examples"])
-        _check_odin(str(path), arrays.get("odin"), len(odin_pairs), entry["num_examples"])
+        _check_odin(str(path), odin_field, arrays.get(odin_field), len(odin_pairs),
+                    entry["num_examples"], num_classes)
         if head is not None:
             _check_head_matches_features(str(path), arrays.get("features"),
                                          head.kernel.shape[0])
+        # The arrays' names are the Split fields' names.
         splits[name] = Split(role=entry["role"], logits=arrays["logits"],
                              labels=arrays["labels"], features=arrays.get("features"),
-                             odin=arrays.get("odin"))
+                             **{odin_field: arrays.get(odin_field)})
     _check_feature_widths({name: split.features for name, split in splits.items()},
                           lambda name: str(directory / manifest["splits"][name]["file"]))
     return Predictions(num_classes=num_classes, run=manifest.get("run", {}), splits=splits,
@@ -485,6 +532,6 @@ def read(directory, *, features: bool = True) -> Predictions:
 
 
 def validate(directory) -> None:
-    """Raises PredictionsError when `directory` does not hold valid v1 or v2 predictions."""
+    """Raises PredictionsError when `directory` does not hold valid v1, v2 or v3 predictions."""
     read(directory, features=True)
 
