@@ -208,15 +208,15 @@ def _odin_predictions(run_dir, train_scores) -> None:
 
 
 def test_report_states_the_odin_pair_of_each_run(tmp_path):
-    # At T = 1000 the id_train means are 0.3 (ε = 0) and 0.6 (ε = 0.0014): the rule takes 0.0014;
+    # At T = 1000 the id_train means are 0.35 (ε = 0) and 0.6 (ε = 0.0014): the rule takes 0.0014;
     # the second run's means make it take ε = 0.
-    _odin_predictions(tmp_path / "ce_seed0", [0.5, 0.3, 0.6])
+    _odin_predictions(tmp_path / "ce_seed0", [0.5, 0.35, 0.6])
     _odin_predictions(tmp_path / "ce_seed1", [0.5, 0.7, 0.6])
     runs = [results.RunInfo(run=f"ce_seed{s}", name="ce", seed=s, method="ce", alpha=0.0,
                             directory=str(tmp_path / f"ce_seed{s}")) for s in (0, 1)]
     choices = report.odin_choices(runs)
     text = report.odin_pairs_markdown(choices)
-    assert "| `ce_seed0` | 1000 | 0.0014 | 30.00, 60.00 |" in text
+    assert "| `ce_seed0` | 1000 | 0.0014 | 35.00, 60.00 |" in text
     assert "| `ce_seed1` | 1000 | 0 | 70.00, 60.00 |" in text
     assert "the largest configured temperature T" in text
     assert "Every run's rule" not in text  # one run took ε = 0

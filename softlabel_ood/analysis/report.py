@@ -658,7 +658,7 @@ def write_report(rows: Sequence[scoring.MetricRow], out_dir: epath.PathLike, *,
         claim_results=claim_results, dataset=dataset,
         figures_from=None if figures_from is None else epath.Path(figures_from))
     text = render(table, runs, title=title, scores=scores, rules=rules, figure_files=figure_files,
-                  groups=groups, odin=odin, claim_results=claim_results)
+                  groups=groups, odin=odin, claim_results=claim_results, knn_k=knn_k)
     text += "\n" + environment.markdown(
         env, rebuilt_by=None if environment_of_runs is None else __version__)
     atomic_files.write_text_atomically(out_dir / "report.md", text)
