@@ -31,6 +31,17 @@ def tiny_digits_config(method: str = "ce", /, **overrides) -> ml_collections.Con
         for parent in parents:
             target = target[parent]
         target[leaf] = value
+    given = {name.split(".")[1] for name in overrides if name.startswith("ood_groups.")}
+    return with_groups_of_its_sets(config, keep=given)
+
+
+def with_groups_of_its_sets(config: ml_collections.ConfigDict,
+                            keep=()) -> ml_collections.ConfigDict:
+    """The family's OOD groups (those not in `keep`) cut to the sets the config evaluates: a
+    group may name only those."""
+    for group, names in config.ood_groups.items():
+        if group not in keep:
+            config.ood_groups[group] = tuple(n for n in names if n in config.ood_datasets)
     return config
 
 
