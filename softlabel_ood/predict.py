@@ -21,7 +21,6 @@ import numpy as np
 from absl import app, flags
 from etils import epath
 from jax.experimental import multihost_utils
-from ml_collections import config_flags
 
 from softlabel_ood import cli_errors, command_line, models, progress
 from softlabel_ood.configs import config_validation
@@ -99,6 +98,7 @@ def write_predictions(config: ml_collections.ConfigDict, workdir: epath.PathLike
 
 def predict_from_checkpoint(config: ml_collections.ConfigDict, workdir: epath.PathLike) -> None:
     """Rewrites the predictions of the run in `workdir` from its latest checkpoint."""
+    workdir_lock.check_workdir(workdir)
     config_validation.check_evaluation(config, num_devices=jax.device_count())
     run_data.check_available(config, training=False)
     mesh = train_step.data_mesh()
@@ -141,17 +141,18 @@ def _existing_ood_sets(workdir: epath.PathLike) -> tuple[str, ...]:
 def _stored_config_from_argv(argv: list[str]) -> ml_collections.ConfigDict:
     # The overridable config is the run's own, so it must be read before the flags are parsed.
     for i, arg in enumerate(argv):
-        if arg.startswith("--workdir="):
-            return saved_runs.read_config(arg.split("=", 1)[1])
-        if arg == "--workdir" and i + 1 < len(argv):
-            return saved_runs.read_config(argv[i + 1])
+        workdir = arg.split("=", 1)[1] if arg.startswith("--workdir=") else (
+            argv[i + 1] if arg == "--workdir" and i + 1 < len(argv) else None)
+        if workdir is not None:
+            workdir_lock.check_workdir(workdir)
+            return saved_runs.read_config(workdir)
     raise saved_runs.RunError("--workdir is required")
 
 
 def _help_lines() -> list[str]:
     try:
         config = _stored_config_from_argv(sys.argv)
-    except saved_runs.RunError:
+    except cli_errors.UserError:
         from softlabel_ood.configs import config_base
         config = config_base.base_config(None)
     return command_line.field_lines(config, config_validation.EVALUATION_FIELDS)
@@ -159,8 +160,7 @@ def _help_lines() -> list[str]:
 
 @cli_errors.exit_on_user_error
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    command_line.refuse_positional_arguments(argv)
     distributed.initialize_from_flags()
     distributed.quiet_library_logs()
     compilation_cache.enable()
@@ -179,8 +179,9 @@ if __name__ == "__main__":
     command_line.exit_on_help(sys.argv, __doc__,
                               ("workdir", "replace_ood", *distributed.FLAG_NAMES), _help_lines)
     try:
-        config_flags.DEFINE_config_dict("config", _stored_config_from_argv(sys.argv))
-    except saved_runs.RunError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        stored_config = _stored_config_from_argv(sys.argv)
+    except cli_errors.UserError as e:
+        print(f"error: {cli_errors.one_line(e)}", file=sys.stderr)
+        sys.exit(cli_errors.USAGE_EXIT_CODE)
+    command_line.define_config_dict(stored_config, sys.argv)
     app.run(main, flags_parser=command_line.parse_flags)

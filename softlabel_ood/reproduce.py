@@ -26,6 +26,7 @@ from softlabel_ood.configs import config_validation
 from softlabel_ood.data import datasets, run_data
 from softlabel_ood.experiment import grid, populations, workers
 from softlabel_ood.training import compilation_cache, distributed
+from softlabel_ood.workdir import lock as workdir_lock
 from softlabel_ood.workdir import saved_runs
 
 
@@ -35,6 +36,7 @@ def planned_runs(config: ml_collections.ConfigDict, workdir: epath.PathLike
 
     Everything is checked here, before the first run trains, so that bad input fails at once.
     """
+    workdir_lock.check_workdir(workdir)
     grid.validate_grid(config)
     planned = []
     for seed in config.grid.seeds:
@@ -162,8 +164,7 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str, *,
 
 @cli_errors.exit_on_user_error
 def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    command_line.refuse_positional_arguments(argv)
     if not flags.FLAGS["verbosity"].present:
         # Checkpointing logs several INFO lines per save, which would bury the progress bars;
         # --verbosity=0 brings them back.

@@ -27,7 +27,14 @@ from ml_collections import config_flags
 from softlabel_ood import cli_errors, command_line, configs, predict
 from softlabel_ood.configs import config_validation
 from softlabel_ood.data import run_data
-from softlabel_ood.training import compilation_cache, distributed, run_model, train_loop, train_step
+from softlabel_ood.training import (
+    compilation_cache,
+    distributed,
+    run_model,
+    saved_models,
+    train_loop,
+    train_step,
+)
 from softlabel_ood.workdir import lock as workdir_lock
 from softlabel_ood.workdir import saved_runs
 
@@ -38,6 +45,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> None:
     failure, = train_and_evaluate_population([config], [workdir])
     if failure is not None:
         raise failure
+
+
+def check_inputs(configs: Sequence[ml_collections.ConfigDict],
+                 workdirs: Sequence[epath.PathLike]) -> None:
+    """What each run reads besides its data, checked before any dataset is loaded or file
+    written: its workdir, and the finished run that OE fine-tuning starts from. (A KD teacher
+    is checked as it is loaded, also before any data.)"""
+    for config, workdir in zip(configs, workdirs, strict=True):
+        workdir_lock.check_workdir(workdir)
+        saved_models.check_fine_tuning_start(config, workdir)
 
 
 def train_and_evaluate_population(configs: Sequence[ml_collections.ConfigDict],
@@ -52,6 +69,7 @@ def train_and_evaluate_population(configs: Sequence[ml_collections.ConfigDict],
     # Every check that needs no data comes before any dataset is loaded or any file written.
     for config in configs:
         config_validation.check(config, num_devices=jax.device_count())
+    check_inputs(configs, workdirs)
     mesh = mesh or train_step.data_mesh()
     failures: dict[int, Exception] = {}
     members, indices, teacher_model = [], [], None
@@ -94,8 +112,7 @@ def train_and_evaluate_population(configs: Sequence[ml_collections.ConfigDict],
 
 @cli_errors.exit_on_user_error
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    command_line.refuse_positional_arguments(argv)
     distributed.initialize_from_flags()
     distributed.quiet_library_logs()
     compilation_cache.enable()
