@@ -124,17 +124,24 @@ def config_with_overrides(stored: ml_collections.ConfigDict,
                 f"run for another value")
     config = copy.deepcopy(requested)
     if not replace_ood:
-        existing = _existing_ood_sets(workdir) or tuple(stored.ood_datasets)
+        existing = _existing_ood_sets(workdir, stored) or tuple(stored.ood_datasets)
         config.ood_datasets = existing + tuple(
             n for n in requested.ood_datasets if n not in existing)
     return config
 
 
-def _existing_ood_sets(workdir: epath.PathLike) -> tuple[str, ...]:
-    try:
-        manifest = predictions.read_manifest(epath.Path(workdir) / "predictions")
-    except predictions.PredictionsError:
+def _existing_ood_sets(workdir: epath.PathLike,
+                       stored: ml_collections.ConfigDict) -> tuple[str, ...]:
+    # A manifest that does not validate, or that describes another run than config.json (edited
+    # or copied), is refused rather than added to; --replace_ood does not read it, and
+    # replaces the directory.
+    directory = epath.Path(workdir) / "predictions"
+    if not directory.exists():
         return ()
+    manifest = predictions.read_manifest(directory)
+    predictions.check_run_matches_config(
+        directory / predictions.MANIFEST, manifest.get("run", {}),
+        saved_runs.config_to_dict(stored), epath.Path(workdir) / saved_runs.CONFIG_FILE)
     return tuple(n for n, e in manifest["splits"].items() if e["role"] == "ood_test")
 
 
