@@ -5,7 +5,8 @@
 The grid is `config.grid` (see `softlabel_ood.experiment.grid`): for every seed, its runs in the
 order listed, each in `<workdir>/runs/<name>_seed<seed>/`. A finished run is skipped and an
 unfinished one resumes from its checkpoint, so the same command continues an interrupted
-reproduction. Afterwards `<workdir>/report/` holds metrics.csv, report.md and the figures. With
+reproduction. Afterwards `<workdir>/report/` holds metrics.csv, report.md and the figures,
+switched in as a whole (so it holds nothing else: other files there are refused). With
 --multihost every host runs the same command; only process 0 scores and writes the report.
 """
 
@@ -37,6 +38,7 @@ def planned_runs(config: ml_collections.ConfigDict, workdir: epath.PathLike
     Everything is checked here, before the first run trains, so that bad input fails at once.
     """
     workdir_lock.check_workdir(workdir)
+    report.check_out_dir(epath.Path(workdir) / "report")  # replaced as a whole at the end
     grid.validate_grid(config)
     planned = []
     for seed in config.grid.seeds:
