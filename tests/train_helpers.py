@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pathlib
 import subprocess
@@ -88,3 +89,17 @@ def refusal(capsys, call) -> str:
     assert err.endswith("\n")
     assert err.startswith("error: ")
     return err.strip()
+
+
+def snapshot(*paths) -> dict[str, str | None]:
+    """Every file and directory under `paths`, with a hash of each file's bytes (None for a path
+    that does not exist): equal snapshots mean that nothing was written, removed or changed."""
+    state = {}
+    for root in map(pathlib.Path, paths):
+        if not root.exists():
+            state[str(root)] = None
+            continue
+        for path in sorted([root, *root.rglob("*")]):
+            state[str(path)] = (hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file()
+                                else "directory")
+    return state
