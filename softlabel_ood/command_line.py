@@ -124,12 +124,40 @@ def _root_user_error(error: BaseException) -> BaseException | None:
     return None
 
 
-def _unknown_override(argv: list[str]) -> str | None:
-    """The first `--config.<field>=...` of argv that names no field of the config file."""
+def refuse_positional_arguments(argv: list[str]) -> None:
+    """A command's `main` takes flags only: a word after them is a mistake, said in one line."""
+    if len(argv) > 1:
+        raise cli_errors.UserError(f"unexpected argument {argv[1]!r}: every input is a --flag "
+                                   f"(--help lists them)")
+
+
+def define_config_dict(config, argv: list[str],
+                       flag_values: flags.FlagValues | None = None) -> None:
+    """`config_flags.DEFINE_config_dict("config", config)` (a run's stored config, as predict
+    takes it), with a misspelt `--config.<field>` refused in one line as `parse_flags` does.
+
+    The overrides of a config dict are read from the command line (`argv`) when the flag is
+    defined, before `parse_flags` runs."""
+    from ml_collections import config_flags
     try:
-        config = config_from_file(argv)
-    except Exception:  # the config file itself fails: reported by the caller
-        return None
+        config_flags.DEFINE_config_dict("config", config, flag_values=flag_values or flags.FLAGS,
+                                        sys_argv=argv)
+    except Exception as e:  # any override that does not apply is the user's to fix
+        message = _unknown_override(argv, config)
+        if message is None:
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+            message = lines[-1] if lines else type(e).__name__
+        _fail(message)
+
+
+def _unknown_override(argv: list[str], config=None) -> str | None:
+    """The first `--config.<field>=...` of argv that names no field of `config` (default: the
+    config file of argv)."""
+    if config is None:
+        try:
+            config = config_from_file(argv)
+        except Exception:  # the config file itself fails: reported by the caller
+            return None
     for arg in argv:
         if not arg.startswith("--config.") or "=" not in arg:
             continue

@@ -22,7 +22,6 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 from etils import epath
-from ml_collections import config_flags
 
 from softlabel_ood import cli_errors, command_line, models, progress
 from softlabel_ood.configs import config_validation
@@ -92,6 +91,7 @@ def write_predictions(configs: Sequence[ml_collections.ConfigDict],
 
 def predict_from_checkpoint(config: ml_collections.ConfigDict, workdir: epath.PathLike) -> None:
     """Rewrites the predictions of the run in `workdir` from its latest checkpoint."""
+    workdir_lock.check_workdir(workdir)
     config_validation.check_evaluation(config, num_devices=jax.device_count())
     run_data.check_available(config, training=False)
     mesh = runs_axis.data_mesh()
@@ -117,27 +117,35 @@ def config_with_overrides(stored: ml_collections.ConfigDict,
                 f"run for another value")
     config = copy.deepcopy(requested)
     if not replace_ood:
-        existing = _existing_ood_sets(workdir) or tuple(stored.ood_datasets)
+        existing = _existing_ood_sets(workdir, stored) or tuple(stored.ood_datasets)
         config.ood_datasets = existing + tuple(
             n for n in requested.ood_datasets if n not in existing)
     return config
 
 
-def _existing_ood_sets(workdir: epath.PathLike) -> tuple[str, ...]:
-    try:
-        manifest = predictions.read_manifest(epath.Path(workdir) / "predictions")
-    except predictions.PredictionsError:
+def _existing_ood_sets(workdir: epath.PathLike,
+                       stored: ml_collections.ConfigDict) -> tuple[str, ...]:
+    # A manifest that does not validate, or that describes another run than config.json (edited
+    # or copied), is refused rather than added to; --replace_ood does not read it, and
+    # replaces the directory.
+    directory = epath.Path(workdir) / "predictions"
+    if not directory.exists():
         return ()
+    manifest = predictions.read_manifest(directory)
+    predictions.check_run_matches_config(
+        directory / predictions.MANIFEST, manifest.get("run", {}),
+        saved_runs.config_to_dict(stored), epath.Path(workdir) / saved_runs.CONFIG_FILE)
     return tuple(n for n, e in manifest["splits"].items() if e["role"] == "ood_test")
 
 
 def _stored_config_from_argv(argv: list[str]) -> ml_collections.ConfigDict:
     # The overridable config is the run's own, so it must be read before the flags are parsed.
     for i, arg in enumerate(argv):
-        if arg.startswith("--workdir="):
-            return saved_runs.read_config(arg.split("=", 1)[1])
-        if arg == "--workdir" and i + 1 < len(argv):
-            return saved_runs.read_config(argv[i + 1])
+        workdir = arg.split("=", 1)[1] if arg.startswith("--workdir=") else (
+            argv[i + 1] if arg == "--workdir" and i + 1 < len(argv) else None)
+        if workdir is not None:
+            workdir_lock.check_workdir(workdir)
+            return saved_runs.read_config(workdir)
     raise saved_runs.RunError("--workdir is required")
 
 
@@ -145,7 +153,7 @@ def _help_config() -> tuple[object, str]:
     """The config whose values --help shows, and which one it is in words."""
     try:
         return _stored_config_from_argv(sys.argv), "the run's config.json in --workdir"
-    except saved_runs.RunError as e:
+    except cli_errors.UserError as e:
         from softlabel_ood.configs import config_base
         why = ("no --workdir was given" if "required" in str(e) else
                "--workdir holds no readable config.json")
@@ -155,8 +163,7 @@ def _help_config() -> tuple[object, str]:
 
 @cli_errors.exit_on_user_error
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    command_line.refuse_positional_arguments(argv)
     distributed.initialize_from_flags()
     distributed.quiet_library_logs()
     compilation_cache.enable()
@@ -178,8 +185,9 @@ if __name__ == "__main__":
         lambda: command_line.field_lines(help_config, config_validation.EVALUATION_FIELDS),
         help_source)
     try:
-        config_flags.DEFINE_config_dict("config", _stored_config_from_argv(sys.argv))
-    except saved_runs.RunError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        stored_config = _stored_config_from_argv(sys.argv)
+    except cli_errors.UserError as e:
+        print(f"error: {cli_errors.one_line(e)}", file=sys.stderr)
+        sys.exit(cli_errors.USAGE_EXIT_CODE)
+    command_line.define_config_dict(stored_config, sys.argv)
     app.run(main, flags_parser=command_line.parse_flags)

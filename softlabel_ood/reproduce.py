@@ -5,7 +5,8 @@
 The grid is `config.grid` (see `softlabel_ood.experiment.grid`): for every seed, its runs in the
 order listed, each in `<workdir>/runs/<name>_seed<seed>/`. A finished run is skipped and an
 unfinished one resumes from its checkpoint, so the same command continues an interrupted
-reproduction. Afterwards `<workdir>/report/` holds metrics.csv, report.md and the figures. With
+reproduction. Afterwards `<workdir>/report/` holds metrics.csv, report.md and the figures,
+switched in as a whole (so it holds nothing else: other files there are refused). With
 --multihost every host runs the same command; only process 0 scores and writes the report.
 """
 
@@ -27,6 +28,7 @@ from softlabel_ood.configs import config_validation
 from softlabel_ood.data import datasets, run_data
 from softlabel_ood.experiment import grid, populations, probe, schedule
 from softlabel_ood.training import compilation_cache, distributed
+from softlabel_ood.workdir import lock as workdir_lock
 from softlabel_ood.workdir import saved_runs
 
 
@@ -36,6 +38,8 @@ def planned_runs(config: ml_collections.ConfigDict, workdir: epath.PathLike
 
     Everything is checked here, before the first run trains, so that bad input fails at once.
     """
+    workdir_lock.check_workdir(workdir)
+    report.check_out_dir(epath.Path(workdir) / "report")  # replaced as a whole at the end
     grid.validate_grid(config)
     planned = []
     for seed in config.grid.seeds:
@@ -112,8 +116,7 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str, *,
 
 @cli_errors.exit_on_user_error
 def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    command_line.refuse_positional_arguments(argv)
     if not flags.FLAGS["verbosity"].present:
         # Checkpointing logs several INFO lines per save, which would bury the progress bars;
         # --verbosity=0 brings them back.

@@ -4,9 +4,11 @@ Writes `<out>/metrics.csv` (columns run,score,ood,metric,value; values as fracti
 `<out>/metrics.md` (per run and score: OOD splits as rows, metrics in percent as columns).
 Definitions: softlabel_ood/scoring and docs/scores_and_metrics.md.
 
-Bad input (an unknown run directory, invalid predictions, two runs with the same base name) ends
-the command with exit code 2 and a one-line reason on stderr; every run is read and scored before
-anything is written, so --out is left as it was.
+Bad input (an unknown run directory, invalid predictions, two runs with the same base name, a
+group that names a set the predictions do not hold) ends the command with exit code 2 and a
+one-line reason on stderr; every run is read and scored before anything is written, so --out is
+left as it was. --out is score's own directory: the new metrics.csv and metrics.md replace it
+in one rename, so it may hold nothing else.
 
 Scoring runs on the CPU unless JAX_PLATFORMS or --platform says otherwise: on a TPU VM the
 accelerator is usually held by a training process, and the metrics need only a few seconds of CPU.
@@ -48,7 +50,7 @@ def _parse(argv):
 def _check_out(out: str) -> None:
     """--out is a directory, or can be made one, that this process may write (checked before
     any scoring, so that a bad --out costs nothing)."""
-    from softlabel_ood.scoring import ScoringError
+    from softlabel_ood.scoring import ScoringError, metrics_files
 
     path = os.path.abspath(out)
     if os.path.exists(path) and not os.path.isdir(path):
@@ -60,6 +62,10 @@ def _check_out(out: str) -> None:
         raise ScoringError(f"--out: {out} is under {existing}, which is a file")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ScoringError(f"--out: {existing} is not writable")
+    try:
+        metrics_files.check_out_dir(out)
+    except ScoringError as e:
+        raise ScoringError(f"--out: {e}") from None
 
 
 def _check_platform(platform: str | None) -> None:
@@ -100,7 +106,7 @@ def main(argv=None) -> int:
         for run, notes in report.notes.items():
             for score, note in notes.items():
                 print(f"{run}: {score} {note}", file=sys.stderr)
-        # Each file is written beside its old version and renamed: a full disk keeps the old.
+        # Both files are switched in with one rename: a kill or a full disk keeps both old ones.
         scoring.write_metrics(report.rows, args.out, skipped=report.skipped, notes=report.notes,
                               groups=report.groups)
     except (cli_errors.UserError, OSError) as e:

@@ -32,6 +32,7 @@ from softlabel_ood.training import (
     distributed,
     run_start,
     runs_axis,
+    saved_models,
     train_loop,
 )
 from softlabel_ood.workdir import lock as workdir_lock
@@ -46,6 +47,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> None:
         raise failure
 
 
+def check_inputs(configs: Sequence[ml_collections.ConfigDict],
+                 workdirs: Sequence[epath.PathLike]) -> None:
+    """What each run reads besides its data, checked before any dataset is loaded or file
+    written: its workdir, and the finished run that OE fine-tuning starts from. (A KD teacher
+    is checked as it is loaded, also before any data.)"""
+    for config, workdir in zip(configs, workdirs, strict=True):
+        workdir_lock.check_workdir(workdir)
+        saved_models.check_fine_tuning_start(config, workdir)
+
+
 def train_and_evaluate_population(configs: Sequence[ml_collections.ConfigDict],
                                   workdirs: Sequence[epath.PathLike], *, mesh=None
                                   ) -> list[Exception | None]:
@@ -58,6 +69,7 @@ def train_and_evaluate_population(configs: Sequence[ml_collections.ConfigDict],
     # Every check that needs no data comes before any dataset is loaded or any file written.
     for config in configs:
         config_validation.check(config, num_devices=jax.device_count())
+    check_inputs(configs, workdirs)
     mesh = mesh or runs_axis.data_mesh()
     failures, members, teacher_model = _members(configs, workdirs, mesh)
     if not members:
@@ -110,8 +122,7 @@ def _members(configs, workdirs, mesh):
 
 @cli_errors.exit_on_user_error
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    command_line.refuse_positional_arguments(argv)
     distributed.initialize_from_flags()
     distributed.quiet_library_logs()
     compilation_cache.enable()

@@ -6,6 +6,8 @@ plenty, and the tests keep their models and data tiny so that the whole suite st
 
 import os
 
+import pytest
+
 # Keep TensorFlow (used by tfds) quiet and off any accelerator; JAX owns the devices.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
@@ -17,3 +19,16 @@ import tempfile
 
 os.environ.setdefault("SOFTLABEL_OOD_COMPILATION_CACHE",
                       tempfile.mkdtemp(prefix="softlabel_ood_test_jax_cache_"))
+
+
+
+@pytest.fixture(scope="session")
+def finished_tiny_run(tmp_path_factory):
+    """A finished run of `tiny_digits_config("ce", num_epochs=1)`: checkpoints at steps 4 and 8,
+    predictions with ODIN arrays. Shared: a test copies it before changing anything."""
+    from softlabel_ood import train
+    from tests.train_helpers import tiny_digits_config
+
+    workdir = tmp_path_factory.mktemp("finished") / "ce"
+    train.train_and_evaluate(tiny_digits_config("ce", num_epochs=1), str(workdir))
+    return workdir

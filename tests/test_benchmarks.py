@@ -82,15 +82,16 @@ def test_population_benchmark_prints_one_ratio_per_population_size():
 
 def test_accelerator_checks_script_runs_every_check_at_tiny_sizes(tmp_path):
     """benchmarks/accelerator_checks.sh --smoke: each check exits 0 and prints its figures, so a
-    short accelerator lease is not spent on a broken script."""
+    short accelerator lease is not spent on a broken script. Nothing here depends on how fast
+    the machine is: --smoke sets no time limit, and only what the checks printed is read."""
     result = subprocess.run(
         ["bash", "benchmarks/accelerator_checks.sh", str(tmp_path), "--smoke"], cwd=REPO,
-        env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True,
-        timeout=900)
+        env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
     checks = ("population_wrn40_2", "digits_grid", "population_small_cnn", "train_loop_wrn40_2")
     for check in checks:
+        assert f"== {check} (no time limit)" in out, out
         assert (tmp_path / f"{check}.log").exists()
     assert out.count("   exit 0 after") == len(checks), out
     assert out.count("R=2 together_images_per_s=") == 2, out

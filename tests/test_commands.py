@@ -33,7 +33,7 @@ def test_help_prints_the_usage_and_the_config_fields(module):
     assert "--workdir" in result.stdout
     assert "--multihost: Call jax.distributed.initialize()" in result.stdout
     assert "--config.ood_datasets=" in result.stdout
-    assert "--config.eval_batch_size=500  an integer >= 1" in result.stdout
+    assert "--config.eval_batch_size=500  an integer in [1, 2147483647]" in result.stdout
     # Without a config the values are the base protocol's, and the help says so.
     assert "Values shown: the base protocol's defaults (`config_base.base_config`: CIFAR-10" in \
         result.stdout

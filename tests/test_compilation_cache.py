@@ -10,7 +10,8 @@ from tests.train_helpers import run_module
 
 ARGS = ["--config=configs/digits.py", "--config.num_epochs=1", "--config.num_train_examples=128",
         "--config.batch_size=32", "--config.num_ood_examples=32",
-        "--config.ood_datasets=('gaussian',)"]
+        "--config.ood_datasets=('gaussian',)", "--config.ood_groups.near=()",
+        "--config.ood_groups.far=('gaussian',)"]
 
 
 def test_directory_follows_the_environment(monkeypatch, tmp_path):

@@ -25,12 +25,14 @@ BAD_CONFIGS = [
     ("ce", {"method": "mixup"}, "config.method: 'mixup' is not allowed; expected one of ce, ls"),
     ("ce", {"compute_dtype": "float16"},
      "config.compute_dtype: 'float16' is not allowed; expected one of float32, bfloat16"),
-    ("ce", {"batch_size": 0}, "config.batch_size: 0 is not allowed; expected an integer >= 1"),
+    ("ce", {"batch_size": 0},
+     "config.batch_size: 0 is not allowed; expected an integer in [1, 2147483647]"),
     ("ce", {"batch_size": -8}, "config.batch_size: -8 is not allowed"),
     ("ce", {"batch_size": 512},
      "config.batch_size: 512 is not allowed; expected at most config.num_train_examples = 256"),
     ("ce", {"eval_batch_size": 0}, "config.eval_batch_size: 0 is not allowed"),
-    ("ce", {"num_epochs": 0}, "config.num_epochs: 0 is not allowed; expected an integer >= 1"),
+    ("ce", {"num_epochs": 0},
+     "config.num_epochs: 0 is not allowed; expected an integer in [1, 2147483647]"),
     ("ce", {"learning_rate": 0.0},
      "config.learning_rate: 0.0 is not allowed; expected a number > 0"),
     ("ce", {"learning_rate": math.inf}, "config.learning_rate: inf is not allowed"),
@@ -84,6 +86,42 @@ BAD_CONFIGS = [
      "config.kd.teacher_workdir: '/t' is ignored by method ce (read by kd, kd_incorrect only"),
     ("ls", {"oe.finetune_from": "/r", "label_smoothing": 0.1},
      "config.oe.finetune_from: '/r' is ignored by method ls (read by oe only; leave it '')"),
+    # Upper bounds: int32 step numbers, counts and indices, and 1 GiB of 8x8x1 images (64 bytes
+    # each) for a size that makes an array of them.
+    *[("ce", {field: 10**12}, f"config.{field}: 1000000000000 is not allowed; expected an "
+                              f"integer in [{low}, 2147483647]")
+      for field, low in [("num_epochs", 1), ("batch_size", 1), ("eval_batch_size", 1),
+                         ("num_ood_examples", 1), ("num_train_examples", 0),
+                         ("checkpoint_every_steps", 1), ("log_every_steps", 1),
+                         ("steps_per_call", 0)]],
+    ("oe", {"oe.batch_size": 10**12}, "config.oe.batch_size: 1000000000000 is not allowed; "
+                                      "expected an integer in [1, 2147483647]"),
+    ("ce", {"eval_batch_size": 10**9}, "config.eval_batch_size: 1000000000 is not allowed; "
+     "expected at most 16777216, so that an eval batch of 8x8x1 images takes at most 1 GiB "
+     "(config_validation.MAX_IMAGE_BYTES)"),
+    ("ce", {"num_ood_examples": 10**9}, "config.num_ood_examples: 1000000000 is not allowed; "
+     "expected at most 16777216, so that an OOD set of 8x8x1 images takes at most 1 GiB"),
+    ("oe", {"oe.batch_size": 10**9}, "config.oe.batch_size: 1000000000 is not allowed; "
+     "expected at most 16777216, so that an outlier batch of 8x8x1 images takes at most 1 GiB"),
+    # 2**30 / (64 bytes x (32 + 32) images a step) for oe.
+    ("oe", {"steps_per_call": 10**6}, "config.steps_per_call: 1000000 is not allowed; expected "
+     "at most 262144, so that a call's batches (64 images a step, when fed from the host) of "
+     "8x8x1 images takes at most 1 GiB"),
+    # 256 examples in batches of 32: 8 steps an epoch, so at most (2**31 - 1) // 8 epochs.
+    ("ce", {"num_epochs": 10**9}, "config.num_epochs: 1000000000 is not allowed; expected at "
+     "most 268435455: 8 steps an epoch (config.num_train_examples = 256), and the last step "
+     "number is an int32"),
+    # Groups name distinct OOD sets of the run.
+    ("ce", {"ood_groups.near": ("svhm",)}, "config.ood_groups.near: unknown dataset 'svhm'; "
+                                           "known: cifar10"),
+    ("ce", {"ood_groups.near": ("digits",)},
+     "config.ood_groups.near: names the ID dataset 'digits'; a group holds OOD sets"),
+    ("ce", {"ood_groups.far": ("gaussian", "uniform")},
+     "config.ood_groups.far: names 'uniform', which config.ood_datasets ('flower_patches', "
+     "'gaussian') does not hold; add it there, or give the group the sets it averages "
+     "(config.ood_groups.far=() removes it)"),
+    ("ce", {"ood_groups.near": ("gaussian", "gaussian")},
+     "config.ood_groups.near: names 'gaussian' twice"),
 ]
 
 
@@ -106,6 +144,52 @@ def test_a_batch_larger_than_the_training_set_is_refused_after_loading_without_w
     assert line.startswith("error: config.batch_size: 4096 is not allowed; expected at most the "
                            "1347 training examples of digits"), line
     assert not workdir.exists()
+
+
+@pytest.mark.parametrize(("method", "overrides", "message"), [
+    # 1347 // 32 = 42 steps an epoch once the whole training set is loaded.
+    ("ce", {"num_epochs": 10**9}, "config.num_epochs: 1000000000 is not allowed; expected at "
+     "most 51130563: 42 steps an epoch (1347 training examples of digits), and the last step "
+     "number is an int32"),
+    # Outliers are drawn as batches of a permutation of the set, which must hold one.
+    ("oe", {"oe.batch_size": 20000}, "config.oe.batch_size: 20000 is not allowed; expected at "
+     "most the 10000 images of china_patches"),
+], ids=["num_epochs", "oe.batch_size"])
+def test_sizes_that_the_loaded_data_bounds_are_refused_before_anything_is_written(
+        method, overrides, message, tmp_path, capsys):
+    config = tiny_digits_config(method, num_train_examples=0, **overrides)
+    workdir = tmp_path / "run"
+    assert refusal(capsys, lambda: train.train_and_evaluate(config, str(workdir))) == \
+        f"error: {message}"
+    assert not workdir.exists()
+
+
+def test_predict_checks_the_bounds_of_what_it_may_change():
+    config = tiny_digits_config("ce")
+    config_validation.check_evaluation(config)
+    config.eval_batch_size = 10**9
+    with pytest.raises(config_validation.ConfigError, match=r"config.eval_batch_size: "
+                       r"1000000000 is not allowed; expected at most 16777216, so that"):
+        config_validation.check_evaluation(config)
+    config = tiny_digits_config("ce", num_ood_examples=10**12)
+    with pytest.raises(config_validation.ConfigError, match=r"expected an integer in \[1, "):
+        config_validation.check_evaluation(config)
+    # predict neither reads nor stores groups: they may name sets it does not evaluate.
+    config = tiny_digits_config("ce", **{"ood_groups.far": ("uniform",)})
+    config_validation.check_evaluation(config)
+    config.ood_groups.far = ("svhm",)
+    with pytest.raises(config_validation.ConfigError, match=r"unknown dataset 'svhm'"):
+        config_validation.check_evaluation(config)
+
+
+def test_every_size_field_has_an_upper_bound():
+    # A size without one would take 1e12 and fail hours later (the reason for each: FIELDS).
+    sizes = ["num_train_examples", "num_ood_examples", "oe.batch_size", "num_epochs",
+             "batch_size", "eval_batch_size", "checkpoint_every_steps", "log_every_steps",
+             "steps_per_call"]
+    for name in sizes:
+        assert not config_validation.FIELDS[name].ok(config_validation.MAX_INT32 + 1), name
+        assert config_validation.FIELDS[name].ok(config_validation.MAX_INT32), name
 
 
 def test_batch_sizes_must_divide_among_the_devices():

@@ -298,8 +298,7 @@ from softlabel_ood.experiment import grid
 from tests.train_helpers import REPO, run_module, run_processes, tiny_digits_config
 
 def get_config():
-    c = tiny_digits_config(num_epochs=1, eval_batch_size=64)
-    c.ood_datasets = ("gaussian",)
+    c = tiny_digits_config(num_epochs=1, eval_batch_size=64, ood_datasets=("gaussian",))
     c.grid.seeds = (0, 1)
     c.grid.runs = [grid.run_spec("ce", "ce"), grid.run_spec("ls", "ls", label_smoothing=0.2)]
     c.grid.max_population = 4
@@ -333,8 +332,8 @@ from softlabel_ood.experiment import grid
 from tests.train_helpers import tiny_digits_config
 
 def get_config():
-    c = tiny_digits_config(num_epochs=12, checkpoint_every_steps=8, log_every_steps=8)
-    c.ood_datasets = ("gaussian",)
+    c = tiny_digits_config(num_epochs=12, checkpoint_every_steps=8, log_every_steps=8,
+                           ood_datasets=("gaussian",))
     c.grid.seeds = (0,)
     c.grid.runs = [grid.run_spec("ce", "ce"), grid.run_spec("ls", "ls", label_smoothing=0.2)]
     c.grid.max_population = 2

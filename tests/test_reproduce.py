@@ -12,7 +12,7 @@ from softlabel_ood.data import datasets
 from softlabel_ood.experiment import grid
 from softlabel_ood.workdir import saved_runs
 from tests.report_helpers import write_predictions
-from tests.train_helpers import run_module, tiny_digits_config
+from tests.train_helpers import run_module, tiny_digits_config, with_groups_of_its_sets
 
 spec = grid.run_spec
 
@@ -56,6 +56,7 @@ def test_bad_seeds_and_override_types_are_rejected(tmp_path):
 def test_missing_local_dataset_is_reported_before_training(tmp_path):
     config = _config([spec("ce", "ce")])
     config.ood_datasets = ("gaussian", "lsun_crop")
+    with_groups_of_its_sets(config)
     config.dataset_paths.lsun_crop = str(tmp_path / "LSUN_C")
     with pytest.raises(datasets.DatasetError, match=r"config dataset_paths\.lsun_crop"):
         reproduce.planned_runs(config, tmp_path)
@@ -64,6 +65,7 @@ def test_missing_local_dataset_is_reported_before_training(tmp_path):
 def test_unprepared_tfds_set_is_reported_before_training(tmp_path):
     config = _config([spec("ce", "ce")])
     config.ood_datasets = ("gaussian", "svhn")
+    with_groups_of_its_sets(config)
     config.data_dir = str(tmp_path / "tfds")
     with pytest.raises(datasets.DatasetError,
                        match=r"svhn/test: .*`python -m softlabel_ood\.data\.prepare_tfds "

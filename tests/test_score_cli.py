@@ -309,7 +309,7 @@ def test_v2_run_directories_score_odin_from_their_saved_scores(tmp_path):
 def test_group_means_from_the_run_config_and_from_the_command_line(tmp_path):
     make_run(tmp_path / "run", seed=4, features=False)
     (tmp_path / "run" / "config.json").write_text(json.dumps(
-        {"ood_groups": {"near": ["blobs"], "far": ["gaussian", "not_scored"]}}))
+        {"ood_groups": {"near": ["blobs"], "far": ["gaussian", "blobs"], "none": []}}))
     result = run_score(tmp_path / "run", f"--out={tmp_path / 'a'}")
     assert result.returncode == 0, result.stderr
     text = (tmp_path / "a" / "metrics.md").read_text()
@@ -317,7 +317,9 @@ def test_group_means_from_the_run_config_and_from_the_command_line(tmp_path):
             for r in scoring.read_metrics_csv(tmp_path / "a" / "metrics.csv")}
     msp = text.split("### msp")[1].split("###")[0]
     assert f"| mean (near) | {100 * rows[('msp', 'blobs', 'auroc')]:.2f} |" in msp
-    assert f"| mean (far) | {100 * rows[('msp', 'gaussian', 'auroc')]:.2f} |" in msp
+    far = (rows[("msp", "gaussian", "auroc")] + rows[("msp", "blobs", "auroc")]) / 2
+    assert f"| mean (far) | {100 * far:.2f} |" in msp
+    assert "mean (none)" not in text  # a group with no sets is no group
     # --groups replaces the stored groups.
     result = run_score(tmp_path / "run", f"--out={tmp_path / 'b'}", "--groups=all=blobs,gaussian")
     text = (tmp_path / "b" / "metrics.md").read_text()
@@ -365,20 +367,45 @@ def test_an_unwritable_out_is_refused_before_scoring(runs, tmp_path, capsys, mon
 
 
 def test_a_full_out_keeps_the_old_metrics(runs, tmp_path, capsys, monkeypatch):
+    # The disk fills while the new files are flushed (tests/test_faults.py fills a real one).
     import errno
 
-    from softlabel_ood.workdir import atomic_files
     out = tmp_path / "m"
     out.mkdir()
     (out / "metrics.csv").write_text("old")
 
-    def full(path, write):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(atomic_files, "write_atomically", full)
+    monkeypatch.setattr(os, "fsync", full)
     assert _score_refusal(capsys, runs["ce"][0], f"--out={out}") == \
-        f"error: {out / 'metrics.csv'}: No space left on device"
+        f"error: {out}: No space left on device"
     assert (out / "metrics.csv").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temporary left
+
+
+def test_an_out_that_holds_other_files_is_refused_before_scoring(runs, tmp_path, capsys):
+    # score replaces --out as a whole: a file it did not write there would go with the old one.
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / ".metrics.csv.tmp-1").write_text("a killed per-file write of an earlier version")
+    assert _score_refusal(capsys, runs["ce"][0], f"--out={out}") == \
+        f"error: --out: {out} holds 'notes.txt', which score does not write (it replaces the " \
+        f"directory as a whole); give a directory of its own"
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_an_out_that_is_or_holds_the_current_directory_is_refused(runs, tmp_path, capsys,
+                                                                  monkeypatch):
+    # Replacing it would leave the shell in a deleted directory.
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    for out in (".", ".."):
+        assert _score_refusal(capsys, runs["ce"][0], f"--out={out}") == \
+            f"error: --out: {out} is the current directory or holds it, which score would " \
+            f"replace as a whole; give a directory of its own"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here"]
 
 
 def test_an_unknown_platform_is_refused(runs, tmp_path, capsys, monkeypatch):

@@ -8,6 +8,7 @@ from PIL import Image
 
 from softlabel_ood import train
 from softlabel_ood.workdir import predictions
+from tests.train_helpers import with_groups_of_its_sets
 
 
 def test_cifar10_config_runs_a_few_steps_on_mock_data(tmp_path):
@@ -20,6 +21,7 @@ def test_cifar10_config_runs_a_few_steps_on_mock_data(tmp_path):
     config.eval_batch_size = 32
     config.num_ood_examples = 32
     config.ood_datasets = ("gaussian", "svhn", "cifar100")
+    with_groups_of_its_sets(config)
     with tfds.testing.mock_data(num_examples=48):
         train.train_and_evaluate(config, str(tmp_path / "run"))
     preds = predictions.read(tmp_path / "run" / "predictions")
@@ -50,6 +52,7 @@ def test_cifar10_oe_reads_outliers_and_ood_sets_from_local_files(tmp_path):
     config.oe.batch_size = 8
     config.eval_batch_size = 32
     config.ood_datasets = ("lsun_crop",)
+    with_groups_of_its_sets(config)
     config.dataset_paths.random_300k = str(tmp_path / "300K_random_images.npy")
     config.dataset_paths.lsun_crop = str(tmp_path / "LSUN_C")
     with tfds.testing.mock_data(num_examples=32):

@@ -16,7 +16,8 @@ from tests.train_helpers import REPO
 ARGS = [
     "--config=configs/digits.py", "--config.num_epochs=2", "--config.num_train_examples=256",
     "--config.batch_size=32", "--config.eval_batch_size=64", "--config.num_ood_examples=64",
-    "--config.ood_datasets=('gaussian',)", "--config.checkpoint_every_steps=8",
+    "--config.ood_datasets=('gaussian',)", "--config.ood_groups.near=()",
+    "--config.ood_groups.far=('gaussian',)", "--config.checkpoint_every_steps=8",
 ]
 
 

@@ -39,8 +39,7 @@ def test_worker_count_by_platform_and_its_refusals(monkeypatch):
 
 
 def _run(tmp_path, name, worker_count):
-    config = tiny_digits_config(num_epochs=1)
-    config.ood_datasets = ("gaussian",)
+    config = tiny_digits_config(num_epochs=1, ood_datasets=("gaussian",))
     config.grid.seeds = (0,)
     config.grid.runs = [
         grid.run_spec("ce", "ce"),

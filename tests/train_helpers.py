@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pathlib
 import subprocess
@@ -31,6 +32,17 @@ def tiny_digits_config(method: str = "ce", /, **overrides) -> ml_collections.Con
         for parent in parents:
             target = target[parent]
         target[leaf] = value
+    given = {name.split(".")[1] for name in overrides if name.startswith("ood_groups.")}
+    return with_groups_of_its_sets(config, keep=given)
+
+
+def with_groups_of_its_sets(config: ml_collections.ConfigDict,
+                            keep=()) -> ml_collections.ConfigDict:
+    """The family's OOD groups (those not in `keep`) cut to the sets the config evaluates: a
+    group may name only those."""
+    for group, names in config.ood_groups.items():
+        if group not in keep:
+            config.ood_groups[group] = tuple(n for n in names if n in config.ood_datasets)
     return config
 
 
@@ -104,3 +116,17 @@ def one_step_program(model, config, mesh, teacher_model=None):
         return runs_axis.member(states, 0, mesh), {k: v[0, 0] for k, v in metrics.items()}
 
     return step
+
+
+def snapshot(*paths) -> dict[str, str | None]:
+    """Every file and directory under `paths`, with a hash of each file's bytes (None for a path
+    that does not exist): equal snapshots mean that nothing was written, removed or changed."""
+    state = {}
+    for root in map(pathlib.Path, paths):
+        if not root.exists():
+            state[str(root)] = None
+            continue
+        for path in sorted([root, *root.rglob("*")]):
+            state[str(path)] = (hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file()
+                                else "directory")
+    return state

@@ -28,6 +28,7 @@ from softlabel_ood import __version__, methods, scoring
 from softlabel_ood.analysis import claims, environment, figures, metric_stats, results
 from softlabel_ood.analysis.metric_stats import MetricTable
 from softlabel_ood.analysis.results import RunInfo
+from softlabel_ood.cli_errors import UserError
 from softlabel_ood.workdir import atomic_files, predictions
 
 OOD_METRICS = ("auroc", "fpr95", "aupr_out")
@@ -593,18 +594,50 @@ def run_groups(runs: Sequence[RunInfo]) -> dict[str, tuple[str, ...]]:
     return {}
 
 
-def write_report(rows: Sequence[scoring.MetricRow], out_dir: epath.PathLike, *,
-                 runs: Sequence[RunInfo], title: str = "Soft labels and OOD detection: "
-                 "reproduction report", scores: Sequence[str] | None = None,
-                 focus_ood: str | None = None,
-                 rules: claims.ClaimRules | None = None,
-                 groups: dict[str, tuple[str, ...]] | None = None,
-                 dataset: str | None = None,
-                 odin: Mapping[str, scoring.odin_selection.OdinChoice] | None = None,
-                 environment_of_runs: dict[str, str] | None = None,
-                 figures_from: epath.PathLike | None = None,
-                 training: dict[str, str] | None = None,
-                 knn_k: str | None = None) -> None:
+class ReportDirectoryError(UserError):
+    """The report directory holds files that the report does not write."""
+
+
+def _report_writes(name: str) -> bool:
+    return name in ("report.md", results.RUNS_FILE, *scoring.metrics_files.METRICS_FILES) \
+        or name.endswith(".png")
+
+
+def check_out_dir(out_dir: epath.PathLike) -> None:
+    """ReportDirectoryError if `out_dir` holds files that `write_report` does not write: it
+    replaces the directory as a whole, and would take them away with the old one."""
+    entry = None if "://" in str(out_dir) else atomic_files.foreign_entry(out_dir, _report_writes)
+    if entry is not None:
+        raise ReportDirectoryError(f"{out_dir} holds {entry!r}, which the report does not write "
+                                   "(it replaces the directory as a whole); move it elsewhere")
+
+
+def write_report(rows: Sequence[scoring.MetricRow], out_dir: epath.PathLike, **options) -> None:
+    """Writes the report's files (`_write_report_files`, which says what `options` are) into a
+    new directory that replaces `out_dir` in one rename (`atomic_files.replacing_directory`):
+    a reader, a kill or a full disk sees the whole old report or the whole new one, never a
+    new metrics.csv beside an old report.md. On a bucket, which has no rename, the files are
+    uploaded one by one."""
+    if "://" in str(out_dir):
+        _write_report_files(rows, out_dir, **options)
+        return
+    check_out_dir(out_dir)
+    with atomic_files.replacing_directory(out_dir) as new:
+        _write_report_files(rows, new, **options)
+
+
+def _write_report_files(rows: Sequence[scoring.MetricRow], out_dir: epath.PathLike, *,
+                        runs: Sequence[RunInfo], title: str = "Soft labels and OOD detection: "
+                        "reproduction report", scores: Sequence[str] | None = None,
+                        focus_ood: str | None = None,
+                        rules: claims.ClaimRules | None = None,
+                        groups: dict[str, tuple[str, ...]] | None = None,
+                        dataset: str | None = None,
+                        odin: Mapping[str, scoring.odin_selection.OdinChoice] | None = None,
+                        environment_of_runs: dict[str, str] | None = None,
+                        figures_from: epath.PathLike | None = None,
+                        training: dict[str, str] | None = None,
+                        knn_k: str | None = None) -> None:
     """Writes metrics.csv (+ metrics.md), runs.json, the PNG figures and, last, report.md.
 
     `runs` says which run is which (`results.RunInfo`); histograms and ROC curves need each

@@ -2,8 +2,13 @@
 
 `FIELDS` is the one definition of what each config field allows (DESIGN.md §8): `check` applies
 it, and `--help` prints it. What a value means for one method (a teacher for kd, no α for ce)
-comes from `softlabel_ood.methods`. Checks that need the loaded data (the batch size against
-the size of the training set) are in `check_training_size`.
+comes from `softlabel_ood.methods`. Checks that need the loaded data (the batch size and the
+number of steps against the size of the training set) are in `check_training_size`.
+
+Every size has an upper bound, so that a mistyped value (1e9 for 1e3) is refused here rather
+than hours later by an int32 overflow or an allocation of terabytes: step numbers, step counts
+and example indices are int32 (`MAX_INT32`), and a size that makes an array of input images
+(an eval batch, an OOD set, an outlier batch, one call's batches) is held to `MAX_IMAGE_BYTES`.
 """
 
 from __future__ import annotations
@@ -23,8 +28,16 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 # Optimizers of `softlabel_ood.training.optimizer` (its OPTIMIZERS, which imports optax; a test
 # keeps the two equal so that the config side can check a name without loading JAX).
 OPTIMIZERS = ("sgd", "adam", "adamw")
+# Step numbers, step counts and example indices are int32 on the device (the step's key is
+# fold_in(key(seed), step); the loop passes each call's first step and length as int32).
+MAX_INT32 = 2**31 - 1
 # The step's seed is an int32 argument of the compiled step.
-MAX_SEED = 2**31 - 1
+MAX_SEED = MAX_INT32
+# The most bytes that one array of input images made by a size field may take as uint8 pixels:
+# far above any of the paper's protocol (a CIFAR OOD set of 2,000 32x32x3 images is 6 MB; all
+# 36,500 Places365 validation images would be 112 MB), and within a host's memory even as the
+# device's float32 copy (4 GiB), so that only a mistyped size reaches it.
+MAX_IMAGE_BYTES = 2**30
 # The rules of `softlabel_ood.scoring.odin_selection` (SELECTIONS, FIXED_PAIR; a test keeps them
 # equal, so that the config side needs no JAX).
 ODIN_SELECTIONS = ("id_train", "fixed")
@@ -61,8 +74,8 @@ def _is_real(v) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _int_at_least(low: int) -> Rule:
-    return Rule(f"an integer >= {low}", lambda v: _is_int(v) and v >= low)
+def _int_in(low: int, high: int = MAX_INT32) -> Rule:
+    return Rule(f"an integer in [{low}, {high}]", lambda v: _is_int(v) and low <= v <= high)
 
 
 def _real(allowed: str, ok: Callable[[float], bool]) -> Rule:
@@ -97,7 +110,8 @@ def _odin_pairs(v) -> bool:
 
 
 def _ood_groups(v) -> bool:
-    return all(isinstance(k, str) and isinstance(names, tuple | list)
+    # What each group names is checked in `_check_groups`, with a message per group.
+    return all(isinstance(k, str) and k and isinstance(names, tuple | list)
                and all(isinstance(n, str) for n in names) for k, names in v.items())
 
 
@@ -114,9 +128,12 @@ FIELDS: dict[str, Rule] = {
     "dataset_paths": Rule("a path per dataset name (empty: the source's default)",
                           lambda v: all(k in datasets.NAMES and isinstance(p, str)
                                         for k, p in v.items())),
-    "num_train_examples": _int_at_least(0),
-    "num_ood_examples": _int_at_least(1),
-    "ood_groups": Rule("named groups of OOD set names, e.g. near=('cifar100',)", _ood_groups),
+    # A cap on the training set: its examples are indexed by int32.
+    "num_train_examples": _int_in(0),
+    # An OOD set holds this many images (a generated one exactly): int32 rows, MAX_IMAGE_BYTES.
+    "num_ood_examples": _int_in(1),
+    "ood_groups": Rule("named groups of distinct OOD set names from ood_datasets, e.g. "
+                       "near=('cifar100',); () removes a group", _ood_groups),
     "model": Rule("wrn<depth>_<width> (depth 6n + 4), resnet18, resnet34 or small_cnn",
                   _model_name),
     "dropout_rate": _real("a number in [0, 1)", lambda v: 0 <= v < 1),
@@ -127,11 +144,15 @@ FIELDS: dict[str, Rule] = {
     "kd.temperature": _real("a number > 0", lambda v: v > 0),
     "kd.weight": _real("a number in [0, 1]", lambda v: 0 <= v <= 1),
     "oe.weight": _real("a number >= 0", lambda v: v >= 0),
-    "oe.batch_size": _int_at_least(1),
+    # The outliers of one step: int32 indices, MAX_IMAGE_BYTES, at most the outlier set (loaded).
+    "oe.batch_size": _int_in(1),
     "oe.finetune_from": _str_rule("a finished run's workdir (oe only; empty: from scratch)"),
-    "num_epochs": _int_at_least(1),
-    "batch_size": _int_at_least(1),
-    "eval_batch_size": _int_at_least(1),
+    # Every epoch has a step, and the last step number (epochs x steps per epoch) is an int32.
+    "num_epochs": _int_in(1),
+    # int32 indices; at most the training set (num_train_examples, or once it is loaded).
+    "batch_size": _int_in(1),
+    # Every evaluated batch is padded to this size: MAX_IMAGE_BYTES.
+    "eval_batch_size": _int_in(1),
     "optimizer": Rule(f"one of {', '.join(OPTIMIZERS)}", lambda v: v in OPTIMIZERS),
     "learning_rate": _real("a number > 0", lambda v: v > 0),
     "momentum": _real("a number >= 0", lambda v: v >= 0),
@@ -142,10 +163,13 @@ FIELDS: dict[str, Rule] = {
     "odin_selection": Rule("id_train (the ε with the highest mean id_train ODIN score at the "
                            "largest T) or fixed (T = 1000, ε = 0.0014, OpenOOD's default)",
                            lambda v: v in ODIN_SELECTIONS),
-    "checkpoint_every_steps": _int_at_least(1),
-    "log_every_steps": _int_at_least(1),
-    "steps_per_call": Rule("an integer >= 0 (0 chooses by platform)",
-                           lambda v: _is_int(v) and v >= 0),
+    # Periods in steps, compared with int32 step numbers.
+    "checkpoint_every_steps": _int_in(1),
+    "log_every_steps": _int_in(1),
+    # An int32 step count; a call fed from the host holds its steps' batches: MAX_IMAGE_BYTES.
+    "steps_per_call": Rule(f"an integer in [0, {MAX_INT32}] (0 chooses by platform)",
+                           lambda v: _is_int(v) and 0 <= v <= MAX_INT32),
+    # A threshold compared with the training arrays' size, which it never makes larger.
     "device_data_max_mb": _real("a number >= 0 (0 feeds every batch from the host)",
                                 lambda v: v >= 0),
 }
@@ -208,14 +232,20 @@ def check(config: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
     if config.dataset in config.ood_datasets:
         raise _refuse("ood_datasets", config.ood_datasets,
                       f"OOD sets other than the ID dataset {config.dataset!r}")
-    for field in ("batch_size", "eval_batch_size") + (
-            ("oe.batch_size",) if methods.needs_outliers(config.method) else ()):
+    _check_groups(config, evaluated=True)
+    outliers = methods.needs_outliers(config.method)
+    for field in ("batch_size", "eval_batch_size") + (("oe.batch_size",) if outliers else ()):
         value = values[field]
         if value % num_devices:
             raise _refuse(field, value, f"a multiple of the {num_devices} devices")
     if 0 < config.num_train_examples < config.batch_size:
         raise _refuse("batch_size", config.batch_size,
                       f"at most config.num_train_examples = {config.num_train_examples}")
+    _check_image_bytes(config, ("eval_batch_size", "num_ood_examples")
+                       + (("oe.batch_size",) if outliers else ()) + ("steps_per_call",))
+    if config.num_train_examples:  # the training set has at most this many examples
+        _check_last_step(config, config.num_train_examples,
+                         f"config.num_train_examples = {config.num_train_examples}")
 
 
 def check_evaluation(config: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
@@ -232,9 +262,68 @@ def check_evaluation(config: ml_collections.ConfigDict, *, num_devices: int = 1)
     if config.dataset in config.ood_datasets:
         raise _refuse("ood_datasets", config.ood_datasets,
                       f"OOD sets other than the ID dataset {config.dataset!r}")
+    # predict neither reads nor stores the groups: only what they name is checked.
+    _check_groups(config, evaluated=False)
     if config.eval_batch_size % num_devices:
         raise _refuse("eval_batch_size", config.eval_batch_size,
                       f"a multiple of the {num_devices} devices")
+    _check_image_bytes(config, ("eval_batch_size", "num_ood_examples"))
+
+
+def _check_groups(config: ml_collections.ConfigDict, *, evaluated: bool) -> None:
+    """Each group names distinct OOD sets (an empty group is no group); with `evaluated`, sets
+    of config.ood_datasets, so that a group's mean is always over every set it names."""
+    for group, names in (config.get("ood_groups") or {}).items():
+        field = f"config.ood_groups.{group}"
+        for name in names:
+            if name not in datasets.NAMES:
+                raise ConfigError(f"{field}: unknown dataset {name!r}; known: "
+                                  f"{', '.join(datasets.NAMES)}")
+            if name == config.dataset:
+                raise ConfigError(f"{field}: names the ID dataset {name!r}; a group holds OOD "
+                                  "sets")
+            if evaluated and name not in config.ood_datasets:
+                raise ConfigError(
+                    f"{field}: names {name!r}, which config.ood_datasets "
+                    f"{tuple(config.ood_datasets)} does not hold; add it there, or give the "
+                    f"group the sets it averages ({field}=() removes it)")
+        if len(set(names)) != len(names):
+            twice = next(n for n in names if list(names).count(n) > 1)
+            raise ConfigError(f"{field}: names {twice!r} twice")
+
+
+def _check_image_bytes(config: ml_collections.ConfigDict, fields: tuple[str, ...]) -> None:
+    """The sizes in `fields` against MAX_IMAGE_BYTES: each makes an array of uint8 images at the
+    ID images' shape, to which every evaluated and outlier set is converted."""
+    shape = datasets.info(config.dataset).image_shape
+    image_bytes = math.prod(shape)
+    per_step = config.batch_size + (config.oe.batch_size
+                                    if methods.needs_outliers(config.method) else 0)
+    # field -> (images per unit of the field, what the array is)
+    arrays = {"eval_batch_size": (1, "an eval batch"),
+              "num_ood_examples": (1, "an OOD set"),
+              "oe.batch_size": (1, "an outlier batch"),
+              "steps_per_call": (per_step, f"a call's batches ({per_step} images a step, when "
+                                           f"fed from the host)")}
+    values = flat_fields(config)
+    for field in fields:
+        per_unit, what = arrays[field]
+        most = MAX_IMAGE_BYTES // (image_bytes * per_unit)
+        if values[field] > most:
+            raise _refuse(field, values[field],
+                          f"at most {most}, so that {what} of {'x'.join(map(str, shape))} "
+                          f"images takes at most {MAX_IMAGE_BYTES / 2**30:g} GiB "
+                          f"(config_validation.MAX_IMAGE_BYTES)")
+
+
+def _check_last_step(config: ml_collections.ConfigDict, num_train_examples: int,
+                     source: str) -> None:
+    """The last step number, num_epochs x full batches per epoch, must be an int32."""
+    steps_per_epoch = num_train_examples // config.batch_size
+    if config.num_epochs * steps_per_epoch > MAX_INT32:
+        raise _refuse("num_epochs", config.num_epochs,
+                      f"at most {MAX_INT32 // steps_per_epoch}: {steps_per_epoch} steps an "
+                      f"epoch ({source}), and the last step number is an int32")
 
 
 def _check_odin_selection(config: ml_collections.ConfigDict) -> None:
@@ -267,11 +356,14 @@ def _check_method(config: ml_collections.ConfigDict) -> None:
 
 
 def check_training_size(config: ml_collections.ConfigDict, num_train_examples: int) -> None:
-    """The batch sizes against the loaded training set (before anything is written)."""
+    """The batch size and the number of steps against the loaded training set (before anything
+    is written)."""
     if config.batch_size > num_train_examples:
         raise _refuse("batch_size", config.batch_size,
                       f"at most the {num_train_examples} training examples of "
                       f"{config.dataset}")
+    _check_last_step(config, num_train_examples,
+                     f"{num_train_examples} training examples of {config.dataset}")
 
 
 def changed_fields(stored: dict, current: dict, prefix: str = "") -> list[str]:

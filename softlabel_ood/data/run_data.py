@@ -47,7 +47,13 @@ def load_id(config: ml_collections.ConfigDict, split: str) -> datasets.ArrayData
 
 def load_outliers(config: ml_collections.ConfigDict) -> datasets.ArrayDataset:
     shape = datasets.info(config.dataset).image_shape
-    return _load(config, config.oe_dataset, "train", image_shape=shape)
+    outliers = _load(config, config.oe_dataset, "train", image_shape=shape)
+    # Each step's outliers are a batch of an epoch's permutation of the set, as for the ID data.
+    if config.oe.batch_size > len(outliers.labels):
+        raise datasets.DatasetError(
+            f"config.oe.batch_size: {config.oe.batch_size} is not allowed; expected at most the "
+            f"{len(outliers.labels)} images of {config.oe_dataset}")
+    return outliers
 
 
 def load_ood(config: ml_collections.ConfigDict) -> dict[str, datasets.ArrayDataset]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 from collections.abc import Iterator, Mapping
 
 import numpy as np
@@ -39,6 +40,21 @@ def _hide_gpus_from_tensorflow(tf) -> None:
     # A RuntimeError means TensorFlow was initialised earlier: its device choice is fixed then.
     with contextlib.suppress(RuntimeError):
         tf.config.set_visible_devices([], "GPU")
+
+
+@contextlib.contextmanager
+def _without_unprepared_notice():
+    """tfds warns "Variant folder ... has no dataset_info.json" before it fails on a set that is
+    not prepared; the error raised here says so in one line, with the command that fixes it."""
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Variant folder ")
+
+    logger = logging.getLogger("absl")
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 def _encoded_batches(ds, tfds) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -108,11 +124,16 @@ class TfdsSource(Source):
         _hide_gpus_from_tensorflow(tf)
         tfds_split = self.splits[split]
         try:
-            return tfds.load(
-                self.versioned_name, split=tfds_split, data_dir=data_dir, download=download,
-                shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
-        except (AssertionError, ValueError, OSError, tfds.core.DatasetNotFoundError) as e:
-            # tfds reports "not prepared" as an AssertionError; name what is missing and the fix.
+            with _without_unprepared_notice():
+                return tfds.load(
+                    self.versioned_name, split=tfds_split, data_dir=data_dir,
+                    download=download, shuffle_files=False,
+                    decoders={"image": tfds.decode.SkipDecoding()})
+        except (AssertionError, KeyError, ValueError, OSError,
+                tfds.core.DatasetNotFoundError) as e:
+            # tfds reports "not prepared" as an AssertionError, or as a KeyError for a version
+            # folder without files (an interrupted `tfds build`); name what is missing and the
+            # fix.
             text = str(e).strip()
             first_sentence = text.splitlines()[0].split(". ")[0] if text else type(e).__name__
             build = prepare_tfds.command(self.versioned_name, data_dir)

@@ -1,9 +1,11 @@
 """Named groups of OOD sets (e.g. near and far, as OpenOOD v1.5 groups them) and their means.
 
 A config family names its groups in `config.ood_groups` ({group: (OOD set, ...)}); a run stores
-them in `<run_dir>/config.json`, where `score` and the report find them. A group's mean is the
-unweighted mean of a metric over the group's OOD sets that were scored; a group none of whose
-sets was scored has no mean. Groups need not cover every OOD set, and may overlap.
+them in `<run_dir>/config.json`, where `score` and the report find them, and `score --groups`
+replaces them. A group's mean is the unweighted mean of a metric over the group's OOD sets.
+Groups need not cover every OOD set, and may overlap; a group with no sets is no group. Every
+set a group names must be an OOD set of each run scored (`check_groups`): a group that names
+another set would otherwise get the mean of some of its sets under its name.
 """
 
 from __future__ import annotations
@@ -31,20 +33,42 @@ def _checked(groups, where: str) -> Groups:
                 or not all(isinstance(m, str) and m for m in members):
             raise ScoringError(f"{where}: ood_groups entry {name!r}: {members!r} is not a list "
                                "of OOD set names")
-        out[name] = tuple(members)
+        if members:  # `--config.ood_groups.<group>=()` removes a group
+            out[name] = tuple(members)
     return out
 
 
-def read_groups(run_dir) -> Groups:
-    """The run's `ood_groups` from its stored config; {} when it has none."""
+def _object_without_repeats(pairs: list[tuple[str, object]]) -> dict:
+    # json.loads keeps the last of two equal keys; a group named twice must not vanish silently.
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ScoringError(f"the key {next(k for k in keys if keys.count(k) > 1)!r} appears twice")
+    return dict(pairs)
+
+
+def read_run_config(run_dir) -> dict:
+    """The run's stored config (`<run_dir>/config.json`) as JSON data; {} when it has none."""
     path = pathlib.Path(os.fspath(run_dir)) / CONFIG_FILE
     if not path.is_file():
         return {}
     try:
-        config = json.loads(path.read_text())
+        config = json.loads(path.read_text(), object_pairs_hook=_object_without_repeats)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ScoringError(f"{path}: not valid JSON ({e})") from None
-    return _checked(config.get("ood_groups") or {}, str(path)) if isinstance(config, dict) else {}
+    except ScoringError as e:
+        raise ScoringError(f"{path}: {e}") from None
+    return config if isinstance(config, dict) else {}
+
+
+def groups_of(config: Mapping, run_dir) -> Groups:
+    """The `ood_groups` of a stored config (`read_run_config`); {} when it names none."""
+    path = pathlib.Path(os.fspath(run_dir)) / CONFIG_FILE
+    return _checked(config.get("ood_groups") or {}, str(path))
+
+
+def read_groups(run_dir) -> Groups:
+    """The run's `ood_groups` from its stored config; {} when it has none."""
+    return groups_of(read_run_config(run_dir), run_dir)
 
 
 def parse_groups(text: str) -> Groups:
@@ -52,11 +76,39 @@ def parse_groups(text: str) -> Groups:
     groups = {}
     for part in filter(None, (p.strip() for p in text.split(";"))):
         name, sep, members = part.partition("=")
+        name = name.strip()
         members = tuple(filter(None, (m.strip() for m in members.split(","))))
-        if not sep or not name.strip() or not members:
+        if not sep or not name or not members:
             raise ScoringError(f"--groups: {part!r} is not <group>=<OOD set>[,<OOD set>...]")
-        groups[name.strip()] = members
+        if name in groups:
+            raise ScoringError(f"--groups: group {name!r} is named twice")
+        if len(set(members)) != len(members):
+            raise ScoringError(f"--groups: group {name!r} names "
+                               f"{next(m for m in members if members.count(m) > 1)!r} twice")
+        groups[name] = members
+    if not groups:
+        raise ScoringError(f"--groups: {text!r} names no group; expected "
+                           "<group>=<OOD set>[,<OOD set>...][;...]")
     return groups
+
+
+def check_groups(groups: Mapping[str, tuple[str, ...]], splits: Mapping[str, str], *,
+                 run: str, where: str) -> None:
+    """ScoringError unless every set that `groups` names is an OOD split of the run whose
+    predictions hold `splits` ({split name: role}); `where` says where the groups came from."""
+    oods = [name for name, role in splits.items() if role == "ood_test"]
+    for group, members in groups.items():
+        if len(set(members)) != len(members):
+            raise ScoringError(f"{where}: group {group!r} names "
+                               f"{next(m for m in members if members.count(m) > 1)!r} twice")
+        for member in members:
+            role = splits.get(member)
+            if role == "ood_test":
+                continue
+            what = (f"the {role} split of run {run}; a group holds OOD sets" if role else
+                    f"which the predictions of run {run} do not hold (OOD sets: "
+                    f"{', '.join(oods) or 'none'})")
+            raise ScoringError(f"{where}: group {group!r} names {member!r}, {what}")
 
 
 def group_means(values: Mapping[str, float], groups: Mapping[str, tuple[str, ...]]

@@ -17,6 +17,7 @@ from softlabel_ood.scoring.runs import ALL_SCORES, MetricRow
 from softlabel_ood.workdir import atomic_files
 
 CSV_HEADER = ("run", "score", "ood", "metric", "value")
+METRICS_FILES = ("metrics.csv", "metrics.md")
 
 
 def _csv_text(rows: Iterable[MetricRow]) -> str:
@@ -85,21 +86,43 @@ def _markdown_text(rows: Sequence[MetricRow], skipped: Mapping[str, Mapping[str,
     return "\n".join(lines)
 
 
+def check_out_dir(out_dir) -> None:
+    """ScoringError if `out_dir` holds anything but metrics files: `write_metrics` replaces the
+    directory as a whole, and would take the other files away with the old one."""
+    out = os.path.abspath(os.fspath(out_dir))
+    if os.path.commonpath([out, os.getcwd()]) == out:
+        raise ScoringError(f"{out_dir} is the current directory or holds it, which score would "
+                           "replace as a whole; give a directory of its own")
+    entry = atomic_files.foreign_entry(out_dir, METRICS_FILES.__contains__)
+    if entry is not None:
+        raise ScoringError(f"{out_dir} holds {entry!r}, which score does not write (it replaces "
+                           "the directory as a whole); give a directory of its own")
+
+
 def write_metrics(rows: Sequence[MetricRow], out_dir, *,
                   skipped: Mapping[str, Mapping[str, str]] | None = None,
                   notes: Mapping[str, Mapping[str, str]] | None = None,
                   groups: Mapping[str, Mapping[str, Sequence[str]]] | None = None) -> None:
-    """Writes `<out_dir>/metrics.csv` and `<out_dir>/metrics.md`, each by write-then-rename.
+    """Writes `<out_dir>/metrics.csv` and `<out_dir>/metrics.md`, switched in together.
 
+    The two are written into a new directory that replaces `out_dir` in one rename
+    (`atomic_files.replacing_directory`): a reader, a kill or a full disk sees both old files
+    or both new ones. So `out_dir` may hold nothing else (`check_out_dir`), unless it is itself
+    a directory being filled for such a switch (a report's).
     `groups` ({run: {group: OOD sets}}) adds each group's mean to the run's tables in metrics.md.
     """
     rows = list(rows)
-    csv_text = _csv_text(rows)
-    markdown = _markdown_text(rows, skipped or {}, notes or {}, groups or {})
-    out_dir = pathlib.Path(os.fspath(out_dir))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_files.write_text_atomically(out_dir / "metrics.csv", csv_text)
-    atomic_files.write_text_atomically(out_dir / "metrics.md", markdown)
+    texts = {"metrics.csv": _csv_text(rows),
+             "metrics.md": _markdown_text(rows, skipped or {}, notes or {}, groups or {})}
+    out_dir = pathlib.Path(os.path.abspath(os.fspath(out_dir)))
+    if atomic_files.is_own_temporary(out_dir):
+        for name, text in texts.items():
+            (out_dir / name).write_text(text)
+        return
+    check_out_dir(out_dir)
+    with atomic_files.replacing_directory(out_dir) as new:
+        for name, text in texts.items():
+            (new / name).write_text(text)
 
 
 def read_metrics_csv(path) -> list[MetricRow]:

@@ -252,19 +252,34 @@ def score_predictions(named: Iterable[tuple[str, predictions_lib.Predictions]], 
                        notes={run.name: run.notes for run in runs if run.notes})
 
 
-def _check_run_dirs(run_dirs: Sequence) -> list[str]:
-    names = []
+def _check_run_dirs(run_dirs: Sequence,
+                    ood_groups: Mapping[str, Sequence[str]] | None) -> list[tuple[str, dict]]:
+    """(name, OOD groups) of each run, once its manifest and its groups are checked."""
+    checked = []
     for run_dir in run_dirs:
         if not os.path.isdir(os.fspath(run_dir)):
             raise predictions_lib.PredictionsError(f"{run_dir}: no such run directory")
         # The manifests are cheap to check: most bad directories are reported before any work.
-        predictions_lib.read_manifest(pathlib.Path(os.fspath(run_dir)) / "predictions")
+        directory = pathlib.Path(os.fspath(run_dir))
+        manifest = predictions_lib.read_manifest(directory / "predictions")
         name = run_name(run_dir)
-        if name in names:
+        if any(name == other for other, _ in checked):
             raise ScoringError(f"{run_dir}: another run directory has the same base name "
                                f"'{name}' (run names must be unique)")
-        names.append(name)
-    return names
+        # A run directory written by train holds its config: the predictions must be its own.
+        stored = groups.read_run_config(directory)
+        predictions_lib.check_run_matches_config(
+            directory / "predictions" / predictions_lib.MANIFEST, manifest.get("run", {}),
+            stored, directory / groups.CONFIG_FILE)
+        if ood_groups is not None:
+            run_groups, where = dict(ood_groups), "--groups"
+        else:
+            run_groups = groups.groups_of(stored, directory)
+            where = f"{directory / groups.CONFIG_FILE} (ood_groups; --groups replaces them)"
+        groups.check_groups(run_groups, {n: e["role"] for n, e in manifest["splits"].items()},
+                            run=name, where=where)
+        checked.append((name, run_groups))
+    return checked
 
 
 def score_runs_report(run_dirs: Sequence, *, knn_k: int | None = None, progress: bool = False,
@@ -277,7 +292,8 @@ def score_runs_report(run_dirs: Sequence, *, knn_k: int | None = None, progress:
     HEAD_SCORES when it also has the classifier head; odin when it has ODIN scores and an
     id_train split) and each OOD split in manifest order, the METRICS in order. The report also
     says which scores were skipped in which run and why. Raises PredictionsError for a missing
-    or invalid run directory and ScoringError for clashing run names.
+    or invalid run directory, and ScoringError for clashing run names or a group that names a
+    set which is not an OOD split of the run (`groups.check_groups`).
 
     `ood_groups` ({group: OOD sets}) overrides the groups each run names in its config.json.
     `knn_k` fixes the knn score's k for every run; by default each run's is
@@ -288,13 +304,12 @@ def score_runs_report(run_dirs: Sequence, *, knn_k: int | None = None, progress:
     if odin_selection is not None and odin_selection not in ODIN_SELECTIONS:
         raise ScoringError(f"odin_selection: {odin_selection!r}, expected one of "
                            f"{', '.join(ODIN_SELECTIONS)}")
-    names = _check_run_dirs(run_dirs)
-    run_groups = {name: (dict(ood_groups) if ood_groups is not None else groups.read_groups(d))
-                  for name, d in zip(names, run_dirs, strict=True)}
+    checked = _check_run_dirs(run_dirs, ood_groups)
+    names = [name for name, _ in checked]
     named = ((name, predictions_lib.read(pathlib.Path(os.fspath(d)) / "predictions"))
              for name, d in zip(names, run_dirs, strict=True))
     selections = {name: odin_selection or read_selection(d)
                   for name, d in zip(names, run_dirs, strict=True)}
     report = score_predictions(named, knn_k=knn_k, odin_selections=selections,
-                               progress=progress, total=len(names))
-    return dataclasses.replace(report, groups={n: g for n, g in run_groups.items() if g})
+                               progress=progress, total=len(checked))
+    return dataclasses.replace(report, groups={n: g for n, g in checked if g})

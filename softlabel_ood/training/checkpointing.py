@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import logging as std_logging
 import os
+import re
 import sys
 
 import jax
@@ -24,6 +25,14 @@ _ITEM = "default"
 
 class DamagedCheckpointError(UserError):
     """No checkpoint of the run reads back."""
+
+
+class CheckpointWriteError(UserError):
+    """A checkpoint could not be written (a full disk, no permission)."""
+
+
+# The suffix of the temporary name orbax writes a checkpoint under before renaming it.
+_PARTIAL = ".orbax-checkpoint-tmp"
 
 
 def _first_line(error: BaseException) -> str:
@@ -47,14 +56,20 @@ def _without_read_only_notice():
         logger.removeFilter(keep)
 
 
-def _quiet_after_failed_read() -> None:
-    """Silences the echoes of a failed restore, once its failure has been handled.
+def _is_orbax_coroutine(obj) -> bool:
+    code = getattr(obj, "cr_code", None)
+    return f"{os.sep}orbax{os.sep}" in getattr(code, "co_filename", "")
 
-    When one array of a checkpoint cannot be read, orbax's restore raises and closes its asyncio
-    loop while tensorstore still completes the other reads; their callbacks then meet the closed
-    loop and are reported as unraisable `RuntimeError('Event loop is closed')` tracebacks and
-    "Future exception was never retrieved" log lines, possibly at exit, after the command's one
-    line. Only those two messages are dropped; every other report goes through as before.
+
+def _quiet_orbax_echoes() -> None:
+    """Silences the echoes of a failed read or write, whose failure the caller handles.
+
+    When one array of a checkpoint cannot be read or written, orbax raises and closes its
+    asyncio loop while tensorstore still completes the other operations; their callbacks then
+    meet the closed loop and are reported as unraisable `RuntimeError('Event loop is closed')`
+    tracebacks and "Future exception was never retrieved" log lines, and orbax's unfinished
+    coroutines as "Exception ignored in <coroutine ...>" at exit, after the command's one line.
+    Only those messages are dropped; every other report goes through as before.
     """
     if getattr(sys.unraisablehook, "_softlabel_ood_quiet", False):
         return
@@ -63,6 +78,8 @@ def _quiet_after_failed_read() -> None:
     def hook(unraisable):
         if isinstance(unraisable.exc_value, RuntimeError) and \
                 str(unraisable.exc_value) == "Event loop is closed":
+            return
+        if _is_orbax_coroutine(unraisable.object):
             return
         previous(unraisable)
 
@@ -87,6 +104,30 @@ def _saved_tree(state: train_step.TrainState) -> dict:
 def _abstract(tree):
     # Shapes, dtypes and shardings of `tree`: orbax restores each array straight onto its devices.
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def _layout(tree) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """{key path: shape} of the arrays of `tree` (a state, or a checkpoint's metadata, where
+    namedtuples are dicts: keys are compared by name)."""
+    def name(key) -> str:
+        for attribute in ("key", "name", "idx"):
+            if hasattr(key, attribute):
+                return str(getattr(key, attribute))
+        return str(key)
+
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {tuple(map(name, path)): tuple(leaf.shape) for path, leaf in flat}
+
+
+def _write_reason(error: BaseException) -> str:
+    """Why a write failed, in a few words: the operating system's reason when orbax gives it."""
+    text = str(error)
+    code = re.search(r"os_error_code='(\d+)'", text)
+    if code:
+        return os.strerror(int(code.group(1)))
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return _first_line(error)
 
 
 class Checkpoints:
@@ -117,6 +158,13 @@ class Checkpoints:
                 multiprocessing_options=ocp.options.MultiprocessingOptions(
                     barrier_sync_key_prefix=hashlib.sha1(
                         str(self.directory).encode()).hexdigest()[:16]))
+        # A failed background write is logged by orbax's threads with tracebacks before the
+        # manager raises it again in `save` or `close`, which report it in one line.
+        self._log_filter = lambda record: not (record.levelno >= std_logging.ERROR and
+                                               f"{os.sep}orbax{os.sep}" in record.pathname)
+        if not read_only:
+            std_logging.getLogger("absl").addFilter(self._log_filter)
+        _quiet_orbax_echoes()
         with _without_read_only_notice():
             self._manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -134,9 +182,25 @@ class Checkpoints:
                 self._manager.delete(later)
 
     def save(self, state: train_step.TrainState) -> None:
+        """Starts writing `state`; CheckpointWriteError if an earlier write failed."""
         step = int(jax.device_get(state.step))
         if self._manager.latest_step() != step:
-            self._manager.save(step, args=ocp.args.StandardSave(_saved_tree(state)))
+            try:
+                self._manager.save(step, args=ocp.args.StandardSave(_saved_tree(state)))
+            except Exception as e:  # an earlier background write's failure, raised again here
+                raise self._write_failure(e) from None
+
+    def _write_failure(self, error: BaseException) -> CheckpointWriteError:
+        """The one-line error of a failed write, once its partial files are removed."""
+        partial = sorted(p.name for p in self.directory.iterdir() if _PARTIAL in p.name) \
+            if self.directory.exists() else []
+        for name in partial:
+            (self.directory / name).rmtree(missing_ok=True)
+        where = self.directory / partial[0].split(".")[0] if partial else self.directory
+        latest = self._manager.latest_step()
+        return CheckpointWriteError(
+            f"{where}: checkpoint not written ({_write_reason(error)}); its partial files are "
+            f"removed, and the run resumes from step {latest or 0} when started again")
 
     def restore(self, like: train_step.TrainState, step: int | None = None
                 ) -> train_step.TrainState:
@@ -154,8 +218,6 @@ class Checkpoints:
         steps = sorted(self._manager.all_steps(), reverse=True)
         if not steps:
             raise DamagedCheckpointError(f"{self.directory}: no checkpoint to restore")
-        # Before the first read: the echoes of a failing read may come while it is still failing.
-        _quiet_after_failed_read()
         failures = []
         for s in steps:
             try:
@@ -176,6 +238,7 @@ class Checkpoints:
         reader = Checkpoints(self.directory)
         try:
             reader.restore_variables(like.variables, latest)
+            same_layout = reader.stored_layout(latest) == _layout(target)
         except Exception:  # any failure to read the model arrays means damaged files
             raise DamagedCheckpointError(
                 f"{self.directory}: no checkpoint reads back (step {latest}: "
@@ -183,6 +246,11 @@ class Checkpoints:
                 f"train again from step 0") from None
         finally:
             reader.close()
+        if same_layout:  # this version's optimizer state, yet it does not read: a damaged file
+            raise DamagedCheckpointError(
+                f"{self.directory / str(latest)}: its optimizer state does not read back "
+                f"({_first_line(error)}); the run cannot resume from it, but predict can still "
+                f"write its predictions. Move the checkpoints away to train again from step 0")
         raise error
 
     def _set_aside(self, steps: list[int]) -> None:
@@ -201,17 +269,32 @@ class Checkpoints:
         learning rate became a runtime value) still serve.
         """
         target = _abstract(like)
-        return self._manager.restore(self._step(step), args=ocp.args.PyTreeRestore(
-            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-            partial_restore=True))
+        step = self._step(step)
+        try:
+            return self._manager.restore(step, args=ocp.args.PyTreeRestore(
+                item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                partial_restore=True))
+        except Exception as e:  # orbax and tensorstore raise many types for a bad file
+            raise DamagedCheckpointError(f"{self.directory / str(step)}: its model does not read "
+                                         f"back ({_first_line(e)})") from None
 
     def stored_shapes(self, step: int | None = None) -> dict:
         """The shape of every array of a checkpoint, read from its metadata: no array is read.
 
         What a checkpoint holds, whatever the config beside it says (a teacher's output size)."""
-        path = self.directory / str(self._step(step)) / _ITEM
-        tree = ocp.PyTreeCheckpointHandler().metadata(path).tree
-        return jax.tree.map(lambda leaf: tuple(leaf.shape), tree)
+        return jax.tree.map(lambda leaf: tuple(leaf.shape), self._metadata(self._step(step)))
+
+    def stored_layout(self, step: int | None = None) -> dict[tuple[str, ...], tuple[int, ...]]:
+        """{key path: shape} of every array of a checkpoint, from its metadata (`_layout`)."""
+        return _layout(self._metadata(self._step(step)))
+
+    def _metadata(self, step: int):
+        try:
+            return ocp.PyTreeCheckpointHandler().metadata(
+                self.directory / str(step) / _ITEM).tree
+        except Exception as e:  # a damaged _METADATA raises json, unicode or orbax errors
+            raise DamagedCheckpointError(f"{self.directory / str(step)}: its metadata does not "
+                                         f"read back ({_first_line(e)})") from None
 
     def _step(self, step: int | None) -> int:
         step = self._manager.latest_step() if step is None else step
@@ -220,5 +303,18 @@ class Checkpoints:
         return step
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Waits for the last write; CheckpointWriteError if it failed."""
+        failure = None
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:  # a background write's failure, raised again here
+            failure = e
+        try:
+            self._manager.close()
+        except Exception:
+            if failure is None:
+                raise
+        finally:
+            std_logging.getLogger("absl").removeFilter(self._log_filter)
+        if failure is not None:
+            raise self._write_failure(failure) from None

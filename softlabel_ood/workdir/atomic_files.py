@@ -145,6 +145,30 @@ def _exchange(a: pathlib.Path, b: pathlib.Path) -> bool:
     raise OSError(err, os.strerror(err), os.fspath(b))
 
 
+def foreign_entry(path: os.PathLike | str, owns: Callable[[str], bool]) -> str | None:
+    """The name of the first entry of the directory `path` that `owns` does not claim, or None
+    (also when `path` does not exist): what `replacing_directory(path)` would take away with
+    the old directory although its writer did not write it. Temporaries of claimed names
+    (`.<name>.tmp-<pid>`, of earlier per-file writes) are the writer's too."""
+    path = _path(path)
+    if not path.is_dir():
+        return None
+    for entry in sorted(path.iterdir()):
+        name = entry.name
+        stem, infix, pid = name[1:].rpartition(_TMP_INFIX)
+        if owns(name) or (name.startswith(".") and infix and pid.isdigit() and owns(stem)):
+            continue
+        return name
+    return None
+
+
+def is_own_temporary(path: os.PathLike | str) -> bool:
+    """Whether `path` is a temporary name of this process (`.<name>.tmp-<pid>`): a directory
+    that `replacing_directory` is filling, whose files are switched in with it as a whole."""
+    name = _path(path).name
+    return name.startswith(".") and name.endswith(f"{_TMP_INFIX}{os.getpid()}")
+
+
 @contextlib.contextmanager
 def replacing_directory(path: os.PathLike | str) -> Iterator[pathlib.Path]:
     """Yields an empty temporary directory to fill; on success it replaces `path` as a whole.
@@ -153,14 +177,15 @@ def replacing_directory(path: os.PathLike | str) -> Iterator[pathlib.Path]:
     old one leaves together: on Linux the two directories are exchanged in one atomic rename
     (renameat2 RENAME_EXCHANGE). Where the file system lacks it, the old directory is renamed
     aside and the new one renamed into place, two renames microseconds apart. If the block fails
-    (a full disk, an exception, a kill) `path` is left as it was.
+    (a full disk, an exception, a kill) `path` is left as it was. A write error that names no
+    file (a full disk met while writing) is reported as one of `path`.
     """
     path = _path(path)
     remove_stale_temporaries(path)
     tmp = _temporary(path)
     _remove(tmp)
-    tmp.mkdir(parents=True)
     try:
+        tmp.mkdir(parents=True)
         yield tmp
         for entry in tmp.iterdir():
             if entry.is_file():
@@ -177,5 +202,9 @@ def replacing_directory(path: os.PathLike | str) -> Iterator[pathlib.Path]:
             os.rename(tmp, path)
             os.rename(aside, tmp)
         _fsync_directory(path.parent)
+    except OSError as e:
+        if e.filename is None and e.errno is not None:
+            raise OSError(e.errno, e.strerror, os.fspath(path)) from e
+        raise
     finally:
         _remove(tmp)

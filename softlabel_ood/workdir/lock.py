@@ -27,6 +27,18 @@ def _local(workdir) -> pathlib.Path | None:
     return None if "://" in text else pathlib.Path(text)
 
 
+def check_workdir(workdir) -> None:
+    """WorkdirError unless `workdir` names a directory, or a path where one can be made.
+
+    An empty --workdir would be the current directory, which a run would fill with its files.
+    """
+    if not os.fspath(workdir).strip():
+        raise WorkdirError("--workdir: empty; give the run's directory (created if missing)")
+    path = _local(workdir)
+    if path is not None and path.exists() and not path.is_dir():
+        raise WorkdirError(f"--workdir: {path} is a file, not a directory")
+
+
 @contextlib.contextmanager
 def hold(workdir, *, enabled: bool = True):
     """Creates `workdir` if missing and holds its lock; WorkdirError if another process has it.
@@ -35,12 +47,11 @@ def hold(workdir, *, enabled: bool = True):
     fails (a refusal after the data loaded) is removed again, so that a refused start leaves
     nothing behind.
     """
+    check_workdir(workdir)
     path = _local(workdir)
     if not enabled or path is None:
         yield
         return
-    if path.exists() and not path.is_dir():
-        raise WorkdirError(f"--workdir: {path} is a file, not a directory")
     created = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
     lock_path = path / LOCK_FILE

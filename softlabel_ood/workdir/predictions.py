@@ -170,6 +170,82 @@ class RunSummary:
         return dataclasses.asdict(self)
 
 
+# The summary's fields that record a config field which only some methods read (methods.reads),
+# with the value they hold for the other methods.
+_METHOD_FIELDS = {"alpha": ("label_smoothing", 0.0), "teacher": ("kd.teacher_workdir", ""),
+                  "kd_temperature": ("kd.temperature", None), "kd_weight": ("kd.weight", None),
+                  "oe_dataset": ("oe_dataset", ""), "oe_weight": ("oe.weight", None),
+                  "finetune_from": ("oe.finetune_from", "")}
+
+
+def _number(x) -> bool:
+    return isinstance(x, int | float | np.floating | np.integer) and not isinstance(x, bool) \
+        and bool(np.isfinite(x))
+
+
+def _check_run(where: str, run: Mapping) -> None:
+    """The manifest's `run` (a RunSummary; keys that older manifests lack read as empty): each
+    value of its type and range, the method one of softlabel_ood.methods, and the fields that
+    the method does not read empty, as `RunSummary.from_config` records them."""
+    def refuse(key: str, expected: str):
+        raise PredictionsError(f"{where}: field 'run.{key}' is {run[key]!r}, expected {expected}")
+
+    rules = {
+        "dataset": ("a string", lambda v: isinstance(v, str)),
+        "model": ("a string", lambda v: isinstance(v, str)),
+        "method": (f"one of {', '.join(methods.BY_NAME)} (or empty)",
+                   lambda v: isinstance(v, str) and (v == "" or v in methods.BY_NAME)),
+        "alpha": ("a number in [0, 1)", lambda v: _number(v) and 0 <= v < 1),
+        "teacher": ("a string", lambda v: isinstance(v, str)),
+        "kd_temperature": ("a number > 0 or null", lambda v: v is None or (_number(v) and v > 0)),
+        "kd_weight": ("a number in [0, 1] or null",
+                      lambda v: v is None or (_number(v) and 0 <= v <= 1)),
+        "oe_dataset": ("a string", lambda v: isinstance(v, str)),
+        "oe_weight": ("a number >= 0 or null", lambda v: v is None or (_number(v) and v >= 0)),
+        "finetune_from": ("a string", lambda v: isinstance(v, str)),
+        "num_epochs": ("an integer >= 0", lambda v: _is_count(v)),
+        "seed": ("an integer >= 0", lambda v: _is_count(v)),
+    }
+    for key, (expected, ok) in rules.items():
+        if key in run and not ok(run[key]):
+            refuse(key, expected)
+    method = run.get("method", "")
+    for key, (field, empty) in _METHOD_FIELDS.items():
+        if method and key in run and not methods.reads(method, field) and run[key] != empty:
+            refuse(key, f"{empty!r}: method {method} does not read {field}")
+
+
+class _AttributeView:
+    """A config's JSON data read by attribute, as `RunSummary.from_config` reads a ConfigDict."""
+
+    def __init__(self, data: Mapping):
+        self._data = data
+
+    def __getattr__(self, name: str):
+        value = self._data[name]
+        return _AttributeView(value) if isinstance(value, Mapping) else value
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool) and v >= 0
+
+
+def check_run_matches_config(manifest_path, run: Mapping, config: Mapping,
+                             config_path) -> None:
+    """PredictionsError unless the manifest's `run` agrees with the run's stored config
+    (`config.json` as JSON data) on every field that both record: predictions that do not
+    are another run's, or were edited. A config too old to summarise is not compared."""
+    try:
+        expected = RunSummary.from_config(_AttributeView(config)).to_json()
+    except (KeyError, TypeError, ValueError):
+        return
+    for key, value in expected.items():
+        if key in run and run[key] != value:
+            raise PredictionsError(
+                f"{manifest_path}: field 'run.{key}' is {run[key]!r}, but {config_path} says "
+                f"{value!r}; these predictions are not this run's (predict rewrites them)")
+
+
 # ---------------------------------------------------------------------------------------------
 # Validation shared by write (in memory) and read (from files).
 
@@ -396,6 +472,7 @@ def write(directory, splits: Mapping[str, Split], *, num_classes: int,
         manifest_text = json.dumps(manifest, indent=2)
     except (TypeError, ValueError) as e:
         raise PredictionsError(f"run: not JSON-serializable ({e})") from None
+    _check_run("run", manifest["run"])
 
     # The whole directory is written beside the old one and switched in one rename: a reader,
     # a killed process or a full disk sees the old set of files or the new one, never a mix.
@@ -457,6 +534,7 @@ def read_manifest(directory) -> dict:
     run = manifest.get("run", {})
     if not isinstance(run, dict):
         raise PredictionsError(f"{path}: field 'run' must be an object")
+    _check_run(str(path), run)
     if manifest["format"] == FORMAT_V1:
         # v1 knew neither the head nor ODIN arrays; anything under those names is not ours.
         return {k: v for k, v in manifest.items() if k not in ("head", "odin")}
@@ -513,7 +591,9 @@ def read(directory, *, features: bool = True) -> Predictions:
     splits = {}
     for name, entry in manifest["splits"].items():
         path = directory / entry["file"]
-        arrays = _load_npz(path, features, optional=(odin_field,) if odin_pairs else ())
+        # ODIN arrays are read whether or not the manifest lists pairs: a column per pair.
+        arrays = _load_npz(path, features, optional=(odin_field,)
+                           if manifest["format"] != FORMAT_V1 else ())
         _check_split(str(path), entry["role"], arrays["logits"], arrays["labels"],
                      arrays.get("features"), num_classes, entry["num_examples"])
         _check_odin(str(path), odin_field, arrays.get(odin_field), len(odin_pairs),

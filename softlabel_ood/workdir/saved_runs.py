@@ -44,11 +44,15 @@ def read_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
         raise RunError(f"{path}: missing; {workdir} is not a run directory")
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RunError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("dataset_paths", {}), dict):
+        raise RunError(f"{path}: not a run's config (a JSON object of its fields)")
     config = ml_collections.ConfigDict(_lists_to_tuples(data))
     # Runs of earlier versions name only the paths they set; every name is a field now.
     with config.unlocked():
+        if "dataset_paths" not in config:
+            config.dataset_paths = ml_collections.ConfigDict()
         for name in datasets.NAMES:
             if name not in config.dataset_paths:
                 config.dataset_paths[name] = ""

@@ -1,0 +1,330 @@
+"""Bad inputs to the four commands, each refused with exit code 2 and one stderr line before any
+work, with every directory it could touch unchanged: the config's bounds are in
+test_config_validation; here the workdir, the run OE fine-tuning starts from, predict's
+overrides and stored files, score's groups and manifests, reproduce's directories and words
+that are not flags. Run in process through the functions the commands call."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import pytest
+from absl import flags
+
+from softlabel_ood import command_line, predict, reproduce, score, train
+from softlabel_ood.data import datasets
+from softlabel_ood.workdir import saved_runs
+from tests.train_helpers import refusal, snapshot, tiny_digits_config
+
+
+@pytest.fixture
+def finished(finished_tiny_run):
+    """A finished tiny ce run (conftest.py), shared: copied before any change."""
+    return finished_tiny_run
+
+
+def _copy(finished, tmp_path, name="run"):
+    copy = tmp_path / name
+    shutil.copytree(finished, copy)
+    return copy
+
+
+# ---------------------------------------------------------------------------------------------
+# The workdir and words that are not flags.
+
+
+def test_an_empty_workdir_is_refused_by_train_predict_and_reproduce(tmp_path, capsys,
+                                                                     monkeypatch):
+    # An empty --workdir is the current directory: train would fill it with a run's files.
+    monkeypatch.chdir(tmp_path)
+    expected = "error: --workdir: empty; give the run's directory (created if missing)"
+    config = tiny_digits_config("ce")
+    assert refusal(capsys, lambda: train.train_and_evaluate(config, "")) == expected
+    assert refusal(capsys, lambda: predict._stored_config_from_argv(
+        ["predict", "--workdir="])) == expected
+    assert refusal(capsys, lambda: predict.predict_from_checkpoint(config, "")) == expected
+    assert refusal(capsys, lambda: reproduce.planned_runs(config, "")) == expected
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", [train, predict, reproduce], ids=lambda m: m.__name__)
+def test_a_word_that_is_not_a_flag_is_refused(command, capsys):
+    # absl hands the words after the flags to main; each main refuses them first.
+    assert refusal(capsys, lambda: command.main([command.__name__, "extra"])) == \
+        "error: unexpected argument 'extra': every input is a --flag (--help lists them)"
+
+
+# ---------------------------------------------------------------------------------------------
+# The run that OE fine-tuning starts from: checked as a KD teacher is, before any data.
+
+
+def _garbage_metadata(run):
+    for path in (run / "checkpoints").glob("*/default/_METADATA"):
+        path.write_bytes(b"\xff\xfe not json")
+
+
+def _edit_config(**fields):
+    def edit(run):
+        config = json.loads((run / saved_runs.CONFIG_FILE).read_text())
+        config.update(fields)
+        (run / saved_runs.CONFIG_FILE).write_text(json.dumps(config))
+    return edit
+
+
+START_CASES = {  # name -> (how the finished run is spoiled, the refusal after "error: ")
+    "missing": (lambda run: shutil.rmtree(run), "config.oe.finetune_from: {run} does not exist"),
+    "a_file": (lambda run: (shutil.rmtree(run), run.write_text("x")),
+               "config.oe.finetune_from: {run} is a file, not a run directory"),
+    "no_config": (lambda run: (run / "config.json").unlink(),
+                  "config.oe.finetune_from: {run}/config.json: missing; {run} is not a run "
+                  "directory"),
+    "config_not_json": (lambda run: (run / "config.json").write_text("{"),
+                        "config.oe.finetune_from: {run}/config.json: not valid JSON"),
+    "config_a_list": (lambda run: (run / "config.json").write_text("[]"),
+                      "config.oe.finetune_from: {run}/config.json: not a run's config"),
+    "unfinished": (lambda run: (run / "DONE").unlink(),
+                   "config.oe.finetune_from: {run} has not finished training (no DONE file)"),
+    "other_dataset": (_edit_config(dataset="fashion_mnist"),
+                      "config.oe.finetune_from: {run} was trained on 'fashion_mnist', this run "
+                      "uses 'digits'"),
+    "other_model": (_edit_config(model="wrn10_1"),
+                    "config.oe.finetune_from: {run} is a wrn10_1, this run a small_cnn"),
+    "no_checkpoint": (lambda run: shutil.rmtree(run / "checkpoints"),
+                      "config.oe.finetune_from: {run}/checkpoints: no checkpoint to restore"),
+    "garbage_metadata": (_garbage_metadata,
+                         "config.oe.finetune_from: {run}/checkpoints/8: its metadata does not "
+                         "read back (UnicodeDecodeError: "),
+}
+
+
+@pytest.mark.parametrize("case", list(START_CASES))
+def test_a_fine_tuning_start_that_cannot_serve_is_refused_before_any_data(
+        case, finished, tmp_path, capsys, monkeypatch):
+    spoil, message = START_CASES[case]
+    start = _copy(finished, tmp_path, "start")
+    spoil(start)
+    workdir = tmp_path / "oe_ft"
+    before = snapshot(start, workdir)
+    # Refused before any dataset is read: loading one would fail this test.
+    monkeypatch.setattr(datasets, "load", lambda *a, **k: pytest.fail("data was loaded"))
+    config = tiny_digits_config("oe", num_epochs=1, **{"oe.finetune_from": str(start)})
+    line = refusal(capsys, lambda: train.train_and_evaluate(config, str(workdir)))
+    assert line.startswith("error: " + message.format(run=start)), line
+    assert snapshot(start, workdir) == before  # no .lock, no checkpoints/: no workdir at all
+
+
+# ---------------------------------------------------------------------------------------------
+# predict: its overrides, its command line and the files it reads.
+
+
+def _predict(workdir, replace_ood=False, **overrides):
+    def run():
+        stored = saved_runs.read_config(workdir)
+        requested = saved_runs.read_config(workdir)
+        for name, value in overrides.items():
+            *parents, leaf = name.split(".")
+            target = requested
+            for parent in parents:
+                target = target[parent]
+            target[leaf] = value
+        config = predict.config_with_overrides(stored, requested, workdir,
+                                               replace_ood=replace_ood)
+        predict.predict_from_checkpoint(config, workdir)
+    return run
+
+
+def _edit_manifest(run, **fields):
+    path = run / "predictions" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["run"].update(fields)
+    path.write_text(json.dumps(manifest))
+    return path
+
+
+PREDICT_CASES = {  # name -> (overrides, manifest edits, the refusal after "error: ")
+    "eval_batch_size": ({"eval_batch_size": 10**9}, {},
+                        "config.eval_batch_size: 1000000000 is not allowed; expected at most "
+                        "16777216, so that an eval batch of 8x8x1 images takes at most 1 GiB"),
+    "num_ood_examples": ({"num_ood_examples": 10**12}, {},
+                         "config.num_ood_examples: 1000000000000 is not allowed; expected an "
+                         "integer in [1, 2147483647]"),
+    "group_of_unknown_set": ({"ood_groups.near": ("svhm",)}, {},
+                             "config.ood_groups.near: unknown dataset 'svhm'"),
+    "manifest_method": ({}, {"method": "mixup"},
+                        "{manifest}: field 'run.method' is 'mixup', expected one of ce, ls, oe, "
+                        "kd, kd_incorrect (or empty)"),
+    "manifest_dataset": ({}, {"dataset": "mnist"},
+                         "{manifest}: field 'run.dataset' is 'mnist', but {run}/config.json says "
+                         "'digits'; these predictions are not this run's (predict rewrites them)"),
+}
+
+
+@pytest.mark.parametrize("case", list(PREDICT_CASES))
+def test_predict_refuses_bad_overrides_and_edited_predictions(case, finished, tmp_path, capsys):
+    overrides, manifest_edits, message = PREDICT_CASES[case]
+    run = _copy(finished, tmp_path)
+    manifest = _edit_manifest(run, **manifest_edits) if manifest_edits else None
+    before = snapshot(run)
+    line = refusal(capsys, _predict(run, **overrides))
+    assert line.startswith("error: " + message.format(manifest=manifest, run=run)), line
+    assert snapshot(run) == before
+    if manifest_edits:  # --replace_ood does not read the old directory, and replaces it
+        _predict(run, replace_ood=True)()
+        assert json.loads((run / "predictions" / "manifest.json").read_text())["run"] == \
+            json.loads((finished / "predictions" / "manifest.json").read_text())["run"]
+
+
+def test_predict_refuses_a_misspelt_field_as_train_does(finished, capsys):
+    # predict's config is the run's stored one, whose overrides absl reads when the flag is
+    # defined: a misspelt one used to end in an AttributeError traceback.
+    stored = saved_runs.read_config(finished)
+    argv = ["predict", f"--workdir={finished}", "--config.ood_datasetz=('blobs',)"]
+    with pytest.raises(SystemExit) as exit_info:
+        command_line.define_config_dict(stored, argv, flags.FlagValues())
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: --config.ood_datasetz: not a config field; did " \
+        "you mean ood_datasets? (--help lists the fields)\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# score: groups and manifests, refused before anything is written.
+
+
+def _score(capsys, *args) -> str:
+    """score.main's one error line; progress lines may come before it (a refusal found while
+    reading arrays), nothing else."""
+    assert score.main([str(a) for a in args]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err
+    assert [line for line in lines if line.startswith("error: ")] == lines[-1:], err
+    assert all(line.startswith("scoring runs:") for line in lines[:-1]), err
+    return lines[-1]
+
+
+def _config_groups(groups_json: str):
+    def edit(run):
+        path = run / "config.json"
+        text = path.read_text()
+        config = json.loads(text)
+        config.pop("ood_groups")
+        # Raw text: a JSON object may name a key twice, which json.loads would hide.
+        path.write_text(json.dumps(config)[:-1] + f', "ood_groups": {groups_json}}}')
+    return edit
+
+
+def _manifest(**fields):
+    return lambda run: _edit_manifest(run, **fields)
+
+
+def _manifest_odin(pairs):
+    def edit(run):
+        path = run / "predictions" / "manifest.json"
+        manifest = json.loads(path.read_text())
+        if pairs is None:
+            manifest.pop("odin")
+        else:
+            manifest["odin"]["pairs"] = manifest["odin"]["pairs"][:pairs]
+        path.write_text(json.dumps(manifest))
+    return edit
+
+
+OOD_SETS = "(OOD sets: flower_patches, gaussian)"
+CONFIG_GROUPS = "{run}/config.json (ood_groups; --groups replaces them)"
+MANIFEST = "{run}/predictions/manifest.json"
+SCORE_CASES = {  # name -> (--groups or None, how the run is edited, the refusal after "error: ")
+    "groups_unknown_set": ("near=svhn", None,
+                           f"--groups: group 'near' names 'svhn', which the predictions of run "
+                           f"ce do not hold {OOD_SETS}"),
+    "groups_id_split": ("near=digits_test", None,
+                        "--groups: group 'near' names 'digits_test', the id_test split of run "
+                        "ce; a group holds OOD sets"),
+    "groups_named_twice": ("near=gaussian;near=flower_patches", None,
+                           "--groups: group 'near' is named twice"),
+    "groups_set_twice": ("near=gaussian,flower_patches,gaussian", None,
+                         "--groups: group 'near' names 'gaussian' twice"),
+    "groups_empty": (";;", None, "--groups: ';;' names no group; expected <group>=<OOD set>"),
+    "config_groups_unknown_set": (None, _config_groups('{"far": ["gaussian", "uniform"]}'),
+                                  f"{CONFIG_GROUPS}: group 'far' names 'uniform', which the "
+                                  f"predictions of run ce do not hold {OOD_SETS}"),
+    "config_groups_id_split": (None, _config_groups('{"near": ["digits_train"]}'),
+                               f"{CONFIG_GROUPS}: group 'near' names 'digits_train', the id_train "
+                               f"split of run ce; a group holds OOD sets"),
+    "config_groups_named_twice": (None, _config_groups('{"near": ["gaussian"], "near": []}'),
+                                  "{run}/config.json: the key 'near' appears twice"),
+    "config_groups_set_twice": (None, _config_groups('{"near": ["gaussian", "gaussian"]}'),
+                                f"{CONFIG_GROUPS}: group 'near' names 'gaussian' twice"),
+    "manifest_method": (None, _manifest(method="mixup"),
+                        f"{MANIFEST}: field 'run.method' is 'mixup', expected one of ce, ls, oe, "
+                        "kd, kd_incorrect (or empty)"),
+    "manifest_seed": (None, _manifest(seed=-1),
+                      f"{MANIFEST}: field 'run.seed' is -1, expected an integer >= 0"),
+    "manifest_unread_field": (None, _manifest(teacher="/runs/ls"),
+                              f"{MANIFEST}: field 'run.teacher' is '/runs/ls', expected '': "
+                              "method ce does not read kd.teacher_workdir"),
+    "manifest_alpha_of_ce": (None, _manifest(alpha=0.3),
+                             f"{MANIFEST}: field 'run.alpha' is 0.3, expected 0.0: method ce "
+                             "does not read label_smoothing"),
+    "manifest_dataset": (None, _manifest(dataset="cifar10"),
+                         f"{MANIFEST}: field 'run.dataset' is 'cifar10', but {{run}}/config.json "
+                         "says 'digits'; these predictions are not this run's"),
+    "manifest_seed_edited": (None, _manifest(seed=3),
+                             f"{MANIFEST}: field 'run.seed' is 3, but {{run}}/config.json says 0"),
+    "odin_arrays_without_pairs": (None, _manifest_odin(None),
+                                  "{run}/predictions/digits_test.npz: field 'odin' is present, "
+                                  "but the manifest lists no ODIN pairs"),
+    "odin_pairs_fewer_than_columns": (None, _manifest_odin(6),
+                                      "{run}/predictions/digits_test.npz: field 'odin' has shape "
+                                      "(450, 7), expected (450, 6): one column per ODIN pair"),
+}
+
+
+@pytest.mark.parametrize("case", list(SCORE_CASES))
+def test_score_refuses_bad_groups_and_edited_manifests(case, finished, tmp_path, capsys,
+                                                       monkeypatch):
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")  # score.main sets it for its process
+    groups, edit, message = SCORE_CASES[case]
+    run = tmp_path / "ce"
+    run.mkdir()
+    shutil.copytree(finished / "predictions", run / "predictions")
+    shutil.copy(finished / "config.json", run / "config.json")
+    if edit:
+        edit(run)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.csv").write_text("old\n")
+    before = snapshot(run, out)
+    line = _score(capsys, run, f"--out={out}", *([f"--groups={groups}"] if groups else []))
+    assert line.startswith("error: " + message.format(run=run)), line
+    assert snapshot(run, out) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# reproduce and the datasets.
+
+
+def test_reproduce_refuses_a_report_directory_with_other_files_before_training(tmp_path,
+                                                                             capsys):
+    # The report is switched in as a whole: a file of the user's there would go with the old.
+    config = tiny_digits_config("ce")
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    assert refusal(capsys, lambda: reproduce.planned_runs(config, str(tmp_path))) == \
+        f"error: {tmp_path / 'report'} holds 'notes.txt', which the report does not write (it " \
+        f"replaces the directory as a whole); move it elsewhere"
+    assert snapshot(tmp_path) == before
+
+
+def test_an_unprepared_tfds_set_is_one_line_without_the_tfds_warning(tmp_path, caplog):
+    # A version folder without files (an interrupted `tfds build`) used to raise a KeyError
+    # after absl's "Variant folder ... has no dataset_info.json" warning.
+    (tmp_path / "svhn_cropped" / "3.1.0").mkdir(parents=True)
+    with caplog.at_level(logging.WARNING), pytest.raises(
+            datasets.DatasetError, match=r"^svhn/test: tfds dataset svhn_cropped:3\.1\.0 split "
+                                         r"'test' is not available in .*; prepare it once with "
+                                         r"`tfds build svhn_cropped:3\.1\.0 --data_dir="):
+        datasets.check_available("svhn", "test", data_dir=str(tmp_path))
+    assert not [r for r in caplog.records if "Variant folder" in r.getMessage()]
