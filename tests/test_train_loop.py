@@ -8,7 +8,7 @@ import json
 import pytest
 
 from softlabel_ood.data import run_data
-from softlabel_ood.training import run_model, runs_axis, train_loop
+from softlabel_ood.training import checkpointing, run_model, runs_axis, train_loop
 from tests.train_helpers import tiny_digits_config
 
 
@@ -61,3 +61,15 @@ def test_logs_are_the_same_however_the_steps_are_fed(steps_per_call, max_mb, tmp
     for a, b in zip(reference, other, strict=True):
         for key, value in a.items():
             assert b[key] == pytest.approx(value, rel=1e-4, abs=1e-6), (a["step"], key)
+
+
+@pytest.mark.parametrize(("min_seconds", "kept"), [(0.0, [8, 12, 16]), (3600.0, [16])])
+def test_checkpoints_wait_for_checkpoint_min_seconds(min_seconds, kept, tmp_path):
+    """Every 4 steps of 16 when no wait is asked (orbax keeps the latest 3); with an hour's wait,
+    the final step alone: a run of seconds is not checkpointed every few steps."""
+    config = tiny_digits_config("ce", checkpoint_every_steps=4, checkpoint_min_seconds=min_seconds)
+    data = run_data.load_training(config)
+    train_loop.train(config, tmp_path, data, runs_axis.data_mesh())
+    saved = checkpointing.Checkpoints(tmp_path / "checkpoints", read_only=True)
+    assert sorted(saved.all_steps()) == kept
+    saved.close()

@@ -56,7 +56,8 @@ EVALUATION_FIELDS = frozenset({
 # Fields that may differ between the run that made a checkpoint and the run that resumes it:
 # they change what is evaluated or logged, or the speed, not what is trained.
 RESUMABLE_CHANGES = EVALUATION_FIELDS | {
-    "log_every_steps", "checkpoint_every_steps", "steps_per_call", "device_data_max_mb",
+    "log_every_steps", "checkpoint_every_steps", "checkpoint_min_seconds", "steps_per_call",
+    "device_data_max_mb",
 }
 
 
@@ -165,6 +166,9 @@ FIELDS: dict[str, Rule] = {
                            lambda v: v in ODIN_SELECTIONS),
     # Periods in steps, compared with int32 step numbers.
     "checkpoint_every_steps": _int_in(1),
+    # Seconds of wall time; a day at most, so that a mistyped value cannot switch saving off.
+    "checkpoint_min_seconds": _real("a number of seconds in [0, 86400] (0: at every multiple of "
+                                    "checkpoint_every_steps)", lambda v: 0 <= v <= 86400),
     "log_every_steps": _int_in(1),
     # An int32 step count; a call fed from the host holds its steps' batches: MAX_IMAGE_BYTES.
     "steps_per_call": Rule(f"an integer in [0, {MAX_INT32}] (0 chooses by platform)",

@@ -24,12 +24,14 @@ from __future__ import annotations
 import collections
 import functools
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
 import tqdm
 from etils import epath
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -158,6 +160,7 @@ class Population:
             for m in members:
                 saved_runs.write_config(m.workdir, m.config)
         self.bar = self._progress_bar()
+        self.last_save = time.monotonic()
         self.diverged: dict[int, TrainingDivergedError] = {}
         self.pending: list[tuple[int, int, dict]] = []  # calls since the last log
         self.in_flight: collections.deque = collections.deque()
@@ -184,7 +187,7 @@ class Population:
         done = chunk.start + chunk.num_steps
         work = [lambda n=chunk.num_steps: self.bar.update(n)]
         epoch_end = done % self.steps_per_epoch == 0
-        checkpoint_due = done % self.config.checkpoint_every_steps == 0 or done == self.total_steps
+        checkpoint_due = self._checkpoint_due(done)
         if done % self.config.log_every_steps == 0 or epoch_end or checkpoint_due:
             calls, self.pending = self.pending, []
             work.append(functools.partial(self._log_train, done, calls))
@@ -197,6 +200,19 @@ class Population:
         if checkpoint_due:
             self.drain()  # the loss check comes before the checkpoint
             self.save_checkpoints()
+
+    def _checkpoint_due(self, done: int) -> bool:
+        """At the last step; at a multiple of checkpoint_every_steps once checkpoint_min_seconds
+        have passed since the last save. Every process decides as process 0 does: a save is a
+        collective operation."""
+        if done == self.total_steps:
+            return True
+        if done % self.config.checkpoint_every_steps:
+            return False
+        waited = time.monotonic() - self.last_save >= self.config.checkpoint_min_seconds
+        if jax.process_count() > 1:
+            waited = bool(multihost_utils.broadcast_one_to_all(np.bool_(waited)))
+        return waited
 
     def _finish_oldest(self) -> None:
         metrics, work = self.in_flight.popleft()
@@ -234,6 +250,7 @@ class Population:
         for r, c in enumerate(self.ckpts):
             if r not in self.diverged:
                 c.save(self.state_of(r))
+        self.last_save = time.monotonic()
 
     @property
     def all_diverged(self) -> bool:
