@@ -273,11 +273,12 @@ SCORE_CASES = {  # name -> (--groups or None, how the run is edited, the refusal
     "manifest_seed_edited": (None, _manifest(seed=3),
                              f"{MANIFEST}: field 'run.seed' is 3, but {{run}}/config.json says 0"),
     "odin_arrays_without_pairs": (None, _manifest_odin(None),
-                                  "{run}/predictions/digits_test.npz: field 'odin' is present, "
-                                  "but the manifest lists no ODIN pairs"),
+                                  "{run}/predictions/digits_test.npz: field 'odin_log_ratio' is "
+                                  "present, but the manifest lists no ODIN pairs"),
     "odin_pairs_fewer_than_columns": (None, _manifest_odin(6),
-                                      "{run}/predictions/digits_test.npz: field 'odin' has shape "
-                                      "(450, 7), expected (450, 6): one column per ODIN pair"),
+                                      "{run}/predictions/digits_test.npz: field 'odin_log_ratio' "
+                                      "has shape (450, 7), expected (450, 6): one column per ODIN "
+                                      "pair"),
 }
 
 
@@ -325,6 +326,7 @@ def test_an_unprepared_tfds_set_is_one_line_without_the_tfds_warning(tmp_path, c
     with caplog.at_level(logging.WARNING), pytest.raises(
             datasets.DatasetError, match=r"^svhn/test: tfds dataset svhn_cropped:3\.1\.0 split "
                                          r"'test' is not available in .*; prepare it once with "
-                                         r"`tfds build svhn_cropped:3\.1\.0 --data_dir="):
+                                         r"`python -m softlabel_ood\.data\.prepare_tfds "
+                                         r"svhn_cropped:3\.1\.0 --data_dir="):
         datasets.check_available("svhn", "test", data_dir=str(tmp_path))
     assert not [r for r in caplog.records if "Variant folder" in r.getMessage()]

@@ -63,21 +63,44 @@ def test_odin_benchmark_prints_its_figures():
 
 
 def test_population_benchmark_prints_one_ratio_per_population_size():
-    result = run_module("benchmarks.population", "--model=small_cnn", "--image_size=8",
-                        "--channels=1", "--runs=1,2", "--steps=2", "--batch_size=8")
+    result = run_module("benchmarks.population", "--config=configs/digits.py", "--runs=1,2",
+                        "--seconds=0.05", "--num_train=256")
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 2
+    rates = []
     for line, runs in zip(lines, (1, 2), strict=True):
         values = dict(re.findall(r"(\w+)=(\S+)", line))
         assert int(values["R"]) == runs
-        together, sequential = (float(values["together_images_per_s"]),
-                                float(values["sequential_images_per_s"]))
-        assert together > 0
-        assert sequential > 0
-        assert math.isclose(float(values["ratio"]), together / sequential, rel_tol=1e-2)
-    # R = 1 is the single-run program both ways: one timing, ratio 1 by construction.
+        assert float(values["compile_s"]) > 0
+        rates.append(float(values["images_per_s"]))
+        assert rates[-1] > 0
+        # The ratio is against the first line's R = 1: the same runs in turn.
+        assert math.isclose(float(values["ratio"]), rates[-1] / rates[0], rel_tol=1e-2)
     assert dict(re.findall(r"(\w+)=(\S+)", lines[0]))["ratio"] == "1.000"
+
+
+def test_grid_benchmark_accounts_for_the_whole_grid(tmp_path):
+    result = run_module("benchmarks.grid", "--config=configs/digits.py", "--seconds=0.05",
+                        f"--workdir={tmp_path}", "--config.num_epochs=1",
+                        "--config.num_train_examples=128", "--config.num_ood_examples=32",
+                        "--config.grid.seeds=0,", "--config.grid.max_population=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    values = {k: float(v) for k, v in re.findall(r"(\w+)=([0-9.e+-]+)(?=\s|$)",
+                                                 result.stdout.strip().splitlines()[-1])}
+    phases = ("data", "probe", "compile", "init", "training", "checkpoints", "predictions",
+              "scoring", "report", "other")
+    # The phases split the wall time: each is a share of it, and together they are all of it.
+    assert math.isclose(sum(values[f"{p}_s"] for p in phases), values["wall_s"], rel_tol=1e-3,
+                         abs_tol=0.2)
+    for phase in ("training", "predictions", "compile", "scoring", "report"):
+        assert values[f"{phase}_s"] > 0, phase
+    assert values["probe_s"] == 0  # an explicit max_population measures nothing
+    # 12 runs of 2 steps of 64 images (the OE run adds 2 x 128 outliers): 12 x 128 + 256.
+    assert values["train_images"] == 12 * 2 * 64 + 2 * 128
+    assert math.isclose(values["grid_efficiency"],
+                        values["grid_images_per_s"] / values["step_images_per_s"], rel_tol=1e-2)
+    assert (tmp_path / "report" / "report.md").exists()
 
 
 def test_accelerator_checks_script_runs_every_check_at_tiny_sizes(tmp_path):
@@ -89,12 +112,13 @@ def test_accelerator_checks_script_runs_every_check_at_tiny_sizes(tmp_path):
         env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
-    checks = ("population_wrn40_2", "digits_grid", "population_small_cnn", "train_loop_wrn40_2")
+    checks = ("fashion_mnist_grid", "population_wrn40_2", "digits_grid", "train_loop_wrn40_2")
     for check in checks:
         assert f"== {check} (no time limit)" in out, out
         assert (tmp_path / f"{check}.log").exists()
     assert out.count("   exit 0 after") == len(checks), out
-    assert out.count("R=2 together_images_per_s=") == 2, out
+    assert "grid_efficiency=" in out
+    assert "R=2 images_per_s=" in out
+    assert re.search(r"digits grid max_population=0 wall_s=\d+", out), out
     assert re.search(r"digits grid max_population=1 wall_s=\d+", out), out
-    assert re.search(r"digits grid max_population=12 wall_s=\d+", out), out
     assert "loop_efficiency=" in out

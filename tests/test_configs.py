@@ -17,7 +17,7 @@ REQUIRED = (
     "dataset", "ood_datasets", "oe_dataset", "model", "method", "label_smoothing",
     "kd.teacher_workdir", "kd.temperature", "kd.weight", "oe.weight", "oe.batch_size",
     "num_epochs", "batch_size", "learning_rate", "weight_decay", "seed",
-    "checkpoint_every_steps",
+    "checkpoint_every_steps", "checkpoint_min_seconds",
 )
 
 

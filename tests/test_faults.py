@@ -13,7 +13,7 @@ import textwrap
 import pytest
 
 from softlabel_ood import predict, scoring, train
-from softlabel_ood.training import checkpointing, run_model, train_step
+from softlabel_ood.training import checkpointing, run_model, runs_axis
 from softlabel_ood.workdir import saved_runs
 from tests.report_helpers import write_predictions
 from tests.train_helpers import refusal, run_module, snapshot, tiny_digits_config
@@ -172,7 +172,7 @@ def test_a_damaged_optimizer_state_is_told_from_another_layout(finished, tmp_pat
     # a damaged file (before, a bare Exception from tensorstore), not another optimizer layout
     # (test_checkpointing), which keeps its own message.
     config = saved_runs.read_config(finished)
-    like = run_model.create_state(config, run_model.create_model(config), train_step.data_mesh())
+    like = run_model.create_state(config, run_model.create_model(config), runs_axis.data_mesh())
     checkpoints = tmp_path / "checkpoints"
     shutil.copytree(finished / "checkpoints", checkpoints)
     shutil.rmtree(checkpoints / "4")

@@ -17,7 +17,7 @@ ARGS = [
     "--config=configs/digits.py", "--config.num_epochs=12", "--config.num_train_examples=256",
     "--config.batch_size=32", "--config.num_ood_examples=64",
     "--config.ood_datasets=('flower_patches','gaussian')", "--config.ood_groups.far=('gaussian',)",
-    "--config.checkpoint_every_steps=8",
+    "--config.checkpoint_every_steps=8", "--config.checkpoint_min_seconds=0",
     "--config.log_every_steps=8",
 ]
 
