@@ -42,14 +42,13 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from softlabel_ood import configs, methods, predict, reproduce, scoring
+from softlabel_ood import configs, predict, reproduce, scoring
 from softlabel_ood.analysis import report
 from softlabel_ood.data import datasets, run_data
 from softlabel_ood.experiment import probe
 from softlabel_ood.training import (
     checkpointing,
     compilation_cache,
-    run_model,
     run_start,
     runs_axis,
     train_loop,
@@ -114,14 +113,6 @@ def instrument(clock: PhaseClock) -> None:
     clock.wrap(report, "write_report", "report")
 
 
-def train_images(config) -> int:
-    """Images one run's train steps pass through the model (ID batch and outliers)."""
-    num_train = len(run_data.load_training(config).train.labels)
-    per_step = config.batch_size + (config.oe.batch_size if methods.needs_outliers(config.method)
-                                    else 0)
-    return run_model.total_steps(config, num_train) * per_step
-
-
 def main(argv) -> None:
     config = flags.FLAGS.config
     config.grid.workers = 1  # every phase in this process, where the clock sees it
@@ -135,7 +126,7 @@ def main(argv) -> None:
         runs = reproduce.run_grid(config, workdir)
         wall = time.perf_counter() - start
     planned = {info.run: c for info, c in reproduce.planned_runs(config, workdir or ".")}
-    images = sum(train_images(planned[r.run]) for r in runs)
+    images = sum(probe.train_images(planned[r.run]) for r in runs)
     first = planned[runs[0].run]
     step_rate, _ = probe.images_per_second(first, run_data.load_training(first), 1,
                                            runs_axis.data_mesh(jax.local_devices()[:1]),

@@ -73,7 +73,8 @@ def cut_grid(config: ml_collections.ConfigDict, workdir: str,
     configs = [c for _, c in planned]
     directories = [info.directory for info, _ in planned]
     if all(saved_runs.is_finished(d) for d in directories):
-        return [[i] for i in range(len(planned))], None  # nothing to train, nothing to measure
+        # Nothing to train, nothing to measure: the report states the size the grid trained with.
+        return [[i] for i in range(len(planned))], probe.stored(workdir)
     size, measured = probe.population_size(config.grid, configs, directories,
                                            populations.groups(configs, directories), workdir)
     if measured and distributed.is_writer():

@@ -26,20 +26,32 @@ def _fake_rates(monkeypatch, rates: dict[int, float]) -> list[int]:
     return asked
 
 
-@pytest.mark.parametrize(("rates", "largest", "asked", "chosen"), [
+LONG = 10**9  # training images of a grid whose compiles are negligible beside its training
+
+
+@pytest.mark.parametrize(("rates", "largest", "work", "asked", "chosen"), [
     # Larger populations pay: doubled while each is 5% faster than the one chosen before it.
-    ({1: 100.0, 2: 150.0, 4: 200.0, 8: 205.0}, 18, [1, 2, 4, 8], 4),
+    ({1: 100.0, 2: 150.0, 4: 200.0, 8: 205.0}, 18, LONG, [1, 2, 4, 8], 4),
     # A gain within the noise (4% here) is not taken: it would only cost a larger compile.
-    ({1: 100.0, 2: 104.0}, 18, [1, 2], 1),
+    ({1: 100.0, 2: 104.0}, 18, LONG, [1, 2], 1),
     # Slower together (vmapped convolutions on a GPU, say): runs alone.
-    ({1: 100.0, 2: 56.0}, 18, [1, 2], 1),
+    ({1: 100.0, 2: 56.0}, 18, LONG, [1, 2], 1),
     # Never more runs per device than the largest group holds.
-    ({1: 100.0, 2: 150.0, 4: 300.0}, 3, [1, 2], 2),
+    ({1: 100.0, 2: 150.0, 4: 300.0}, 3, LONG, [1, 2], 2),
+    # A grid of seconds: 8 compiles of 0.1 s each cost more than R = 2 could save by halving
+    # its 1 s of training, so R = 2 is not even measured.
+    ({1: 100.0, 2: 200.0}, 18, 100, [1], 1),
+    # 4 s of training, so R = 2 is measured: 10% faster it takes 3.64 + 8 x 0.2 = 5.24 s
+    # against R = 1's 4 + 0.8 = 4.8 s; 3 times faster, 1.33 + 1.6 = 2.93 s, and it is chosen.
+    ({1: 100.0, 2: 110.0}, 18, 400, [1, 2], 1),
+    ({1: 100.0, 2: 300.0, 4: 310.0}, 18, 400, [1, 2, 4], 2),
 ])
 def test_the_probe_doubles_r_while_it_pays_and_keeps_the_last_that_did(monkeypatch, rates,
-                                                                      largest, asked, chosen):
+                                                                      largest, work, asked,
+                                                                      chosen):
     seen = _fake_rates(monkeypatch, rates)
-    result = probe.measure(tiny_digits_config(), largest, "ce_seed0 and its 17 peers")
+    result = probe.measure(tiny_digits_config(), largest, "the 18 run(s) of ce_seed0's program",
+                           work_images=work, programs=8)
     assert seen == asked
     assert result.chosen == chosen
     assert result.images_per_s == {r: rates[r] for r in asked}

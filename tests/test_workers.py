@@ -21,6 +21,9 @@ def _grid(value):
 def test_worker_count_by_platform_and_its_refusals(monkeypatch):
     monkeypatch.setattr(workers.os, "cpu_count", lambda: 8)
     assert workers.count(_grid(0)) == workers.AUTO_WORKERS_CPU == 2
+    # Populations of several runs already keep the cores busy in one process.
+    assert workers.count(_grid(0), population_size=4) == 1
+    assert workers.count(_grid(3), population_size=4) == 3
     assert workers.count(_grid(3)) == 3
     monkeypatch.setattr(workers.os, "cpu_count", lambda: 1)
     assert workers.count(_grid(0)) == 1  # never more processes than cores by default

@@ -5,11 +5,15 @@ shapes and the platform: on a 2-core CPU, small models gain from running indepen
 by side; on a GPU, a WideResNet step already fills the device, and more runs per program only
 cost compile time. So `config.grid.max_population = 0` measures it: the train program of the
 grid's largest group of runs that share one (the label-smoothing sweep), on its real data and
-shapes, at R = 1, 2, 4, ... runs on one device, each timed over a few calls after its compile.
+shapes, at R = 1, 2, 4, ... runs on one device, each timed over a few calls after its compile
+(the first call's seconds). What is compared is the grid's training time at R runs per
+program: its training images over the measured rate, plus the compiles of its programs at that
+size (a train and a predictions program per group of runs sharing one), so that a small grid,
+whose runs take seconds, is not cut into populations whose compiles cost more than they save.
 Each R must be `MIN_GAIN` faster than the one chosen before it to be chosen in its place; the
-first that is not ends the search. So the choice is never slower than runs alone by more than
-the noise of the measurement, and a gain within the noise never costs a larger compile. The
-programs stay compiled: the chosen one trains the grid.
+first that is not ends the search, and none is tried when R = 2 could not pay even by halving
+the training time. So the choice is never slower than runs alone by more than the noise of the
+measurement. The programs stay compiled: the chosen one trains the grid.
 
 The result is written to `<workdir>/population_probe.json` and read back when the same grid is
 run again on the same kind of devices, so that a resumed reproduction cuts the grid as before
@@ -29,6 +33,7 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
+from softlabel_ood import methods
 from softlabel_ood.data import run_data
 from softlabel_ood.training import run_model, runs_axis, train_feed, train_loop, train_step
 from softlabel_ood.workdir import atomic_files
@@ -105,17 +110,33 @@ def images_per_second(config: ml_collections.ConfigDict, data: run_data.Training
     return runs * timed_steps * config.batch_size / seconds, compile_s
 
 
-def measure(config: ml_collections.ConfigDict, largest: int, group: str) -> ProbeResult:
+def train_images(config: ml_collections.ConfigDict) -> int:
+    """Images one run's train steps pass through the model (ID batches and OE outliers)."""
+    num_train = len(run_data.load_id(config, "train").labels)
+    per_step = config.batch_size + (config.oe.batch_size if methods.needs_outliers(config.method)
+                                    else 0)
+    return run_model.total_steps(config, num_train) * per_step
+
+
+def measure(config: ml_collections.ConfigDict, largest: int, group: str, *,
+            work_images: int, programs: int) -> ProbeResult:
     """Times R = 1, 2, 4, ... (at most `largest`) runs of `config` on this process's first
-    device and chooses the fastest (module docstring)."""
+    device and chooses the R that trains `work_images` fastest, counting the compile of
+    `programs` programs of that size (module docstring)."""
     mesh = runs_axis.data_mesh(jax.local_devices()[:1])
     data = run_data.load_training(config)
     rates, compiles = {}, {}
+
+    def seconds(r: int) -> float:  # the grid's training at R runs per program, compiles included
+        return work_images / rates[r] + programs * compiles[r]
+
     best, runs = 1, 1
     while runs <= largest:
         rates[runs], compiles[runs] = images_per_second(config, data, runs, mesh)
-        if runs > 1 and rates[runs] < MIN_GAIN * rates[best]:
+        if runs > 1 and MIN_GAIN * seconds(runs) > seconds(best):
             break  # within noise of the best, or slower: larger R would only cost compile time
+        if runs == 1 and work_images / rates[1] / 2 < programs * compiles[1]:
+            break  # R = 2 could at most halve the training, which its compiles would outweigh
         best, runs = runs, runs * 2
     # Every process trains the same populations: process 0's measurement decides.
     chosen = int(multihost_utils.broadcast_one_to_all(np.int32(best)))
@@ -133,16 +154,26 @@ def population_size(grid: ml_collections.ConfigDict,
     if int(grid.get("max_population", 0)):
         return int(grid.max_population), None
     largest = max(groups, key=len)
-    group = f"{epath.Path(directories[largest[0]]).name} and its {len(largest) - 1} peers"
+    group = f"the {len(largest)} run(s) of {epath.Path(directories[largest[0]]).name}'s program"
     path = epath.Path(workdir) / PROBE_FILE
     result = _read(path, group)
     if result is None:
+        # Each group of runs compiles its train program and its predictions program.
         result = measure(configs[largest[0]], max(1, len(largest) // jax.local_device_count()),
-                         group)
+                         group, work_images=sum(train_images(c) for c in configs),
+                         programs=2 * len(groups))
         if jax.process_index() == 0:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_files.write_text_atomically(path, json.dumps(result.to_json(), indent=1))
     return result.chosen * jax.local_device_count(), result
+
+
+def stored(workdir: epath.PathLike) -> ProbeResult | None:
+    """The probe a grid's workdir holds, if any (whatever it was measured on)."""
+    try:
+        return ProbeResult.from_json(json.loads((epath.Path(workdir) / PROBE_FILE).read_text()))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
 
 
 def _read(path: epath.Path, group: str) -> ProbeResult | None:

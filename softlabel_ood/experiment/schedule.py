@@ -83,7 +83,7 @@ def train(planned: Sequence[tuple[RunInfo, ml_collections.ConfigDict]],
     the failed runs' directories with why each failed."""
     schedule = Schedule(planned, cut)
     training: dict[int, tuple[list[int], dict[int, bool]]] = {}  # population -> (runs, resumed)
-    with workers.Pool(workers.count(grid)) as pool:
+    with workers.Pool(workers.count(grid, max(map(len, cut), default=1))) as pool:
         while schedule.pending or pool.busy:
             while not pool.full and (started := schedule.next_population()) is not None:
                 population, todo = started

@@ -43,8 +43,10 @@ _PR_SET_PDEATHSIG = 1
 Outcome = tuple[int, list[str | None], float]  # (population id, each run's failure, seconds)
 
 
-def count(grid: ml_collections.ConfigDict) -> int:
-    """Worker processes for `grid`: config.grid.workers, or the platform's default for 0."""
+def count(grid: ml_collections.ConfigDict, population_size: int = 1) -> int:
+    """Worker processes for `grid`: config.grid.workers, or the platform's default for 0: on a
+    CPU, 2 when every run trains alone (each process keeps about one core busy with a small
+    model), 1 when populations of several runs already run side by side on the cores."""
     value = int(grid.get("workers", 0))
     if value < 0:
         raise grid_lib.GridError(f"config.grid.workers: {value} must be >= 0 (0 = automatic)")
@@ -54,7 +56,7 @@ def count(grid: ml_collections.ConfigDict) -> int:
             f"{jax.process_count()} JAX processes; use 1 (or 0, automatic)")
     if value:
         return value
-    if jax.process_count() > 1 or jax.default_backend() != "cpu":
+    if jax.process_count() > 1 or jax.default_backend() != "cpu" or population_size > 1:
         return 1
     return max(1, min(AUTO_WORKERS_CPU, os.cpu_count() or 1))
 
