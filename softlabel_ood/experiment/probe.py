@@ -135,8 +135,10 @@ def measure(config: ml_collections.ConfigDict, largest: int, group: str, *,
         rates[runs], compiles[runs] = images_per_second(config, data, runs, mesh)
         if runs > 1 and MIN_GAIN * seconds(runs) > seconds(best):
             break  # within noise of the best, or slower: larger R would only cost compile time
-        if runs == 1 and work_images / rates[1] / 2 < programs * compiles[1]:
-            break  # R = 2 could at most halve the training, which its compiles would outweigh
+        if runs == 1 and work_images / rates[1] / 2 < (programs + 2) * compiles[1]:
+            # R = 2 could at most halve the training, which its compiles (the grid's programs
+            # and its own measurement, each about twice R = 1's) would outweigh.
+            break
         best, runs = runs, runs * 2
     # Every process trains the same populations: process 0's measurement decides.
     chosen = int(multihost_utils.broadcast_one_to_all(np.int32(best)))
