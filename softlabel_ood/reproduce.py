@@ -26,7 +26,7 @@ from softlabel_ood import cli_errors, command_line, configs, scoring
 from softlabel_ood.analysis import claims, report, results
 from softlabel_ood.configs import config_validation
 from softlabel_ood.data import datasets, run_data
-from softlabel_ood.experiment import grid, populations, probe, schedule
+from softlabel_ood.experiment import grid, populations, probe, schedule, workers
 from softlabel_ood.training import compilation_cache, distributed
 from softlabel_ood.workdir import lock as workdir_lock
 from softlabel_ood.workdir import saved_runs
@@ -67,21 +67,35 @@ class RunsFailedError(saved_runs.RunError):
 
 def cut_grid(config: ml_collections.ConfigDict, workdir: str,
              planned: list[tuple[results.RunInfo, ml_collections.ConfigDict]]
-             ) -> tuple[list[list[int]], probe.ProbeResult | None]:
-    """The grid's populations (`populations.form`), sized by config.grid.max_population or,
-    for 0, by the probe; and the probe's result, if one was made or read."""
+             ) -> tuple[list[list[int]], str | None]:
+    """The grid's populations (`populations.form`) and, when config.grid.max_population is 0,
+    how their size was chosen (for the report).
+
+    Populations and worker processes are two ways to keep a CPU's cores busy; when several
+    workers train side by side (the CPU default) every run trains alone, as measured fastest
+    there, and otherwise the probe measures the size."""
     configs = [c for _, c in planned]
     directories = [info.directory for info, _ in planned]
+    side_by_side = (not int(config.grid.get("max_population", 0))
+                    and workers.count(config.grid) > 1)
+    how = (f"1 run per population: {workers.count(config.grid)} worker processes train runs side "
+           f"by side (config.grid.workers; 1 measures the population size)") if side_by_side \
+        else None
     if all(saved_runs.is_finished(d) for d in directories):
         # Nothing to train, nothing to measure: the report states the size the grid trained with.
-        return [[i] for i in range(len(planned))], probe.stored(workdir)
-    size, measured = probe.population_size(config.grid, configs, directories,
-                                           populations.groups(configs, directories), workdir)
-    if measured and distributed.is_writer():
-        tqdm.tqdm.write(f"populations: {measured.describe()}", file=sys.stderr)
+        stored = probe.stored(workdir)
+        return [[i] for i in range(len(planned))], how or (stored and stored.describe())
+    if side_by_side:
+        size = 1
+    else:
+        size, measured = probe.population_size(config.grid, configs, directories,
+                                               populations.groups(configs, directories), workdir)
+        how = measured and measured.describe()
+    if how and distributed.is_writer():
+        tqdm.tqdm.write(f"populations: {how}", file=sys.stderr)
     unit = populations.run_devices(int(config.grid.get("run_devices", 0)), size,
                                    jax.local_device_count())
-    return populations.form(configs, directories, size, unit=unit), measured
+    return populations.form(configs, directories, size, unit=unit), how
 
 
 def run_grid(config: ml_collections.ConfigDict, workdir: str, *,
@@ -93,7 +107,7 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str, *,
     stop the others; RunsFailedError names every failed run after the report is written.
     """
     planned = planned_runs(config, workdir)
-    cut, measured = cut_grid(config, workdir, planned)
+    cut, how = cut_grid(config, workdir, planned)
     failed = schedule.train(planned, cut, config.grid)
     # Process 0 wrote every run's predictions; the others read them to score.
     distributed.wait_for_all("grid trained")
@@ -107,7 +121,7 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str, *,
         report.write_report(rows, out, runs=runs, rules=rules,
                             title=f"Soft labels and OOD detection on {config.dataset}: "
                                   f"reproduction report",
-                            training={"population size": measured.describe()} if measured else None)
+                            training={"population size": how} if how else None)
         print(f"report: {out / 'report.md'}")
     if failed:
         raise RunsFailedError(f"{len(failed)} of {len(planned)} runs did not finish: " + "; ".join(
