@@ -174,6 +174,12 @@ def test_reproduce_command_trains_scores_and_reports(tiny_grid):
 
 def test_second_invocation_trains_nothing(tiny_grid, monkeypatch):
     config_file, workdir, _ = tiny_grid
+    # The first report says how the grid chose its population size: 2 worker processes on a CPU
+    # with 2 cores or more, else the probe (R = 1 alone measured: no two runs share a program).
+    text = (workdir / "report" / "report.md").read_text()
+    assert ("| population size | 1 run per population: 2 worker processes" in text or
+            "| population size | 1 run(s) per device, measured on the 1 run(s) of ce_seed0's"
+            in text)
     stamps = {p: p.stat().st_mtime_ns for p in (workdir / "runs").glob("*/predictions/*")}
 
     def no_training(configs, workdirs, **kwargs):
@@ -187,13 +193,6 @@ def test_second_invocation_trains_nothing(tiny_grid, monkeypatch):
     config.grid.workers = 1  # the replaced training function lives in this process
     reproduce.run_grid(config, str(workdir))
     assert stamps == {p: p.stat().st_mtime_ns for p in (workdir / "runs").glob("*/predictions/*")}
-    # The report still says how the grid chose its population size: 2 worker processes on a
-    # CPU with 2 cores or more, else the stored probe (R = 1 alone was measured: no two runs of
-    # this grid share a program).
-    text = (workdir / "report" / "report.md").read_text()
-    assert ("| population size | 1 run per population: 2 worker processes" in text or
-            "| population size | 1 run(s) per device, measured on the 1 run(s) of ce_seed0's"
-            in text)
 
 
 def test_command_exits_2_with_one_line_on_a_bad_grid(tmp_path):
