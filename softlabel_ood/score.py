@@ -41,6 +41,9 @@ def _parse(argv):
                              "id_train score at the largest T) or fixed (T = 1000, ε = 0.0014, "
                              "OpenOOD's default) (default: each run's config.odin_selection "
                              "from its config.json, else id_train)")
+    parser.add_argument("--pnorm_p", type=float, default=None,
+                        help="p of the pnorm score for every run, a number >= 1 (default: each "
+                             "run's config.pnorm_p from its config.json, else 2)")
     parser.add_argument("--platform", default=None,
                         help="JAX platform to score on, e.g. cpu, gpu, tpu (default: "
                              "$JAX_PLATFORMS, else cpu)")
@@ -95,11 +98,15 @@ def main(argv=None) -> int:
     try:
         if knn_k is not None and knn_k < 1:
             raise scoring.ScoringError(f"--knn_k: must be at least 1, got {knn_k}")
+        if args.pnorm_p is not None and not 1 <= args.pnorm_p < float("inf"):
+            raise scoring.ScoringError(f"--pnorm_p: must be a finite number >= 1, got "
+                                       f"{args.pnorm_p:g}")
         _check_out(args.out)
         _check_platform(args.platform)
         groups = None if args.groups is None else scoring.groups.parse_groups(args.groups)
         report = scoring.score_runs_report(args.run_dirs, knn_k=knn_k, progress=True,
-                                           ood_groups=groups, odin_selection=args.odin_selection)
+                                           ood_groups=groups, odin_selection=args.odin_selection,
+                                           pnorm_p=args.pnorm_p)
         for run, reasons in report.skipped.items():
             for score, reason in reasons.items():
                 print(f"{run}: {score} {reason}", file=sys.stderr)

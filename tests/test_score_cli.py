@@ -80,12 +80,13 @@ def test_cli_writes_metrics_csv_and_md(scored, runs):
         lines = list(csv.reader(f))
     assert lines[0] == ["run", "score", "ood", "metric", "value"]
     rows = scoring.read_metrics_csv(out / "metrics.csv")
-    # Per run: accuracy and ece, then scores x OOD splits x 8 metrics.
-    assert len(rows) == (2 + 9 * 2 * 8) + (2 + 4 * 2 * 8)
+    # Per run: accuracy and ece, 4 selective metrics per score, then scores x OOD splits x 8.
+    assert len(rows) == (2 + 10 * 4 + 10 * 2 * 8) + (2 + 5 * 4 + 5 * 2 * 8)
     assert rows[0] == scoring.MetricRow("ce", "", "", "accuracy", rows[0].value)
     assert all(0.0 <= r.value <= 1.0 for r in rows)
     values = {(r.run, r.score, r.ood, r.metric): r.value for r in rows}
-    assert {s for (run, s, _, _) in values if run == "ls_0.1"} == {"", *scoring.LOGIT_SCORES}
+    assert {s for (run, s, _, _) in values if run == "ls_0.1"} == {
+        "", *scoring.LOGIT_SCORES, "pnorm"}
 
     # The command's numbers are the library's numbers on the same arrays.
     for run, (_, splits) in runs.items():
@@ -212,8 +213,8 @@ def test_v1_run_directories_are_scored_without_head_scores(tmp_path):
     manifest["format"] = "softlabel_ood.predictions/v1"
     (directory / "manifest.json").write_text(json.dumps(manifest))
     report = scoring.score_runs_report([tmp_path / "old"], knn_k=5)
-    assert {r.score for r in report.rows if r.score} == {*scoring.LOGIT_SCORES,
-                                                         *scoring.FEATURE_SCORES}
+    assert {r.score for r in report.rows if r.score} == {
+        *scoring.LOGIT_SCORES, *scoring.POSTHOC_SCORES, *scoring.FEATURE_SCORES}
     assert report.skipped["old"]["react"] == \
         "skipped: the predictions have no classifier head (format v1)"
 
@@ -470,3 +471,36 @@ def test_an_id_train_split_too_small_for_the_feature_scores_is_refused(
     assert line.startswith(f"error: {tmp_path / 'r' / 'predictions' / 'digits_train.npz'}: "
                            f"id_train split {message}"), line
     assert not (tmp_path / "m").exists()
+
+
+def test_selective_rows_for_every_score_and_pnorm_with_the_run_configs_p(tmp_path):
+    splits = make_run(tmp_path / "run", seed=3, features=True)
+    test = splits["digits_test"]
+    correct = scoring.predicted_class(test.logits) == test.labels
+    assert 0 < correct.sum() < len(correct)
+
+    def rows_of(report):
+        return {(r.score, r.ood, r.metric): r.value for r in report.rows}
+
+    rows = rows_of(scoring.score_runs_report([tmp_path / "run"], knn_k=5))
+    knn = scoring.knn(test.features, splits["digits_train"].features, 5)
+    for score, values in [("msp", scoring.logit_scores(test.logits)["msp"]), ("knn", knn),
+                          ("pnorm", scoring.pnorm(test.logits, 2.0))]:
+        expected = scoring.selective_metrics(values[None], correct[None])
+        for metric in scoring.SELECTIVE_METRICS:
+            assert rows[(score, "", metric)] == pytest.approx(expected[metric][0], abs=1e-12)
+    # Every computed score has its four selective rows.
+    assert {s for s, o, _ in rows if s and not o} == {s for s, o, _ in rows if o}
+    # pnorm's p from config.json, and from the caller, which replaces it.
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"pnorm_p": 5}))
+    report = scoring.score_runs_report([tmp_path / "run"], knn_k=5)
+    assert report.notes["run"]["pnorm"] == "p = 5"
+    expected = scoring.pair_metrics(scoring.pnorm(test.logits, 5),
+                                    scoring.pnorm(splits["gaussian"].logits, 5))
+    assert rows_of(report)[("pnorm", "gaussian", "auroc")] == pytest.approx(expected["auroc"],
+                                                                            abs=1e-12)
+    assert scoring.score_runs_report([tmp_path / "run"], knn_k=5, pnorm_p=2).notes["run"][
+        "pnorm"] == "p = 2"
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"pnorm_p": 0.5}))
+    with pytest.raises(scoring.ScoringError, match=r"config.json: pnorm_p: must be a finite"):
+        scoring.score_runs_report([tmp_path / "run"], knn_k=5)

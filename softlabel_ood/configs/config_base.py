@@ -95,6 +95,8 @@ def base_config(method: str | None, *, finetune: bool = False) -> ml_collections
     # "id_train", the largest T and then the ε with the highest mean id_train score, or
     # "fixed", OpenOOD's default T = 1000 and ε = 0.0014 (a pair of odin_pairs).
     c.odin_selection = "id_train"
+    # p of the pnorm score (MaxLogit-pNorm, softlabel_ood/scoring/scores.py), read by `score`.
+    c.pnorm_p = 2.0
 
     # Bookkeeping. A checkpoint is saved at a multiple of checkpoint_every_steps once at least
     # checkpoint_min_seconds have passed since the run's last save (or its start), and always

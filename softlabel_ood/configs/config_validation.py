@@ -51,7 +51,7 @@ class ConfigError(UserError):
 # Fields that `predict` may change on a finished run: what is evaluated, never what was trained.
 EVALUATION_FIELDS = frozenset({
     "ood_datasets", "dataset_paths", "data_dir", "num_ood_examples", "eval_batch_size",
-    "odin_pairs", "odin_selection", "ood_groups",
+    "odin_pairs", "odin_selection", "ood_groups", "pnorm_p",
 })
 # Fields that may differ between the run that made a checkpoint and the run that resumes it:
 # they change what is evaluated or logged, or the speed, not what is trained.
@@ -164,6 +164,7 @@ FIELDS: dict[str, Rule] = {
     "odin_selection": Rule("id_train (the ε with the highest mean id_train ODIN score at the "
                            "largest T) or fixed (T = 1000, ε = 0.0014, OpenOOD's default)",
                            lambda v: v in ODIN_SELECTIONS),
+    "pnorm_p": _real("a number >= 1 (the p of a norm)", lambda v: v >= 1),
     # Periods in steps, compared with int32 step numbers.
     "checkpoint_every_steps": _int_in(1),
     # Seconds of wall time; a day at most, so that a mistyped value cannot switch saving off.

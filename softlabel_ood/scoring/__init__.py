@@ -5,7 +5,7 @@ Definitions: `scores` (the scores) and `metrics` (the metrics) module docstrings
 docs/scores_and_metrics.md.
 """
 
-from softlabel_ood.scoring import groups, odin_selection
+from softlabel_ood.scoring import groups, odin_selection, selective
 from softlabel_ood.scoring.head_scores import HEAD_SCORES, react, vim
 from softlabel_ood.scoring.metrics import (
     ECE_BINS,
@@ -31,12 +31,15 @@ from softlabel_ood.scoring.runs import (
 from softlabel_ood.scoring.scores import (
     FEATURE_SCORES,
     LOGIT_SCORES,
+    POSTHOC_SCORES,
     default_knn_k,
     knn,
     logit_scores,
     mahalanobis,
+    pnorm,
     predicted_class,
 )
+from softlabel_ood.scoring.selective import SELECTIVE_METRICS, selective_metrics
 
 __all__ = [
     "ALL_SCORES",
@@ -47,6 +50,8 @@ __all__ = [
     "ID_METRICS",
     "LOGIT_SCORES",
     "METRICS",
+    "POSTHOC_SCORES",
+    "SELECTIVE_METRICS",
     "MetricRow",
     "ScoreReport",
     "ScoringError",
@@ -62,12 +67,15 @@ __all__ = [
     "odin_selection",
     "ood_metrics",
     "pair_metrics",
+    "pnorm",
     "predicted_class",
     "react",
     "read_metrics_csv",
     "run_name",
     "score_predictions",
     "score_runs_report",
+    "selective",
+    "selective_metrics",
     "vim",
     "write_metrics",
 ]

@@ -74,7 +74,7 @@ METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95", "tnr95", "fpr95_ood_positive
 ID_METRICS = ("accuracy", "ece")
 ECE_BINS = 15
 
-_PAD = np.iinfo(np.int64).max
+PAD_KEY = np.iinfo(np.int64).max
 _SIGN_MASK_COMPLEMENT = np.int64(0x7FFF_FFFF_FFFF_FFFF)
 _NEGATIVE_ZERO_BITS = np.iinfo(np.int64).min  # the bits of -0.0: the sign bit alone
 
@@ -83,7 +83,7 @@ class ScoringError(UserError):
     """Scores or arrays that the metrics cannot be computed from."""
 
 
-def _order_keys(x: jax.Array) -> jax.Array:
+def order_keys(x: jax.Array) -> jax.Array:
     """int64 keys with key(a) < key(b) exactly when a < b, for finite float64 a and b."""
     bits = jax.lax.bitcast_convert_type(x, jnp.int64)
     # -0.0 == 0.0 as floats; make their bits equal too. On the bits, not with x == 0: XLA on CPU
@@ -98,8 +98,8 @@ def _sorted_keys(id_scores, id_sizes, ood_scores, ood_sizes):
     """Sorted int64 keys of ID rows [G, P] and OOD rows [G, O, N]; padding sorts last."""
     id_valid = jnp.arange(id_scores.shape[-1]) < id_sizes[:, None]
     ood_valid = jnp.arange(ood_scores.shape[-1]) < ood_sizes[..., None]
-    id_keys = jnp.where(id_valid, _order_keys(id_scores), _PAD)
-    ood_keys = jnp.where(ood_valid, _order_keys(ood_scores), _PAD)
+    id_keys = jnp.where(id_valid, order_keys(id_scores), PAD_KEY)
+    ood_keys = jnp.where(ood_valid, order_keys(ood_scores), PAD_KEY)
     return jnp.sort(id_keys, axis=-1), jnp.sort(ood_keys, axis=-1)
 
 

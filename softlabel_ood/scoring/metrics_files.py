@@ -14,6 +14,7 @@ import numpy as np
 from softlabel_ood.scoring import groups
 from softlabel_ood.scoring.metrics import ID_METRICS, METRICS, ScoringError
 from softlabel_ood.scoring.runs import ALL_SCORES, MetricRow
+from softlabel_ood.scoring.selective import SELECTIVE_METRICS
 from softlabel_ood.workdir import atomic_files
 
 CSV_HEADER = ("run", "score", "ood", "metric", "value")
@@ -41,7 +42,9 @@ def _markdown_text(rows: Sequence[MetricRow], skipped: Mapping[str, Mapping[str,
              "Values in percent. Lower is better for fpr95, fpr95_ood_positive and fpr95_oe, "
              "higher for the others; `mean` is the unweighted mean over the OOD splits, "
              "`mean (<group>)` the same over the OOD splits of a named group (config field "
-             "`ood_groups`). Definitions: docs/scores_and_metrics.md.", ""]
+             "`ood_groups`). Each score's selective-classification metrics on the ID test split "
+             "come first (lower is better for aurc, eaurc and error_fpr95). Definitions: "
+             "docs/scores_and_metrics.md.", ""]
     runs = list(dict.fromkeys([r.run for r in rows] + list(skipped)))
     for run in runs:
         lines += [f"## {run}", ""]
@@ -61,10 +64,16 @@ def _markdown_text(rows: Sequence[MetricRow], skipped: Mapping[str, Mapping[str,
                 continue
             if score in notes.get(run, {}):
                 lines += [notes[run][score], ""]
+            selective = {r.metric: r.value for r in run_rows if r.score == score and not r.ood}
+            if selective:
+                lines += [", ".join(f"{m} {_percent(selective[m])}" for m in SELECTIVE_METRICS
+                                    if m in selective) + " (ID test split)", ""]
             table: dict[str, dict[str, float]] = {}
             for r in run_rows:
-                if r.score == score:
+                if r.score == score and r.ood:
                     table.setdefault(r.ood, {})[r.metric] = r.value
+            if not table:
+                continue
             columns = [m for m in METRICS if any(m in v for v in table.values())]
             lines.append("| ood | " + " | ".join(columns) + " |")
             lines.append("|:--|" + "--:|" * len(columns))

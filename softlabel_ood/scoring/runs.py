@@ -1,8 +1,9 @@
 """From run directories to metric rows (`metrics_files` writes them to metrics.csv and metrics.md).
 
 Each run is read and scored in turn (scores need the logits, which are dropped afterwards); then
-the OOD metrics of every (run, score, OOD split) are computed in one batched call, so a grid of
-runs costs one compiled computation rather than a loop of small ones.
+the OOD metrics of every (run, score, OOD split), and the selective-classification metrics of
+every (run, score), are computed in one batched call each, so a grid of runs costs a few
+compiled computations rather than a loop of small ones.
 """
 
 from __future__ import annotations
@@ -17,24 +18,33 @@ from typing import Any
 import jax
 import numpy as np
 
-from softlabel_ood.scoring import float64, groups, head_scores, metrics, odin_selection, scores
+from softlabel_ood.scoring import (
+    float64,
+    groups,
+    head_scores,
+    metrics,
+    odin_selection,
+    scores,
+    selective,
+)
 from softlabel_ood.scoring.head_scores import HEAD_SCORES
 from softlabel_ood.scoring.metrics import ID_METRICS, METRICS, ScoringError
 from softlabel_ood.scoring.odin_selection import SELECTIONS as ODIN_SELECTIONS
 from softlabel_ood.scoring.odin_selection import read_selection
-from softlabel_ood.scoring.scores import FEATURE_SCORES, LOGIT_SCORES
+from softlabel_ood.scoring.scores import FEATURE_SCORES, LOGIT_SCORES, POSTHOC_SCORES
+from softlabel_ood.scoring.selective import SELECTIVE_METRICS
 from softlabel_ood.workdir import predictions as predictions_lib
 
 # Every score, in the order of metrics.csv and metrics.md. Definitions: docs/scores_and_metrics.md.
 ODIN_SCORES = ("odin",)
-ALL_SCORES = (*LOGIT_SCORES, *FEATURE_SCORES, *HEAD_SCORES, *ODIN_SCORES)
+ALL_SCORES = (*LOGIT_SCORES, *POSTHOC_SCORES, *FEATURE_SCORES, *HEAD_SCORES, *ODIN_SCORES)
 
 
 @dataclasses.dataclass(frozen=True)
 class MetricRow:
     run: str
-    score: str  # "" for ID-only metrics
-    ood: str  # "" for ID-only metrics
+    score: str  # "" for accuracy and ece
+    ood: str  # "" for ID-only metrics (accuracy, ece and the selective-classification metrics)
     metric: str
     value: float  # a fraction in [0, 1]
 
@@ -57,6 +67,7 @@ class _RunScores:
     ood: list[str]
     values: dict[str, dict[str, Any]]  # score -> split -> float64 [N]
     id_metrics: dict[str, Any]
+    correct: Any  # bool [N]: the ID test split's top-1 predictions that are right
     skipped: dict[str, str]
     notes: dict[str, str] = dataclasses.field(default_factory=dict)
 
@@ -108,7 +119,7 @@ def _knn_note(k: int | None, num_train: int) -> tuple[int, str]:
 
 
 def _dispatch_run(name: str, preds: predictions_lib.Predictions, knn_k: int | None,
-                  selection: str) -> _RunScores:
+                  selection: str, pnorm_p: float) -> _RunScores:
     """Starts the run's score computations; JAX runs them while the next run is read."""
     id_test = preds.id_test_name
     ood = preds.names("ood_test")
@@ -119,10 +130,13 @@ def _dispatch_run(name: str, preds: predictions_lib.Predictions, knn_k: int | No
     id_split = preds.splits[id_test]
     id_values = _id_calibration(logit_values[id_test], id_split.logits, id_split.labels,
                                 np.linspace(0.0, 1.0, metrics.ECE_BINS + 1))
-    values = {"logit": logit_values}  # split -> [4, N], taken apart once computed
+    correct = scores.predicted_class_jax(id_split.logits) == id_split.labels
+    values = {"logit": logit_values,  # split -> [4, N], taken apart once computed
+              "pnorm": {s: scores.pnorm_jax(preds.splits[s].logits, np.float64(pnorm_p))
+                        for s in evaluated}}
+    notes = {"pnorm": f"p = {pnorm_p:g}"}
 
     skipped = {}
-    notes = {}
     problem = _feature_problem(preds, evaluated)
     if problem is None:
         train = preds.splits[preds.names("id_train")[0]]
@@ -156,7 +170,7 @@ def _dispatch_run(name: str, preds: predictions_lib.Predictions, knn_k: int | No
         notes["odin"] = choice.text()
     else:
         skipped["odin"] = f"skipped: {problem}"
-    return _RunScores(name, id_test, ood, values, id_values, skipped, notes)
+    return _RunScores(name, id_test, ood, values, id_values, correct, skipped, notes)
 
 
 def _finish_run(run: _RunScores) -> _RunScores:
@@ -164,13 +178,37 @@ def _finish_run(run: _RunScores) -> _RunScores:
     logit_values = values.pop("logit")
     values = {**{score: {s: np.asarray(v[i]) for s, v in logit_values.items()}
                  for i, score in enumerate(LOGIT_SCORES)}, **values}
+    values = {score: values[score] for score in ALL_SCORES if score in values}
     for score, per_split in values.items():
         for split, v in per_split.items():
             if not np.isfinite(v).all():
                 raise ScoringError(f"{run.name}: non-finite {score} scores in split '{split}' "
                                    "(check the predictions)")
     id_values = {m: float(v) for m, v in jax.device_get(run.id_metrics).items()}
-    return dataclasses.replace(run, values=values, id_metrics=id_values)
+    return dataclasses.replace(run, values=values, id_metrics=id_values,
+                               correct=np.asarray(jax.device_get(run.correct)))
+
+
+def _selective_rows(runs: Sequence[_RunScores]) -> list[list[MetricRow]]:
+    """The selective-classification rows of each run, from one batched call over all of them;
+    error_auroc and error_fpr95 are left out where they are undefined (selective.py)."""
+    groups = [(run, score) for run in runs for score in run.values]
+    if not groups:
+        return [[] for _ in runs]
+    n = max(len(run.correct) for run in runs)
+    id_scores = np.zeros((len(groups), n))
+    correct = np.zeros((len(groups), n), bool)
+    sizes = np.zeros(len(groups), np.int64)
+    for g, (run, score) in enumerate(groups):
+        sizes[g] = len(run.correct)
+        id_scores[g, :sizes[g]] = run.values[score][run.id_test]
+        correct[g, :sizes[g]] = run.correct
+    out = selective.selective_metrics(id_scores, correct, sizes=sizes)
+    rows = {run.name: [] for run in runs}
+    for g, (run, score) in enumerate(groups):
+        rows[run.name].extend(MetricRow(run.name, score, "", m, float(out[m][g]))
+                              for m in SELECTIVE_METRICS if not np.isnan(out[m][g]))
+    return [rows[run.name] for run in runs]
 
 
 def _ood_rows(runs: Sequence[_RunScores]) -> list[list[MetricRow]]:
@@ -227,34 +265,47 @@ def _progress(items: Iterable, total: int | None) -> Iterable:
 def score_predictions(named: Iterable[tuple[str, predictions_lib.Predictions]], *,
                       knn_k: int | None = None,
                       odin_selections: Mapping[str, str] | None = None,
+                      pnorm_ps: Mapping[str, float] | None = None,
                       progress: bool = False, total: int | None = None) -> ScoreReport:
     """Scores runs given as (name, Predictions) pairs; see `score_runs_report`.
     `odin_selections` ({run: "id_train" or "fixed"}) picks each run's ODIN pair (default
-    "id_train")."""
+    "id_train"); `pnorm_ps` ({run: p}) the pnorm score's p (default 2)."""
     pending = []
     with float64.enabled():
         for name, preds in _progress(named, total) if progress else named:
             if any(run.name == name for run in pending):
                 raise ScoringError(f"{name}: two runs share this name (run names are "
                                    "directory base names)")
-            pending.append(_dispatch_run(name, preds, knn_k,
-                                         (odin_selections or {}).get(name, "id_train")))
+            pending.append(_dispatch_run(
+                name, preds, knn_k, (odin_selections or {}).get(name, "id_train"),
+                (pnorm_ps or {}).get(name, scores.DEFAULT_PNORM_P)))
         runs = [_finish_run(run) for run in pending]
     if progress:
         print(f"computing metrics for {sum(len(r.values) * len(r.ood) for r in runs)} "
               "(run, score, OOD split) pairs", file=sys.stderr)
-    ood_rows = _ood_rows(runs)
     rows = []
-    for run, run_ood_rows in zip(runs, ood_rows, strict=True):
+    for run, run_selective_rows, run_ood_rows in zip(runs, _selective_rows(runs), _ood_rows(runs),
+                                                     strict=True):
         rows.extend(MetricRow(run.name, "", "", m, run.id_metrics[m]) for m in ID_METRICS)
+        rows.extend(run_selective_rows)
         rows.extend(run_ood_rows)
     return ScoreReport(rows=rows, skipped={run.name: run.skipped for run in runs if run.skipped},
                        notes={run.name: run.notes for run in runs if run.notes})
 
 
-def _check_run_dirs(run_dirs: Sequence,
-                    ood_groups: Mapping[str, Sequence[str]] | None) -> list[tuple[str, dict]]:
-    """(name, OOD groups) of each run, once its manifest and its groups are checked."""
+def _pnorm_p_of(config: Mapping, where: str) -> float:
+    """A stored config's `pnorm_p`; the default for runs saved before the field existed."""
+    p = config.get("pnorm_p", scores.DEFAULT_PNORM_P)
+    try:
+        scores.check_pnorm_p(p)
+    except ValueError as e:
+        raise ScoringError(f"{where}: {e}") from None
+    return float(p)
+
+
+def _check_run_dirs(run_dirs: Sequence, ood_groups: Mapping[str, Sequence[str]] | None
+                    ) -> list[tuple[str, dict, float]]:
+    """(name, OOD groups, pnorm's p) of each run, once its manifest and groups are checked."""
     checked = []
     for run_dir in run_dirs:
         if not os.path.isdir(os.fspath(run_dir)):
@@ -263,7 +314,7 @@ def _check_run_dirs(run_dirs: Sequence,
         directory = pathlib.Path(os.fspath(run_dir))
         manifest = predictions_lib.read_manifest(directory / "predictions")
         name = run_name(run_dir)
-        if any(name == other for other, _ in checked):
+        if any(name == other for other, *_ in checked):
             raise ScoringError(f"{run_dir}: another run directory has the same base name "
                                f"'{name}' (run names must be unique)")
         # A run directory written by train holds its config: the predictions must be its own.
@@ -278,13 +329,15 @@ def _check_run_dirs(run_dirs: Sequence,
             where = f"{directory / groups.CONFIG_FILE} (ood_groups; --groups replaces them)"
         groups.check_groups(run_groups, {n: e["role"] for n, e in manifest["splits"].items()},
                             run=name, where=where)
-        checked.append((name, run_groups))
+        checked.append((name, run_groups,
+                        _pnorm_p_of(stored, str(directory / groups.CONFIG_FILE))))
     return checked
 
 
 def score_runs_report(run_dirs: Sequence, *, knn_k: int | None = None, progress: bool = False,
                       ood_groups: Mapping[str, Sequence[str]] | None = None,
-                      odin_selection: str | None = None) -> ScoreReport:
+                      odin_selection: str | None = None,
+                      pnorm_p: float | None = None) -> ScoreReport:
     """Reads `<run_dir>/predictions` of each run and computes every score and metric.
 
     Rows per run: accuracy and ece of the ID test split (empty score and ood), then for each
@@ -299,17 +352,25 @@ def score_runs_report(run_dirs: Sequence, *, knn_k: int | None = None, progress:
     `knn_k` fixes the knn score's k for every run; by default each run's is
     `scores.default_knn_k` of its id_train size, and the notes say which k it used.
     `odin_selection` ("id_train" or "fixed") overrides the rule each run's config.json names for
-    its ODIN pair (odin_selection.py).
+    its ODIN pair (odin_selection.py), and `pnorm_p` the p of each run's pnorm score (its
+    config.json's `pnorm_p`, else 2). Every score also gets the ID test split's
+    SELECTIVE_METRICS (empty ood), after accuracy and ece.
     """
     if odin_selection is not None and odin_selection not in ODIN_SELECTIONS:
         raise ScoringError(f"odin_selection: {odin_selection!r}, expected one of "
                            f"{', '.join(ODIN_SELECTIONS)}")
+    if pnorm_p is not None:
+        try:
+            scores.check_pnorm_p(pnorm_p)
+        except ValueError as e:
+            raise ScoringError(str(e)) from None
     checked = _check_run_dirs(run_dirs, ood_groups)
-    names = [name for name, _ in checked]
+    names = [name for name, *_ in checked]
     named = ((name, predictions_lib.read(pathlib.Path(os.fspath(d)) / "predictions"))
              for name, d in zip(names, run_dirs, strict=True))
     selections = {name: odin_selection or read_selection(d)
                   for name, d in zip(names, run_dirs, strict=True)}
+    pnorm_ps = {name: pnorm_p or p for name, _, p in checked}
     report = score_predictions(named, knn_k=knn_k, odin_selections=selections,
-                               progress=progress, total=len(checked))
-    return dataclasses.replace(report, groups={n: g for n, g in checked if g})
+                               pnorm_ps=pnorm_ps, progress=progress, total=len(checked))
+    return dataclasses.replace(report, groups={n: g for n, g, _ in checked if g})

@@ -6,6 +6,10 @@ From the logits l (K classes) of one example, with p = softmax(l):
     max_logit    max_k l_k                                       (Hendrycks et al. 2022)
     energy       logsumexp_k l_k, i.e. -E(x) at temperature T = 1 (Liu et al. 2020)
     entropy      sum_k p_k log p_k, the negative Shannon entropy of p
+    pnorm        max_k (l_k - mean(l)) / ||l - mean(l)||_p, MaxLogit-pNorm (Cattelan & Silva
+                 2024): the post-hoc logit normalisation that recovers selective
+                 classification after label smoothing (Xia et al. 2025); p = 2 unless the
+                 run's config.pnorm_p says otherwise; 0 when all logits are equal
 
 From penultimate features f, given the `id_train` split's features and labels:
 
@@ -41,6 +45,9 @@ import numpy as np
 from softlabel_ood.scoring import float64
 
 LOGIT_SCORES = ("msp", "max_logit", "energy", "entropy")
+# Logit scores computed with a parameter (config.pnorm_p), outside `logit_scores`.
+POSTHOC_SCORES = ("pnorm",)
+DEFAULT_PNORM_P = 2.0
 FEATURE_SCORES = ("mahalanobis", "knn")
 # Sun et al. (2022) use k = 50 for CIFAR-10's 50,000 training images, and on ImageNet scale k
 # with the fraction of the training set they search (k = 1000 for all of it, k = 10 for 1%).
@@ -73,6 +80,35 @@ def energy(logits: jax.Array) -> jax.Array:
 
 def entropy(logits: jax.Array) -> jax.Array:
     return jnp.sum(jax.nn.softmax(logits, axis=-1) * jax.nn.log_softmax(logits, axis=-1), axis=-1)
+
+
+@jax.jit
+def pnorm_jax(logits, p) -> jax.Array:
+    """The pnorm score (module docstring) of [N, K] logits, in float64 when the caller has
+    enabled it; `p` >= 1 is traced, so every p shares one compiled program."""
+    centered = logits.astype(jnp.float64) - jnp.mean(logits.astype(jnp.float64), axis=-1,
+                                                     keepdims=True)
+    # Scaled by the largest magnitude first: |x|^p of raw logits overflows for large p.
+    scale = jnp.max(jnp.abs(centered), axis=-1, keepdims=True)
+    unit = centered / jnp.where(scale > 0, scale, 1.0)
+    norm = jnp.sum(jnp.abs(unit) ** p, axis=-1) ** (1.0 / p)
+    top = jnp.max(unit, axis=-1)
+    return jnp.where(norm > 0, top / jnp.where(norm > 0, norm, 1.0), 0.0)
+
+
+def pnorm(logits, p: float = DEFAULT_PNORM_P) -> np.ndarray:
+    """The pnorm score (module docstring) of each row of [N, K] logits, float64 [N]."""
+    logits = np.asarray(logits)
+    if logits.ndim != 2 or logits.shape[0] == 0 or logits.shape[1] == 0:
+        raise ValueError(f"logits: expected a non-empty [N, K] array, got {logits.shape}")
+    check_pnorm_p(p)
+    with float64.enabled():
+        return np.asarray(jax.device_get(pnorm_jax(logits, np.float64(p))))
+
+
+def check_pnorm_p(p) -> None:
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not np.isfinite(p) or p < 1:
+        raise ValueError(f"pnorm_p: must be a finite number >= 1 (a norm), got {p!r}")
 
 
 def _logit_scores_rows(logits):

@@ -1,0 +1,123 @@
+"""Selective classification: how well a score ranks a model's own ID test predictions, right
+before wrong (DESIGN.md §6; sources in docs/scores_and_metrics.md).
+
+For the n examples of the ID test split, with top-1 correctness from the logits and a score
+(higher = more confident):
+
+    aurc         area under the risk-coverage curve (Geifman et al. 2019): the examples sorted by
+                 decreasing score, the selective risk at coverage i/n is the error rate among the
+                 first i; AURC is the mean of the n risks. Tied scores are exact and order-free:
+                 within a block of m tied examples holding e errors, after c examples with E
+                 errors, the risk at the block's j-th position is (E + j e / m) / (c + j)
+    eaurc        aurc minus the AURC of a perfect score at the same error rate r,
+                 r + (1 - r) ln(1 - r)
+    error_auroc  roc_auc_score(correct, s): correct predictions are the positives
+    error_fpr95  the fraction of wrong predictions accepted at the highest threshold that accepts
+                 at least 95% of the correct ones (the `fpr95` rule, correct as "ID")
+
+error_auroc and error_fpr95 are the OOD metrics with the correct predictions in the ID role and
+the wrong ones in the OOD role, computed by `metrics.ood_metrics`; they are undefined, and left
+out, when every prediction is right or every one is wrong.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from softlabel_ood.scoring import float64, metrics
+from softlabel_ood.scoring.metrics import ScoringError
+
+SELECTIVE_METRICS = ("aurc", "eaurc", "error_auroc", "error_fpr95")
+# The OOD metric that gives each error metric, with the correct predictions as positives.
+_FROM_OOD_METRIC = {"error_auroc": "auroc", "error_fpr95": "fpr95"}
+
+
+def _aurc_row(keys, errors, size):
+    """AURC of one row: int64 order keys of the negated scores [n] (padding sorts last), their
+    errors [n] (bool) and the row's valid length."""
+    order = jnp.argsort(keys, stable=True)  # decreasing score
+    keys, errors = keys[order], errors[order].astype(jnp.int64)
+    n_slots = keys.shape[0]
+    position = jnp.arange(n_slots)
+    starts = jnp.concatenate([jnp.array([True]), keys[1:] != keys[:-1]])
+    ends = jnp.concatenate([keys[1:] != keys[:-1], jnp.array([True])])
+    c = jax.lax.cummax(jnp.where(starts, position, 0))  # examples before the block
+    end = jax.lax.cummin(jnp.where(ends, position + 1, n_slots), reverse=True)
+    errors_through = jnp.cumsum(errors)
+    before = errors_through - errors  # errors before each position
+    block_errors_before = before[c]  # E: errors before the block
+    block_errors = errors_through[end - 1] - block_errors_before  # e: errors in the block
+    m = (end - c).astype(jnp.float64)
+    j = (position - c + 1).astype(jnp.float64)
+    risk = (block_errors_before + j * block_errors / m) / (c + j)
+    return jnp.sum(jnp.where(position < size, risk, 0.0)) / size
+
+
+@jax.jit
+def _aurc(scores, errors, sizes):
+    valid = jnp.arange(scores.shape[-1]) < sizes[:, None]
+    keys = jnp.where(valid, metrics.order_keys(-scores), metrics.PAD_KEY)
+    return jax.vmap(_aurc_row)(keys, errors & valid, sizes)
+
+
+def _optimal_aurc(error_rate: np.ndarray) -> np.ndarray:
+    """r + (1 - r) ln(1 - r), the AURC of a score that ranks every error last (0 ln 0 = 0)."""
+    kept = 1.0 - error_rate
+    return error_rate + np.where(kept > 0, kept * np.log(np.where(kept > 0, kept, 1.0)), 0.0)
+
+
+def selective_metrics(scores, correct, *, sizes=None) -> dict[str, np.ndarray]:
+    """SELECTIVE_METRICS of G rows at once.
+
+    Args:
+      scores: [G, n] ID test scores, one row per (run, score).
+      correct: [G, n] whether each example's top-1 prediction is right.
+      sizes: [G] number of valid leading entries of each row (default: all n); the rest is
+        padding and never read.
+    Returns {metric: float64 [G]}; error_auroc and error_fpr95 are NaN for a row whose
+    predictions are all right or all wrong.
+    """
+    scores = np.asarray(scores, np.float64)
+    correct = np.asarray(correct, bool)
+    if scores.ndim != 2 or correct.shape != scores.shape or not scores.shape[1]:
+        raise ScoringError(f"selective_metrics: expected scores and correct of one shape [G, n] "
+                           f"with n > 0, got {scores.shape} and {correct.shape}")
+    groups, n = scores.shape
+    sizes = np.full(groups, n, np.int64) if sizes is None else np.asarray(sizes, np.int64)
+    if sizes.shape != (groups,) or (groups and (sizes.min() < 1 or sizes.max() > n)):
+        raise ScoringError(f"sizes: expected {groups} integers in [1, {n}]")
+    valid = np.arange(n) < sizes[:, None]
+    if (valid & ~np.isfinite(scores)).any():
+        raise ScoringError(f"scores: {int((valid & ~np.isfinite(scores)).sum())} NaN or "
+                           "infinite scores")
+    if not groups:
+        return {m: np.zeros(0) for m in SELECTIVE_METRICS}
+    errors = valid & ~correct
+    with float64.enabled():
+        aurc = np.asarray(jax.device_get(_aurc(scores, errors, sizes)), np.float64)
+    out = {"aurc": aurc, "eaurc": aurc - _optimal_aurc(errors.sum(1) / sizes)}
+    out.update(_error_detection(scores, valid & correct, errors))
+    return out
+
+
+def _error_detection(scores, right, wrong) -> dict[str, np.ndarray]:
+    """error_auroc and error_fpr95: each row's correct scores against its wrong ones."""
+    num_right, num_wrong = right.sum(1), wrong.sum(1)
+    defined = (num_right > 0) & (num_wrong > 0)
+    out = {m: np.full(scores.shape[0], np.nan) for m in _FROM_OOD_METRIC}
+    if not defined.any():
+        return out
+    rows = np.flatnonzero(defined)
+    # Each row's correct and wrong scores packed to the front of their own arrays.
+    right_scores = np.zeros((len(rows), max(1, num_right[rows].max())))
+    wrong_scores = np.zeros((len(rows), 1, max(1, num_wrong[rows].max())))
+    for i, g in enumerate(rows):
+        right_scores[i, :num_right[g]] = scores[g][right[g]]
+        wrong_scores[i, 0, :num_wrong[g]] = scores[g][wrong[g]]
+    ood = metrics.ood_metrics(right_scores, wrong_scores, id_sizes=num_right[rows],
+                              ood_sizes=num_wrong[rows][:, None])
+    for metric, source in _FROM_OOD_METRIC.items():
+        out[metric][rows] = ood[source][:, 0]
+    return out
