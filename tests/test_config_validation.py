@@ -298,7 +298,8 @@ def test_any_dataset_path_can_be_given_on_the_command_line(parse):
     config_validation.check(config)
 
 
-@pytest.mark.parametrize("family", ["digits", "fashion_mnist", "cifar10", "cifar100"])
+@pytest.mark.parametrize("family", ["digits", "fashion_mnist", "fashion_mnist_split",
+                                    "cifar10", "cifar100"])
 def test_oe_finetune_is_honoured_by_every_family(parse, family):
     config = parse(f"--config=configs/{family}.py:oe_finetune")
     plain = parse(f"--config=configs/{family}.py:oe")

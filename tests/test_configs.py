@@ -12,7 +12,7 @@ from softlabel_ood.configs import config_validation
 from softlabel_ood.workdir import predictions
 from tests import idx_files
 
-FAMILIES = ("digits", "fashion_mnist", "cifar10", "cifar100")
+FAMILIES = ("digits", "fashion_mnist", "fashion_mnist_split", "cifar10", "cifar100")
 REQUIRED = (
     "dataset", "ood_datasets", "oe_dataset", "model", "method", "label_smoothing",
     "kd.teacher_workdir", "kd.temperature", "kd.weight", "oe.weight", "oe.batch_size",
@@ -81,6 +81,53 @@ def test_fashion_mnist_config_trains_from_idx_files(tmp_path):
     preds = predictions.read(tmp_path / "run" / "predictions")
     assert preds.splits["fashion_mnist_test"].logits.shape == (20, 10)
     assert preds.splits["digits28"].logits.shape == (16, 10)
+
+
+def test_fashion_mnist_split_is_fashion_mnist_with_held_out_classes_as_near_ood():
+    split = _family("fashion_mnist_split").get_config()
+    whole = _family("fashion_mnist").get_config()
+    assert split.dataset == "fashion_mnist6"
+    assert tuple(split.ood_datasets) == ("fashion_mnist_heldout", *whole.ood_datasets)
+    assert tuple(split.ood_groups.near) == ("fashion_mnist_heldout",)
+    assert tuple(split.ood_groups.far) == tuple(whole.ood_datasets)
+    assert split.dataset_paths.fashion_mnist6 == whole.dataset_paths.fashion_mnist
+    assert split.dataset_paths.fashion_mnist_heldout == whole.dataset_paths.fashion_mnist
+    assert split.grid.to_dict() == whole.grid.to_dict()
+    # Every other field is Fashion-MNIST's, for every argument: model, training, OE, the caps.
+    family_fields = {"dataset", "ood_datasets", "ood_groups", "dataset_paths"}
+    for arg in (None, "oe", "kd_incorrect", "oe_finetune"):
+        a = _family("fashion_mnist_split").get_config(arg).to_dict()
+        b = _family("fashion_mnist").get_config(arg).to_dict()
+        assert {k: v for k, v in a.items() if k not in family_fields} == \
+            {k: v for k, v in b.items() if k not in family_fields}, arg
+
+
+def test_fashion_mnist_split_config_trains_and_predicts_from_idx_files(tmp_path):
+    # Labels 0..9 in turn: of 64 training images 40 are of classes 0-5, of 20 test images 12
+    # are ID test images and 8 the held-out near-OOD set.
+    for prefix, count in (("train", 64), ("t10k", 20)):
+        images = np.random.default_rng(count).integers(0, 256, (count, 28, 28), dtype=np.uint8)
+        idx_files.write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", images, gz=True)
+        idx_files.write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", np.arange(count) % 10,
+                            gz=True)
+    config = _family("fashion_mnist_split").get_config("ce")
+    config.dataset_paths.fashion_mnist6 = config.dataset_paths.fashion_mnist_heldout = \
+        str(tmp_path)
+    config.num_epochs = 1
+    config.batch_size = 16
+    config.num_ood_examples = 16
+    config.ood_datasets = ("fashion_mnist_heldout", "digits28")
+    config.ood_groups.far = ("digits28",)
+    config_validation.check(config)
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+    preds = predictions.read(tmp_path / "run" / "predictions")
+    assert preds.splits["fashion_mnist6_train"].logits.shape == (40, 6)
+    assert preds.splits["fashion_mnist6_test"].logits.shape == (12, 6)
+    np.testing.assert_array_equal(preds.splits["fashion_mnist6_test"].labels,
+                                  np.tile(np.arange(6), 2))
+    assert preds.splits["fashion_mnist_heldout"].logits.shape == (8, 6)
+    assert (preds.splits["fashion_mnist_heldout"].labels == -1).all()
+    assert preds.splits["digits28"].logits.shape == (16, 6)
 
 
 def test_cifar_grids_have_three_seeds_and_offer_oe_finetuning():

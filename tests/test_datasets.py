@@ -3,6 +3,7 @@ offline."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import pathlib
 import re
@@ -21,13 +22,16 @@ INTERFACE_NAMES = (
     "cifar10", "cifar100", "svhn", "textures", "places365", "fashion_mnist", "mnist", "digits",
     "digits28", "china_patches", "flower_patches", "gaussian", "rademacher", "blobs", "uniform",
     "lsun_crop", "lsun_resize", "tinyimagenet_crop", "tinyimagenet_resize", "isun", "random_300k",
+    "fashion_mnist6", "fashion_mnist_heldout",
 )
 TFDS_NAMES = ("cifar10", "cifar100", "svhn", "textures", "places365", "fashion_mnist", "mnist")
+# Classes of a tfds set (or of its IDX files): read through tfds without a path, as it is.
+CLASS_SUBSET_NAMES = ("fashion_mnist6", "fashion_mnist_heldout")
 SYNTHETIC_NAMES = ("gaussian", "rademacher", "blobs", "uniform")
 # As the module docstring documents them: sources that need a path, and those that may take one.
 PATH_REQUIRED = ("lsun_crop", "lsun_resize", "tinyimagenet_crop", "tinyimagenet_resize", "isun",
                  "random_300k", "local_images")
-PATH_OPTIONAL = ("fashion_mnist", "mnist")
+PATH_OPTIONAL = ("fashion_mnist", "mnist", *CLASS_SUBSET_NAMES)
 
 
 def _check(ds: datasets.ArrayDataset, count: int, shape) -> None:
@@ -101,7 +105,7 @@ def test_every_record_takes_a_path_exactly_when_documented(name, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", [n for n in datasets.NAMES if n not in TFDS_NAMES + PATH_REQUIRED])
+    "name", [n for n in datasets.NAMES if n not in TFDS_NAMES + CLASS_SUBSET_NAMES + PATH_REQUIRED])
 def test_every_offline_record_loads_at_its_shape_with_labels_in_range(name):
     info = datasets.info(name)
     for split in datasets.SPLITS:
@@ -221,6 +225,111 @@ def test_real_fashion_mnist_idx_files_when_installed():
     info = datasets.info("fashion_mnist")
     assert train.images.mean() / 255 == pytest.approx(info.mean[0], abs=1e-4)
     assert train.images.std() / 255 == pytest.approx(info.std[0], abs=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# fashion_mnist6 / fashion_mnist_heldout: classes of fashion_mnist (data/class_subset.py)
+
+
+def _read_idx_reference(path: pathlib.Path) -> np.ndarray:
+    """An IDX file read here, independently of data/idx_files.py: header, dims, bytes."""
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = np.frombuffer(data, ">u4", count=ndim, offset=4)
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def test_class_subsets_read_the_idx_files_of_fashion_mnist(tmp_path):
+    rng = np.random.default_rng(6)
+    arrays = {}
+    for prefix, count in (("train", 30), ("t10k", 20)):
+        images = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
+        labels = rng.permutation(np.arange(count) % 10).astype(np.uint8)
+        idx_files.write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", images, gz=True)
+        idx_files.write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", labels, gz=True)
+        arrays[prefix] = (images, labels)
+    images, labels = arrays["train"]
+    train6 = datasets.load("fashion_mnist6", "train", path=str(tmp_path))
+    _check(train6, 18, (28, 28, 1))
+    np.testing.assert_array_equal(train6.images[..., 0], images[labels < 6])
+    np.testing.assert_array_equal(train6.labels, labels[labels < 6])
+    images, labels = arrays["t10k"]
+    held = datasets.load("fashion_mnist_heldout", "test", path=str(tmp_path))
+    _check(held, 8, (28, 28, 1))
+    np.testing.assert_array_equal(held.images[..., 0], images[labels >= 6])
+    np.testing.assert_array_equal(held.labels, labels[labels >= 6] - 6)
+    # A cap draws among the held-out images, seeded by the name: always the same subsequence.
+    capped = datasets.load("fashion_mnist_heldout", "test", path=str(tmp_path), num_examples=5)
+    _check(capped, 5, (28, 28, 1))
+    rows = [int(np.flatnonzero((held.images == im).all(axis=(1, 2, 3)))[0])
+            for im in capped.images]
+    assert rows == sorted(set(rows))
+    np.testing.assert_array_equal(
+        capped.images,
+        datasets.load("fashion_mnist_heldout", "test", path=str(tmp_path), num_examples=5).images)
+    assert datasets.info("fashion_mnist6").num_classes == 6
+    assert datasets.info("fashion_mnist_heldout").num_classes == 4
+
+    # Errors name the subset, its split and its own config field.
+    with pytest.raises(datasets.DatasetError, match=r"^fashion_mnist6/train: IDX files .* not "
+                       f"found in {tmp_path / 'missing'}$"):
+        datasets.load("fashion_mnist6", "train", path=str(tmp_path / "missing"))
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(datasets.DatasetError, match=r"^fashion_mnist_heldout/test: IDX files "):
+        datasets.check_available("fashion_mnist_heldout", "test", path=str(tmp_path))
+    with pytest.raises(datasets.DatasetError, match=r"^fashion_mnist_heldout/test: .*set "
+                       r"dataset_paths\.fashion_mnist_heldout to a folder of IDX files"):
+        datasets.check_available("fashion_mnist_heldout", "test", data_dir=str(tmp_path / "tfds"))
+
+
+def test_class_subsets_under_tfds_mock_data(tfds_lib, tmp_path):
+    with tfds_lib.testing.mock_data(num_examples=40, policy=tfds_lib.testing.MockPolicy.USE_CODE):
+        full = datasets.load("fashion_mnist", "test", data_dir=str(tmp_path))
+        six = datasets.load("fashion_mnist6", "test", data_dir=str(tmp_path))
+        held = datasets.load("fashion_mnist_heldout", "test", data_dir=str(tmp_path))
+        datasets.check_available("fashion_mnist6", "train", data_dir=str(tmp_path))
+    kept = full.labels < 6
+    assert 0 < kept.sum() < 40
+    np.testing.assert_array_equal(six.images, full.images[kept])
+    np.testing.assert_array_equal(six.labels, full.labels[kept])
+    np.testing.assert_array_equal(held.images, full.images[~kept])
+    np.testing.assert_array_equal(held.labels, full.labels[~kept] - 6)
+
+
+def test_real_fashion_mnist_class_subsets_when_installed():
+    """fashion_mnist6 and fashion_mnist_heldout against the real IDX files, read here."""
+    folder = pathlib.Path(datasets.FASHION_MNIST_IDX_DIR)
+    if not (folder / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"{folder}: not installed (apt-get install dataset-fashion-mnist)")
+    train_images = _read_idx_reference(folder / "train-images-idx3-ubyte.gz")
+    train_labels = _read_idx_reference(folder / "train-labels-idx1-ubyte.gz")
+    test_images = _read_idx_reference(folder / "t10k-images-idx3-ubyte.gz")
+    test_labels = _read_idx_reference(folder / "t10k-labels-idx1-ubyte.gz")
+
+    train6 = datasets.load("fashion_mnist6", "train", path=str(folder))
+    _check(train6, 36_000, (28, 28, 1))
+    np.testing.assert_array_equal(train6.images[..., 0], train_images[train_labels < 6])
+    np.testing.assert_array_equal(train6.labels, train_labels[train_labels < 6])
+    info = datasets.info("fashion_mnist6")
+    assert train6.images.mean() / 255 == pytest.approx(info.mean[0], abs=1e-4)
+    assert train6.images.std() / 255 == pytest.approx(info.std[0], abs=1e-4)
+
+    test6 = datasets.load("fashion_mnist6", "test", path=str(folder))
+    _check(test6, 6000, (28, 28, 1))
+    np.testing.assert_array_equal(test6.images[..., 0], test_images[test_labels < 6])
+    assert np.bincount(test6.labels).tolist() == [1000] * 6
+
+    held = datasets.load("fashion_mnist_heldout", "test", path=str(folder))
+    _check(held, 4000, (28, 28, 1))
+    np.testing.assert_array_equal(held.images[..., 0], test_images[test_labels >= 6])
+    np.testing.assert_array_equal(held.labels, test_labels[test_labels >= 6] - 6)
+    # No held-out image is also an image of the ID set, by content: none of the ID test
+    # images, none of the training images.
+    held_digests = _digests(held.images)
+    assert len(held_digests) == 4000
+    assert not held_digests & _digests(test6.images)
+    assert not held_digests & _digests(train6.images)
 
 
 # ---------------------------------------------------------------------------------------------

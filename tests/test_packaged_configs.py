@@ -17,7 +17,7 @@ except ModuleNotFoundError:  # Python 3.10: pytest depends on tomli there
 from softlabel_ood import configs
 from tests.train_helpers import REPO
 
-FAMILIES = ("digits", "fashion_mnist", "cifar10", "cifar100")
+FAMILIES = ("digits", "fashion_mnist", "fashion_mnist_split", "cifar10", "cifar100")
 
 
 @pytest.fixture

@@ -40,6 +40,22 @@ fashion_mnist and mnist read MNIST-format IDX files (`data/idx_files.py`) instea
 `FASHION_MNIST_IDX_DIR`: the same 70,000 images as tfds, in the files' original order); without
 `path` they come from tfds.
 
+Class subsets (`data/class_subset.py`): Fashion-MNIST cut into an ID part and a held-out part,
+read from the same IDX files (`path`) or tfds as fashion_mnist, in the same order:
+
+| name                  | classes | "train" split | "test" split | labels                |
+|-----------------------|---------|---------------|--------------|-----------------------|
+| fashion_mnist6        | 0-5     | 36,000        | 6,000        | 0-5, as in the source |
+| fashion_mnist_heldout | 6-9     | 24,000        | 4,000        | 0-3 (6-9 renumbered)  |
+Classes 0-5 are T-shirt/top, trouser, pullover, dress, coat and sandal; 6-9 shirt, sneaker, bag
+and ankle boot; each class has 6,000 training and 1,000 test images.
+fashion_mnist_heldout is the near-OOD set of fashion_mnist6 (configs/fashion_mnist_split.py; an
+OOD set is read from "test"): clothing photographed and processed alike, of classes the
+classifier never sees. Its "train" split holds the held-out classes' training images, disjoint
+from every image of fashion_mnist6; as an OE auxiliary set it would show the model the very
+classes that its near-OOD test set holds, which the Outlier Exposure protocol avoids (auxiliary
+data disjoint from the test OOD sets), so that family's OE reads china_patches.
+
 Local files (`path` required: a .npy/.npz array file or a folder of images, see
 `data/local_files.py`; no labels unless a .npz has them; one path serves any split, whose
 name then only labels the result and seeds its subset):
@@ -68,6 +84,8 @@ constants normalise every split a model sees, OOD sets included):
   of the OE reference code, which uses the CIFAR-10 statistics for CIFAR-100 as well.
 - svhn: mean 0, std 1: the OE reference trains SVHN on ToTensor() pixels without normalising.
 - fashion_mnist: 0.2860 / 0.3530, computed over the 60,000 training images.
+- fashion_mnist6: 0.2844 / 0.3542, computed over its 36,000 training images (classes 0-5 of the
+  IDX files that Debian's dataset-fashion-mnist installs).
 - mnist: 0.1307 / 0.3081, computed over the 60,000 training images (PyTorch's MNIST example).
 - digits: 0.3058 / 0.3754 and digits28: 0.3059 / 0.3240, computed over their train splits.
 - every other source is used only as OOD or auxiliary data: 0.5 / 0.5 (the [-1, 1] mapping), a
@@ -89,6 +107,7 @@ import numpy as np
 
 from softlabel_ood.data import embedded, synthetic
 from softlabel_ood.data import images as image_lib
+from softlabel_ood.data.class_subset import ClassSubset
 from softlabel_ood.data.idx_files import IdxFilesOrTfds
 from softlabel_ood.data.local_files import LocalFiles
 from softlabel_ood.data.sources import (
@@ -132,6 +151,10 @@ _CIFAR_MEAN = tuple(v / 255 for v in (125.3, 123.0, 113.9))
 _CIFAR_STD = tuple(v / 255 for v in (63.0, 62.1, 66.7))
 _RGB32 = (32, 32, 3)
 _GRAY28 = (28, 28, 1)
+# One source for fashion_mnist and its class subsets, which read the same files.
+_FASHION_MNIST = IdxFilesOrTfds(
+    TfdsSource("fashion_mnist", "3.0.1"),
+    installed_note=f"Debian's dataset-fashion-mnist installs them in {FASHION_MNIST_IDX_DIR}")
 
 
 def _ood_only(source: Source, num_classes: int = 0, shape=_RGB32) -> DatasetInfo:
@@ -159,9 +182,10 @@ _DATASETS: dict[str, DatasetInfo] = {
     # validation split (36,500 images) is the closest public, fixed choice.
     "places365": _ood_only(TfdsSource(
         "places365_small", "2.1.0", {"train": "train", "test": "validation"}), 365),
-    "fashion_mnist": DatasetInfo(10, _GRAY28, (0.2860,), (0.3530,), False, IdxFilesOrTfds(
-        TfdsSource("fashion_mnist", "3.0.1"),
-        installed_note=f"Debian's dataset-fashion-mnist installs them in {FASHION_MNIST_IDX_DIR}")),
+    "fashion_mnist": DatasetInfo(10, _GRAY28, (0.2860,), (0.3530,), False, _FASHION_MNIST),
+    "fashion_mnist6": DatasetInfo(6, _GRAY28, (0.2844,), (0.3542,), False,
+                                  ClassSubset(_FASHION_MNIST, (0, 1, 2, 3, 4, 5))),
+    "fashion_mnist_heldout": _ood_only(ClassSubset(_FASHION_MNIST, (6, 7, 8, 9)), 4, _GRAY28),
     "mnist": DatasetInfo(10, _GRAY28, (0.1307,), (0.3081,), False,
                          IdxFilesOrTfds(TfdsSource("mnist", "3.0.1"))),
     "digits": DatasetInfo(10, (8, 8, 1), (0.3058,), (0.3754,), False, embedded.Digits()),
@@ -205,7 +229,8 @@ def load(name: str, split: str, *, image_shape: tuple[int, int, int] | None = No
       image_shape: (H, W, C) to convert to, C in (1, 3); default `info(name).image_shape`.
       num_examples: size of generated sets; a cap (seeded subset) for all others.
       seed: seeds subsets and generated sets; the name and split are mixed in.
-      path: file or folder of a local source (or IDX folder for fashion_mnist / mnist).
+      path: file or folder of a local source (or IDX folder for fashion_mnist, its class
+        subsets and mnist).
       data_dir: tfds data directory; None means tfds' default.
       download: let tfds download and prepare a missing dataset (off: see tfds_source.py).
     Raises:
