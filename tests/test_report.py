@@ -10,6 +10,7 @@ import pytest
 
 from softlabel_ood import scoring
 from softlabel_ood.analysis import report, results
+from softlabel_ood.analysis.tables import MAX_TABLE_COLUMNS, md_table
 from softlabel_ood.scoring import MetricRow
 from softlabel_ood.workdir import predictions
 from tests.report_helpers import OODS, metric_rows, paper_runs, write_predictions
@@ -123,7 +124,7 @@ def _markdown_tables(text: str) -> list[list[list[str]]]:
 
 
 def test_report_opens_with_its_answers_and_keeps_every_table_narrow(tmp_path):
-    # Every score the project computes and two OOD groups: Table 1's AUROC table has 12 columns,
+    # Every score the project computes and two OOD groups: Table 1's AUROC table has 14 columns,
     # and the per-score tables 8.
     runs = paper_runs(seeds=SEEDS, workdir=tmp_path)
     for r in runs:
@@ -134,22 +135,26 @@ def test_report_opens_with_its_answers_and_keeps_every_table_narrow(tmp_path):
     text = (tmp_path / "report" / "report.md").read_text()
     assert text.startswith("# Soft labels and OOD detection")
     assert _sections(text) == ["Summary", "Claims", "Table 1. Label-smoothing sweep",
+                               "Table 1b. Selective classification",
                                "Table 2. Teachers and students", "Table 3. All runs", "Figures",
                                "Definitions", "Runs", "Environment"]
     assert [s for s in report.SECTIONS if s in _sections(text)] == _sections(text)
     tables = _markdown_tables(text)
     assert len(tables) > 20
     widths = [len(row) for table in tables for row in table]
-    assert max(widths) == report.MAX_TABLE_COLUMNS
+    assert max(widths) == MAX_TABLE_COLUMNS
     assert all(len(set(len(row) for row in table)) == 1 for table in tables)
-    assert ["α", "accuracy ↑", "ECE ↓", *(f"`{s}`" for s in scoring.ALL_SCORES)] in [
-        table[0] for table in tables]
+    # Table 1's AUROC table (3 + 11 columns) is cut after 12, repeating α.
+    header = ["α", "accuracy ↑", "ECE ↓", *(f"`{s}`" for s in scoring.ALL_SCORES)]
+    headers = [table[0] for table in tables]
+    cut = headers.index(header[:MAX_TABLE_COLUMNS])
+    assert headers[cut + 1] == ["α", *header[MAX_TABLE_COLUMNS:]]
 
 
 def test_a_wide_table_is_cut_into_tables_that_repeat_the_row_labels():
     header = ["name", *(f"c{i}" for i in range(25))]
     rows = [["a", *(str(i) for i in range(25))], ["b", *(str(-i) for i in range(25))]]
-    tables = _markdown_tables(report._md_table(header, rows))
+    tables = _markdown_tables(md_table(header, rows))
     assert [len(t[0]) for t in tables] == [12, 12, 4]  # 11 + 11 + 3 columns after "name"
     assert [t[1][0] for t in tables] == ["a", "a", "a"]
     assert [c for t in tables for c in t[0][1:]] == header[1:]  # each column once, in order
@@ -163,7 +168,7 @@ def test_report_without_predictions_and_with_one_seed(tmp_path):
     assert not (tmp_path / "msp_histograms.png").exists()
     assert "msp_histograms" not in text
     assert "| 0 | 89.80 | 4.80 | 94.80 | 5.20 | 93.80 |" in text  # one seed: no ±
-    assert text.count(": inconclusive") == 3
+    assert text.count(": inconclusive") == 5  # the three claims, S1 and S2
 
 
 def test_unknown_run_in_metrics_is_an_error(tmp_path):

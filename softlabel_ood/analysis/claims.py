@@ -62,11 +62,19 @@ class ClaimRules:
     accuracy_margin: float = 0.01  # claim 1: largest allowed accuracy drop (fraction; 1 point)
     min_effect: float = 0.005  # smallest difference that counts (fraction; 0.5 points)
     min_seeds: int = 2  # seeds per grid entry needed to know the seed spread
+    # The OOD sets the quantity averages over, and their group's name (config.ood_groups);
+    # empty: every OOD set that all runs were scored on.
+    oods: tuple[str, ...] = ()
+    group: str = ""
+
+    def for_group(self, group: str, members) -> ClaimRules:
+        """The same rules, on the mean over one group's OOD sets."""
+        return dataclasses.replace(self, oods=tuple(members), group=group)
 
 
 @dataclasses.dataclass(frozen=True)
 class ClaimResult:
-    number: int
+    number: int | str  # 1-3: the paper's claims; "S1", "S2": selective_claims.py
     statement: str
     verdict: str  # SUPPORTED | NOT_SUPPORTED | INCONCLUSIVE, by the paired rule
     rule: str  # the decision rule, in words
@@ -196,14 +204,27 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return float(scipy_stats.spearmanr(x, y).statistic)
 
 
-def _ood_mean_by_seed(table: MetricTable, group: Sequence[RunInfo],
+def _run_value(table: MetricTable, rules: ClaimRules):
+    """run -> the claims' quantity for that run: the metric averaged over the rules' OOD sets."""
+    if rules.oods:
+        return lambda run: metric_stats.ood_group_mean(table, run, rules.score, rules.metric,
+                                                       rules.oods)
+    return lambda run: table.ood_mean(run, rules.score, rules.metric)
+
+
+def ood_mean_by_seed(table: MetricTable, group: Sequence[RunInfo],
                       rules: ClaimRules) -> dict[int, float]:
-    return metric_stats.by_seed(group, lambda run: table.ood_mean(run, rules.score, rules.metric))
+    return metric_stats.by_seed(group, _run_value(table, rules))
+
+
+def _ood_mean_stat(table: MetricTable, group: Sequence[RunInfo], rules: ClaimRules) -> Stat:
+    return metric_stats.stat(group, _run_value(table, rules))
 
 
 def _quantity(rules: ClaimRules) -> str:
     label = metric_stats.METRIC_LABELS.get(rules.metric, rules.metric)
-    return f"{rules.score} {label} (mean over OOD sets)"
+    where = f"the {rules.group} OOD sets" if rules.group else "OOD sets"
+    return f"{rules.score} {label} (mean over {where})"
 
 
 def claim1(table: MetricTable, runs: Sequence[RunInfo], rules: ClaimRules) -> ClaimResult:
@@ -218,7 +239,7 @@ def claim1(table: MetricTable, runs: Sequence[RunInfo], rules: ClaimRules) -> Cl
         f"occurs. Otherwise INCONCLUSIVE, and always INCONCLUSIVE with fewer than 3 sweep points "
         f"or fewer than {rules.min_seeds} seeds per point.")
     sweep = results.ls_sweep(runs)
-    ood = [(a, metric_stats.ood_mean_stat(table, g, rules.score, rules.metric)) for a, g in sweep]
+    ood = [(a, _ood_mean_stat(table, g, rules)) for a, g in sweep]
     acc = [(a, metric_stats.id_stat(table, g, "accuracy")) for a, g in sweep]
     groups = dict(sweep)
     ood = [(a, s) for a, s in ood if s.n]
@@ -231,8 +252,8 @@ def claim1(table: MetricTable, runs: Sequence[RunInfo], rules: ClaimRules) -> Cl
 
     rho = spearman([a for a, _ in ood], [s.mean for _, s in ood])
     alpha_max = ood[-1][0]
-    drop = compare_paired(_ood_mean_by_seed(table, groups[0.0], rules),
-                          _ood_mean_by_seed(table, groups[alpha_max], rules), rules)
+    drop = compare_paired(ood_mean_by_seed(table, groups[0.0], rules),
+                          ood_mean_by_seed(table, groups[alpha_max], rules), rules)
     drop_independent = compare(ood[0][1], ood[-1][1], rules)  # A(0) - A(α_max)
     acc0 = acc[0][1].mean
     worst_alpha, worst = min(acc[1:], key=lambda p: p[1].mean, default=(math.nan, Stat(())))
@@ -281,7 +302,8 @@ def _students(runs: Sequence[RunInfo], method: str) -> dict[str, list[RunInfo]]:
     return out
 
 
-def _outcome(direction: int, want: int) -> int:
+def part_outcome(direction: int, want: int) -> int:
+    """+1 when a comparison's direction is the wanted one, -1 when it is the other, 0 else."""
     return 0 if direction == 0 else (1 if direction == want else -1)
 
 
@@ -293,7 +315,7 @@ def _part(name: str, paired: PairedComparison, independent: Comparison,
     lines = []
     outcomes = []
     for label, c in (("", paired), (", seeds as independent samples", independent)):
-        outcome = _outcome(c.direction, want)
+        outcome = part_outcome(c.direction, want)
         word = words[outcome]
         if math.isnan(c.threshold):
             word = "undecided (fewer than the required seeds)"
@@ -302,7 +324,7 @@ def _part(name: str, paired: PairedComparison, independent: Comparison,
     return outcomes[0], outcomes[1], lines
 
 
-def _combine(outcomes: Sequence[int]) -> str:
+def combine_outcomes(outcomes: Sequence[int]) -> str:
     if any(o < 0 for o in outcomes):
         return NOT_SUPPORTED
     if outcomes and all(o > 0 for o in outcomes):
@@ -313,10 +335,10 @@ def _combine(outcomes: Sequence[int]) -> str:
 def _both(table: MetricTable, a: Sequence[RunInfo], b: Sequence[RunInfo],
           rules: ClaimRules) -> tuple[PairedComparison, Comparison]:
     """a − b of the claims' quantity, paired by seed and with seeds as independent samples."""
-    paired = compare_paired(_ood_mean_by_seed(table, a, rules),
-                            _ood_mean_by_seed(table, b, rules), rules)
-    independent = compare(metric_stats.ood_mean_stat(table, a, rules.score, rules.metric),
-                          metric_stats.ood_mean_stat(table, b, rules.score, rules.metric), rules)
+    paired = compare_paired(ood_mean_by_seed(table, a, rules),
+                            ood_mean_by_seed(table, b, rules), rules)
+    independent = compare(_ood_mean_stat(table, a, rules),
+                          _ood_mean_stat(table, b, rules), rules)
     return paired, independent
 
 
@@ -330,7 +352,7 @@ def claim2(table: MetricTable, runs: Sequence[RunInfo], rules: ClaimRules) -> Cl
         f"direction. SUPPORTED iff both parts hold; NOT SUPPORTED iff one is contradicted; else "
         f"INCONCLUSIVE.")
     students = _students(runs, "kd")
-    stats = {k: metric_stats.ood_mean_stat(table, g, rules.score, rules.metric)
+    stats = {k: _ood_mean_stat(table, g, rules)
              for k, g in students.items()}
     evidence = [f"kd student of the {k} teacher ({students[k][0].name}): {q} {_stat_text(s)}"
                 for k, s in stats.items()]
@@ -342,8 +364,8 @@ def claim2(table: MetricTable, runs: Sequence[RunInfo], rules: ClaimRules) -> Cl
     oe, oe_independent, oe_text = _part("kd-from-oe − kd-from-ce", *oe_pair, +1)
     ls, ls_independent, ls_text = _part("kd-from-ls − kd-from-ce", *ls_pair, -1)
     evidence += oe_text + ls_text
-    return ClaimResult(2, STATEMENTS[2], _combine([oe, ls]), rule, tuple(evidence),
-                       _combine([oe_independent, ls_independent]),
+    return ClaimResult(2, STATEMENTS[2], combine_outcomes([oe, ls]), rule, tuple(evidence),
+                       combine_outcomes([oe_independent, ls_independent]),
                        comparisons=(("kd-from-oe − kd-from-ce", oe_pair[0], +1),
                                     ("kd-from-ls − kd-from-ce", ls_pair[0], -1)))
 
@@ -363,17 +385,17 @@ def claim3(table: MetricTable, runs: Sequence[RunInfo], rules: ClaimRules) -> Cl
                            ("needs a kd_incorrect student of an oe teacher",), INCONCLUSIVE)
     alpha = students["oe"][0].alpha
     ls = dict(results.ls_sweep(runs)).get(alpha) if alpha > 0 else None
-    kdi = metric_stats.ood_mean_stat(table, students["oe"], rules.score, rules.metric)
+    kdi = _ood_mean_stat(table, students["oe"], rules)
     evidence = [f"kd_incorrect from oe ({students['oe'][0].name}, α = {alpha:g}): {q} "
                 f"{_stat_text(kdi)}"]
     if "ce" in students:
-        ctx = metric_stats.ood_mean_stat(table, students["ce"], rules.score, rules.metric)
+        ctx = _ood_mean_stat(table, students["ce"], rules)
         evidence.append(f"kd_incorrect from ce ({students['ce'][0].name}), context: {q} "
                         f"{_stat_text(ctx)}")
     if ls is None:
         evidence.append(f"needs an ls run with α = {alpha:g}")
         return ClaimResult(3, STATEMENTS[3], INCONCLUSIVE, rule, tuple(evidence), INCONCLUSIVE)
-    ls_stat = metric_stats.ood_mean_stat(table, ls, rules.score, rules.metric)
+    ls_stat = _ood_mean_stat(table, ls, rules)
     evidence.append(f"ls with α = {alpha:g} ({ls[0].name}): {q} {_stat_text(ls_stat)}")
     if not kdi.n or not ls_stat.n:
         evidence.append("missing metrics")
@@ -381,8 +403,8 @@ def claim3(table: MetricTable, runs: Sequence[RunInfo], rules: ClaimRules) -> Cl
     pair = _both(table, students["oe"], ls, rules)
     outcome, independent, text = _part("kd_incorrect-from-oe − ls", *pair, +1)
     evidence += text
-    return ClaimResult(3, STATEMENTS[3], _combine([outcome]), rule, tuple(evidence),
-                       _combine([independent]),
+    return ClaimResult(3, STATEMENTS[3], combine_outcomes([outcome]), rule, tuple(evidence),
+                       combine_outcomes([independent]),
                        comparisons=((f"kd_incorrect-from-oe − ls (α = {alpha:g})", pair[0], +1),))
 
 

@@ -244,6 +244,33 @@ def roc_curves(groups: Sequence[tuple[str, Sequence[tuple[str, predictions.Predi
     return fig
 
 
+def risk_coverage(curves: Sequence[tuple[str, predictions.Predictions, float]]) -> Figure:
+    """Risk-coverage curves on the ID test set, msp and pnorm side by side: one curve per
+    (label, predictions, pnorm's p), the legend giving each curve's AURC (%).
+
+    The ID test examples are accepted by decreasing score; the selective risk at a coverage is
+    the error rate among those accepted (tied scores accepted together).
+    """
+    fig, axes = _new_figure(1, 2, width=4.2, height=3.8)
+    for ax, score in zip(axes.flat, ("msp", "pnorm"), strict=True):
+        for label, preds, p in curves:
+            split = preds.splits[preds.id_test_name]
+            values = (scoring.logit_scores(split.logits)["msp"] if score == "msp"
+                      else scoring.pnorm(split.logits, p))
+            correct = scoring.predicted_class(split.logits) == split.labels
+            aurc = scoring.selective_metrics(values[None], correct[None])["aurc"][0]
+            coverage, risk = scoring.selective.risk_coverage(values, correct)
+            ax.plot(100 * np.r_[0, coverage], 100 * np.r_[risk[0], risk], drawstyle="steps-pre",
+                    label=f"{label} ({100 * aurc:.2f})")
+        ax.set_title(score)
+        ax.set_xlabel("coverage: ID test examples accepted (%)")
+        ax.set_ylabel("selective risk: error rate among them (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", title="run (AURC %)", title_fontsize="small")
+    fig.suptitle("Risk-coverage curves on the ID test set")
+    return fig
+
+
 def save(fig: Figure, path: epath.PathLike, *, dpi: int = 120) -> None:
     """Writes `fig` as PNG (local path or bucket)."""
     atomic_files.write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=dpi))

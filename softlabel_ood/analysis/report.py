@@ -4,9 +4,10 @@
 
 report.md opens with its answers and ends with its reference material, in this order (`SECTIONS`):
 the Summary (one line per claim with the numbers that decided it, the claims figure and the α
-sweep), the Claims with their rules and evidence, the tables, the other figures, then the
+sweep), the Claims with their rules and evidence (the paper's three; per group of OOD sets; and
+S1, S2 on selective classification, `selective_claims`), the tables, the other figures, then the
 Definitions, the Runs, the ODIN pairs and the Environment. No table is wider than
-`MAX_TABLE_COLUMNS`: wider ones are cut into several that repeat the row labels.
+`tables.MAX_TABLE_COLUMNS`: wider ones are cut into several that repeat the row labels.
 
 Tables print percent (a metric's fraction times 100) as "mean ± std" over seeds; metrics.csv
 keeps the fractions. How each number is computed is stated in report.md itself (see
@@ -25,17 +26,25 @@ from collections.abc import Mapping, Sequence
 from etils import epath
 
 from softlabel_ood import __version__, methods, scoring
-from softlabel_ood.analysis import claims, environment, figures, metric_stats, results
+from softlabel_ood.analysis import (
+    claims,
+    environment,
+    figures,
+    metric_stats,
+    results,
+    selective_claims,
+    selective_report,
+)
 from softlabel_ood.analysis.metric_stats import MetricTable
 from softlabel_ood.analysis.results import RunInfo
+from softlabel_ood.analysis.tables import md_table
 from softlabel_ood.cli_errors import UserError
 from softlabel_ood.workdir import atomic_files, predictions
 
 OOD_METRICS = ("auroc", "fpr95", "aupr_out")
-# Wider tables do not fit a screen or a GitHub page; `_md_table` cuts them.
-MAX_TABLE_COLUMNS = 12
 # The `##` sections of report.md, in order (Claims and Figures only when there is something).
-SECTIONS = ("Summary", "Claims", "Table 1. Label-smoothing sweep", "Table 2. Teachers and students",
+SECTIONS = ("Summary", "Claims", "Table 1. Label-smoothing sweep",
+            "Table 1b. Selective classification", "Table 2. Teachers and students",
             "Table 3. All runs", "Figures", "Definitions", "Runs", "ODIN pairs", "Environment")
 CLAIMS_FIGURE = "claims.png"
 _HEADERS = {"auroc": "AUROC ↑", "fpr95": "FPR95 ↓", "aupr_out": "AUPR-out ↑",
@@ -83,23 +92,6 @@ DEFINITIONS = """\
 """
 
 
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]], *, keep: int = 1) -> str:
-    """A markdown table; one wider than MAX_TABLE_COLUMNS is cut into several, each repeating
-    the first `keep` columns (the row labels)."""
-    if not rows:
-        return "*(This grid has no runs for this table.)*\n"
-    width = MAX_TABLE_COLUMNS - keep
-    starts = range(keep, max(len(header), keep + 1), width)
-    tables = []
-    for start in starts:
-        columns = [*range(keep), *range(start, min(start + width, len(header)))]
-        lines = ["| " + " | ".join(header[i] for i in columns) + " |",
-                 "|" + "|".join("---" for _ in columns) + "|"]
-        lines += ["| " + " | ".join(row[i] for i in columns) + " |" for row in rows]
-        tables.append("\n".join(lines) + "\n")
-    return "\n".join(tables)
-
-
 def _fmt(stat: metric_stats.Stat) -> str:
     return metric_stats.format_stat(stat)
 
@@ -111,7 +103,7 @@ def runs_markdown(runs: Sequence[RunInfo]) -> str:
         alpha = f"{r.alpha:g}" if _reads_alpha(r.method) else ""
         seeds = ", ".join(str(g.seed) for g in group)
         rows.append([f"`{name}`", r.method, alpha, r.teacher, r.init_from, seeds])
-    return _md_table(["run", "method", "α", "teacher", "fine-tuned from", "seeds"], rows)
+    return md_table(["run", "method", "α", "teacher", "fine-tuned from", "seeds"], rows)
 
 
 def _scores(table: MetricTable, scores: Sequence[str] | None) -> list[str]:
@@ -136,7 +128,7 @@ def sweep_metric_markdown(table: MetricTable, runs: Sequence[RunInfo], metric: s
         row += [_fmt(metric_stats.ood_mean_stat(table, group, s, metric) if ood is None
                      else metric_stats.ood_stat(table, group, s, metric, ood)) for s in scores]
         rows.append(row)
-    return _md_table(header, rows)
+    return md_table(header, rows)
 
 
 def table1_markdown(table: MetricTable, runs: Sequence[RunInfo], *,
@@ -164,7 +156,7 @@ def sweep_by_score_markdown(table: MetricTable, runs: Sequence[RunInfo], score: 
         row += [_fmt(metric_stats.ood_group_mean_stat(table, group, score, "auroc", members))
                 for members in groups.values()]
         rows.append(row)
-    return _md_table(header, rows)
+    return md_table(header, rows)
 
 
 def claim1_by_score_markdown(table: MetricTable, runs: Sequence[RunInfo],
@@ -179,7 +171,7 @@ def claim1_by_score_markdown(table: MetricTable, runs: Sequence[RunInfo],
             f"{100 * n['difference']:.2f}" + ("" if math.isnan(n["difference_std"])
                                               else f" ± {100 * n['difference_std']:.2f}"))
         rows.append([f"`{score}`", c.verdict, c.independent_verdict or "–", rho, drop])
-    return _md_table(["score", "claim 1 (paired by seed)", "claim 1 (seeds independent)",
+    return md_table(["score", "claim 1 (paired by seed)", "claim 1 (seeds independent)",
                       "Spearman ρ(α, A)", "A(0) − A(α_max)"], rows)
 
 
@@ -227,7 +219,7 @@ def table2_markdown(table: MetricTable, runs: Sequence[RunInfo], *, score: str =
                 else:
                     row.append(_fmt(metric_stats.ood_mean_stat(table, group, s, metric)))
         rows.append(row)
-    return _md_table(header, rows)
+    return md_table(header, rows)
 
 
 def table3_markdown(table: MetricTable, runs: Sequence[RunInfo], *,
@@ -252,7 +244,7 @@ def table3_markdown(table: MetricTable, runs: Sequence[RunInfo], *,
                     else metric_stats.ood_stat(table, group, s, metric, ood))
             row.append(_fmt(stat))
         rows.append(row)
-    return _md_table(header, rows)
+    return md_table(header, rows)
 
 
 def claims_markdown(claim_results: Sequence[claims.ClaimResult], rules: claims.ClaimRules) -> str:
@@ -271,10 +263,12 @@ def claims_markdown(claim_results: Sequence[claims.ClaimResult], rules: claims.C
         "numbers go against the claim), **inconclusive** (neither, or the runs or seeds needed "
         "are missing). For comparison, each claim also shows the verdict of the earlier rule, "
         "which treats the two entries' seeds as independent samples (difference of the seed "
-        "means against max(min effect, sqrt(std_a² + std_b²))). Numbers are in percent; "
-        "differences in percentage points.\n",
+        "means against max(min effect, sqrt(std_a² + std_b²))). S1 and S2 ask the same of the "
+        "ID side, selective classification (AURC, lower is better) and its post-hoc fix "
+        "(pnorm), by the rules printed with them. Numbers are in percent; differences in "
+        "percentage points.\n",
     ]
-    out.append(_md_table(["claim", "verdict (paired by seed)", "verdict (seeds independent)"],
+    out.append(md_table(["claim", "verdict (paired by seed)", "verdict (seeds independent)"],
                          [[str(c.number), c.verdict, c.independent_verdict or "–"]
                           for c in claim_results]))
     for c in claim_results:
@@ -378,7 +372,7 @@ def roc_groups(runs: Sequence[RunInfo]) -> list[tuple[str, list[tuple[str, list[
 
 
 # Figures drawn from the runs' predictions: a report rebuilt without them keeps the earlier files.
-PREDICTION_FIGURES = ("msp_histograms.png", "roc_curves.png")
+PREDICTION_FIGURES = ("msp_histograms.png", "roc_curves.png", "risk_coverage.png")
 
 
 def _write_figures(table: MetricTable, runs: Sequence[RunInfo], out_dir: epath.Path, *,
@@ -410,14 +404,15 @@ def _write_figures(table: MetricTable, runs: Sequence[RunInfo], out_dir: epath.P
                      out_dir / "alpha_sweep_id.png")
         written.append(("alpha_sweep_id.png", "ID test accuracy and ECE (%) against α; error "
                                               "bars: std over seeds."))
-    if not focus_ood:
-        return written
     captions = {
         "msp_histograms.png": f"MSP on the ID test set and on {focus_ood} (normalised histograms, "
                               f"30 bins from 1/K to 1, log density axis), first seed of each run.",
         "roc_curves.png": f"ROC curves of MSP, ID test set positive and {focus_ood} negative, "
                           f"first seed of each run; the legend gives that seed's AUROC (%). The "
                           f"horizontal line marks TPR = 95%, where FPR95 is read.",
+        "risk_coverage.png": "Risk-coverage curves on the ID test set over the LS sweep (α = 0 is "
+                             "the ce run), msp and pnorm, first seed of each α; the legend gives "
+                             "that seed's AURC (%).",
     }
     loaded = {}  # grid name -> predictions of its first seed, read once
 
@@ -427,19 +422,28 @@ def _write_figures(table: MetricTable, runs: Sequence[RunInfo], out_dir: epath.P
         return loaded.get(group[0].name) if group else None
 
     drawn = {}
-    panels = [(f"{label} (seed {g[0].seed})", preds(g)) for label, g in histogram_panels(runs)]
-    panels = [(label, p) for label, p in panels if p is not None and focus_ood in p.splits]
-    if panels:
-        drawn["msp_histograms.png"] = figures.msp_histograms(panels, focus_ood)
-    groups = []
-    for title, members in roc_groups(runs):
-        curves = [(label, preds(g)) for label, g in members]
-        curves = [(label, p) for label, p in curves if p is not None and focus_ood in p.splits]
-        if curves:
-            groups.append((title, curves))
-    if groups:
-        drawn["roc_curves.png"] = figures.roc_curves(groups, focus_ood)
+    if focus_ood:
+        panels = [(f"{label} (seed {g[0].seed})", preds(g))
+                  for label, g in histogram_panels(runs)]
+        panels = [(label, p) for label, p in panels if p is not None and focus_ood in p.splits]
+        if panels:
+            drawn["msp_histograms.png"] = figures.msp_histograms(panels, focus_ood)
+        groups = []
+        for title, members in roc_groups(runs):
+            curves = [(label, preds(g)) for label, g in members]
+            curves = [(label, p) for label, p in curves
+                      if p is not None and focus_ood in p.splits]
+            if curves:
+                groups.append((title, curves))
+        if groups:
+            drawn["roc_curves.png"] = figures.roc_curves(groups, focus_ood)
+    curves = [(f"α = {a:g} (seed {g[0].seed})", preds(g), pnorm_p(g[0])) for a, g in sweep]
+    curves = [(label, p, q) for label, p, q in curves if p is not None]
+    if len(curves) >= 2:
+        drawn["risk_coverage.png"] = figures.risk_coverage(curves)
     for name in PREDICTION_FIGURES:
+        if name != "risk_coverage.png" and not focus_ood:
+            continue
         if name in drawn:
             figures.save(drawn[name], out_dir / name)
         elif figures_from is not None and (figures_from / name).exists():
@@ -451,6 +455,14 @@ def _write_figures(table: MetricTable, runs: Sequence[RunInfo], out_dir: epath.P
             continue
         written.append((name, captions[name]))
     return written
+
+
+def pnorm_p(run: RunInfo) -> float:
+    """The p of the run's pnorm score, as `score` takes it: from its config.json, else 2."""
+    if not run.directory or "://" in run.directory:
+        return scoring.scores.DEFAULT_PNORM_P
+    return scoring.runs.pnorm_p_of(scoring.groups.read_run_config(run.directory),
+                                   f"{run.directory}/config.json")
 
 
 def knn_k_text(runs: Sequence[RunInfo]) -> str:
@@ -509,7 +521,7 @@ def odin_pairs_markdown(choices: Mapping[str, scoring.odin_selection.OdinChoice]
              ", ".join(f"{100 * m:.2f}" for m in c.id_train_means)]
             for run, c in choices.items()]
     return (f"{text} Last column: the mean id_train ODIN score (%) of each ε at that T, smallest "
-            "ε first.\n\n" + _md_table(["run", "T", "ε", "mean id_train score per ε"], rows))
+            "ε first.\n\n" + md_table(["run", "T", "ε", "mean id_train score per ε"], rows))
 
 
 def render(table: MetricTable, runs: Sequence[RunInfo], *, title: str,
@@ -525,6 +537,8 @@ def render(table: MetricTable, runs: Sequence[RunInfo], *, title: str,
         knn_k = knn_k_text(runs)
     if claim_results is None:
         claim_results = claims.evaluate_claims(table, runs, rules)
+    id_results = selective_claims.evaluate(table, runs, rules)
+    by_group = selective_report.group_claims(table, runs, rules, groups)
     oods = ", ".join(f"`{o}`" for o in table.ood_sets) or "(none)"
     figure_md = {name: f"![{name}]({name})\n\n*{caption}*\n" for name, caption in figure_files}
     first = [name for name in (CLAIMS_FIGURE, "alpha_sweep_auroc.png") if name in figure_md]
@@ -533,9 +547,11 @@ def render(table: MetricTable, runs: Sequence[RunInfo], *, title: str,
            f"({len(results.group_by_name(runs))} grid entries). "
            "`metrics.csv` in this directory holds every metric of every run as fractions; the "
            "tables print percent, mean ± std over seeds (Definitions, at the end).\n",
-           "## Summary\n", summary_markdown(claim_results, rules)]
+           "## Summary\n", summary_markdown(claim_results, rules)
+           + (selective_report.group_summary_line(by_group) + "\n" if by_group else "")
+           + "".join(selective_report.selective_summary_line(c) + "\n" for c in id_results)]
     out += [figure_md[name] for name in first]
-    out += ["## Claims\n", claims_markdown(claim_results, rules),
+    out += ["## Claims\n", claims_markdown([*claim_results, *id_results], rules),
             "### Claim 1 for every score\n",
             f"Does label smoothing hurt detection for every score, or only for the softmax? "
             f"Claim 1's rule above, unchanged, applied with each score in place of "
@@ -543,6 +559,15 @@ def render(table: MetricTable, runs: Sequence[RunInfo], *, title: str,
             f"{metric_stats.METRIC_LABELS.get(rules.metric, rules.metric)} averaged over the OOD "
             f"sets; ρ and the paired A(0) − A(α_max) in points, as in the rule).\n",
             claim1_by_score_markdown(table, runs, rules, scores)]
+    if by_group:
+        out += ["### The claims on each group of OOD sets\n",
+                "The three rules above, unchanged, with A averaged over the OOD sets of one group "
+                "(config.ood_groups) instead of all of them.\n",
+                selective_report.group_claims_markdown(by_group)]
+    out += ["### S1 for every score\n",
+            "S1's rule with each score's AURC in place of msp's (R = that score's AURC on the ID "
+            "test set, in points).\n",
+            selective_report.aurc_trend_by_score_markdown(table, runs, rules, scores)]
     out += ["## Table 1. Label-smoothing sweep\n",
             "Rows: α (0 = the ce run). One table per OOD metric, averaged over the OOD sets, with "
             "a column per score; the first also gives ID test accuracy and ECE.\n",
@@ -559,6 +584,12 @@ def render(table: MetricTable, runs: Sequence[RunInfo], *, title: str,
     for ood in table.all_ood_sets:
         out += [f"### Table 1, OOD set `{ood}`\n", ood_table_markdown(table, runs, ood,
                                                                      scores=scores)]
+    out += ["## Table 1b. Selective classification\n",
+            "Rows: α (0 = the ce run). Columns: ID test accuracy, then for msp and for pnorm "
+            "(MaxLogit-pNorm) the area under the risk-coverage curve (AURC), its excess over a "
+            "perfect ranking (E-AURC) and the AUROC of telling right from wrong predictions "
+            "(error AUROC), all on the ID test set.\n",
+            selective_report.selective_table_markdown(table, runs)]
     out += ["## Table 2. Teachers and students\n",
             f"Rows: the teacher of the kd and kd_incorrect students. Columns: ID test accuracy and "
             f"{rules.score} AUROC and FPR95 averaged over the OOD sets, for the teacher, its kd "

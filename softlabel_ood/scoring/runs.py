@@ -293,7 +293,7 @@ def score_predictions(named: Iterable[tuple[str, predictions_lib.Predictions]], 
                        notes={run.name: run.notes for run in runs if run.notes})
 
 
-def _pnorm_p_of(config: Mapping, where: str) -> float:
+def pnorm_p_of(config: Mapping, where: str) -> float:
     """A stored config's `pnorm_p`; the default for runs saved before the field existed."""
     p = config.get("pnorm_p", scores.DEFAULT_PNORM_P)
     try:
@@ -330,7 +330,7 @@ def _check_run_dirs(run_dirs: Sequence, ood_groups: Mapping[str, Sequence[str]] 
         groups.check_groups(run_groups, {n: e["role"] for n, e in manifest["splits"].items()},
                             run=name, where=where)
         checked.append((name, run_groups,
-                        _pnorm_p_of(stored, str(directory / groups.CONFIG_FILE))))
+                        pnorm_p_of(stored, str(directory / groups.CONFIG_FILE))))
     return checked
 
 

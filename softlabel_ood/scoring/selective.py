@@ -121,3 +121,17 @@ def _error_detection(scores, right, wrong) -> dict[str, np.ndarray]:
     for metric, source in _FROM_OOD_METRIC.items():
         out[metric][rows] = ood[source][:, 0]
     return out
+
+
+def risk_coverage(scores, correct) -> tuple[np.ndarray, np.ndarray]:
+    """The risk-coverage curve of one score, for plotting: (coverage, selective risk) at the end
+    of each block of tied scores, examples by decreasing score (a tie is accepted as a whole)."""
+    scores = np.asarray(scores, np.float64)
+    errors = ~np.asarray(correct, bool)
+    if scores.ndim != 1 or errors.shape != scores.shape or not scores.size:
+        raise ScoringError(f"risk_coverage: expected two non-empty [n] arrays, got "
+                           f"{scores.shape} and {errors.shape}")
+    order = np.argsort(-scores, kind="stable")
+    ends = np.append(np.diff(scores[order]) != 0, True)
+    accepted = np.arange(1, scores.size + 1)[ends]
+    return accepted / scores.size, np.cumsum(errors[order])[ends] / accepted
