@@ -67,9 +67,17 @@ DEFINITIONS = """\
   accuracy = top-1 accuracy on the ID test set;
   ECE = expected calibration error of the top-label confidence with 15 equal-width bins over
   (0, 1], each bin weighted by its share of examples. ↑: higher is better; ↓: lower is better.
+- **Selective classification** (code: `softlabel_ood/scoring/selective.py`; ID test set only,
+  a score's ranking of the model's own predictions): AURC = the mean, over the coverages i/n,
+  of the error rate among the i examples with the highest score (tied examples averaged over
+  their orders); E-AURC = AURC minus r + (1 − r) ln(1 − r), a perfect ranking's AURC at the
+  error rate r; error AUROC = AUROC of the score with the correct predictions as positives and
+  the wrong ones as negatives.
 - **Scores** (exact formulas: `softlabel_ood/scoring/scores.py`): `msp` maximum
   softmax probability; `max_logit` largest logit; `energy` logsumexp of the logits (T = 1);
-  `entropy` negative entropy of the softmax; `mahalanobis` negative smallest squared Mahalanobis
+  `entropy` negative entropy of the softmax; `pnorm` (MaxLogit-pNorm) the largest centred
+  logit divided by the p-norm of the centred logits (p = 2 unless a run's `pnorm_p` says
+  otherwise); `mahalanobis` negative smallest squared Mahalanobis
   distance to a class mean of the ID train features (shared covariance; the vanilla last-layer
   variant, OpenOOD's MDS); `knn` cosine similarity to the k-th most similar ID train feature
   minus 1 ({knn_k}: Sun et al.'s k = 50 for 50,000 training images, scaled to the ID train
