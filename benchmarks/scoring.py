@@ -8,11 +8,13 @@ logits, features, a classifier head and ODIN scores (predictions format v2), is 
 one process, both after a warm-up: by `softlabel_ood.scoring.score_predictions` (every score,
 and all (run, score, OOD split) pairs in one batched metrics computation) and by a loop that
 computes the same scores with numpy (logit scores, mahalanobis, knn, react, vim, the ODIN pair
-chosen by the same rule) and the same metrics with scikit-learn and a transcription of the OE
-code's FPR, one pair at a time, as DESIGN.md §6 and docs/scores_and_metrics.md define them. It
+chosen by the same rule, pnorm) and the same metrics with scikit-learn and a transcription of
+the OE code's FPR, one pair at a time, and the selective-classification metrics one (run, score)
+at a time, as DESIGN.md §6 and docs/scores_and_metrics.md define them. It
 prints both times (best of --repeats), their ratio, and the largest difference between the two
-sets of results, and exits with status 1 when that exceeds --tolerance. A second comparison
-times the OOD metrics alone, both sides given the same float64 score arrays. --feature_dim=0
+sets of results, and exits with status 1 when that exceeds --tolerance. Two more comparisons
+time the OOD metrics alone and the selective-classification metrics alone, both sides given the
+same float64 score arrays. --feature_dim=0
 leaves features, head and ODIN scores out (logit scores only).
 
 One OOD split per run repeats a handful of logit rows many times (as constant or near-constant
@@ -137,8 +139,31 @@ def numpy_scores(logits):
     e = np.exp(shifted)
     z = e.sum(axis=1)
     log_z = np.log(z)
+    centred = logits - logits.mean(axis=1, keepdims=True)
+    pnorm = centred.max(axis=1) / np.linalg.norm(centred, axis=1)  # p = 2, the default
     return {"msp": 1.0 / z, "max_logit": top, "energy": top + log_z,
-            "entropy": (e * shifted).sum(axis=1) / z - log_z}, logits.argmax(axis=1)
+            "entropy": (e * shifted).sum(axis=1) / z - log_z, "pnorm": pnorm}, \
+        logits.argmax(axis=1)
+
+
+def numpy_selective(scores, correct):
+    """aurc, eaurc, error_auroc and error_fpr95 of one score, from their definitions."""
+    order = np.argsort(-scores, kind="stable")
+    s, errors = scores[order], ~correct[order]
+    n = len(s)
+    starts = np.r_[0, np.flatnonzero(np.diff(s)) + 1]  # first index of each tie block
+    sizes = np.diff(np.r_[starts, n])
+    errors_before = np.r_[0, np.cumsum(errors)][starts]
+    block_errors = np.add.reduceat(errors.astype(np.int64), starts)
+    c = np.repeat(starts, sizes)
+    j = np.arange(n) - c + 1
+    risk = (np.repeat(errors_before, sizes) + j * np.repeat(block_errors / sizes, sizes)) / (c + j)
+    aurc = risk.mean()
+    r = errors.mean()
+    fpr, tpr, _ = sk.roc_curve(correct, scores, drop_intermediate=False)
+    return {"aurc": aurc, "eaurc": aurc - (r + (1 - r) * np.log(1 - r)),
+            "error_auroc": sk.roc_auc_score(correct, scores),
+            "error_fpr95": fpr[np.argmax(tpr >= 0.95)]}
 
 
 def numpy_ece(confidence, correct, num_bins=15):
@@ -187,12 +212,13 @@ def sklearn_loop(runs):
         for split_name, split in preds.splits.items():
             values[split_name], predicted = numpy_scores(split.logits)
             if split.role == "id_test":
-                correct = (predicted == split.labels).astype(np.float64)
+                correct = predicted == split.labels
                 results[(name, "", "", "accuracy")] = correct.mean()
-                results[(name, "", "", "ece")] = numpy_ece(values[split_name]["msp"], correct)
+                results[(name, "", "", "ece")] = numpy_ece(values[split_name]["msp"],
+                                                           correct.astype(np.float64))
         id_name = preds.id_test_name
         evaluated = [id_name, *preds.names("ood_test")]
-        score_names = list(scoring.LOGIT_SCORES)
+        score_names = [*scoring.LOGIT_SCORES, *scoring.POSTHOC_SCORES]
         if preds.head is not None:
             train = preds.splits[preds.names("id_train")[0]]
             column = numpy_odin_column(preds.odin_pairs, train.odin)
@@ -204,6 +230,8 @@ def sklearn_loop(runs):
                 values[split_name]["odin"] = split.odin[:, column].astype(np.float64)
             score_names += ["mahalanobis", "knn", "react", "vim", "odin"]
         for score in score_names:
+            for metric, value in numpy_selective(values[id_name][score], correct).items():
+                results[(name, score, "", metric)] = float(value)
             for ood in preds.names("ood_test"):
                 pair = sklearn_pair(values[id_name][score], values[ood][score])
                 for metric, value in pair.items():
@@ -220,6 +248,26 @@ def score_arrays(runs):
             id_rows.append(values[preds.id_test_name][score])
             ood_rows.append([values[o][score] for o in preds.names("ood_test")])
     return np.stack(id_rows), np.array(ood_rows)
+
+
+def correctness(runs):
+    """Each run's ID test correctness, repeated for its logit scores (the rows of score_arrays)."""
+    rows = []
+    for _, preds in runs:
+        split = preds.splits[preds.id_test_name]
+        rows += [split.logits.argmax(axis=1) == split.labels] * len(scoring.LOGIT_SCORES)
+    return np.stack(rows)
+
+
+def ours_selective_only(id_scores, correct):
+    out = scoring.selective_metrics(id_scores, correct)
+    return {(g, m): float(out[m][g]) for g in range(len(id_scores))
+            for m in scoring.SELECTIVE_METRICS}
+
+
+def numpy_selective_only(id_scores, correct):
+    return {(g, m): float(v) for g in range(len(id_scores))
+            for m, v in numpy_selective(id_scores[g], correct[g]).items()}
 
 
 def sklearn_metrics_only(id_scores, ood_scores):
@@ -295,7 +343,8 @@ def main(argv=None) -> int:
 
     runs = make_runs(args.runs, args.ood_splits, args.examples, args.classes, args.feature_dim,
                      args.train_examples)
-    num_scores = len(scoring.ALL_SCORES) if args.feature_dim else len(scoring.LOGIT_SCORES)
+    num_scores = len(scoring.ALL_SCORES) if args.feature_dim else (
+        len(scoring.LOGIT_SCORES) + len(scoring.POSTHOC_SCORES))
     pairs = args.runs * num_scores * args.ood_splits
     train_examples = args.train_examples if args.feature_dim else 0
     print(f"{args.runs} runs x {num_scores} scores x {args.ood_splits} OOD splits = {pairs} "
@@ -310,6 +359,11 @@ def main(argv=None) -> int:
     ok &= compare("OOD metrics alone, on the same float64 score arrays:",
                   lambda: ours_metrics_only(id_scores, ood_scores),
                   lambda: sklearn_metrics_only(id_scores, ood_scores), args.repeats,
+                  args.tolerance)
+    correct = correctness(runs)
+    ok &= compare("Selective-classification metrics alone, on the same float64 score arrays:",
+                  lambda: ours_selective_only(id_scores, correct),
+                  lambda: numpy_selective_only(id_scores, correct), args.repeats,
                   args.tolerance)
     return 0 if ok else 1
 

@@ -45,8 +45,8 @@ def test_scoring_benchmark_agrees_with_its_reference_on_every_score():
     result = run_module("benchmarks.scoring", "--runs=2", "--ood_splits=2", "--examples=300",
                         "--classes=5", "--feature_dim=32", "--train_examples=200", "--repeats=1")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "2 runs x 9 scores x 2 OOD splits = 36 pairs" in result.stdout
-    assert result.stdout.count("results identical to within") == 3
+    assert "2 runs x 10 scores x 2 OOD splits = 40 pairs" in result.stdout
+    assert result.stdout.count("results identical to within") == 4
     assert "FAIL" not in result.stdout
 
 

@@ -104,7 +104,7 @@ def _sorted_keys(id_scores, id_sizes, ood_scores, ood_sizes):
 
 
 @jax.jit
-def _count_at_most(sorted_rows, queries):
+def count_at_most(sorted_rows, queries):
     """#{x in sorted_rows[g] : x <= q} for every q in queries[g]: rows [G, M], queries [G, Q].
 
     A branch-free binary search unrolled in Python over a flat view of the rows. Compiled on its
@@ -209,7 +209,7 @@ def _batched(id_scores, id_sizes, ood_scores, ood_sizes):
     against OOD rows [G, O, N] (float64 scores)."""
     id_sorted, ood_sorted = _sorted_keys(id_scores, id_sizes, ood_scores, ood_sizes)
     groups = id_sorted.shape[0]
-    id_le = _count_at_most(id_sorted, ood_sorted.reshape(groups, -1)).reshape(ood_sorted.shape)
+    id_le = count_at_most(id_sorted, ood_sorted.reshape(groups, -1)).reshape(ood_sorted.shape)
     return _metrics_from_counts(id_sorted, id_sizes, ood_sorted, id_le, ood_sizes)
 
 

@@ -132,7 +132,7 @@ def _dispatch_run(name: str, preds: predictions_lib.Predictions, knn_k: int | No
                                 np.linspace(0.0, 1.0, metrics.ECE_BINS + 1))
     correct = scores.predicted_class_jax(id_split.logits) == id_split.labels
     values = {"logit": logit_values,  # split -> [4, N], taken apart once computed
-              "pnorm": {s: scores.pnorm_jax(preds.splits[s].logits, np.float64(pnorm_p))
+              "pnorm": {s: scores.pnorm_jax(preds.splits[s].logits, float(pnorm_p))
                         for s in evaluated}}
     notes = {"pnorm": f"p = {pnorm_p:g}"}
 

@@ -61,6 +61,8 @@ def default_knn_k(num_train: int) -> int:
 
 
 _HIGHEST = jax.lax.Precision.HIGHEST
+# Rows per chunk of the logit scores' float64 work: small enough to stay in cache.
+_CHUNK = 128
 
 
 # Per-score definitions on arrays in the caller's dtype, for use inside other jitted code.
@@ -82,18 +84,31 @@ def entropy(logits: jax.Array) -> jax.Array:
     return jnp.sum(jax.nn.softmax(logits, axis=-1) * jax.nn.log_softmax(logits, axis=-1), axis=-1)
 
 
-@jax.jit
-def pnorm_jax(logits, p) -> jax.Array:
-    """The pnorm score (module docstring) of [N, K] logits, in float64 when the caller has
-    enabled it; `p` >= 1 is traced, so every p shares one compiled program."""
-    centered = logits.astype(jnp.float64) - jnp.mean(logits.astype(jnp.float64), axis=-1,
-                                                     keepdims=True)
-    # Scaled by the largest magnitude first: |x|^p of raw logits overflows for large p.
-    scale = jnp.max(jnp.abs(centered), axis=-1, keepdims=True)
-    unit = centered / jnp.where(scale > 0, scale, 1.0)
-    norm = jnp.sum(jnp.abs(unit) ** p, axis=-1) ** (1.0 / p)
-    top = jnp.max(unit, axis=-1)
+def _pnorm_rows(logits, p):
+    """pnorm of [B, K] logits in float64; p is a Python number (2 takes the square root path)."""
+    logits = logits.astype(jnp.float64)
+    centered = logits - jnp.mean(logits, axis=-1, keepdims=True)
+    top = jnp.max(centered, axis=-1)
+    if p == 2:
+        norm = jnp.sqrt(jnp.sum(centered * centered, axis=-1))
+    else:
+        # Scaled by the largest magnitude first: |x|^p of raw logits overflows for large p.
+        scale = jnp.max(jnp.abs(centered), axis=-1, keepdims=True)
+        unit = jnp.abs(centered) / jnp.where(scale > 0, scale, 1.0)
+        norm = jnp.sum(unit ** p, axis=-1) ** (1.0 / p) * scale[:, 0]
     return jnp.where(norm > 0, top / jnp.where(norm > 0, norm, 1.0), 0.0)
+
+
+@functools.partial(jax.jit, static_argnames="p")
+def pnorm_jax(logits, p: float) -> jax.Array:
+    """The pnorm score (module docstring) of [N, K] logits, in float64 when the caller has
+    enabled it, dispatched without waiting; `p` >= 1 is compiled in."""
+    # In row chunks, as logit_scores_jax, to keep the float64 intermediates in cache.
+    n = logits.shape[0]
+    chunks = -(-n // _CHUNK)
+    padded = jnp.pad(logits, ((0, chunks * _CHUNK - n), (0, 0)))
+    return jax.lax.map(lambda rows: _pnorm_rows(rows, p),
+                       padded.reshape(chunks, _CHUNK, -1)).reshape(-1)[:n]
 
 
 def pnorm(logits, p: float = DEFAULT_PNORM_P) -> np.ndarray:
@@ -103,7 +118,7 @@ def pnorm(logits, p: float = DEFAULT_PNORM_P) -> np.ndarray:
         raise ValueError(f"logits: expected a non-empty [N, K] array, got {logits.shape}")
     check_pnorm_p(p)
     with float64.enabled():
-        return np.asarray(jax.device_get(pnorm_jax(logits, np.float64(p))))
+        return np.asarray(jax.device_get(pnorm_jax(logits, float(p))))
 
 
 def check_pnorm_p(p) -> None:
@@ -122,8 +137,6 @@ def _logit_scores_rows(logits):
     neg_entropy = jnp.sum(e * shifted, axis=-1) / z - log_z
     return jnp.stack([1.0 / z, top, top + log_z, neg_entropy])
 
-
-_CHUNK = 128
 
 
 @jax.jit

@@ -34,32 +34,43 @@ SELECTIVE_METRICS = ("aurc", "eaurc", "error_auroc", "error_fpr95")
 _FROM_OOD_METRIC = {"error_auroc": "auroc", "error_fpr95": "fpr95"}
 
 
-def _aurc_row(keys, errors, size):
-    """AURC of one row: int64 order keys of the negated scores [n] (padding sorts last), their
-    errors [n] (bool) and the row's valid length."""
-    order = jnp.argsort(keys, stable=True)  # decreasing score
-    keys, errors = keys[order], errors[order].astype(jnp.int64)
-    n_slots = keys.shape[0]
-    position = jnp.arange(n_slots)
-    starts = jnp.concatenate([jnp.array([True]), keys[1:] != keys[:-1]])
-    ends = jnp.concatenate([keys[1:] != keys[:-1], jnp.array([True])])
-    c = jax.lax.cummax(jnp.where(starts, position, 0))  # examples before the block
-    end = jax.lax.cummin(jnp.where(ends, position + 1, n_slots), reverse=True)
-    errors_through = jnp.cumsum(errors)
-    before = errors_through - errors  # errors before each position
-    block_errors_before = before[c]  # E: errors before the block
-    block_errors = errors_through[end - 1] - block_errors_before  # e: errors in the block
-    m = (end - c).astype(jnp.float64)
-    j = (position - c + 1).astype(jnp.float64)
-    risk = (block_errors_before + j * block_errors / m) / (c + j)
-    return jnp.sum(jnp.where(position < size, risk, 0.0)) / size
+@jax.jit
+def _sorted_keys(scores, errors, sizes):
+    """Sorted int64 keys of the negated scores [G, n] (decreasing score; padding last), and the
+    sorted keys of the errors alone (the rest padding)."""
+    valid = jnp.arange(scores.shape[-1]) < sizes[:, None]
+    keys = jnp.where(valid, metrics.order_keys(-scores), metrics.PAD_KEY)
+    error_keys = jnp.where(valid & errors, keys, metrics.PAD_KEY)
+    return jnp.sort(keys, axis=-1), jnp.sort(error_keys, axis=-1)
 
 
 @jax.jit
+def _aurc_from_counts(keys, errors_through, errors_before, sizes):
+    """AURC of each row from its sorted keys and, at each position, the errors at or above its
+    score and strictly above it. Within a tie block the order is irrelevant: the block's risks
+    depend only on its start c, size m, the errors E above it and e within it."""
+    n_slots = keys.shape[-1]
+    position = jnp.arange(n_slots)
+
+    def row(keys, through, before, size):
+        starts = jnp.concatenate([jnp.array([True]), keys[1:] != keys[:-1]])
+        ends = jnp.concatenate([keys[1:] != keys[:-1], jnp.array([True])])
+        c = jax.lax.cummax(jnp.where(starts, position, 0))
+        m = jax.lax.cummin(jnp.where(ends, position + 1, n_slots), reverse=True) - c
+        e = (through - before).astype(jnp.float64)
+        j = (position - c + 1).astype(jnp.float64)
+        risk = (before + j * e / m) / (c + j)
+        return jnp.sum(jnp.where(position < size, risk, 0.0)) / size
+
+    return jax.vmap(row)(keys, errors_through, errors_before, sizes)
+
+
 def _aurc(scores, errors, sizes):
-    valid = jnp.arange(scores.shape[-1]) < sizes[:, None]
-    keys = jnp.where(valid, metrics.order_keys(-scores), metrics.PAD_KEY)
-    return jax.vmap(_aurc_row)(keys, errors & valid, sizes)
+    keys, error_keys = _sorted_keys(scores, errors, sizes)
+    # Errors with a key <= k and < k (keys are integers: < k is <= k - 1), by binary search.
+    through = metrics.count_at_most(error_keys, keys)
+    before = metrics.count_at_most(error_keys, keys - 1)
+    return _aurc_from_counts(keys, through, before, sizes)
 
 
 def _optimal_aurc(error_rate: np.ndarray) -> np.ndarray:
