@@ -117,8 +117,7 @@ def test_predict_refuses_to_change_what_defines_the_trained_run(finished_run):
     assert result.stderr.splitlines() == [
         "error: config.label_smoothing: defines the trained run and cannot change in predict "
         "(only data_dir, dataset_paths, eval_batch_size, num_ood_examples, odin_pairs, "
-        "odin_selection, "
-        "ood_datasets, ood_groups can); "
+        "odin_selection, ood_datasets, ood_groups, pnorm_p can); "
         "train a new run for another value"]
     assert (finished_run / "predictions" / "manifest.json").read_bytes() == manifest
 
