@@ -137,8 +137,8 @@ def main(argv) -> None:
     device = jax.local_devices()[0]
     print(f"wall_s={wall:.1f} " + " ".join(f"{k}_s={v:.1f}" for k, v in seconds.items()) +
           f" train_images={images} grid_images_per_s={grid_rate:.0f} "
-          f"step_images_per_s={step_rate:.0f} grid_efficiency={grid_rate / step_rate:.3f} "
-          f"wall_efficiency={images / wall / step_rate:.3f} runs={len(runs)} "
+          f"step_images_per_s={step_rate:.0f} grid_efficiency={grid_rate / step_rate:.3g} "
+          f"wall_efficiency={images / wall / step_rate:.3g} runs={len(runs)} "
           f"platform={jax.default_backend()} device={device.device_kind.replace(' ', '_')}",
           flush=True)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from softlabel_ood.configs import config_validation, fashion_mnist_split
+from softlabel_ood.data import datasets
 from softlabel_ood.data.class_subset import ClassSubset
 from softlabel_ood.data.sources import DatasetError, Source
 
@@ -82,3 +84,26 @@ def test_unlabelled_sources_missing_classes_and_bad_classes_are_refused():
     for classes in ((), (1, 1), (-1,), (0.5,)):
         with pytest.raises(ValueError, match="classes must be distinct labels >= 0"):
             ClassSubset(FixedArrays(), classes)
+
+
+@pytest.mark.parametrize(("a", "b", "shared"), [
+    ("fashion_mnist", "fashion_mnist_heldout", True),  # the held-out classes are its own images
+    ("fashion_mnist6", "fashion_mnist", True),
+    ("fashion_mnist6", "fashion_mnist_heldout", False),  # disjoint classes of one source
+    ("digits", "digits28", True),  # one source at two sizes
+    ("fashion_mnist", "mnist", False),
+    ("flower_patches", "china_patches", False),
+    ("gaussian", "gaussian", True),
+])
+def test_datasets_share_examples_when_one_source_has_classes_in_common(a, b, shared):
+    assert datasets.share_examples(a, b) is shared
+    assert datasets.share_examples(b, a) is shared
+
+
+def test_the_split_family_keeps_its_near_ood_set_and_refuses_it_beside_the_whole_dataset():
+    config = fashion_mnist_split.get_config("ce")
+    config_validation.check(config)
+    config.dataset = "fashion_mnist"
+    with pytest.raises(config_validation.ConfigError, match=r"\('fashion_mnist_heldout' shares "
+                       r"them\)"):
+        config_validation.check(config)

@@ -77,6 +77,16 @@ BAD_CONFIGS = [
     ("ce", {"ood_datasets": ("digits", "gaussian")},
      "config.ood_datasets: ('digits', 'gaussian') is not allowed; expected OOD sets other than "
      "the ID dataset 'digits'"),
+    # digits28 is digits upsampled: the ID test images themselves would be scored as OOD.
+    ("ce", {"ood_datasets": ("digits28", "gaussian")},
+     "config.ood_datasets: ('digits28', 'gaussian') is not allowed; expected OOD sets other "
+     "than the ID dataset 'digits' and sets of its images ('digits28' shares them)"),
+    ("oe", {"oe_dataset": "flower_patches"},
+     "config.oe_dataset: 'flower_patches' is not allowed; expected an auxiliary set apart from "
+     "the ID and OOD sets ('flower_patches' shares its images)"),
+    ("oe", {"oe_dataset": "digits28"},
+     "config.oe_dataset: 'digits28' is not allowed; expected an auxiliary set apart from the ID "
+     "and OOD sets ('digits' shares its images)"),
     ("ce", {"dataset": "gaussian"}, "config.dataset: 'gaussian' is not allowed; expected a "
                                     "dataset name with class labels"),
     # Fields that the method ignores would be recorded with the run as if they had been used.
@@ -173,6 +183,9 @@ def test_predict_checks_the_bounds_of_what_it_may_change():
         config_validation.check_evaluation(config)
     config = tiny_digits_config("ce", num_ood_examples=10**12)
     with pytest.raises(config_validation.ConfigError, match=r"expected an integer in \[1, "):
+        config_validation.check_evaluation(config)
+    config = tiny_digits_config("ce", ood_datasets=("digits28",))
+    with pytest.raises(config_validation.ConfigError, match=r"\('digits28' shares them\)"):
         config_validation.check_evaluation(config)
     # predict neither reads nor stores groups: they may name sets it does not evaluate.
     config = tiny_digits_config("ce", **{"ood_groups.far": ("uniform",)})

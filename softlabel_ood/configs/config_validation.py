@@ -120,10 +120,10 @@ FIELDS: dict[str, Rule] = {
     "method": Rule(f"one of {', '.join(methods.names())}", lambda v: v in methods.BY_NAME),
     "dataset": Rule("a dataset name with class labels (see softlabel_ood.data.datasets)",
                     lambda v: _dataset_name(v) and datasets.info(v).num_classes >= 2),
-    "ood_datasets": Rule("a tuple of distinct dataset names, without the ID dataset",
+    "ood_datasets": Rule("a tuple of distinct dataset names, none holding the ID dataset's images",
                          lambda v: isinstance(v, tuple) and all(map(_dataset_name, v))
                          and len(set(v)) == len(v)),
-    "oe_dataset": Rule("a dataset name (read by method oe only)",
+    "oe_dataset": Rule("a dataset name apart from the ID and OOD sets (read by method oe only)",
                        lambda v: v == "" or _dataset_name(v)),
     "data_dir": _str_rule("a directory (empty: the tfds default)"),
     "dataset_paths": Rule("a path per dataset name (empty: the source's default)",
@@ -234,9 +234,7 @@ def check(config: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
             raise _refuse(name, values[name], rule.allowed)
     _check_method(config)
     _check_odin_selection(config)
-    if config.dataset in config.ood_datasets:
-        raise _refuse("ood_datasets", config.ood_datasets,
-                      f"OOD sets other than the ID dataset {config.dataset!r}")
+    _check_ood_apart(config)
     _check_groups(config, evaluated=True)
     outliers = methods.needs_outliers(config.method)
     for field in ("batch_size", "eval_batch_size") + (("oe.batch_size",) if outliers else ()):
@@ -264,15 +262,29 @@ def check_evaluation(config: ml_collections.ConfigDict, *, num_devices: int = 1)
     # Runs of earlier versions may lack both fields: predict then saves the default pairs.
     if "odin_selection" in values and "odin_pairs" in values:
         _check_odin_selection(config)
-    if config.dataset in config.ood_datasets:
-        raise _refuse("ood_datasets", config.ood_datasets,
-                      f"OOD sets other than the ID dataset {config.dataset!r}")
+    _check_ood_apart(config)
     # predict neither reads nor stores the groups: only what they name is checked.
     _check_groups(config, evaluated=False)
     if config.eval_batch_size % num_devices:
         raise _refuse("eval_batch_size", config.eval_batch_size,
                       f"a multiple of the {num_devices} devices")
     _check_image_bytes(config, ("eval_batch_size", "num_ood_examples"))
+
+
+def _check_ood_apart(config: ml_collections.ConfigDict) -> None:
+    """No OOD set may hold the ID dataset's images (they would be scored as OOD), and OE's
+    auxiliary set neither (Outlier Exposure keeps it apart from the ID and test OOD sets)."""
+    for name in config.ood_datasets:
+        if datasets.share_examples(config.dataset, name):
+            raise _refuse("ood_datasets", config.ood_datasets,
+                          f"OOD sets other than the ID dataset {config.dataset!r} and sets "
+                          f"of its images ({name!r} shares them)")
+    if config.get("method") in methods.BY_NAME and methods.needs_outliers(config.method):
+        for name in (config.dataset, *config.ood_datasets):
+            if datasets.share_examples(config.oe_dataset, name):
+                raise _refuse("oe_dataset", config.oe_dataset,
+                              f"an auxiliary set apart from the ID and OOD sets ({name!r} "
+                              "shares its images)")
 
 
 def _check_groups(config: ml_collections.ConfigDict, *, evaluated: bool) -> None:

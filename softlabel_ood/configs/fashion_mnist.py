@@ -12,6 +12,7 @@ the finished ce run named in --config.oe.finetune_from.
 """
 
 from softlabel_ood.configs import config_base
+from softlabel_ood.data import datasets
 from softlabel_ood.experiment import grid
 
 
@@ -19,7 +20,7 @@ def get_config(arg=None):
     method, finetune = config_base.parse_method_arg(arg)
     c = config_base.base_config(method, finetune=finetune)
     c.dataset = "fashion_mnist"
-    c.dataset_paths.fashion_mnist = "/usr/share/datasets/fashion-mnist"
+    c.dataset_paths.fashion_mnist = datasets.FASHION_MNIST_IDX_DIR
     c.ood_datasets = ("digits28", "flower_patches", "gaussian", "rademacher", "blobs", "uniform")
     c.oe_dataset = "china_patches"  # used only when the method is oe
     c.num_ood_examples = 2000

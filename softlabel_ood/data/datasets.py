@@ -218,6 +218,25 @@ def info(name: str) -> DatasetInfo:
         raise DatasetError(f"unknown dataset {name!r} (known: {', '.join(NAMES)})") from None
 
 
+def share_examples(a: str, b: str) -> bool:
+    """Whether datasets `a` and `b` can hold the same examples: one source, classes in common.
+
+    So an OOD set is never drawn from the ID dataset's own images (fashion_mnist with
+    fashion_mnist_heldout, digits with digits28), while fashion_mnist6 and fashion_mnist_heldout,
+    disjoint classes of one source, are apart.
+    """
+    def source_and_classes(name):
+        source = info(name).source
+        if isinstance(source, ClassSubset):
+            return source.source, set(source.classes)
+        return source, None
+
+    (source_a, classes_a), (source_b, classes_b) = source_and_classes(a), source_and_classes(b)
+    if source_a != source_b:
+        return False
+    return classes_a is None or classes_b is None or bool(classes_a & classes_b)
+
+
 def load(name: str, split: str, *, image_shape: tuple[int, int, int] | None = None,
          num_examples: int | None = None, seed: int = 0, path: str | None = None,
          data_dir: str | None = None, download: bool = False) -> ArrayDataset:
