@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 from absl import flags
@@ -16,7 +19,7 @@ from absl import flags
 from softlabel_ood import command_line, predict, reproduce, score, train
 from softlabel_ood.data import datasets
 from softlabel_ood.workdir import saved_runs
-from tests.train_helpers import refusal, snapshot, tiny_digits_config
+from tests.train_helpers import REPO, refusal, snapshot, tiny_digits_config
 
 
 @pytest.fixture
@@ -330,3 +333,20 @@ def test_an_unprepared_tfds_set_is_one_line_without_the_tfds_warning(tmp_path, c
                                          r"svhn_cropped:3\.1\.0 --data_dir="):
         datasets.check_available("svhn", "test", data_dir=str(tmp_path))
     assert not [r for r in caplog.records if "Variant folder" in r.getMessage()]
+
+
+def test_a_missing_tfds_set_ends_train_in_one_line_without_tensorflows_start_up_lines(tmp_path):
+    # TensorFlow prints its C++ start-up notices (oneDNN, CPU features) when first imported,
+    # whatever TF_CPP_MIN_LOG_LEVEL says about the oneDNN one; the user's environment sets none.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "softlabel_ood.train", "--config=configs/cifar10.py:ce",
+         f"--workdir={tmp_path / 'run'}", f"--config.data_dir={tmp_path / 'tfds'}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"error: cifar10/train: tfds dataset cifar10:3.0.2 split 'train' is not available in "
+        f"{tmp_path / 'tfds'} (Dataset cifar10: could not find data in {tmp_path / 'tfds'}); "
+        f"prepare it once with `python -m softlabel_ood.data.prepare_tfds cifar10:3.0.2 "
+        f"--data_dir={tmp_path / 'tfds'}`"]
+    assert not (tmp_path / "run").exists()

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from softlabel_ood import cli_errors
+from softlabel_ood.data import quiet_tensorflow
 
 COMMAND = "python -m softlabel_ood.data.prepare_tfds"
 
@@ -34,7 +35,7 @@ def command(versioned_name: str, data_dir: str | None) -> str:
 def prepare(names: Sequence[str], data_dir: str | None = None) -> None:
     """Downloads and prepares each `<name>:<version>` into `data_dir` (None: the tfds default);
     a set already prepared there is left as it is."""
-    import tensorflow_datasets as tfds  # imported here: importing TensorFlow costs seconds
+    _, tfds = quiet_tensorflow.import_tensorflow_datasets()
 
     builders = []
     for name in names:  # every name checked before the first download starts

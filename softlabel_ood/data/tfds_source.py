@@ -30,6 +30,7 @@ import numpy as np
 
 from softlabel_ood.data import images as image_lib
 from softlabel_ood.data import prepare_tfds
+from softlabel_ood.data.quiet_tensorflow import import_tensorflow_datasets
 from softlabel_ood.data.sources import DatasetError, Source, subset_indices
 
 _READ_BATCH = 1024  # encoded examples per host batch while reading; only affects speed
@@ -85,8 +86,7 @@ class TfdsSource(Source):
              data_dir: str | None, download: bool) -> tuple[np.ndarray, np.ndarray]:
         """Reads one split -> (uint8 images [N, *shape], int32 labels [N])."""
         ds = self._open(name, split, data_dir, download)
-        import tensorflow as tf  # already imported by _open
-        import tensorflow_datasets as tfds
+        tf, tfds = import_tensorflow_datasets()  # already imported by _open
 
         try:
             total = int(ds.cardinality())
@@ -118,9 +118,7 @@ class TfdsSource(Source):
         if split not in self.splits:
             raise DatasetError(
                 f"{name}: no split {split!r} (available: {', '.join(self.splits)})")
-        import tensorflow as tf  # imported here: importing TensorFlow costs seconds
-        import tensorflow_datasets as tfds
-
+        tf, tfds = import_tensorflow_datasets()
         _hide_gpus_from_tensorflow(tf)
         tfds_split = self.splits[split]
         try:
