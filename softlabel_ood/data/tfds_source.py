@@ -29,8 +29,7 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 
 from softlabel_ood.data import images as image_lib
-from softlabel_ood.data import prepare_tfds
-from softlabel_ood.data.quiet_tensorflow import import_tensorflow_datasets
+from softlabel_ood.data import prepare_tfds, quiet_tensorflow
 from softlabel_ood.data.sources import DatasetError, Source, subset_indices
 
 _READ_BATCH = 1024  # encoded examples per host batch while reading; only affects speed
@@ -86,7 +85,7 @@ class TfdsSource(Source):
              data_dir: str | None, download: bool) -> tuple[np.ndarray, np.ndarray]:
         """Reads one split -> (uint8 images [N, *shape], int32 labels [N])."""
         ds = self._open(name, split, data_dir, download)
-        tf, tfds = import_tensorflow_datasets()  # already imported by _open
+        tf, tfds = quiet_tensorflow.import_tensorflow_datasets()  # already imported by _open
 
         try:
             total = int(ds.cardinality())
@@ -118,7 +117,7 @@ class TfdsSource(Source):
         if split not in self.splits:
             raise DatasetError(
                 f"{name}: no split {split!r} (available: {', '.join(self.splits)})")
-        tf, tfds = import_tensorflow_datasets()
+        tf, tfds = quiet_tensorflow.import_tensorflow_datasets()
         _hide_gpus_from_tensorflow(tf)
         tfds_split = self.splits[split]
         try:
