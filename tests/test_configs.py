@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import importlib
+import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from softlabel_ood import methods, train
 from softlabel_ood.configs import config_validation
+from softlabel_ood.data import datasets
 from softlabel_ood.workdir import predictions
 from tests import idx_files
+from tests.train_helpers import REPO
 
 FAMILIES = ("digits", "fashion_mnist", "fashion_mnist_split", "cifar10", "cifar100")
 REQUIRED = (
@@ -81,6 +87,28 @@ def test_fashion_mnist_config_trains_from_idx_files(tmp_path):
     preds = predictions.read(tmp_path / "run" / "predictions")
     assert preds.splits["fashion_mnist_test"].logits.shape == (20, 10)
     assert preds.splits["digits28"].logits.shape == (16, 10)
+
+
+@pytest.mark.parametrize(("family", "field"), [("fashion_mnist", "fashion_mnist"),
+                                               ("fashion_mnist_split", "fashion_mnist6")])
+def test_fashion_mnist_without_its_idx_files_names_the_package_that_installs_them(
+        family, field, tmp_path):
+    # The family's default folder is Debian's; where the package is installed, a folder that is
+    # missing in the same way stands in for it.
+    folder = datasets.FASHION_MNIST_IDX_DIR
+    args = [f"--config=configs/{family}.py", f"--workdir={tmp_path / 'run'}"]
+    if pathlib.Path(folder).exists():
+        folder = str(tmp_path / "fashion-mnist")
+        args.append(f"--config.dataset_paths.{field}={folder}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_")}
+    result = subprocess.run([sys.executable, "-m", "softlabel_ood.train", *args], cwd=REPO,
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.splitlines() == [
+        f"error: {field}/train: {folder} does not exist (config dataset_paths.{field}: a folder "
+        "of MNIST-format IDX files; `apt-get install dataset-fashion-mnist` installs "
+        "Fashion-MNIST's in /usr/share/datasets/fashion-mnist)"]
+    assert not (tmp_path / "run").exists()
 
 
 def test_fashion_mnist_split_is_fashion_mnist_with_held_out_classes_as_near_ood():

@@ -171,6 +171,11 @@ def test_tfds_source_without_prepared_data_names_the_dataset(tfds_lib, tmp_path)
 # fashion_mnist / mnist from IDX files
 
 
+# What a Fashion-MNIST IDX error adds: the package that installs the files.
+INSTALLED_NOTE = ("(`apt-get install dataset-fashion-mnist` installs Fashion-MNIST's in "
+                  "/usr/share/datasets/fashion-mnist)")
+
+
 def test_fashion_mnist_and_mnist_read_idx_files(tmp_path, tfds_lib):
     rng = np.random.default_rng(0)
     gz = idx_files.write_idx_folder(tmp_path / "gz", rng, gz=True)
@@ -206,8 +211,29 @@ def test_an_idx_folder_without_the_splits_files_is_refused_before_loading(tmp_pa
     # The folder exists, but the test split's labels do not: refused without reading a file.
     with pytest.raises(datasets.DatasetError, match=r"^fashion_mnist/test: IDX files "
                        r"t10k-images-idx3-ubyte\[.gz\] and t10k-labels-idx1-ubyte\[.gz\] "
-                       f"not found in {tmp_path / 'idx'}$"):
+                       f"not found in {tmp_path / 'idx'} {re.escape(INSTALLED_NOTE)}$"):
         datasets.check_available("fashion_mnist", "test", path=str(tmp_path / "idx"))
+    # mnist: no package installs its files, so its line names none.
+    idx_files.write_idx_folder(tmp_path / "mnist", rng, gz=True)
+    (tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(datasets.DatasetError, match=r"^mnist/test: IDX files .* not found in "
+                       f"{tmp_path / 'mnist'}$"):
+        datasets.check_available("mnist", "test", path=str(tmp_path / "mnist"))
+
+
+def test_a_missing_fashion_mnist_folder_names_the_package_that_installs_it(tmp_path):
+    missing = tmp_path / "fashion-mnist"
+    for name in ("fashion_mnist", "fashion_mnist6", "fashion_mnist_heldout"):
+        with pytest.raises(datasets.DatasetError) as e:
+            datasets.check_available(name, "test", path=str(missing))
+        assert str(e.value) == (
+            f"{name}/test: {missing} does not exist (config dataset_paths.{name}: a folder of "
+            "MNIST-format IDX files; `apt-get install dataset-fashion-mnist` installs "
+            "Fashion-MNIST's in /usr/share/datasets/fashion-mnist)")
+    # A source that no package installs keeps the plain line.
+    with pytest.raises(datasets.DatasetError) as e:
+        datasets.check_available("mnist", "test", path=str(missing))
+    assert str(e.value) == f"mnist/test: {missing} does not exist (config dataset_paths.mnist)"
 
 
 def test_real_fashion_mnist_idx_files_when_installed():
@@ -273,7 +299,7 @@ def test_class_subsets_read_the_idx_files_of_fashion_mnist(tmp_path):
 
     # Errors name the subset, its split and its own config field.
     with pytest.raises(datasets.DatasetError, match=r"^fashion_mnist6/train: IDX files .* not "
-                       f"found in {tmp_path / 'missing'}$"):
+                       f"found in {tmp_path / 'missing'} {re.escape(INSTALLED_NOTE)}$"):
         datasets.load("fashion_mnist6", "train", path=str(tmp_path / "missing"))
     (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(datasets.DatasetError, match=r"^fashion_mnist_heldout/test: IDX files "):

@@ -39,6 +39,10 @@ class ClassSubset(Source):
     def path_required(self) -> bool:
         return self.source.path_required
 
+    @property
+    def installed_note(self) -> str:
+        return self.source.installed_note
+
     def load(self, name: str, split: str, *, shape: tuple[int, int, int],
              num_examples: int | None, rng: np.random.Generator, path: str | None,
              data_dir: str | None, download: bool) -> tuple[np.ndarray, np.ndarray]:

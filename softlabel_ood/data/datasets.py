@@ -154,7 +154,8 @@ _GRAY28 = (28, 28, 1)
 # One source for fashion_mnist and its class subsets, which read the same files.
 _FASHION_MNIST = IdxFilesOrTfds(
     TfdsSource("fashion_mnist", "3.0.1"),
-    installed_note=f"Debian's dataset-fashion-mnist installs them in {FASHION_MNIST_IDX_DIR}")
+    installed_note=f"`apt-get install dataset-fashion-mnist` installs Fashion-MNIST's in "
+                   f"{FASHION_MNIST_IDX_DIR}")
 
 
 def _ood_only(source: Source, num_classes: int = 0, shape=_RGB32) -> DatasetInfo:
@@ -285,8 +286,10 @@ def check_available(name: str, split: str, *, path: str | None = None,
     path = path or None
     _check_path(name, split, path, source)
     if path is not None and not os.path.exists(os.path.expanduser(path)):
+        # Where a package installs the files, the line names it and what the path should hold.
+        note = f": {source.path_hint}; {source.installed_note}" if source.installed_note else ""
         raise DatasetError(f"{name}/{split}: {path} does not exist (config "
-                           f"dataset_paths.{name})")
+                           f"dataset_paths.{name}{note})")
     source.check_available(name, split, path=path, data_dir=data_dir or None)
 
 

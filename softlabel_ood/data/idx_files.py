@@ -25,7 +25,7 @@ class IdxFilesOrTfds(Source):
     """IDX files when `dataset_paths.<name>` names their folder, else the tfds dataset."""
 
     tfds: TfdsSource
-    # Where a system package installs the files, named when tfds fails ("" when none does).
+    # How a system package installs the files, named when they or tfds fail ("" when none does).
     installed_note: str = ""
     path_hint = "a folder of MNIST-format IDX files"
 
@@ -33,7 +33,9 @@ class IdxFilesOrTfds(Source):
              num_examples: int | None, rng: np.random.Generator, path: str | None,
              data_dir: str | None, download: bool) -> tuple[np.ndarray, np.ndarray]:
         if path is not None:
-            return load_idx(name, split, path, shape=shape, num_examples=num_examples, rng=rng)
+            with self._suggest_installing():
+                return load_idx(name, split, path, shape=shape, num_examples=num_examples,
+                                rng=rng)
         with self._suggest_idx_files(name):
             return self.tfds.load(name, split, shape=shape, num_examples=num_examples, rng=rng,
                                   path=None, data_dir=data_dir, download=download)
@@ -42,7 +44,8 @@ class IdxFilesOrTfds(Source):
                         data_dir: str | None) -> None:
         if path is not None:
             # Looked up, not read: a folder without the split's files fails before any training.
-            idx_files(name, split, path)
+            with self._suggest_installing():
+                idx_files(name, split, path)
             return
         with self._suggest_idx_files(name):
             self.tfds.check_available(name, split, path=None, data_dir=data_dir)
@@ -56,6 +59,16 @@ class IdxFilesOrTfds(Source):
             note = f" ({self.installed_note})" if self.installed_note else ""
             raise DatasetError(f"{e}; or set dataset_paths.{name} to a folder of IDX files (path= "
                                f"of datasets.load){note}") from e
+
+    @contextlib.contextmanager
+    def _suggest_installing(self):
+        """An error about the IDX files also says how the system package installs them."""
+        try:
+            yield
+        except DatasetError as e:
+            if not self.installed_note:
+                raise
+            raise DatasetError(f"{e} ({self.installed_note})") from e
 
 
 _IDX_PREFIX = {"train": "train", "test": "t10k"}

@@ -52,6 +52,9 @@ class Source(abc.ABC):
     # files, and a given path is refused rather than silently ignored.
     path_hint: str | None = None
     path_required: bool = False  # local-file sources have no data without a path
+    # How to install the files a path names, for messages about a missing one ("" when no
+    # package installs them).
+    installed_note: str = ""
 
     @abc.abstractmethod
     def load(self, name: str, split: str, *, shape: tuple[int, int, int],
