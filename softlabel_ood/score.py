@@ -84,6 +84,28 @@ def _check_platform(platform: str | None) -> None:
                            f"start here ({first})") from None
 
 
+def _check_not_a_grid(run_dirs) -> None:
+    """A reproduce workdir, or its runs/ folder, given in place of its runs: the line says which
+    glob names them."""
+    from softlabel_ood.scoring import ScoringError
+
+    def holds_runs(folder):
+        # A run directory holds config.json from its start, predictions/ once it has them.
+        return os.path.isdir(folder) and any(
+            os.path.isfile(os.path.join(folder, name, "config.json"))
+            or os.path.isdir(os.path.join(folder, name, "predictions"))
+            for name in os.listdir(folder))
+
+    for run_dir in run_dirs:
+        if not os.path.isdir(run_dir) or os.path.isdir(os.path.join(run_dir, "predictions")):
+            continue
+        for folder in (os.path.join(run_dir, "runs"), run_dir):
+            if holds_runs(folder):
+                raise ScoringError(
+                    f"{os.path.join(run_dir, 'predictions')}: no such predictions directory; "
+                    f"{folder} holds run directories: give them as {os.path.join(folder, '*')}")
+
+
 def main(argv=None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     # Chosen before jax is imported: the platform is fixed when jax initializes its backends.
@@ -101,6 +123,7 @@ def main(argv=None) -> int:
         if args.pnorm_p is not None and not 1 <= args.pnorm_p < float("inf"):
             raise scoring.ScoringError(f"--pnorm_p: must be a finite number >= 1, got "
                                        f"{args.pnorm_p:g}")
+        _check_not_a_grid(args.run_dirs)
         _check_out(args.out)
         _check_platform(args.platform)
         groups = None if args.groups is None else scoring.groups.parse_groups(args.groups)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import glob
 import json
 import os
 import pathlib
@@ -171,6 +172,30 @@ def test_cli_bad_run_directories_exit_2_and_leave_out_alone(runs, tmp_path):
     assert not (tmp_path / "never").exists()
     assert run_score(tmp_path / "missing", f"--out={tmp_path / 'never'}").returncode == 2
     assert not (tmp_path / "never").exists()
+
+
+def test_a_grids_workdir_or_runs_folder_is_refused_with_the_glob_of_its_runs(tmp_path):
+    workdir = tmp_path / "grid"
+    make_run(workdir / "runs" / "ce_seed0", 0, features=False)
+    (workdir / "runs" / "ls_0.1_seed0").mkdir()  # a run that has started: config.json only
+    (workdir / "runs" / "ls_0.1_seed0" / "config.json").write_text("{}")
+    (workdir / "report").mkdir()
+    out = tmp_path / "out"
+    for given, runs_folder in ((workdir, workdir / "runs"), (workdir / "runs", workdir / "runs")):
+        result = run_score(given, f"--out={out}")
+        assert result.returncode == 2
+        assert result.stderr.splitlines() == [
+            f"error: {given / 'predictions'}: no such predictions directory; {runs_folder} "
+            f"holds run directories: give them as {runs_folder}/*"]
+        assert not out.exists()
+    # A directory that holds no runs keeps the plain line.
+    (tmp_path / "empty").mkdir()
+    result = run_score(tmp_path / "empty", f"--out={out}")
+    assert result.stderr.splitlines() == [
+        f"error: {tmp_path / 'empty' / 'predictions'}: no such predictions directory"]
+    # The glob names the run directories, as the shell expands it.
+    assert sorted(glob.glob(f"{workdir / 'runs'}/*")) == [
+        str(workdir / "runs" / "ce_seed0"), str(workdir / "runs" / "ls_0.1_seed0")]
 
 
 def test_metrics_files_round_trip(tmp_path):
