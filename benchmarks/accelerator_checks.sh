@@ -9,7 +9,8 @@
 #
 # From the repository root, with JAX for the accelerator installed and this package importable
 # (`pip install -e .`, or PYTHONPATH=. with the requirements installed). FASHION_MNIST names the
-# folder of the Fashion-MNIST IDX files (default: Debian's /usr/share/datasets/fashion-mnist).
+# folder of the Fashion-MNIST IDX files (default: Debian's /usr/share/datasets/fashion-mnist; the
+# test of --smoke writes small ones, 256 training and 60 test images, and names their folder).
 # Each check writes OUT_DIR/<check>.log; the lines to read are the benchmarks' result lines.
 #
 # 1. fashion_mnist_grid   benchmarks.grid: the Fashion-MNIST grid (36 runs) with every default,

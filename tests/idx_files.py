@@ -23,7 +23,8 @@ def write_idx_folder(folder: pathlib.Path, rng, gz: bool = True, counts=(12, 5))
     arrays = {}
     for prefix, count in zip(("train", "t10k"), counts, strict=True):
         images = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
-        labels = rng.integers(0, 10, (count,), dtype=np.uint8)
+        # Every class as often as the count allows, so a model trained on them sees all ten.
+        labels = rng.permutation(np.arange(count) % 10).astype(np.uint8)
         write_idx(folder / f"{prefix}-images-idx3-ubyte", images, gz)
         write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels, gz)
         arrays[prefix] = (images, labels)

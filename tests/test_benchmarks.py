@@ -8,6 +8,9 @@ import re
 import subprocess
 import sys
 
+import numpy as np
+
+from tests import idx_files
 from tests.train_helpers import REPO, run_module
 
 FIELDS = ("step_images_per_s", "loop_images_per_s", "loop_efficiency", "first_compile_s",
@@ -108,17 +111,24 @@ def test_accelerator_checks_script_runs_every_check_at_tiny_sizes(tmp_path):
     """benchmarks/accelerator_checks.sh --smoke: each check exits 0 and prints its figures, so a
     short accelerator lease is not spent on a broken script. Nothing here depends on how fast
     the machine is: --smoke sets no time limit, and only what the checks printed is read."""
+    # Small Fashion-MNIST IDX files (every class in both splits) for the Fashion-MNIST grid, so
+    # the real IDX reader runs on any machine, with or without Debian's package.
+    fashion_mnist = tmp_path / "fashion_mnist"
+    idx_files.write_idx_folder(fashion_mnist, np.random.default_rng(0), counts=(256, 60))
+    out_dir = tmp_path / "out"
     result = subprocess.run(
-        ["bash", "benchmarks/accelerator_checks.sh", str(tmp_path), "--smoke"], cwd=REPO,
-        env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True)
+        ["bash", "benchmarks/accelerator_checks.sh", str(out_dir), "--smoke"], cwd=REPO,
+        env={**os.environ, "PYTHON": sys.executable, "FASHION_MNIST": str(fashion_mnist)},
+        capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
     checks = ("fashion_mnist_grid", "population_wrn40_2", "digits_grid", "train_loop_wrn40_2")
     for check in checks:
         assert f"== {check} (no time limit)" in out, out
-        assert (tmp_path / f"{check}.log").exists()
+        assert (out_dir / f"{check}.log").exists()
     assert out.count("   exit 0 after") == len(checks), out
-    assert "grid_efficiency=" in out
+    assert f"--config.dataset_paths.fashion_mnist={fashion_mnist} " in out, out
+    assert re.search(r"grid_efficiency=.* runs=12 ", out), out
     assert "R=2 images_per_s=" in out
     assert re.search(r"digits grid max_population=0 wall_s=\d+", out), out
     assert re.search(r"digits grid max_population=1 wall_s=\d+", out), out
