@@ -241,7 +241,7 @@ def test_real_fashion_mnist_idx_files_when_installed():
     folder = pathlib.Path(datasets.FASHION_MNIST_IDX_DIR)
     if not (folder / "t10k-images-idx3-ubyte.gz").exists():
         # The small written IDX files above cover the reader; this checks the real release,
-        # which .ci/run installs. Say so rather than pass without checking anything.
+        # which .ci/run's second step installs. Say so rather than pass without checking anything.
         pytest.skip(f"{folder}: not installed (apt-get install dataset-fashion-mnist)")
     test = datasets.load("fashion_mnist", "test", path=str(folder))
     _check(test, 10_000, (28, 28, 1))
