@@ -236,6 +236,18 @@ def test_the_workdir_may_not_be_a_file(tmp_path, capsys):
     assert (tmp_path / "file").read_text() == "x"
 
 
+def test_a_bucket_workdir_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    # pathlib reads "gs://b/run" as the relative path gs:/b/run: without the refusal the
+    # predictions would land in a local folder named "gs:".
+    monkeypatch.chdir(tmp_path)
+    line = refusal(capsys, lambda: train.train_and_evaluate(tiny_digits_config("ce"),
+                                                              "gs://my-bucket/run"))
+    assert line == ("error: --workdir: gs://my-bucket/run is a bucket URL; give a local "
+                    "directory (or a gcsfuse mount) and copy it to the bucket afterwards "
+                    "(gcloud storage cp -r)")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_second_process_on_a_workdir_in_use_is_refused(tmp_path, capsys):
     workdir = tmp_path / "run"
     # flock locks belong to an open file, so a second open in this process competes like

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from matplotlib.colors import to_hex
 from sklearn import metrics as sk_metrics
 
 from softlabel_ood.analysis import figures, metric_stats, results
@@ -126,13 +127,67 @@ def test_roc_figure_labels_the_95_percent_tpr_line(tmp_path):
     ax = fig.axes[0]
     horizontal = [line for line in ax.get_lines() if set(line.get_ydata()) == {95}]
     assert len(horizontal) == 1
-    labels = [t for t in ax.texts if "TPR = 95%" in t.get_text()]
-    assert len(labels) == 1
-    assert labels[0].get_position()[1] == pytest.approx(95, abs=2)
+    # The line is named in the legend, not by a text drawn on the curves.
+    assert len(ax.texts) == 0
+    legend = ax.get_legend()
     # The legend's AUROC is scikit-learn's.
     id_msp, ood_msp = figures.id_ood_msp(preds, "noise")
     auroc = sk_metrics.roc_auc_score(np.r_[np.ones(400), np.zeros(300)], np.r_[id_msp, ood_msp])
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == [f"ce ({100 * auroc:.1f})"]
+    assert [t.get_text() for t in legend.get_texts()] == [f"ce ({100 * auroc:.1f})",
+                                                           "TPR = 95%: FPR95 is read here"]
+    handle = legend.legend_handles[1]
+    assert (handle.get_linestyle(), handle.get_color()) == ("--", horizontal[0].get_color())
+    # ... and the legend covers no point of the curve, rendered.
+    fig.canvas.draw()
+    box = legend.get_window_extent()
+    curve = ax.get_lines()[0]
+    x, y = ax.transData.transform(curve.get_xydata()).T
+    assert not np.any((box.x0 <= x) & (x <= box.x1) & (box.y0 <= y) & (y <= box.y1))
+
+
+def _lightness(rgba):
+    """CIE L* of an sRGB colour: an ordering of colours independent of matplotlib's maps."""
+    c = np.asarray(rgba[:3])
+    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    y = linear @ [0.2126, 0.7152, 0.0722]
+    return 116 * np.cbrt(y) - 16 if y > 216 / 24389 else y * 24389 / 27
+
+
+def test_sweep_curves_grow_lighter_with_alpha_and_other_panels_keep_the_cycle(tmp_path):
+    rng = np.random.default_rng(3)
+    runs = []
+    for i in range(6):
+        id_logits = rng.normal(size=(50, 3))
+        id_logits[:, 0] += 3.0 - 0.4 * i
+        runs.append(_predictions(tmp_path / f"r{i}", id_logits, rng.normal(size=(40, 3))))
+    sweep = [(f"α = {0.1 * i:g}", p) for i, p in enumerate(runs)]
+    fig = figures.roc_curves([("sweep", sweep), ("others", sweep[:3])], "noise",
+                             sweeps=("sweep",))
+    lightness = [_lightness(line.get_color()) for line in fig.axes[0].get_lines()[:6]]
+    assert np.all(np.diff(lightness) > 5)  # the α order reads as an order of colours
+    others = [to_hex(line.get_color()) for line in fig.axes[1].get_lines()[:3]]
+    assert others == ["#1f77b4", "#ff7f0e", "#2ca02c"]  # tab10, matplotlib's default cycle
+    fig = figures.risk_coverage([(label, p, 2.0) for label, p in sweep])
+    for ax in fig.axes:
+        lightness = [_lightness(line.get_color()) for line in ax.get_lines()]
+        assert np.all(np.diff(lightness) > 5)
+
+
+def test_alpha_sweep_tells_ten_scores_apart_by_colour_marker_and_line():
+    runs, table = _runs_and_table()
+    scores = ["msp", "max_logit", "energy", "entropy", "pnorm", "mahalanobis", "knn", "react",
+              "vim", "odin"]
+    rows = [MetricRow(r.run, score, "noise", "auroc", 0.5) for r in runs for score in scores]
+    table = metric_stats.MetricTable(rows)
+    fig = figures.alpha_sweep(table, results.ls_sweep(runs), metric="auroc", scores=scores,
+                              dataset="digits")
+    lines = [c.lines[0] for c in fig.axes[0].containers]
+    assert len(lines) == 10
+    assert len({line.get_color() for line in lines}) == 10
+    assert len({line.get_marker() for line in lines}) == 10
+    # The scores that read the features (Mahalanobis, kNN, ReAct, ViM) are dashed.
+    dashed = [s for s, line in zip(scores, lines, strict=True) if line.get_linestyle() == "--"]
+    assert dashed == ["mahalanobis", "knn", "react", "vim"]
 
 
 def test_claims_figure_shows_each_seeds_difference_its_mean_and_the_noise_band():

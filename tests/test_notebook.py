@@ -187,7 +187,8 @@ def test_notebook_runs_the_digits_job_itself(tmp_path, monkeypatch):
     _opens_with_the_summary(outputs)
     text = _text(outputs)
     assert "$ python -m softlabel_ood.reproduce --config=configs/digits.py --workdir=digits" in text
-    assert "[12/12] kdi_oe_seed0 (kd_incorrect): trained" in text
+    assert "kdi_oe_seed0 (kd_incorrect): trained" in text
+    assert re.search(r"^\[12/12\] \S+ \(\S+\): trained", text, re.M)  # k counts runs ended
     assert "\r" not in text  # the job's progress arrives as plain lines
     assert "12 runs in 12 grid entries" in text
     assert "Table 2. Teachers and students" in text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -65,10 +67,15 @@ def test_two_workers_train_a_grid_bitwise_as_one_process_does(tmp_path, capsys):
     err = capsys.readouterr().err
     assert two == alone
     assert two.startswith("1 of 4 runs did not finish: diverges_seed0 failed: ")
-    assert "[2/4] diverges_seed0 (ls): failed: " in err
-    for line in ("[1/4] ce_seed0 (ce): trained in", "[3/4] kd_ce_seed0 (kd): trained in",
-                 "[4/4] ls_seed0 (ls): trained in"):
-        assert line in err
+    # Numbered in the order the runs end, whichever worker ends them: 1, 2, 3, 4.
+    lines = re.findall(r"^\[(\d+)/4\] (\S+) \((\w+)\): (trained in|failed: )", err, re.M)
+    assert [int(k) for k, *_ in lines] == [1, 2, 3, 4]
+    assert sorted((run, method, what) for _, run, method, what in lines) == [
+        ("ce_seed0", "ce", "trained in"), ("diverges_seed0", "ls", "failed: "),
+        ("kd_ce_seed0", "kd", "trained in"), ("ls_seed0", "ls", "trained in")]
+    assert lines[0][1] in ("ce_seed0", "diverges_seed0")  # the two started first
+    assert [run for _, run, *_ in lines].index("kd_ce_seed0") > [
+        run for _, run, *_ in lines].index("ce_seed0")  # the student waits for its teacher
     for run in ("ce_seed0", "kd_ce_seed0", "ls_seed0"):
         a = predictions.read(tmp_path / "alone" / "runs" / run / "predictions")
         b = predictions.read(tmp_path / "two" / "runs" / run / "predictions")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import matplotlib
 import numpy as np
 from etils import epath
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -42,12 +43,36 @@ def clipped_error(means, stds, *, low: float = 0.0, high: float = 100.0) -> np.n
                      np.minimum(stds, np.maximum(high - means, 0.0))])
 
 
-def _errorbar(ax, xs, stats: Sequence[metric_stats.Stat], label: str) -> None:
+# Ten scores share a panel: a colour of tab10, a marker and a line style tell each apart (the
+# colours alone pair up: pink and purple, olive and grey). Dashed scores read the features.
+_SCORE_MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "<", "h")
+_FEATURE_READERS = (*scoring.FEATURE_SCORES, *scoring.HEAD_SCORES)
+
+
+def score_style(score: str) -> dict:
+    """The colour, marker and line style of `score`, the same in every α-sweep figure."""
+    known = list(scoring.ALL_SCORES)
+    i = known.index(score) if score in known else sum(map(ord, score))
+    return {"color": f"C{i % 10}", "marker": _SCORE_MARKERS[i % len(_SCORE_MARKERS)],
+            "linestyle": "--" if score in _FEATURE_READERS else "-"}
+
+
+_SWEEP_COLORMAP = matplotlib.colormaps["viridis"]
+
+
+def sweep_colors(n: int) -> list:
+    """n colours for curves listed by increasing α, from viridis's dark end to near its light
+    end (its last yellow fades on white), so that the sweep's order reads as colour order."""
+    return [_SWEEP_COLORMAP(0.9 * i / max(n - 1, 1)) for i in range(n)]
+
+
+def _errorbar(ax, xs, stats: Sequence[metric_stats.Stat], label: str, **style) -> None:
     keep = [i for i, s in enumerate(stats) if s.n]
     x = [xs[i] for i in keep]
     y = [100 * stats[i].mean for i in keep]
     err = clipped_error(y, [100 * stats[i].std for i in keep])
-    ax.errorbar(x, y, yerr=err, marker="o", markersize=3, capsize=3, label=label)
+    ax.errorbar(x, y, yerr=err, **({"marker": "o"} | style), markersize=5, linewidth=1.2,
+                elinewidth=0.8, capsize=2.5, label=label)
 
 
 def _sweep_title(what: str, sweep: Sequence[tuple[float, Sequence[RunInfo]]],
@@ -94,7 +119,7 @@ def alpha_sweep(table: MetricTable, sweep: Sequence[tuple[float, Sequence[RunInf
                 stats = [metric_stats.ood_mean_stat(table, g, score, metric) for _, g in sweep]
             else:
                 stats = [metric_stats.ood_stat(table, g, score, metric, ood) for _, g in sweep]
-            _errorbar(ax, alphas, stats, score)
+            _errorbar(ax, alphas, stats, score, **score_style(score))
         ax.set_title("mean over OOD sets" if ood is None else ood)
         ax.set_xlabel("α (label smoothing)")
         ax.set_ylabel(f"{metric_stats.METRIC_LABELS.get(metric, metric)} (%)")
@@ -218,42 +243,47 @@ def roc_points(id_scores: np.ndarray, ood_scores: np.ndarray) -> tuple[np.ndarra
     return fp / max(len(ood_scores), 1), tp / max(len(id_scores), 1)
 
 
+TPR95_LABEL = "TPR = 95%: FPR95 is read here"
+
+
 def roc_curves(groups: Sequence[tuple[str, Sequence[tuple[str, predictions.Predictions]]]],
-               ood: str) -> Figure:
+               ood: str, *, sweeps: Sequence[str] = ()) -> Figure:
     """MSP ROC curves, ID test positive and `ood` negative; one panel per group of runs.
 
     The legend gives each curve's AUROC (the area under these points, which equals the
-    Mann-Whitney AUROC of docs/scores_and_metrics.md); a labelled line marks TPR = 95%, where
-    FPR95 is read.
+    Mann-Whitney AUROC of docs/scores_and_metrics.md) and names the dashed line at TPR = 95%,
+    where FPR95 is read: in the legend, placed where the curves leave room, a label is never
+    drawn under a curve. The panels titled in `sweeps` list their curves by increasing α and
+    take `sweep_colors`.
     """
     fig, axes = _new_figure(1, max(1, len(groups)), width=4.2, height=3.8)
     for ax, (title, curves) in zip(axes.flat, groups, strict=False):
-        for label, preds in curves:
+        colors = sweep_colors(len(curves)) if title in sweeps else [None] * len(curves)
+        for (label, preds), color in zip(curves, colors, strict=True):
             fpr, tpr = roc_points(*id_ood_msp(preds, ood))
             auroc = np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2)  # trapezoids
-            ax.plot(100 * fpr, 100 * tpr, label=f"{label} ({100 * auroc:.1f})")
+            ax.plot(100 * fpr, 100 * tpr, color=color, label=f"{label} ({100 * auroc:.1f})")
         ax.plot([0, 100], [0, 100], color="grey", linestyle=":", linewidth=1)
-        ax.axhline(95, color="grey", linewidth=0.8, linestyle="--")
-        ax.text(60, 94, "TPR = 95%: FPR95 is read here", color="dimgrey", fontsize="x-small",
-                ha="center", va="top")
+        ax.axhline(95, color="grey", linewidth=0.8, linestyle="--", label=TPR95_LABEL)
         ax.set_title(title)
         ax.set_xlabel("OOD accepted, FPR (%)")
         ax.set_ylabel("ID accepted, TPR (%)")
-        ax.legend(fontsize="small", title="run (AUROC %)", title_fontsize="small")
+        ax.legend(loc="best", fontsize="small", title="run (AUROC %)", title_fontsize="small")
     fig.suptitle(f"MSP ROC curves: ID test set against {ood}")
     return fig
 
 
 def risk_coverage(curves: Sequence[tuple[str, predictions.Predictions, float]]) -> Figure:
     """Risk-coverage curves on the ID test set, msp and pnorm side by side: one curve per
-    (label, predictions, pnorm's p), the legend giving each curve's AURC (%).
+    (label, predictions, pnorm's p), listed by increasing α and coloured by `sweep_colors`, the
+    legend giving each curve's AURC (%).
 
     The ID test examples are accepted by decreasing score; the selective risk at a coverage is
     the error rate among those accepted (tied scores accepted together).
     """
     fig, axes = _new_figure(1, 2, width=4.2, height=3.8)
     for ax, score in zip(axes.flat, ("msp", "pnorm"), strict=True):
-        for label, preds, p in curves:
+        for (label, preds, p), color in zip(curves, sweep_colors(len(curves)), strict=True):
             split = preds.splits[preds.id_test_name]
             values = (scoring.logit_scores(split.logits)["msp"] if score == "msp"
                       else scoring.pnorm(split.logits, p))
@@ -261,7 +291,7 @@ def risk_coverage(curves: Sequence[tuple[str, predictions.Predictions, float]]) 
             aurc = scoring.selective_metrics(values[None], correct[None])["aurc"][0]
             coverage, risk = scoring.selective.risk_coverage(values, correct)
             ax.plot(100 * np.r_[0, coverage], 100 * np.r_[risk[0], risk], drawstyle="steps-pre",
-                    label=f"{label} ({100 * aurc:.2f})")
+                    color=color, label=f"{label} ({100 * aurc:.2f})")
         ax.set_title(score)
         ax.set_xlabel("coverage: ID test examples accepted (%)")
         ax.set_ylabel("selective risk: error rate among them (%)")

@@ -6,9 +6,10 @@ The runs are not needed, so a report whose runs are gone (or took hours to train
 current report's layout: metrics.csv is read and written back byte for byte, and the tables,
 claims and α-sweep figures are computed from it as `reproduce` computes them. What metrics.csv
 does not hold comes from runs.json's "report" record (`results.ReportRecord`: title, dataset,
-OOD groups, ODIN pairs) and its environment, which stays the one that scored the runs. The two
-figures drawn from predictions (MSP histograms, ROC curves) are drawn again when the run
-directories lie next to the report (`<workdir>/report` beside `<workdir>/runs`), else copied.
+OOD groups, ODIN pairs) and its environment, which stays the one that scored the runs. The
+figures drawn from predictions (MSP histograms, ROC and risk-coverage curves) are drawn again
+when the run directories lie next to the report (`<workdir>/report` beside `<workdir>/runs`),
+else copied.
 
 Reports written before runs.json held that record keep it in their report.md, which is read for
 it instead: the title, the ODIN pairs table and the sentence that names the OOD groups.

@@ -367,6 +367,9 @@ def histogram_panels(runs: Sequence[RunInfo]) -> list[tuple[str, list[RunInfo]]]
     return [(label, group) for label, group in panels if group]
 
 
+ROC_SWEEP_PANEL = "LS sweep"  # the ROC panel of the α sweep, coloured in α's order
+
+
 def roc_groups(runs: Sequence[RunInfo]) -> list[tuple[str, list[tuple[str, list[RunInfo]]]]]:
     """Two panels: the LS sweep, and ce with every other entry of the grid."""
     sweep = results.ls_sweep(runs)
@@ -375,7 +378,7 @@ def roc_groups(runs: Sequence[RunInfo]) -> list[tuple[str, list[tuple[str, list[
     others = [(name, g) for name, g in results.group_by_name(runs).items() if name not in in_sweep]
     ce = dict(sweep).get(0.0)
     others = ([("ce", ce)] if ce else []) + others
-    return [(title, panel) for title, panel in (("LS sweep", ls_panel),
+    return [(title, panel) for title, panel in ((ROC_SWEEP_PANEL, ls_panel),
                                                 ("teachers and students", others)) if panel]
 
 
@@ -444,7 +447,8 @@ def _write_figures(table: MetricTable, runs: Sequence[RunInfo], out_dir: epath.P
             if curves:
                 groups.append((title, curves))
         if groups:
-            drawn["roc_curves.png"] = figures.roc_curves(groups, focus_ood)
+            drawn["roc_curves.png"] = figures.roc_curves(groups, focus_ood,
+                                                         sweeps=(ROC_SWEEP_PANEL,))
     curves = [(f"α = {a:g} (seed {g[0].seed})", preds(g), pnorm_p(g[0])) for a, g in sweep]
     curves = [(label, p, q) for label, p, q in curves if p is not None]
     if len(curves) >= 2:

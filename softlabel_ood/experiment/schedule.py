@@ -30,17 +30,20 @@ class Schedule:
         self.pending = list(range(len(cut)))  # populations not started, by index into cut
         self.unresolved = {info.directory for info in self.infos}  # not yet skipped/trained/failed
         self.failed: dict[str, str] = {}  # run directory -> why it failed
+        self.resolved = 0  # runs skipped, trained or failed so far: the k of the "[k/n]" lines
         self.writer = distributed.is_writer()
         self.bar = progress.bar(total=len(planned), desc="grid", unit="run",
                                 disable=not self.writer)
 
     def _resolve(self, i: int, what: str) -> None:
+        """Prints run i's line, numbered in the order runs end (workers finish out of order)."""
         self.unresolved.discard(self.infos[i].directory)
+        self.resolved += 1
         self.bar.update(1)
         if self.writer:
             info = self.infos[i]
-            tqdm.tqdm.write(f"[{i + 1}/{len(self.infos)}] {info.run} ({info.method}): {what}",
-                            file=sys.stderr)
+            tqdm.tqdm.write(f"[{self.resolved}/{len(self.infos)}] {info.run} ({info.method}): "
+                            f"{what}", file=sys.stderr)
 
     def _ready(self, population: int) -> bool:
         return not any(p in self.unresolved for i in self.cut[population]

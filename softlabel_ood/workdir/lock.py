@@ -21,12 +21,6 @@ class WorkdirError(UserError):
     """The workdir is not a directory, or another process is working in it."""
 
 
-def _local(workdir) -> pathlib.Path | None:
-    text = os.fspath(workdir)
-    # Object stores (gs://...) have no advisory locks; only local and mounted paths are locked.
-    return None if "://" in text else pathlib.Path(text)
-
-
 def check_workdir(workdir) -> None:
     """WorkdirError unless `workdir` names a directory, or a path where one can be made.
 
@@ -34,8 +28,14 @@ def check_workdir(workdir) -> None:
     """
     if not os.fspath(workdir).strip():
         raise WorkdirError("--workdir: empty; give the run's directory (created if missing)")
-    path = _local(workdir)
-    if path is not None and path.exists() and not path.is_dir():
+    if "://" in os.fspath(workdir):
+        # The predictions, the lock and the atomic renames need a file system: a bucket URL
+        # would have them written under a local folder named "gs:".
+        raise WorkdirError(f"--workdir: {os.fspath(workdir)} is a bucket URL; give a local "
+                           f"directory (or a gcsfuse mount) and copy it to the bucket afterwards "
+                           f"(gcloud storage cp -r)")
+    path = pathlib.Path(os.fspath(workdir))
+    if path.exists() and not path.is_dir():
         raise WorkdirError(f"--workdir: {path} is a file, not a directory")
 
 
@@ -48,8 +48,8 @@ def hold(workdir, *, enabled: bool = True):
     nothing behind.
     """
     check_workdir(workdir)
-    path = _local(workdir)
-    if not enabled or path is None:
+    path = pathlib.Path(os.fspath(workdir))
+    if not enabled:
         yield
         return
     created = not path.exists()
