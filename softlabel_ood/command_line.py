@@ -73,7 +73,7 @@ def field_lines(config, names: Iterable[str] | None = None) -> list[str]:
     from softlabel_ood.configs import config_validation
     values = config_validation.flat_fields(config)
     lines = []
-    for name, rule in config_validation.FIELDS.items():
+    for name, rule in config_validation.fields().items():
         if names is not None and name.split(".")[0] not in names:
             continue
         value = values.get(name)

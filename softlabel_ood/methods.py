@@ -1,9 +1,12 @@
 """The training methods (DESIGN.md §7, §8) and what each one reads, with no JAX in sight.
 
-This is the one place that says what a method is: its loss, whether it reads a teacher or an
-outlier set, and which config fields change what it learns. The config validator, the grid,
-the train step's hyperparameters, the predictions manifest and the report all ask here. A new
-method is one record in `BY_NAME` and one loss in `training/method_losses.py`.
+This is the one place that says what a method is: its loss, its batch transform, whether it
+reads a teacher or an outlier set, and the hyperparameters it reads, each declared once with its
+config field, default, neutral value, allowed values and meaning. The config defaults and
+validator, the train step's hyperparameters, the predictions manifest and the report all derive
+from these records. A new method is one `register(Method(...))` and its JAX functions: a loss in
+`training/method_losses.py` (unless it shares one) and, if it changes the batch, a transform in
+`training/batch_transforms.py`.
 
 Config files, the config validator and the grid import this module; keeping it free of JAX lets
 a config load without flax or optax.
@@ -12,6 +15,62 @@ a config load without flax or optax.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class Hyperparameter:
+    """A number that a method's loss or batch transform reads: a config field, and a traced
+    argument of the compiled step (so a sweep of it shares one program)."""
+
+    field: str  # the dotted config field, e.g. "label_smoothing", "kd.temperature"
+    meaning: str  # one line, for --help and the docs
+    default: float  # the family configs' value
+    neutral: float  # its value in the step for a method that does not read it
+    allowed: str  # the values a method that reads it may take, in words
+    ok: Callable[[float], bool]  # ... as a test of a finite number
+    # Its key in the predictions manifest's `run` block; default: the field with "_" for ".".
+    manifest_key: str = ""
+    symbol: str = ""  # how tables and figures name it (α); default: the field
+    # A strict field holds `neutral` for a method that does not read it (the config default
+    # then, and the only value the validator accepts), and the manifest records `neutral`; a
+    # lenient one keeps its family default there, and the manifest records null.
+    strict: bool = True
+
+    @property
+    def key(self) -> str:
+        return self.manifest_key or self.field.replace(".", "_")
+
+    @property
+    def label(self) -> str:
+        return self.symbol or self.field
+
+    def unread_value(self):
+        """What the manifest records for a method that does not read it."""
+        return self.neutral if self.strict else None
+
+
+LABEL_SMOOTHING = Hyperparameter(
+    "label_smoothing", "α of ls; the incorrect-class mass of kd_incorrect",
+    # 0.3 when a config argument names a method that reads it: the grid's ls teacher and
+    # kd_incorrect runs; at 0 ls would be cross-entropy (method ce) under another name.
+    default=0.3, neutral=0.0, allowed="a number in (0, 1)", ok=lambda v: 0 < v < 1,
+    manifest_key="alpha", symbol="α")
+KD_TEMPERATURE = Hyperparameter(
+    "kd.temperature", "the teacher's softmax temperature T", default=4.0, neutral=1.0,
+    allowed="a number > 0", ok=lambda v: v > 0, strict=False)
+KD_WEIGHT = Hyperparameter(
+    "kd.weight", "the weight w of the distillation term", default=0.9, neutral=0.0,
+    allowed="a number in [0, 1]", ok=lambda v: 0 <= v <= 1, strict=False)
+OE_WEIGHT = Hyperparameter(
+    "oe.weight", "the weight of the outliers' cross-entropy to the uniform distribution",
+    default=0.5, neutral=0.0, allowed="a number >= 0", ok=lambda v: v >= 0, strict=False)
+
+# Config fields that a method reads through its teacher or its outliers (not numbers of the
+# step), and the value a method that does not read them must leave, "" for none.
+TEACHER_FIELDS = ("kd.teacher_workdir",)
+OUTLIER_FIELDS = ("oe_dataset", "oe.batch_size", "oe.finetune_from")
+REFUSED_UNLESS_READ = {"kd.teacher_workdir": "", "oe.finetune_from": ""}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,39 +78,44 @@ class Method:
     name: str
     summary: str
     # The name of its batch loss in `training.method_losses.LOSSES`. Methods with the same loss
-    # (and the same teacher and outlier needs) run one compiled program: ce is the soft-target
+    # (and transform, teacher and outlier needs) run one compiled program: ce is the soft-target
     # cross-entropy with α = 0, so ce trains with the ls sweep.
     loss: str
+    hyperparameters: tuple[Hyperparameter, ...] = ()
+    # A name of `training.batch_transforms.TRANSFORMS`: it changes the batch's images and targets
+    # before the forward pass (mixup mixes them); "" for none.
+    transform: str = ""
     needs_teacher: bool = False  # reads a finished run's model (kd.teacher_workdir)
     needs_outliers: bool = False  # reads an auxiliary outlier set (oe_dataset) while training
-    # Config fields (dotted) whose value changes this method's loss. Every other soft-label field
-    # takes its neutral value (`NEUTRAL`) in the train step, and config_validation refuses a run
-    # that sets it to anything else, since it would be recorded as if it had been used.
-    reads: tuple[str, ...] = ()
+    # The hyperparameter the report sweeps as the method's strength (its field), "" for none.
+    strength: str = ""
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """Every config field whose value changes what this method learns."""
+        return ((TEACHER_FIELDS if self.needs_teacher else ())
+                + (OUTLIER_FIELDS if self.needs_outliers else ())
+                + tuple(h.field for h in self.hyperparameters))
 
 
-BY_NAME: dict[str, Method] = {m.name: m for m in (
-    Method("ce", "cross-entropy with one-hot labels", loss="cross_entropy"),
-    Method("ls", "label smoothing: (1 - α)·onehot + α/K", loss="cross_entropy",
-           reads=("label_smoothing",)),
-    Method("oe", "outlier exposure: cross-entropy + oe.weight · CE(outlier logits, uniform)",
-           loss="outlier_exposure", needs_outliers=True,
-           reads=("oe_dataset", "oe.weight", "oe.batch_size", "oe.finetune_from")),
-    Method("kd", "knowledge distillation from a teacher at temperature kd.temperature",
-           loss="distillation", needs_teacher=True,
-           reads=("kd.teacher_workdir", "kd.temperature", "kd.weight")),
-    Method("kd_incorrect", "(1 - α)·onehot + α·(teacher's incorrect-class distribution)",
-           loss="teacher_incorrect", needs_teacher=True,
-           reads=("kd.teacher_workdir", "kd.temperature", "label_smoothing")),
-)}
+BY_NAME: dict[str, Method] = {}
 
-# The value a soft-label field takes for a method that does not read it: what the train step
-# uses, and the only value the config validator accepts then (for the fields listed in
-# `REFUSED_UNLESS_READ`; the others, such as kd.temperature, have family defaults that a run
-# leaves alone).
-NEUTRAL = {"label_smoothing": 0.0, "kd.temperature": 1.0, "kd.weight": 0.0, "oe.weight": 0.0,
-           "kd.teacher_workdir": "", "oe.finetune_from": ""}
-REFUSED_UNLESS_READ = ("label_smoothing", "kd.teacher_workdir", "oe.finetune_from")
+
+def register(method: Method) -> Method:
+    """Adds a method; a hyperparameter field that another method declares must be the same
+    record there, so that each field has one default, rule and meaning."""
+    if method.name in BY_NAME:
+        raise ValueError(f"method {method.name!r} is already registered")
+    known = hyperparameters()
+    for h in method.hyperparameters:
+        if h.field in known and known[h.field] != h:
+            raise ValueError(f"method {method.name!r}: hyperparameter {h.field!r} differs from "
+                             f"the record that other methods declare")
+    if method.strength and method.strength not in {h.field for h in method.hyperparameters}:
+        raise ValueError(f"method {method.name!r}: strength {method.strength!r} is not one of "
+                         f"its hyperparameters")
+    BY_NAME[method.name] = method
+    return method
 
 
 def names() -> tuple[str, ...]:
@@ -62,6 +126,15 @@ def get(name: str) -> Method:
     if name not in BY_NAME:
         raise KeyError(f"unknown method {name!r}; expected one of {', '.join(BY_NAME)}")
     return BY_NAME[name]
+
+
+def hyperparameters() -> dict[str, Hyperparameter]:
+    """Every registered method's hyperparameters by config field, in registration order."""
+    out: dict[str, Hyperparameter] = {}
+    for method in BY_NAME.values():
+        for h in method.hyperparameters:
+            out.setdefault(h.field, h)
+    return out
 
 
 def needs_teacher(method: str) -> bool:
@@ -81,6 +154,33 @@ def readers(field: str) -> tuple[str, ...]:
     return tuple(m.name for m in BY_NAME.values() if field in m.reads)
 
 
+def neutral(field: str) -> float:
+    return hyperparameters()[field].neutral
+
+
 def value_read(method: str, field: str, value):
-    """`value` if `method` reads `field`, else the field's neutral value."""
-    return value if reads(method, field) else NEUTRAL[field]
+    """`value` if `method` reads the hyperparameter `field`, else its neutral value."""
+    return value if reads(method, field) else neutral(field)
+
+
+def strength(method: str) -> Hyperparameter | None:
+    """The hyperparameter the report sweeps for `method`; None for a method without one or of
+    another version (a run directory read back may name a method unknown here)."""
+    record = BY_NAME.get(method)
+    if record is None or not record.strength:
+        return None
+    return hyperparameters()[record.strength]
+
+
+# The paper's methods (DESIGN §7).
+register(Method("ce", "cross-entropy with one-hot labels", loss="cross_entropy"))
+register(Method("ls", "label smoothing: (1 - α)·onehot + α/K", loss="cross_entropy",
+                hyperparameters=(LABEL_SMOOTHING,), strength="label_smoothing"))
+register(Method("oe", "outlier exposure: cross-entropy + oe.weight · CE(outlier logits, uniform)",
+                loss="outlier_exposure", needs_outliers=True, hyperparameters=(OE_WEIGHT,)))
+register(Method("kd", "knowledge distillation from a teacher at temperature kd.temperature",
+                loss="distillation", needs_teacher=True,
+                hyperparameters=(KD_TEMPERATURE, KD_WEIGHT)))
+register(Method("kd_incorrect", "(1 - α)·onehot + α·(teacher's incorrect-class distribution)",
+                loss="teacher_incorrect", needs_teacher=True,
+                hyperparameters=(KD_TEMPERATURE, LABEL_SMOOTHING), strength="label_smoothing"))

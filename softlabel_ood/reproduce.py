@@ -30,6 +30,7 @@ from softlabel_ood.experiment import grid, populations, probe, schedule, workers
 from softlabel_ood.training import compilation_cache, distributed
 from softlabel_ood.workdir import lock as workdir_lock
 from softlabel_ood.workdir import saved_runs
+from softlabel_ood.workdir.run_summary import RunSummary
 
 
 def planned_runs(config: ml_collections.ConfigDict, workdir: epath.PathLike
@@ -48,7 +49,7 @@ def planned_runs(config: ml_collections.ConfigDict, workdir: epath.PathLike
             config_validation.check(c)  # fail before the first run rather than hours into the grid
             info = results.RunInfo(
                 run=grid.run_dir_name(run["name"], seed), name=run["name"], seed=seed,
-                method=run["method"], alpha=float(c.label_smoothing),
+                method=run["method"], alpha=RunSummary.from_config(c).strength,
                 teacher=run.get("teacher", ""), init_from=run.get("init_from", ""),
                 directory=str(grid.run_dir(workdir, run["name"], seed)))
             planned.append((info, c))

@@ -38,15 +38,16 @@ BAD_CONFIGS = [
     ("ce", {"learning_rate": math.inf}, "config.learning_rate: inf is not allowed"),
     ("ce", {"learning_rate": math.nan}, "config.learning_rate: nan is not allowed"),
     ("ls", {"label_smoothing": 1.0},
-     "config.label_smoothing: 1.0 is not allowed; expected a number in [0, 1)"),
+     "config.label_smoothing: 1.0 is not allowed; expected a number in (0, 1) (α of ls; the "
+     "incorrect-class mass of kd_incorrect), or 0 for a method that does not read it"),
     ("ls", {"label_smoothing": -0.1}, "config.label_smoothing: -0.1 is not allowed"),
     ("ls", {"label_smoothing": math.nan}, "config.label_smoothing: nan is not allowed"),
     # α = 0 would train cross-entropy under another method's name.
     ("ls", {"label_smoothing": 0.0},
-     "config.label_smoothing: 0 is not allowed for method ls, which it makes plain "
-     "cross-entropy (method ce); expected α in (0, 1)"),
+     "config.label_smoothing: 0.0 is not allowed for method ls: at its neutral value the "
+     "method trains as one that does not read it; expected a number in (0, 1)"),
     ("kd_incorrect", {"kd.teacher_workdir": "/t", "label_smoothing": 0.0},
-     "config.label_smoothing: 0 is not allowed for method kd_incorrect"),
+     "config.label_smoothing: 0.0 is not allowed for method kd_incorrect"),
     ("kd", {"kd.teacher_workdir": "/t", "kd.temperature": 0.0},
      "config.kd.temperature: 0.0 is not allowed; expected a number > 0"),
     ("kd", {"kd.teacher_workdir": "/t", "kd.weight": 1.5},
@@ -201,8 +202,8 @@ def test_every_size_field_has_an_upper_bound():
              "batch_size", "eval_batch_size", "checkpoint_every_steps", "log_every_steps",
              "steps_per_call"]
     for name in sizes:
-        assert not config_validation.FIELDS[name].ok(config_validation.MAX_INT32 + 1), name
-        assert config_validation.FIELDS[name].ok(config_validation.MAX_INT32), name
+        assert not config_validation.fields()[name].ok(config_validation.MAX_INT32 + 1), name
+        assert config_validation.fields()[name].ok(config_validation.MAX_INT32), name
 
 
 def test_batch_sizes_must_divide_among_the_devices():
@@ -360,10 +361,10 @@ def test_methods_name_their_teacher_and_outliers():
     assert [m for m in methods.names() if methods.needs_outliers(m)] == ["oe"]
     for method in methods.BY_NAME.values():
         for field in method.reads:
-            assert field in config_validation.FIELDS, field
+            assert field in config_validation.fields(), field
     # Every field a method may leave unread has a neutral value, and it is a config field.
-    for field in methods.NEUTRAL:
-        assert field in config_validation.FIELDS, field
+    for field in [*methods.hyperparameters(), *methods.REFUSED_UNLESS_READ]:
+        assert field in config_validation.fields(), field
 
 
 def test_loading_a_config_file_imports_no_jax():

@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec as P
 
 from softlabel_ood import methods, models
 from softlabel_ood.data import augment
-from softlabel_ood.training import run_model, runs_axis
+from softlabel_ood.training import runs_axis
 from softlabel_ood.training import train_step as ts
 from tests.train_helpers import one_step_program
 
@@ -25,6 +25,9 @@ MEAN, STD = (0.4,), (0.3,)
 # Distinct values, none of them neutral: a field read in another's place changes the loss.
 HYPERPARAMS = {"label_smoothing": 0.3, "kd_temperature": 2.5, "kd_weight": 0.7,
                "oe_weight": 1.6}
+# The config field each of them is (the reference formulas below take them by these names).
+CONFIG_FIELD = {"label_smoothing": "label_smoothing", "kd_temperature": "kd.temperature",
+                "kd_weight": "kd.weight", "oe_weight": "oe.weight"}
 NUM_OUTLIERS = 6
 
 
@@ -145,7 +148,7 @@ def step_inputs(mesh, method):
     state = state.replace(params=jax.tree.map(
         lambda p: p * 8 if p.ndim == 2 else p, state.params))
     hp = ts.Hyperparams.create(seed=5, learning_rate=0.1, total_steps=100,
-                               **hyperparams_read(method))
+                               method_values=hyperparams_read(method))
     batch = fixed_batch(mesh, outliers=NUM_OUTLIERS if method == "oe" else 0)
     return step, state, hp, batch, teacher, teacher_variables
 
@@ -153,7 +156,7 @@ def step_inputs(mesh, method):
 def hyperparams_read(method):
     """HYPERPARAMS as the train command gives them to `method`: the fields it does not read
     (its record in `methods`) at their neutral values."""
-    return {name: methods.value_read(method, run_model.HYPERPARAM_FIELDS[name], value)
+    return {CONFIG_FIELD[name]: methods.value_read(method, CONFIG_FIELD[name], value)
             for name, value in HYPERPARAMS.items()}
 
 
@@ -230,7 +233,7 @@ def test_the_teacher_sees_the_students_augmented_batch(mesh, method):
                                      train=False)
     seen.clear()
     hp = ts.Hyperparams.create(seed=5, learning_rate=0.1, total_steps=100,
-                               **hyperparams_read(method))
+                               method_values=hyperparams_read(method))
     batch = fixed_batch(mesh)
     step = one_step_program(student, config, mesh, teacher_model=teacher)
     step(state, hp, batch, teacher_variables)

@@ -38,9 +38,10 @@ def step_config(method="ce", **kwargs):
                                     **kwargs)
 
 
-def hparams(learning_rate=0.3, total_steps=1000, seed=0, **kwargs):
+def hparams(learning_rate=0.3, total_steps=1000, seed=0, **method_values):
+    """`method_values` by config field (`**{"oe.weight": 0.5}`)."""
     return ts.Hyperparams.create(seed=seed, learning_rate=learning_rate, total_steps=total_steps,
-                                 **kwargs)
+                                 method_values=method_values)
 
 
 def learnable_batch(mesh, seed=0, batch_size=32, outliers=0):
@@ -155,9 +156,9 @@ def test_create_train_state_is_deterministic_and_replicated(mesh):
     [
         ("ce", {}),
         ("ls", {"label_smoothing": 0.2}),
-        ("oe", {"oe_weight": 0.5}),
-        ("kd", {"kd_temperature": 2.0, "kd_weight": 0.5}),
-        ("kd_incorrect", {"kd_temperature": 2.0, "label_smoothing": 0.3}),
+        ("oe", {"oe.weight": 0.5}),
+        ("kd", {"kd.temperature": 2.0, "kd.weight": 0.5}),
+        ("kd_incorrect", {"kd.temperature": 2.0, "label_smoothing": 0.3}),
     ],
 )
 def test_every_method_lowers_the_loss(mesh, method, kwargs):
@@ -293,7 +294,8 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent("""
         # The same run twice on the 2 x 4 mesh: each group of 4 devices trains one whole run.
         runs = mesh.shape["runs"]
         state = ts.create_train_state(model, config, image_shape=(8, 8, 1), seed=0, mesh=mesh)
-        hp = ts.Hyperparams.create(seed=0, learning_rate=0.1, total_steps=10, oe_weight=0.5)
+        hp = ts.Hyperparams.create(seed=0, learning_rate=0.1, total_steps=10,
+                                   method_values={"oe.weight": 0.5})
         program = ts.make_train_program(model, config, mesh, runs=runs, steps_per_call=1)
         feed = jax.device_put({k: np.stack([v[None]] * runs) for k, v in host_batch.items()},
                               NamedSharding(mesh, P("runs", None, "data")))

@@ -108,10 +108,17 @@ def runs_markdown(runs: Sequence[RunInfo]) -> str:
     rows = []
     for name, group in results.group_by_name(runs).items():
         r = group[0]
-        alpha = f"{r.alpha:g}" if _reads_alpha(r.method) else ""
+        strength = methods.strength(r.method)
         seeds = ", ".join(str(g.seed) for g in group)
-        rows.append([f"`{name}`", r.method, alpha, r.teacher, r.init_from, seeds])
-    return md_table(["run", "method", "α", "teacher", "fine-tuned from", "seeds"], rows)
+        rows.append([f"`{name}`", r.method, (strength, r.alpha), r.teacher, r.init_from, seeds])
+    # The strength column is named by the records (α) when the methods with one share it.
+    labels = {s.label for _, _, (s, _), *_ in rows if s is not None} or {"α"}
+    header = labels.pop() if len(labels) == 1 else "strength"
+    for row in rows:
+        strength, value = row[2]
+        row[2] = "" if strength is None else \
+            f"{value:g}" if strength.label == header else f"{strength.label} = {value:g}"
+    return md_table(["run", "method", header, "teacher", "fine-tuned from", "seeds"], rows)
 
 
 def _scores(table: MetricTable, scores: Sequence[str] | None) -> list[str]:
@@ -193,7 +200,8 @@ def ood_table_markdown(table: MetricTable, runs: Sequence[RunInfo], ood: str, *,
 
 def _reads_alpha(method: str) -> bool:
     # A method of another version (a run directory read back) may be unknown here: no α then.
-    return method in methods.BY_NAME and methods.reads(method, "label_smoothing")
+    strength = methods.strength(method)
+    return strength is not None and strength.field == "label_smoothing"
 
 
 def _teacher_label(teacher: RunInfo) -> str:

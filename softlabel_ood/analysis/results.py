@@ -31,7 +31,9 @@ class RunInfo:
     name: str  # the grid entry, e.g. "ls0.1"; its seeds share it
     seed: int
     method: str  # ce | ls | oe | kd | kd_incorrect
-    alpha: float  # config.label_smoothing of the run
+    # The value of the method's strength (`methods.Method.strength`: config.label_smoothing of
+    # ls and kd_incorrect), 0 for a method without one.
+    alpha: float
     teacher: str = ""  # grid name of the KD teacher, or ""
     init_from: str = ""  # grid name of the run it was fine-tuned from, or ""
     directory: str = ""  # the run directory (predictions under it), or "" when not at hand
@@ -149,7 +151,7 @@ def runs_from_directories(run_dirs: Iterable[epath.PathLike]) -> list[RunInfo]:
         run = predictions.RunSummary.from_json(manifest.get("run", {}))
         runs.append(RunInfo(
             run=d.name, name=grid.grid_name(d.name), seed=run.seed, method=run.method,
-            alpha=float(run.alpha),
+            alpha=run.strength,
             teacher=grid.grid_name(epath.Path(run.teacher).name) if run.teacher else "",
             init_from=(grid.grid_name(epath.Path(run.finetune_from).name) if run.finetune_from
                        else ""),

@@ -19,9 +19,8 @@ from softlabel_ood.data import datasets
 FINETUNE_ARG = "oe_finetune"
 
 # α of a run whose method reads it (ls, kd_incorrect) when its config argument names the method:
-# the grid's ls teacher and kd_incorrect runs use it too. Without it, `configs/<family>.py:ls`
-# would train with α = 0, which is cross-entropy (method ce) under another name.
-METHOD_ALPHA = 0.3
+# the grid's ls teacher and kd_incorrect runs use it too (its record's default, `methods`).
+METHOD_ALPHA = methods.LABEL_SMOOTHING.default
 
 # The default of config.odin_pairs (softlabel_ood.training.odin, which reads it from here:
 # the config side imports no JAX). The ODIN paper's setting for CIFAR (T = 1000, ε = 0.0014)
@@ -63,15 +62,11 @@ def base_config(method: str | None, *, finetune: bool = False) -> ml_collections
     c.dropout_rate = 0.3
     c.compute_dtype = "float32"
 
-    # Soft labels.
-    # α for `ls`, and the incorrect-class mass for `kd_incorrect`; other methods must leave it 0.
-    c.label_smoothing = METHOD_ALPHA if methods.reads(method, "label_smoothing") else 0.0
-    c.kd = ml_collections.ConfigDict()
+    # Soft labels: every method's hyperparameters from their records in `methods` (α for `ls`
+    # and the incorrect-class mass for `kd_incorrect`, the KD temperature and weight, the OE
+    # weight, ...), then what the teacher and the outliers need.
+    _set_hyperparameters(c, method)
     c.kd.teacher_workdir = ""
-    c.kd.temperature = 4.0
-    c.kd.weight = 0.9
-    c.oe = ml_collections.ConfigDict()
-    c.oe.weight = 0.5
     c.oe.batch_size = 256
     # Workdir of a finished run to fine-tune from; empty = from scratch.
     c.oe.finetune_from = ml_collections.config_dict.placeholder(str) if finetune else ""
@@ -112,6 +107,22 @@ def base_config(method: str | None, *, finetune: bool = False) -> ml_collections
     c.steps_per_call = 0
     c.device_data_max_mb = 2048  # training arrays up to this size stay on every device
     return c
+
+
+def _set_hyperparameters(c: ml_collections.ConfigDict, method: str) -> None:
+    """Each registered hyperparameter at its default; a strict one that `method` does not read
+    at its neutral value, the only value the validator then accepts."""
+    for field, h in methods.hyperparameters().items():
+        *groups, name = field.split(".")
+        node = c
+        for group in groups:
+            if group not in node:
+                node[group] = ml_collections.ConfigDict()
+            node = node[group]
+        node[name] = h.default if not h.strict or methods.reads(method, field) else h.neutral
+    for group in ("kd", "oe"):  # the teacher's and the outliers' fields live there too
+        if group not in c:
+            c[group] = ml_collections.ConfigDict()
 
 
 def parse_method_arg(arg: str | None) -> tuple[str, bool]:

@@ -1,9 +1,10 @@
 """Checks a config before anything is loaded or written, with one-line errors naming the field.
 
-`FIELDS` is the one definition of what each config field allows (DESIGN.md §8): `check` applies
-it, and `--help` prints it. What a value means for one method (a teacher for kd, no α for ce)
-comes from `softlabel_ood.methods`. Checks that need the loaded data (the batch size and the
-number of steps against the size of the training set) are in `check_training_size`.
+`fields()` is the one definition of what each config field allows (DESIGN.md §8): `check`
+applies it, and `--help` prints it. The methods' hyperparameters, and what a value means for one
+method (a teacher for kd, no α for ce), come from their records in `softlabel_ood.methods`.
+Checks that need the loaded data (the batch size and the number of steps against the size of the
+training set) are in `check_training_size`.
 
 Every size has an upper bound, so that a mistyped value (1e9 for 1e3) is refused here rather
 than hours later by an int32 overflow or an allocation of terabytes: step numbers, step counts
@@ -116,7 +117,8 @@ def _ood_groups(v) -> bool:
                and all(isinstance(n, str) for n in names) for k, names in v.items())
 
 
-FIELDS: dict[str, Rule] = {
+# The fields before the methods' hyperparameters in `fields()` (and so in --help) ...
+_RUN_FIELDS: dict[str, Rule] = {
     "method": Rule(f"one of {', '.join(methods.names())}", lambda v: v in methods.BY_NAME),
     "dataset": Rule("a dataset name with class labels (see softlabel_ood.data.datasets)",
                     lambda v: _dataset_name(v) and datasets.info(v).num_classes >= 2),
@@ -139,12 +141,10 @@ FIELDS: dict[str, Rule] = {
                   _model_name),
     "dropout_rate": _real("a number in [0, 1)", lambda v: 0 <= v < 1),
     "compute_dtype": Rule(f"one of {', '.join(COMPUTE_DTYPES)}", lambda v: v in COMPUTE_DTYPES),
-    "label_smoothing": _real("a number in [0, 1) (α of ls and kd_incorrect)",
-                             lambda v: 0 <= v < 1),
+}
+# ... and after them.
+_TRAINING_FIELDS: dict[str, Rule] = {
     "kd.teacher_workdir": _str_rule("a finished run's workdir (kd and kd_incorrect only)"),
-    "kd.temperature": _real("a number > 0", lambda v: v > 0),
-    "kd.weight": _real("a number in [0, 1]", lambda v: 0 <= v <= 1),
-    "oe.weight": _real("a number >= 0", lambda v: v >= 0),
     # The outliers of one step: int32 indices, MAX_IMAGE_BYTES, at most the outlier set (loaded).
     "oe.batch_size": _int_in(1),
     "oe.finetune_from": _str_rule("a finished run's workdir (oe only; empty: from scratch)"),
@@ -178,6 +178,22 @@ FIELDS: dict[str, Rule] = {
     "device_data_max_mb": _real("a number >= 0 (0 feeds every batch from the host)",
                                 lambda v: v >= 0),
 }
+
+
+def _hyperparameter_rule(h: methods.Hyperparameter) -> Rule:
+    if not h.strict:
+        return _real(f"{h.allowed} ({h.meaning})", h.ok)
+    return _real(f"{h.allowed} ({h.meaning}), or {h.neutral:g} for a method that does not "
+                 f"read it", lambda v: v == h.neutral or h.ok(v))
+
+
+def fields() -> dict[str, Rule]:
+    """Every config field's rule, the registered methods' hyperparameters included."""
+    hyperparameters = {field: _hyperparameter_rule(h)
+                       for field, h in methods.hyperparameters().items()}
+    return {**_RUN_FIELDS, **hyperparameters, **_TRAINING_FIELDS}
+
+
 # Not run settings: the family's experiment grid, checked by `reproduce`.
 _OTHER_FIELDS = frozenset({"grid"})
 # Fields whose value is a whole dict (a path per dataset, the sets of each group).
@@ -219,11 +235,12 @@ def check(config: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
     `num_devices`: the global device count, which the batch sizes must divide.
     """
     values = flat_fields(config)
+    rules = fields()
     for name in values:
-        if name not in FIELDS and name not in _OTHER_FIELDS:
+        if name not in rules and name not in _OTHER_FIELDS:
             raise ConfigError(f"config.{name}: not a config field (see --help for the fields)")
     _check_dataset_names(config)
-    for name, rule in FIELDS.items():
+    for name, rule in rules.items():
         if name not in values:
             raise ConfigError(f"config.{name}: missing; every config provides it "
                               f"(DESIGN.md §8)")
@@ -257,8 +274,9 @@ def check_evaluation(config: ml_collections.ConfigDict, *, num_devices: int = 1)
     values = flat_fields(config)
     for name in sorted(EVALUATION_FIELDS):
         # Runs of earlier versions may lack a later field (odin_pairs): predict uses its default.
-        if name in values and not FIELDS[name].ok(values[name]):
-            raise _refuse(name, values[name], FIELDS[name].allowed)
+        rule = fields()[name]
+        if name in values and not rule.ok(values[name]):
+            raise _refuse(name, values[name], rule.allowed)
     # Runs of earlier versions may lack both fields: predict then saves the default pairs.
     if "odin_selection" in values and "odin_pairs" in values:
         _check_odin_selection(config)
@@ -357,14 +375,18 @@ def _check_method(config: ml_collections.ConfigDict) -> None:
     if methods.needs_teacher(method) and not config.kd.teacher_workdir:
         raise ConfigError(f"config.kd.teacher_workdir: method {method} needs a teacher "
                           "(a finished run's workdir)")
-    if methods.reads(method, "label_smoothing") and config.label_smoothing == 0:
-        raise ConfigError(f"config.label_smoothing: 0 is not allowed for method {method}, which "
-                          f"it makes plain cross-entropy (method ce); expected α in (0, 1)")
+    values = flat_fields(config)
+    for field, h in methods.hyperparameters().items():
+        value = values[field]
+        if methods.reads(method, field) and not h.ok(value):
+            why = (": at its neutral value the method trains as one that does not read it"
+                   if value == h.neutral else "")  # ls at α = 0 is ce under another name
+            raise ConfigError(f"config.{field}: {value!r} is not allowed for method {method}"
+                              f"{why}; expected {h.allowed}")
     # Fields that only some methods read: a value set for a method that ignores it would be
     # recorded with the run as if it had been used.
-    values = flat_fields(config)
-    for field in methods.REFUSED_UNLESS_READ:
-        value = methods.NEUTRAL[field]
+    strict = {field: h.neutral for field, h in methods.hyperparameters().items() if h.strict}
+    for field, value in {**strict, **methods.REFUSED_UNLESS_READ}.items():
         if not methods.reads(method, field) and values[field] != value:
             users = methods.readers(field)
             raise ConfigError(f"config.{field}: {values[field]!r} is ignored by method "

@@ -5,22 +5,33 @@
 scalar that the train step differentiates. Every loss has one signature, so the step looks its
 method's loss up in `LOSSES` and names no method itself:
 
-    loss(hp, logits, labels, outlier_logits, teacher_logits) -> float32 scalar
+    loss(hp, logits, inputs: LossInputs) -> float32 scalar
 
-`logits` are the model's [B, K] outputs on the ID batch and `labels` its int [B] classes;
-`outlier_logits` ([B_out, K], methods that need outliers) and `teacher_logits` ([B, K], methods
-that need a teacher) are None for the others. `hp` is the run's `train_step.Hyperparams`, whose
-fields a method does not read hold their neutral values (`methods.NEUTRAL`).
+`logits` are the model's [B, K] outputs on the ID batch. `hp` is the run's
+`train_step.Hyperparams`: a loss reads its method's hyperparameters from `hp.method_values` by
+config field; those a method does not read hold their neutral values (`methods`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from softlabel_ood.training import soft_labels
+
+
+class LossInputs(NamedTuple):
+    labels: jax.Array  # int32 [B]: the ID examples' classes
+    # float32 [B, K]: the one-hot labels, or the targets of the method's batch transform (mixup's
+    # mixed labels); rows sum to 1.
+    targets: jax.Array
+    outlier_logits: jax.Array | None  # [B_out, K] for methods that need outliers, else None
+    teacher_logits: jax.Array | None  # [B, K] for methods that need a teacher, else None
+
 
 Loss = Callable[..., jax.Array]
 
@@ -29,28 +40,31 @@ def _mean_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return jnp.mean(soft_labels.cross_entropy(logits, targets))
 
 
-def cross_entropy(hp, logits, labels, outlier_logits, teacher_logits) -> jax.Array:
-    # (1 - α)·onehot + α/K: with α = 0 (ce) exactly the one-hot target, so ce and the α sweep of
-    # ls are one loss and one compiled program.
-    targets = soft_labels.label_smoothing(labels, logits.shape[-1], hp.label_smoothing)
+def cross_entropy(hp, logits, inputs: LossInputs) -> jax.Array:
+    # (1 - α)·targets + α/K: with α = 0 (ce) exactly the targets, so ce and the α sweep of ls are
+    # one loss and one compiled program; with one-hot targets, label smoothing.
+    targets = optax.losses.smooth_labels(inputs.targets, hp.method_values["label_smoothing"])
     return _mean_cross_entropy(logits, targets)
 
 
-def outlier_exposure(hp, logits, labels, outlier_logits, teacher_logits) -> jax.Array:
-    hard = _mean_cross_entropy(logits, soft_labels.one_hot(labels, logits.shape[-1]))
-    return hard + soft_labels.outlier_exposure_loss(outlier_logits, weight=hp.oe_weight)
+def outlier_exposure(hp, logits, inputs: LossInputs) -> jax.Array:
+    hard = _mean_cross_entropy(logits, soft_labels.one_hot(inputs.labels, logits.shape[-1]))
+    return hard + soft_labels.outlier_exposure_loss(inputs.outlier_logits,
+                                                    weight=hp.method_values["oe.weight"])
 
 
-def distillation(hp, logits, labels, outlier_logits, teacher_logits) -> jax.Array:
+def distillation(hp, logits, inputs: LossInputs) -> jax.Array:
     return jnp.mean(soft_labels.kd_loss(
-        logits, teacher_logits, labels, temperature=hp.kd_temperature, weight=hp.kd_weight,
+        logits, inputs.teacher_logits, inputs.labels,
+        temperature=hp.method_values["kd.temperature"], weight=hp.method_values["kd.weight"],
         num_classes=logits.shape[-1]))
 
 
-def teacher_incorrect(hp, logits, labels, outlier_logits, teacher_logits) -> jax.Array:
+def teacher_incorrect(hp, logits, inputs: LossInputs) -> jax.Array:
     # The teacher shapes only the incorrect-class mass α, at temperature T.
     targets = soft_labels.teacher_incorrect(
-        labels, teacher_logits / hp.kd_temperature, hp.label_smoothing)
+        inputs.labels, inputs.teacher_logits / hp.method_values["kd.temperature"],
+        hp.method_values["label_smoothing"])
     return _mean_cross_entropy(logits, targets)
 
 
@@ -60,4 +74,3 @@ LOSSES: dict[str, Loss] = {
     "distillation": distillation,
     "teacher_incorrect": teacher_incorrect,
 }
-

@@ -17,10 +17,6 @@ from softlabel_ood import methods, models
 from softlabel_ood.data import datasets, input_pipeline
 from softlabel_ood.training import train_step
 
-# Hyperparams field -> the config field it holds.
-HYPERPARAM_FIELDS = {"label_smoothing": "label_smoothing", "kd_temperature": "kd.temperature",
-                     "kd_weight": "kd.weight", "oe_weight": "oe.weight"}
-
 # Train steps per compiled call when config.steps_per_call is 0 (automatic), by platform. On CPU
 # one: XLA's CPU backend runs convolution gradients inside a loop 5-30x slower than outside one,
 # and a CPU step is long enough for the host to dispatch the next one while it runs. Elsewhere
@@ -67,19 +63,19 @@ def hyperparams(config: ml_collections.ConfigDict, *,
                 num_train_examples: int) -> train_step.Hyperparams:
     """The values the compiled step takes as arguments; fields the method does not read (its
     record in `methods`) at their neutral values."""
-    soft_label_values = {name: methods.value_read(config.method, field, _field(config, field))
-                         for name, field in HYPERPARAM_FIELDS.items()}
+    record = methods.get(config.method)
     return train_step.Hyperparams.create(
         seed=config.seed, learning_rate=config.learning_rate,
-        total_steps=total_steps(config, num_train_examples), **soft_label_values)
+        total_steps=total_steps(config, num_train_examples),
+        method_values={h.field: _field(config, h.field) for h in record.hyperparameters})
 
 
 def population_key(config: ml_collections.ConfigDict, teacher_model: str = "") -> tuple:
     """Runs with equal keys can train together in one population: one compiled program (model,
-    loss, optimizer, shapes), the same training data, batches, steps and boundaries, and the
-    same evaluated sets (their predictions are computed together). They may differ in seed,
-    learning rate, α, KD temperature and weight, OE weight and teacher (`teacher_model` names
-    the teacher's architecture, which must agree too)."""
+    loss and transform, optimizer, shapes), the same training data, batches, steps and
+    boundaries, and the same evaluated sets (their predictions are computed together). They may
+    differ in seed, learning rate, the method's hyperparameters and teacher (`teacher_model`
+    names the teacher's architecture, which must agree too)."""
     outliers = methods.needs_outliers(config.method)
     return (
         step_config(config), config.model, float(config.dropout_rate),

@@ -7,18 +7,18 @@ is the program with R = 1. The state is donated; randomness is derived from (see
 carried.
 
 What is compiled in and what is not. `StepConfig` holds what changes the program (the method's
-loss, model shapes, normalisation, optimizer kind); `Hyperparams` holds the values that the runs
-of a grid vary (seed, learning rate, α, KD temperature and weight, OE weight) and is an argument
-of the compiled function. So every run of a grid with the same `StepConfig` and shapes runs one
-executable, and the builders are memoised: a process that trains many runs traces and compiles
-each program once.
+loss and batch transform, model shapes, normalisation, optimizer kind); `Hyperparams` holds the
+values that the runs of a grid vary (seed, learning rate, every method's hyperparameters) and is
+an argument of the compiled function. So every run of a grid with the same `StepConfig` and
+shapes runs one executable, and the builders are memoised: a process that trains many runs
+traces and compiles each program once.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -32,7 +32,7 @@ from jax.sharding import PartitionSpec as P
 
 from softlabel_ood import methods
 from softlabel_ood.data import augment
-from softlabel_ood.training import method_losses, optimizer
+from softlabel_ood.training import batch_transforms, method_losses, optimizer
 from softlabel_ood.training.runs_axis import (
     DATA_AXIS,
     PROGRAM_CACHE_SIZE,
@@ -44,6 +44,8 @@ from softlabel_ood.training.runs_axis import (
 )
 
 METRICS = ("loss", "accuracy", "learning_rate")
+# Folded into a step's key for its batch transform's key (`_transformed`).
+TRANSFORM_STREAM = 1
 
 
 class TrainState(struct.PyTreeNode):
@@ -63,23 +65,27 @@ class TrainState(struct.PyTreeNode):
 class Hyperparams(struct.PyTreeNode):
     """Per-run values that are arguments of the compiled step, not constants inside it."""
 
-    seed: jax.Array  # int32: dropout and augmentation keys are fold_in(key(seed), step)
+    seed: jax.Array  # int32: dropout, augmentation and batch-transform keys derive from it
     learning_rate: jax.Array  # float32: the peak of the OE cosine schedule
     total_steps: jax.Array  # int32: the schedule's length
-    label_smoothing: jax.Array  # float32: α of ls, the incorrect-class mass of kd_incorrect
-    kd_temperature: jax.Array  # float32
-    kd_weight: jax.Array  # float32
-    oe_weight: jax.Array  # float32
+    # float32 per hyperparameter of every registered method (`methods.hyperparameters()`), by
+    # config field; a method's loss reads its own, the others hold their neutral values. One
+    # structure for all methods, so that any runs sharing a loss can be stacked.
+    method_values: dict[str, jax.Array]
 
     @classmethod
     def create(cls, *, seed: int, learning_rate: float, total_steps: int,
-               label_smoothing: float = 0.0, kd_temperature: float = 1.0, kd_weight: float = 0.0,
-               oe_weight: float = 0.0) -> Hyperparams:
+               method_values: Mapping[str, float] | None = None) -> Hyperparams:
+        """`method_values` by config field; a field it lacks takes its neutral value."""
+        given = dict(method_values or {})
+        records = methods.hyperparameters()
+        if unknown := set(given) - set(records):
+            raise ValueError(f"unknown hyperparameters {sorted(unknown)}; expected fields of "
+                             f"{sorted(records)}")
         # Fixed dtypes, so that every run presents the same argument types to the compiled step.
+        values = {field: np.float32(given.get(field, h.neutral)) for field, h in records.items()}
         return cls(seed=np.int32(seed), learning_rate=np.float32(learning_rate),
-                   total_steps=np.int32(total_steps), label_smoothing=np.float32(label_smoothing),
-                   kd_temperature=np.float32(kd_temperature), kd_weight=np.float32(kd_weight),
-                   oe_weight=np.float32(oe_weight))
+                   total_steps=np.int32(total_steps), method_values=values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,16 +104,21 @@ class StepConfig:
     weight_decay: float = 5e-4
     momentum: float = 0.9
     nesterov: bool = True
+    transform: str = ""  # a name of batch_transforms.TRANSFORMS, or "" for none
 
     @classmethod
     def for_method(cls, method: str, **fields) -> StepConfig:
         record = methods.get(method)
-        return cls(loss=record.loss, needs_teacher=record.needs_teacher,
-                   needs_outliers=record.needs_outliers, **fields)
+        return cls(loss=record.loss, transform=record.transform,
+                   needs_teacher=record.needs_teacher, needs_outliers=record.needs_outliers,
+                   **fields)
 
     def __post_init__(self):
         if self.loss not in method_losses.LOSSES:
             raise ValueError(f"loss {self.loss!r}: expected one of {sorted(method_losses.LOSSES)}")
+        if self.transform and self.transform not in batch_transforms.TRANSFORMS:
+            raise ValueError(f"transform {self.transform!r}: expected one of "
+                             f"{sorted(batch_transforms.TRANSFORMS)}")
         if self.optimizer not in optimizer.OPTIMIZERS:
             raise ValueError(f"optimizer {self.optimizer!r}: expected one of "
                              f"{optimizer.OPTIMIZERS}")
@@ -153,6 +164,22 @@ def prepare_images(images: jax.Array, key: jax.Array | None, config: StepConfig)
     return augment.normalize(images, config.mean, config.std, dtype=jnp.dtype(config.compute_dtype))
 
 
+def _transformed(config: StepConfig, key: jax.Array, hp: Hyperparams, x: jax.Array,
+                 labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The ID rows of `x` (outliers follow them) and their targets after the method's batch
+    transform; one-hot targets and `x` itself without one."""
+    targets = jax.nn.one_hot(labels, config.num_classes, dtype=jnp.float32)
+    if not config.transform:
+        return x, targets
+    num_id = labels.shape[0]
+    # Its own stream, folded in rather than split off the step's key: the dropout and
+    # augmentation keys of every method stay those of a method without a transform.
+    transform_key = jax.random.fold_in(key, TRANSFORM_STREAM)
+    images, targets = batch_transforms.TRANSFORMS[config.transform](
+        transform_key, hp, x[:num_id], targets)
+    return jnp.concatenate([images.astype(x.dtype), x[num_id:]]), targets
+
+
 def train_step_fn(model: nn.Module, config: StepConfig,
                   teacher_model: nn.Module | None) -> Callable:
     """One run's pure step: (state, hparams, batch, teacher_variables) -> (state, metrics).
@@ -177,7 +204,8 @@ def train_step_fn(model: nn.Module, config: StepConfig,
             # (torch.cat((in_set[0], out_set[0]))): BatchNorm normalises both with one set of
             # batch statistics, and its running averages include the outliers.
             images = jnp.concatenate([images, batch["outlier_image"]])
-        x = prepare_images(images, augment_key, config)
+        x, targets = _transformed(config, key, hp, prepare_images(images, augment_key, config),
+                                  labels)
 
         teacher_logits = None
         if config.needs_teacher:
@@ -190,8 +218,10 @@ def train_step_fn(model: nn.Module, config: StepConfig,
                 {"params": params, "batch_stats": state.batch_stats}, x, train=True,
                 mutable=["batch_stats"], rngs={"dropout": dropout_key})
             id_logits, outlier_logits = logits[:num_id], logits[num_id:]
-            loss = loss_of_batch(hp, id_logits, labels,
-                                 outlier_logits if config.needs_outliers else None, teacher_logits)
+            inputs = method_losses.LossInputs(
+                labels, targets, outlier_logits if config.needs_outliers else None,
+                teacher_logits)
+            loss = loss_of_batch(hp, id_logits, inputs)
             return loss, (id_logits, updates["batch_stats"])
 
         (loss, (id_logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(

@@ -36,9 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from softlabel_ood import methods
 from softlabel_ood.cli_errors import UserError
-from softlabel_ood.workdir import atomic_files
+from softlabel_ood.workdir import atomic_files, run_summary
+from softlabel_ood.workdir.run_summary import RunSummary
 
 ROLES = ("id_test", "ood_test", "id_train")
 FORMAT = "softlabel_ood.predictions/v3"
@@ -118,116 +118,9 @@ def _path(directory) -> pathlib.Path:
     return pathlib.Path(os.fspath(directory))
 
 
-# ---------------------------------------------------------------------------------------------
-# The manifest's "run": what was trained, written and read through this one definition.
-
-
-@dataclasses.dataclass(frozen=True)
-class RunSummary:
-    """The manifest's `run` object. Fields a method does not read are empty ("" or None), so
-    that a summary never shows a teacher or an OE weight that did not shape the model."""
-
-    dataset: str = ""
-    model: str = ""
-    method: str = ""
-    alpha: float = 0.0  # label_smoothing: α of ls, the incorrect-class mass of kd_incorrect
-    teacher: str = ""  # kd.teacher_workdir (kd, kd_incorrect)
-    kd_temperature: float | None = None  # kd, kd_incorrect
-    kd_weight: float | None = None  # kd
-    oe_dataset: str = ""  # oe
-    oe_weight: float | None = None  # oe
-    finetune_from: str = ""  # oe.finetune_from (oe fine-tuning)
-    num_epochs: int = 0
-    seed: int = 0
-
-    @classmethod
-    def from_config(cls, config) -> RunSummary:
-        """From a resolved run config (an ml_collections.ConfigDict; read by attribute)."""
-        method = config.method
-
-        def used(field: str, value, unused):
-            # A field the method does not read is recorded as unused, whatever its value.
-            return value if methods.reads(method, field) else unused
-
-        return cls(
-            dataset=config.dataset, model=config.model, method=method,
-            alpha=float(config.label_smoothing),
-            teacher=used("kd.teacher_workdir", config.kd.teacher_workdir, ""),
-            kd_temperature=used("kd.temperature", float(config.kd.temperature), None),
-            kd_weight=used("kd.weight", float(config.kd.weight), None),
-            oe_dataset=used("oe_dataset", config.oe_dataset, ""),
-            oe_weight=used("oe.weight", float(config.oe.weight), None),
-            finetune_from=used("oe.finetune_from", config.oe.finetune_from or "", ""),
-            num_epochs=int(config.num_epochs), seed=int(config.seed))
-
-    @classmethod
-    def from_json(cls, data: Mapping) -> RunSummary:
-        """From a manifest's `run` (older manifests lack some keys: they read as empty)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-# The summary's fields that record a config field which only some methods read (methods.reads),
-# with the value they hold for the other methods.
-_METHOD_FIELDS = {"alpha": ("label_smoothing", 0.0), "teacher": ("kd.teacher_workdir", ""),
-                  "kd_temperature": ("kd.temperature", None), "kd_weight": ("kd.weight", None),
-                  "oe_dataset": ("oe_dataset", ""), "oe_weight": ("oe.weight", None),
-                  "finetune_from": ("oe.finetune_from", "")}
-
-
-def _number(x) -> bool:
-    return isinstance(x, int | float | np.floating | np.integer) and not isinstance(x, bool) \
-        and bool(np.isfinite(x))
-
-
 def _check_run(where: str, run: Mapping) -> None:
-    """The manifest's `run` (a RunSummary; keys that older manifests lack read as empty): each
-    value of its type and range, the method one of softlabel_ood.methods, and the fields that
-    the method does not read empty, as `RunSummary.from_config` records them."""
-    def refuse(key: str, expected: str):
-        raise PredictionsError(f"{where}: field 'run.{key}' is {run[key]!r}, expected {expected}")
-
-    rules = {
-        "dataset": ("a string", lambda v: isinstance(v, str)),
-        "model": ("a string", lambda v: isinstance(v, str)),
-        "method": (f"one of {', '.join(methods.BY_NAME)} (or empty)",
-                   lambda v: isinstance(v, str) and (v == "" or v in methods.BY_NAME)),
-        "alpha": ("a number in [0, 1)", lambda v: _number(v) and 0 <= v < 1),
-        "teacher": ("a string", lambda v: isinstance(v, str)),
-        "kd_temperature": ("a number > 0 or null", lambda v: v is None or (_number(v) and v > 0)),
-        "kd_weight": ("a number in [0, 1] or null",
-                      lambda v: v is None or (_number(v) and 0 <= v <= 1)),
-        "oe_dataset": ("a string", lambda v: isinstance(v, str)),
-        "oe_weight": ("a number >= 0 or null", lambda v: v is None or (_number(v) and v >= 0)),
-        "finetune_from": ("a string", lambda v: isinstance(v, str)),
-        "num_epochs": ("an integer >= 0", lambda v: _is_count(v)),
-        "seed": ("an integer >= 0", lambda v: _is_count(v)),
-    }
-    for key, (expected, ok) in rules.items():
-        if key in run and not ok(run[key]):
-            refuse(key, expected)
-    method = run.get("method", "")
-    for key, (field, empty) in _METHOD_FIELDS.items():
-        if method and key in run and not methods.reads(method, field) and run[key] != empty:
-            refuse(key, f"{empty!r}: method {method} does not read {field}")
-
-
-class _AttributeView:
-    """A config's JSON data read by attribute, as `RunSummary.from_config` reads a ConfigDict."""
-
-    def __init__(self, data: Mapping):
-        self._data = data
-
-    def __getattr__(self, name: str):
-        value = self._data[name]
-        return _AttributeView(value) if isinstance(value, Mapping) else value
-
-
-def _is_count(v) -> bool:
-    return isinstance(v, int | np.integer) and not isinstance(v, bool) and v >= 0
+    if (problem := run_summary.problem(run)) is not None:
+        raise PredictionsError(f"{where}: {problem}")
 
 
 def check_run_matches_config(manifest_path, run: Mapping, config: Mapping,
@@ -236,7 +129,7 @@ def check_run_matches_config(manifest_path, run: Mapping, config: Mapping,
     (`config.json` as JSON data) on every field that both record: predictions that do not
     are another run's, or were edited. A config too old to summarise is not compared."""
     try:
-        expected = RunSummary.from_config(_AttributeView(config)).to_json()
+        expected = RunSummary.from_config(run_summary.AttributeView(config)).to_json()
     except (KeyError, TypeError, ValueError):
         return
     for key, value in expected.items():
