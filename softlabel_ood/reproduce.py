@@ -8,6 +8,8 @@ unfinished one resumes from its checkpoint, so the same command continues an int
 reproduction. Afterwards `<workdir>/report/` holds metrics.csv, report.md and the figures,
 switched in as a whole (so it holds nothing else: other files there are refused). With
 --multihost every host runs the same command; only process 0 scores and writes the report.
+Ctrl-C ends it with exit code 130 and one line: how many runs finished, and the step that each
+started one resumes from.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from softlabel_ood.analysis import claims, report, results
 from softlabel_ood.configs import config_validation
 from softlabel_ood.data import datasets, run_data
 from softlabel_ood.experiment import grid, populations, probe, schedule, workers
-from softlabel_ood.training import compilation_cache, distributed
+from softlabel_ood.training import compilation_cache, distributed, interruption
 from softlabel_ood.workdir import lock as workdir_lock
 from softlabel_ood.workdir import saved_runs
 from softlabel_ood.workdir.run_summary import RunSummary
@@ -130,6 +132,13 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str, *,
     return runs
 
 
+def _grid_line(interrupt: KeyboardInterrupt) -> str:
+    config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+    return interruption.grid_line([grid.run_dir(workdir, run["name"], seed)
+                                   for seed in config.grid.seeds for run in config.grid.runs])
+
+
+@interruption.exit_on_interrupt(_grid_line)
 @cli_errors.exit_on_user_error
 def main(argv: Sequence[str]) -> None:
     command_line.refuse_positional_arguments(argv)

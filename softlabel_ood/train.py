@@ -5,7 +5,8 @@
 
 The argument of a config file is the method (ce, ls, oe, kd, kd_incorrect) or oe_finetune. Every
 field is checked before any data is loaded or any file written; a bad value ends the command with
-exit code 2 and one line. A second command on a workdir in use is refused the same way.
+exit code 2 and one line. A second command on a workdir in use is refused the same way. Ctrl-C
+ends it in one line, `interrupted at step N; the next run resumes from step M` (exit code 130).
 
 `train_and_evaluate(config, workdir)` is the whole job, so that tests, notebooks and the
 reproduction driver call exactly what the command line runs. Running it again on the same
@@ -30,6 +31,7 @@ from softlabel_ood.data import run_data
 from softlabel_ood.training import (
     compilation_cache,
     distributed,
+    interruption,
     run_start,
     runs_axis,
     saved_models,
@@ -120,6 +122,8 @@ def _members(configs, workdirs, mesh):
     return failures, members, teacher_model
 
 
+@interruption.exit_on_interrupt(lambda interrupt: interruption.run_line(flags.FLAGS.workdir,
+                                                                      interrupt))
 @cli_errors.exit_on_user_error
 def main(argv):
     command_line.refuse_positional_arguments(argv)

@@ -1,4 +1,4 @@
-"""notebooks/explore_results.ipynb runs top to bottom as Colab runs it.
+"""notebooks/explore_results.ipynb runs top to bottom as Colab runs it, and offline in a clone.
 
 Colab starts the kernel in an empty directory (/content), with no clone of the repository, and
 the notebook installs the package with the `core` extra only. A fresh virtual environment per
@@ -6,11 +6,13 @@ test would take minutes, so the core-only import path is proved in the kernel it
 first cell, added here and not stored in the notebook, makes every top-level module of the
 `train` and `tfds` extras unimportable (None in sys.modules) before the notebook's own cells
 run, a last cell prints which of them got imported (none may), and the kernel's working
-directory is an empty temporary directory.
+directory is an empty temporary directory (or the notebooks/ folder of a clone).
 The package is found on PYTHONPATH, as an installed package would be. The digits job, which
 needs the `train` extra, runs as the notebook runs it: in a subprocess, which the blocker does
-not reach. The committed Fashion-MNIST report that the notebook opens with is read from this
-repository, once over HTTP as Colab reads it from GitHub and once as a local directory.
+not reach. The kernel reaches no address but the loopback, as on a machine without network. The
+committed Fashion-MNIST report that the notebook opens with is read from this repository over
+HTTP on the loopback, as Colab reads it from GitHub, and, as `jupyter-execute
+notebooks/explore_results.ipynb` reads it in a clone, from the clone around the notebook.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import functools
 import http.server
 import re
+import shutil
 import threading
 
 import nbclient
@@ -60,6 +63,28 @@ for name in BLOCKED:
     sys.modules[name] = None
 """
 
+# No address but the loopback: what the notebook fetches from the web fails as it does offline.
+NETWORK_BLOCKER_CELL = """
+import ipaddress
+import socket
+
+def _loopback(host):
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        return host == "localhost"
+
+def _guarded(connect):
+    def guarded(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6) and not _loopback(address[0]):
+            raise OSError(f"no network in this test: {address[0]}")
+        return connect(self, address)
+    return guarded
+
+socket.socket.connect = _guarded(socket.socket.connect)
+socket.socket.connect_ex = _guarded(socket.socket.connect_ex)
+"""
+
 # What the notebook's cells import last: none of it may come from the train or tfds extras.
 IMPORTED_CHECK_CELL = f"""
 import sys
@@ -79,19 +104,22 @@ def test_blocked_modules_are_those_of_the_train_and_tfds_extras():
     assert set(EXTRA_MODULES) == _extra_distributions()
 
 
-def _run_as_colab(tmp_path, monkeypatch, **env) -> list:
-    """Executes the notebook, core extra only, from an empty directory; returns the outputs."""
+def _run_offline(cwd, monkeypatch, **env) -> list:
+    """Executes the notebook in `cwd`, core extra only, without network; returns the outputs.
+    Of the notebook's parameters only those in `env` are set."""
+    for name in ("SOFTLABEL_OOD_RESULTS", "SOFTLABEL_OOD_SUMMARY", "SOFTLABEL_OOD_JOB_ARGS"):
+        monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("PYTHONPATH", str(REPO))  # stands for the installed package
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    content = tmp_path / "content"
-    content.mkdir()
+    cwd.mkdir(parents=True, exist_ok=True)
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    nb.cells.insert(0, nbformat.v4.new_code_cell(BLOCKER_CELL))
+    nb.cells[:0] = [nbformat.v4.new_code_cell(BLOCKER_CELL),
+                    nbformat.v4.new_code_cell(NETWORK_BLOCKER_CELL)]
     nb.cells.append(nbformat.v4.new_code_cell(IMPORTED_CHECK_CELL))
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                                     resources={"metadata": {"path": str(content)}})
+                                     resources={"metadata": {"path": str(cwd)}})
     client.execute()
     outputs = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs]
     assert not [out for out in outputs if out.output_type == "error"]
@@ -118,11 +146,13 @@ SUMMARY_LINES = (
 )
 
 
-def _opens_with_the_summary(outputs) -> None:
-    """The notebook's first output is the committed report's summary, then its two figures."""
-    first = outputs[0]["data"]["text/markdown"]
-    assert all(line in first for line in SUMMARY_LINES)
-    assert ["image/png" in out.get("data", {}) for out in outputs[1:3]] == [True, True]
+def _opens_with_the_summary(outputs, source: str) -> None:
+    """The notebook's first output says where the committed report was read, then come its
+    summary and its two figures."""
+    assert outputs[0]["text"] == f"summary: {source}\n"
+    summary = outputs[1]["data"]["text/markdown"]
+    assert all(line in summary for line in SUMMARY_LINES)
+    assert ["image/png" in out.get("data", {}) for out in outputs[2:4]] == [True, True]
 
 
 @pytest.fixture
@@ -161,10 +191,11 @@ def test_notebook_is_stored_without_outputs():
 
 def test_notebook_reads_results_made_elsewhere_with_the_core_extra(workdir, tmp_path,
                                                                   monkeypatch, served_repository):
-    outputs = _run_as_colab(
-        tmp_path, monkeypatch, SOFTLABEL_OOD_RESULTS=str(workdir),
-        SOFTLABEL_OOD_SUMMARY=f"{served_repository}/docs/results/fashion_mnist")
-    _opens_with_the_summary(outputs)
+    # As in Colab: an empty directory, no clone, the report fetched from the web.
+    summary_url = f"{served_repository}/docs/results/fashion_mnist"
+    outputs = _run_offline(tmp_path / "content", monkeypatch, SOFTLABEL_OOD_RESULTS=str(workdir),
+                           SOFTLABEL_OOD_SUMMARY=summary_url)
+    _opens_with_the_summary(outputs, f"fetched from {summary_url}")
     text = _text(outputs)
     assert f"reading results from {workdir}" in text
     assert "20 runs in 10 grid entries" in text
@@ -176,15 +207,21 @@ def test_notebook_reads_results_made_elsewhere_with_the_core_extra(workdir, tmp_
     assert list((tmp_path / "content").iterdir()) == []  # reading writes nothing
 
 
-def test_notebook_runs_the_digits_job_itself(tmp_path, monkeypatch):
-    # The README's main job, cut to one seed, one epoch and a few examples for the test's sake.
+def test_notebook_runs_in_a_clone_offline_with_the_digits_job(tmp_path, monkeypatch):
+    # `jupyter-execute notebooks/explore_results.ipynb` in a clone without network: the kernel
+    # starts in the notebook's folder, the summary is the clone's committed report, and with
+    # RESULTS unset the notebook runs the README's main job. A clone of the report's two files
+    # and an empty notebooks/, so that the job writes under tmp_path; the job is cut to one
+    # seed, one epoch and a few examples for the test's sake (whole, 1.5 minutes on 2 cores).
+    clone = tmp_path / "clone"
+    committed = clone / "docs" / "results" / "fashion_mnist"
+    committed.mkdir(parents=True)
+    for name in ("metrics.csv", "runs.json"):
+        shutil.copy(REPO / "docs" / "results" / "fashion_mnist" / name, committed / name)
     job_args = ("--config.num_epochs=1 --config.num_train_examples=256 "
                 "--config.num_ood_examples=64 --config.grid.seeds=(0,)")
-    outputs = _run_as_colab(tmp_path, monkeypatch, SOFTLABEL_OOD_RESULTS="",
-                            SOFTLABEL_OOD_JOB_ARGS=job_args,
-                            SOFTLABEL_OOD_COMPILATION_CACHE=str(tmp_path / "jax_cache"),
-                            SOFTLABEL_OOD_SUMMARY=str(REPO / "docs" / "results" / "fashion_mnist"))
-    _opens_with_the_summary(outputs)
+    outputs = _run_offline(clone / "notebooks", monkeypatch, SOFTLABEL_OOD_JOB_ARGS=job_args)
+    _opens_with_the_summary(outputs, f"docs/results/fashion_mnist of the clone at {clone}")
     text = _text(outputs)
     assert "$ python -m softlabel_ood.reproduce --config=configs/digits.py --workdir=digits" in text
     assert "kdi_oe_seed0 (kd_incorrect): trained" in text
@@ -193,5 +230,5 @@ def test_notebook_runs_the_digits_job_itself(tmp_path, monkeypatch):
     assert "12 runs in 12 grid entries" in text
     assert "Table 2. Teachers and students" in text
     assert "blocked modules imported: []" in text
-    assert (tmp_path / "content" / "digits" / "report" / "report.md").is_file()
+    assert (clone / "notebooks" / "digits" / "report" / "report.md").is_file()
     assert len(_images(outputs)) == 6

@@ -9,22 +9,39 @@ the `tfds` extra because it does not install with constraints.txt (pip backtrack
 that build from source, and that build fails). The sets the configs read are not Beam datasets,
 so `tfds.builder(name, data_dir=...).download_and_prepare()`, which is what `tfds build` calls,
 prepares them without it. Where apache_beam is installed, `tfds build` gives the same files.
+
+Preparing needs the network. Without it tfds retries each download for minutes and leaves empty
+folders, so every set's download hosts are tried once, without retries, before the first
+download starts, and a failed preparation removes what it created in the data directory (and
+nothing that was there before); either ends the command in one line saying how to bring a data
+directory prepared elsewhere (docs/reproduction.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import shutil
 import sys
-from collections.abc import Sequence
+import urllib.parse
+from collections.abc import Iterator, Sequence
 
 from softlabel_ood import cli_errors
 from softlabel_ood.data import quiet_tensorflow
 
 COMMAND = "python -m softlabel_ood.data.prepare_tfds"
+# Seconds to wait for a download host to answer the check: a reachable one answers in far less.
+CHECK_TIMEOUT_S = 10
+# Where tfds writes while preparing a set: `<data_dir>/<name>/incomplete.*`,
+# `<data_dir>/downloads/<name>/*.tmp.*`, `<data_dir>/downloads/extracted/<archive>`. Entries
+# down to this depth are compared to find what a failed preparation created.
+_CREATED_DEPTH = 3
+COPY_HELP = "docs/reproduction.md, \"Preparing on a connected machine\""
 
 
 class PrepareError(cli_errors.UserError):
-    """A tfds name that no builder knows."""
+    """A tfds name that no builder knows, or a set that cannot be downloaded here."""
 
 
 def command(versioned_name: str, data_dir: str | None) -> str:
@@ -46,8 +63,95 @@ def prepare(names: Sequence[str], data_dir: str | None = None) -> None:
             raise PrepareError(f"{name}: not a tfds dataset this tensorflow-datasets can build "
                                f"({first})") from e
     for name, builder in zip(names, builders, strict=True):
+        if not builder.data_path.exists():  # else download_and_prepare reuses it
+            check_reachable(name, builder)  # every set's hosts before the first download
+    for name, builder in zip(names, builders, strict=True):
         print(f"preparing {name} in {builder.data_dir}", file=sys.stderr, flush=True)
+        with _removed_on_failure(builder.data_dir_root):
+            _download_and_prepare(name, builder)
+
+
+def _offline(name: str, builder, what: str, error: BaseException) -> PrepareError:
+    root = builder.data_dir_root
+    return PrepareError(
+        f"{name}: {what} ({type(error).__name__}), so it cannot be prepared here; run the same "
+        f"command on a machine with network access, then copy its data directory over to "
+        f"{root} (rsync -a, scp -r, or gcloud storage cp -r through a gs:// bucket: {COPY_HELP})")
+
+
+def check_reachable(name: str, builder) -> None:
+    """Asks each host that `builder` downloads from for one file's headers, once, without
+    retries; PrepareError when one cannot be reached (no network, an unreachable proxy)."""
+    import requests  # a dependency of tensorflow-datasets
+
+    first_url_of_host = {}
+    for url in builder.url_infos or {}:  # sets without a checksums file are not checked
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme in ("http", "https"):
+            first_url_of_host.setdefault(parts.netloc, url)
+    for host, url in first_url_of_host.items():
+        try:
+            requests.head(url, timeout=CHECK_TIMEOUT_S, allow_redirects=False).close()
+        except (requests.ConnectionError, requests.Timeout) as e:
+            raise _offline(name, builder, f"{host} cannot be reached", e) from None
+
+
+def _download_and_prepare(name: str, builder) -> None:
+    import requests
+
+    try:
         builder.download_and_prepare()
+    except requests.RequestException as e:  # the network went away after the check
+        raise _offline(name, builder, "its download failed", e) from None
+
+
+def _entries(root: str, depth: int) -> set[str]:
+    """`root` and the paths under it down to `depth` levels (links not followed)."""
+    if not os.path.lexists(root):
+        return set()
+    found, level = {root}, [root]
+    for _ in range(depth):
+        below = []
+        for directory in level:
+            if os.path.isdir(directory) and not os.path.islink(directory):
+                with contextlib.suppress(OSError):
+                    below += [entry.path for entry in os.scandir(directory)]
+        found.update(below)
+        level = below
+    return found
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+
+
+@contextlib.contextmanager
+def _removed_on_failure(root) -> Iterator[None]:
+    """On any failure (an interrupt too), removes the files and folders created under `root`
+    since entry, `root` and its missing parents included: a half-prepared set's folders, partial
+    downloads. What was there before stays. A bucket (gs://...) is left as it is."""
+    root = os.fspath(root)
+    local = "://" not in root
+    first_missing = None  # the highest folder of `root`'s path that does not exist yet
+    path = os.path.abspath(root)
+    while local and not os.path.lexists(path):
+        first_missing, path = path, os.path.dirname(path)
+    before = _entries(root, _CREATED_DEPTH) if local else set()
+    try:
+        yield
+    except BaseException:
+        if first_missing is not None:
+            _remove(first_missing)
+        elif local:
+            created = _entries(root, _CREATED_DEPTH) - before
+            for path in sorted(created):
+                if os.path.dirname(path) not in created:  # else it goes with its folder
+                    _remove(path)
+        raise
 
 
 @cli_errors.exit_on_user_error

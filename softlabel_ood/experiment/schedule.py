@@ -86,7 +86,8 @@ def train(planned: Sequence[tuple[RunInfo, ml_collections.ConfigDict]],
     the failed runs' directories with why each failed."""
     schedule = Schedule(planned, cut)
     training: dict[int, tuple[list[int], dict[int, bool]]] = {}  # population -> (runs, resumed)
-    with workers.Pool(workers.count(grid, max(map(len, cut), default=1))) as pool:
+    # The bar closes before an error or an interrupt is reported, so that it prints no line after.
+    with schedule.bar, workers.Pool(workers.count(grid, max(map(len, cut), default=1))) as pool:
         while schedule.pending or pool.busy:
             while not pool.full and (started := schedule.next_population()) is not None:
                 population, todo = started
@@ -103,5 +104,4 @@ def train(planned: Sequence[tuple[RunInfo, ml_collections.ConfigDict]],
             for population, outcomes, seconds in pool.finished():
                 todo, resumed = training.pop(population)
                 schedule.finished(todo, outcomes, seconds, resumed)
-    schedule.bar.close()
     return schedule.failed

@@ -11,6 +11,9 @@ Each worker is a fresh (spawned) Python process that calls `train.train_and_eval
 the function `reproduce` calls itself with one worker: a run's files and numbers are those of the
 run trained in the parent. Workers take the parent's compilation cache and die with it (Linux:
 PR_SET_PDEATHSIG), so a killed `reproduce` leaves no run training on, holding its workdir's lock.
+Ctrl-C stops them as it stops training in the parent: a worker ignores SIGINT except while it
+trains, when the first one (the terminal's, sent to every process of the command, or the
+parent's, passed on) interrupts its training once its checkpoint writes complete.
 
 `Pool(1)` trains in the calling process, exactly as before workers existed; `Pool(n)` keeps n
 workers for its lifetime.
@@ -86,10 +89,13 @@ class Pool:
     def __enter__(self) -> Pool:
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, exc_type, *exc_info) -> None:
         if self._executor is not None:
+            if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+                for worker in multiprocessing.active_children():  # the pool's workers
+                    os.kill(worker.pid, signal.SIGINT)  # a second one is ignored there
             # On an error, populations not started are dropped; those training finish.
-            self._executor.shutdown(wait=True, cancel_futures=exc_info[0] is not None)
+            self._executor.shutdown(wait=True, cancel_futures=exc_type is not None)
 
     @property
     def busy(self) -> bool:
@@ -108,7 +114,8 @@ class Pool:
             failures = train(configs, workdirs, grid)
             self._done.append((population, failures, time.monotonic() - started))
         else:
-            future = self._executor.submit(train, list(configs), list(workdirs), grid)
+            future = self._executor.submit(_train_in_worker, list(configs), list(workdirs),
+                                           grid)
             self._running[future] = (population, started)
 
     def finished(self) -> Iterator[Outcome]:
@@ -129,7 +136,24 @@ class Pool:
             yield self._done.pop(0)
 
 
+def _train_in_worker(configs, workdirs, grid) -> list[str | None]:
+    """`train`, interrupted by the first SIGINT that arrives while it runs (as Ctrl-C interrupts
+    it in the parent: the checkpoint writes in flight complete), not by a second one."""
+    signal.signal(signal.SIGINT, _interrupt_once)
+    try:
+        return train(configs, workdirs, grid)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _interrupt_once(signum, frame):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def _start_worker(parent_pid: int, compilation_cache_dir: str | None) -> None:
+    # Between populations an interrupt would end the worker with a traceback; the parent ends it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent_pid)
     from absl import logging
 

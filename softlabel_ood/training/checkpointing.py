@@ -8,7 +8,9 @@ import hashlib
 import logging as std_logging
 import os
 import re
+import signal
 import sys
+import threading
 
 import jax
 import orbax.checkpoint as ocp
@@ -89,10 +91,37 @@ def _quiet_orbax_echoes() -> None:
         lambda record: "exception was never retrieved" not in record.getMessage())
 
 
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """Ctrl-C (SIGINT) during the block takes effect when it ends. A save interrupted in orbax's
+    synchronous part would leave a partial checkpoint instead of the one it was starting; let
+    through, it completes in the background and `close` waits for it."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        yield  # only the main thread may set a handler; None: a handler Python did not set
+        return
+    received = []
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            signal.raise_signal(signal.SIGINT)  # to the handler that was there before
+
+
 def has_checkpoint(directory: epath.PathLike) -> bool:
     """Whether `directory` holds a committed checkpoint (orbax names them by their step)."""
+    return latest_saved_step(directory) is not None
+
+
+def latest_saved_step(directory: epath.PathLike) -> int | None:
+    """The step of the latest committed checkpoint in `directory`, read from the names alone
+    (a checkpoint being written has a temporary name until it is complete); None if none."""
     directory = epath.Path(directory)
-    return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+    if not directory.is_dir():
+        return None
+    return max((int(p.name) for p in directory.iterdir() if p.name.isdigit()), default=None)
 
 
 def _saved_tree(state: train_step.TrainState) -> dict:
@@ -186,7 +215,8 @@ class Checkpoints:
         step = int(jax.device_get(state.step))
         if self._manager.latest_step() != step:
             try:
-                self._manager.save(step, args=ocp.args.StandardSave(_saved_tree(state)))
+                with _interrupts_deferred():
+                    self._manager.save(step, args=ocp.args.StandardSave(_saved_tree(state)))
             except Exception as e:  # an earlier background write's failure, raised again here
                 raise self._write_failure(e) from None
 

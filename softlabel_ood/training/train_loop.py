@@ -66,6 +66,15 @@ class TrainingDivergedError(UserError):
     """The loss became NaN, infinite or larger than MAX_LOSS."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) while training, raised once the checkpoint writes in flight completed;
+    `step` is the last step whose call the host had seen complete."""
+
+    def __init__(self, step: int):
+        super().__init__(step)
+        self.step = step
+
+
 def chunk_plan(start_step: int, total_steps: int, steps_per_call: int,
                boundaries: Sequence[int]) -> list[tuple[int, int]]:
     """(first step, number of steps) of every call from `start_step` to `total_steps`.
@@ -160,6 +169,7 @@ class Population:
             for m in members:
                 saved_runs.write_config(m.workdir, m.config)
         self.bar = self._progress_bar()
+        self.step_reached = self.start_step  # the last step whose call completed
         self.last_save = time.monotonic()
         self.diverged: dict[int, TrainingDivergedError] = {}
         self.pending: list[tuple[int, int, dict]] = []  # calls since the last log
@@ -185,7 +195,7 @@ class Population:
             self._on_device(chunk.first), self._on_device(chunk.num_steps))
         self.pending.append((chunk.start, chunk.num_steps, metrics))
         done = chunk.start + chunk.num_steps
-        work = [lambda n=chunk.num_steps: self.bar.update(n)]
+        work = [functools.partial(self._reached, done, chunk.num_steps)]
         epoch_end = done % self.steps_per_epoch == 0
         checkpoint_due = self._checkpoint_due(done)
         if done % self.config.log_every_steps == 0 or epoch_end or checkpoint_due:
@@ -200,6 +210,10 @@ class Population:
         if checkpoint_due:
             self.drain()  # the loss check comes before the checkpoint
             self.save_checkpoints()
+
+    def _reached(self, step: int, num_steps: int) -> None:
+        self.step_reached = step
+        self.bar.update(num_steps)
 
     def _checkpoint_due(self, done: int) -> bool:
         """At the last step; at a multiple of checkpoint_every_steps once checkpoint_min_seconds
@@ -283,6 +297,10 @@ def train_population(members: Sequence[Member], data: run_data.TrainingData, mes
                 break  # nothing left to train
         population.drain()
         population.save_checkpoints()  # a run with no steps left still has its final checkpoint
+    except KeyboardInterrupt:
+        # Raised after close(), which completes the checkpoint writes in flight: the next run
+        # resumes from the latest of them.
+        raise TrainingInterrupted(population.step_reached) from None
     finally:
         population.close()
     return population.results()
