@@ -210,24 +210,22 @@ def test_notebook_reads_results_made_elsewhere_with_the_core_extra(workdir, tmp_
 def test_notebook_runs_in_a_clone_offline_with_the_digits_job(tmp_path, monkeypatch):
     # `jupyter-execute notebooks/explore_results.ipynb` in a clone without network: the kernel
     # starts in the notebook's folder, the summary is the clone's committed report, and with
-    # RESULTS unset the notebook runs the README's main job. A clone of the report's two files
-    # and an empty notebooks/, so that the job writes under tmp_path; the job is cut to one
-    # seed, one epoch and a few examples for the test's sake (whole, 1.5 minutes on 2 cores).
+    # RESULTS unset the notebook runs the README's main job, whole: no environment variable is
+    # set (about 1.5 minutes on 2 cores). A clone of the report's two files and an empty
+    # notebooks/, so that the job writes under tmp_path.
     clone = tmp_path / "clone"
     committed = clone / "docs" / "results" / "fashion_mnist"
     committed.mkdir(parents=True)
     for name in ("metrics.csv", "runs.json"):
         shutil.copy(REPO / "docs" / "results" / "fashion_mnist" / name, committed / name)
-    job_args = ("--config.num_epochs=1 --config.num_train_examples=256 "
-                "--config.num_ood_examples=64 --config.grid.seeds=(0,)")
-    outputs = _run_offline(clone / "notebooks", monkeypatch, SOFTLABEL_OOD_JOB_ARGS=job_args)
+    outputs = _run_offline(clone / "notebooks", monkeypatch)
     _opens_with_the_summary(outputs, f"docs/results/fashion_mnist of the clone at {clone}")
     text = _text(outputs)
     assert "$ python -m softlabel_ood.reproduce --config=configs/digits.py --workdir=digits" in text
-    assert "kdi_oe_seed0 (kd_incorrect): trained" in text
-    assert re.search(r"^\[12/12\] \S+ \(\S+\): trained", text, re.M)  # k counts runs ended
+    assert "kdi_oe_seed2 (kd_incorrect): trained" in text
+    assert re.search(r"^\[36/36\] \S+ \(\S+\): trained", text, re.M)  # k counts runs ended
     assert "\r" not in text  # the job's progress arrives as plain lines
-    assert "12 runs in 12 grid entries" in text
+    assert "36 runs in 12 grid entries" in text
     assert "Table 2. Teachers and students" in text
     assert "blocked modules imported: []" in text
     assert (clone / "notebooks" / "digits" / "report" / "report.md").is_file()
