@@ -30,6 +30,7 @@ from scipy import stats as scipy_stats
 from softlabel_ood.analysis import metric_stats, results
 from softlabel_ood.analysis.metric_stats import MetricTable, Stat
 from softlabel_ood.analysis.results import RunInfo
+from softlabel_ood.scoring import metric_records
 
 SUPPORTED = "supported"
 NOT_SUPPORTED = "not supported"
@@ -222,7 +223,7 @@ def _ood_mean_stat(table: MetricTable, group: Sequence[RunInfo], rules: ClaimRul
 
 
 def _quantity(rules: ClaimRules) -> str:
-    label = metric_stats.METRIC_LABELS.get(rules.metric, rules.metric)
+    label = metric_records.label(rules.metric)
     where = f"the {rules.group} OOD sets" if rules.group else "OOD sets"
     return f"{rules.score} {label} (mean over {where})"
 

@@ -25,6 +25,7 @@ from softlabel_ood import scoring
 from softlabel_ood.analysis import claims, metric_stats
 from softlabel_ood.analysis.metric_stats import MetricTable
 from softlabel_ood.analysis.results import RunInfo
+from softlabel_ood.scoring import metric_records
 from softlabel_ood.workdir import atomic_files, predictions
 
 
@@ -122,13 +123,13 @@ def alpha_sweep(table: MetricTable, sweep: Sequence[tuple[float, Sequence[RunInf
             _errorbar(ax, alphas, stats, score, **score_style(score))
         ax.set_title("mean over OOD sets" if ood is None else ood)
         ax.set_xlabel("α (label smoothing)")
-        ax.set_ylabel(f"{metric_stats.METRIC_LABELS.get(metric, metric)} (%)")
+        ax.set_ylabel(f"{metric_records.label(metric)} (%)")
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right upper", title="score")
-    label = metric_stats.METRIC_LABELS.get(metric, metric)
+    label = metric_records.label(metric)
     fig.suptitle(_sweep_title(f"{label} against α", sweep, dataset))
     return fig
 
@@ -141,8 +142,8 @@ def id_sweep(table: MetricTable, sweep: Sequence[tuple[float, Sequence[RunInfo]]
     for ax, metric in zip(axes.flat, ("accuracy", "ece"), strict=True):
         _errorbar(ax, alphas, [metric_stats.id_stat(table, g, metric) for _, g in sweep], metric)
         ax.set_xlabel("α (label smoothing)")
-        ax.set_ylabel(f"{metric_stats.METRIC_LABELS[metric]} (%)")
-        ax.set_title(f"ID test {metric_stats.METRIC_LABELS[metric]}")
+        ax.set_ylabel(f"{metric_records.label(metric)} (%)")
+        ax.set_title(f"ID test {metric_records.label(metric)}")
         ax.grid(alpha=0.3)
     fig.suptitle(_sweep_title("Accuracy and ECE against α", sweep, dataset))
     return fig

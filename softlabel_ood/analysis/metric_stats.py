@@ -26,10 +26,6 @@ from softlabel_ood import scoring
 if TYPE_CHECKING:
     from softlabel_ood.analysis.results import RunInfo
 
-METRIC_LABELS = {"auroc": "AUROC", "fpr95": "FPR95", "aupr_out": "AUPR-out", "aupr_in": "AUPR-in",
-                 "tnr95": "TNR95", "fpr95_ood_positive": "FPR95 (OOD positive)",
-                 "fpr95_oe": "FPR95 (OE code)",
-                 "detection_acc": "detection accuracy", "accuracy": "accuracy", "ece": "ECE"}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,16 +39,16 @@ from softlabel_ood.analysis.metric_stats import MetricTable
 from softlabel_ood.analysis.results import RunInfo
 from softlabel_ood.analysis.tables import md_table
 from softlabel_ood.cli_errors import UserError
+from softlabel_ood.scoring import metric_records
 from softlabel_ood.workdir import atomic_files, predictions
 
-OOD_METRICS = ("auroc", "fpr95", "aupr_out")
+OOD_METRICS = ("auroc", "fpr95", "aupr_out")  # the OOD metrics of the report's tables
+ID_METRICS = ("accuracy", "ece")
 # The `##` sections of report.md, in order (Claims and Figures only when there is something).
 SECTIONS = ("Summary", "Claims", "Table 1. Label-smoothing sweep",
             "Table 1b. Selective classification", "Table 2. Teachers and students",
             "Table 3. All runs", "Figures", "Definitions", "Runs", "ODIN pairs", "Environment")
 CLAIMS_FIGURE = "claims.png"
-_HEADERS = {"auroc": "AUROC ↑", "fpr95": "FPR95 ↓", "aupr_out": "AUPR-out ↑",
-            "accuracy": "accuracy ↑", "ece": "ECE ↓"}
 
 DEFINITIONS = """\
 - **Units.** Every value in the tables is a percentage: the metric's fraction times 100.
@@ -126,7 +126,7 @@ def _scores(table: MetricTable, scores: Sequence[str] | None) -> list[str]:
 
 
 def _metric_label(metric: str) -> str:
-    return _HEADERS.get(metric, metric_stats.METRIC_LABELS.get(metric, metric))
+    return metric_records.header(metric)
 
 
 def sweep_metric_markdown(table: MetricTable, runs: Sequence[RunInfo], metric: str, *,
@@ -135,8 +135,8 @@ def sweep_metric_markdown(table: MetricTable, runs: Sequence[RunInfo], metric: s
     """Rows α of the LS sweep; a column per score: `metric` averaged over the OOD sets, or on
     `ood` alone. `with_id` puts ID test accuracy and ECE first."""
     scores = _scores(table, scores)
-    id_metrics = ("accuracy", "ece") if with_id else ()
-    header = ["α", *(_HEADERS[m] for m in id_metrics), *(f"`{s}`" for s in scores)]
+    id_metrics = ID_METRICS if with_id else ()
+    header = ["α", *map(metric_records.header, id_metrics), *(f"`{s}`" for s in scores)]
     rows = []
     for alpha, group in results.ls_sweep(runs):
         row = [f"{alpha:g}"] + [_fmt(metric_stats.id_stat(table, group, m)) for m in id_metrics]
@@ -161,8 +161,9 @@ def sweep_by_score_markdown(table: MetricTable, runs: Sequence[RunInfo], score: 
     """Rows α of the LS sweep; accuracy, ECE, then `score`'s OOD metrics averaged over all OOD
     sets and its AUROC averaged over each group's OOD sets."""
     groups = {g: m for g, m in (groups or {}).items() if set(m) & set(table.ood_sets)}
-    header = ["α", _HEADERS["accuracy"], _HEADERS["ece"]]
-    header += [_HEADERS[m] for m in OOD_METRICS] + [f"AUROC {g} ↑" for g in groups]
+    header = ["α", *map(metric_records.header, (*ID_METRICS, *OOD_METRICS))]
+    auroc = metric_records.BY_NAME["auroc"]
+    header += [f"{auroc.label} {g} {auroc.arrow}" for g in groups]
     rows = []
     for alpha, group in results.ls_sweep(runs):
         row = [f"{alpha:g}", _fmt(metric_stats.id_stat(table, group, "accuracy")),
@@ -222,7 +223,7 @@ def table2_markdown(table: MetricTable, runs: Sequence[RunInfo], *, score: str =
     cols = [("accuracy", ""), ("auroc", score), ("fpr95", score)]
     header = ["teacher"]
     for who in ("teacher", *student_methods):
-        header += [f"{who}: {_HEADERS[m]}" for m, _ in cols]
+        header += [f"{who}: {metric_records.header(m)}" for m, _ in cols]
     rows = []
     for teacher_name, by_method in students.items():
         row = [_teacher_label(teachers[teacher_name][0])]
@@ -247,7 +248,7 @@ def table3_markdown(table: MetricTable, runs: Sequence[RunInfo], *,
     """
     scores = _scores(table, scores)
     groups = results.group_by_name(runs)
-    header = ["run (method)", _HEADERS["accuracy"], _HEADERS["ece"]]
+    header = ["run (method)", *map(metric_records.header, ID_METRICS)]
     header += [f"{s} {_metric_label(metric)}" for s in scores]
     rows = []
     for name in (groups if names is None else names):
@@ -268,7 +269,7 @@ def claims_markdown(claim_results: Sequence[claims.ClaimResult], rules: claims.C
         "Each claim of the paper is decided from the metrics of the tables below by the rule "
         "printed with it. "
         f"The rules compare {rules.score} "
-        f"{metric_stats.METRIC_LABELS.get(rules.metric, rules.metric)} averaged over the OOD sets, "
+        f"{metric_records.label(rules.metric)} averaged over the OOD sets, "
         "**paired by seed**: within a seed every run of the grid shares its initialisation, "
         "data order and augmentation (teachers and students included), so two grid entries are "
         "compared through the per-seed differences d_s = a_s − b_s over the seeds both have. A "
@@ -323,7 +324,7 @@ def summary_line(c: claims.ClaimResult, rules: claims.ClaimRules) -> str:
 def summary_markdown(claim_results: Sequence[claims.ClaimResult],
                      rules: claims.ClaimRules) -> str:
     """The verdicts, one line each, with the rule's quantity and noise threshold in one sentence."""
-    label = metric_stats.METRIC_LABELS.get(rules.metric, rules.metric)
+    label = metric_records.label(rules.metric)
     return (f"Verdicts of the paper's claims, paired by seed (A = {rules.score} {label} averaged "
             f"over the OOD sets, in points; a difference a − b counts when its mean is beyond "
             f"the noise threshold max({100 * rules.min_effect:g}, std of the per-seed "
@@ -401,7 +402,7 @@ def _write_figures(table: MetricTable, runs: Sequence[RunInfo], out_dir: epath.P
     """Writes the PNG files; returns (file name, caption) in report order."""
     written = []
     if any(c.comparisons for c in claim_results):
-        quantity = (f"{rules.score} {metric_stats.METRIC_LABELS.get(rules.metric, rules.metric)}"
+        quantity = (f"{rules.score} {metric_records.label(rules.metric)}"
                     f" (mean over OOD sets)")
         figures.save(figures.claim_differences(claim_results, quantity=quantity),
                      out_dir / CLAIMS_FIGURE)
@@ -416,7 +417,7 @@ def _write_figures(table: MetricTable, runs: Sequence[RunInfo], out_dir: epath.P
             name = f"alpha_sweep_{metric}.png"
             figures.save(figures.alpha_sweep(table, sweep, metric=metric, scores=scores,
                                              dataset=dataset), out_dir / name)
-            written.append((name, f"{metric_stats.METRIC_LABELS[metric]} (%) against α, mean over "
+            written.append((name, f"{metric_records.label(metric)} (%) against α, mean over "
                                   f"OOD sets and per OOD set, one line per score; error bars: "
                                   f"std over seeds."))
         figures.save(figures.id_sweep(table, sweep, dataset=dataset),
@@ -576,7 +577,7 @@ def render(table: MetricTable, runs: Sequence[RunInfo], *, title: str,
             f"Does label smoothing hurt detection for every score, or only for the softmax? "
             f"Claim 1's rule above, unchanged, applied with each score in place of "
             f"{rules.score} (A = that score's "
-            f"{metric_stats.METRIC_LABELS.get(rules.metric, rules.metric)} averaged over the OOD "
+            f"{metric_records.label(rules.metric)} averaged over the OOD "
             f"sets; ρ and the paired A(0) − A(α_max) in points, as in the rule).\n",
             claim1_by_score_markdown(table, runs, rules, scores)]
     if by_group:

@@ -13,8 +13,9 @@ from softlabel_ood.analysis import claims, metric_stats, results, selective_clai
 from softlabel_ood.analysis.metric_stats import MetricTable
 from softlabel_ood.analysis.results import RunInfo
 from softlabel_ood.analysis.tables import md_table
+from softlabel_ood.scoring import metric_records
 
-SELECTIVE_COLUMNS = (("aurc", "AURC ↓"), ("eaurc", "E-AURC ↓"), ("error_auroc", "error AUROC ↑"))
+SELECTIVE_COLUMNS = tuple((m, metric_records.header(m)) for m in ("aurc", "eaurc", "error_auroc"))
 SELECTIVE_SCORES = ("msp", selective_claims.FIX_SCORE)
 
 
@@ -25,7 +26,7 @@ def _fmt(stat: metric_stats.Stat) -> str:
 def selective_table_markdown(table: MetricTable, runs: Sequence[RunInfo]) -> str:
     """Rows α of the LS sweep; ID test accuracy, then AURC, E-AURC and error AUROC of msp and
     of pnorm."""
-    header = ["α", "accuracy ↑"] + [f"`{s}` {label}" for s in SELECTIVE_SCORES
+    header = ["α", metric_records.header("accuracy")] + [f"`{s}` {label}" for s in SELECTIVE_SCORES
                                     for _, label in SELECTIVE_COLUMNS]
     rows = []
     for alpha, group in results.ls_sweep(runs):

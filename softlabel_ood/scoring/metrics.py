@@ -67,11 +67,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from softlabel_ood.cli_errors import UserError
-from softlabel_ood.scoring import float64, scores
+from softlabel_ood.scoring import float64, metric_records, scores
 
-METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95", "tnr95", "fpr95_ood_positive",
-           "detection_acc", "fpr95_oe")
-ID_METRICS = ("accuracy", "ece")
+# What this module computes: the records' OOD-pair and ID metrics (`metric_records`), in the
+# order metrics.csv lists them.
+METRICS = metric_records.names("ood")
+ID_METRICS = metric_records.names("id")
 ECE_BINS = 15
 
 PAD_KEY = np.iinfo(np.int64).max

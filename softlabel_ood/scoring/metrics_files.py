@@ -11,10 +11,10 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from softlabel_ood.scoring import groups
-from softlabel_ood.scoring.metrics import ID_METRICS, METRICS, ScoringError
+from softlabel_ood.scoring import groups, metric_records
+from softlabel_ood.scoring.metric_records import lower_is_better
+from softlabel_ood.scoring.metrics import ScoringError
 from softlabel_ood.scoring.runs import ALL_SCORES, MetricRow
-from softlabel_ood.scoring.selective import SELECTIVE_METRICS
 from softlabel_ood.workdir import atomic_files
 
 CSV_HEADER = ("run", "score", "ood", "metric", "value")
@@ -35,24 +35,34 @@ def _percent(value: float) -> str:
     return "n/a" if np.isnan(value) else f"{100.0 * value:.2f}"
 
 
+def _listed(names: Sequence[str]) -> str:
+    return " and ".join(filter(None, (", ".join(names[:-1]), names[-1] if names else "")))
+
+
+def _in_order(kind: str, present) -> list[str]:
+    """The metrics of `kind` among `present`, in the records' order; unknown names last."""
+    known = metric_records.names(kind)
+    return [m for m in known if m in present] + sorted(set(present) - set(known))
+
+
 def _markdown_text(rows: Sequence[MetricRow], skipped: Mapping[str, Mapping[str, str]],
                    notes: Mapping[str, Mapping[str, str]],
                    run_groups: Mapping[str, Mapping[str, Sequence[str]]]) -> str:
     lines = ["# OOD detection metrics", "",
-             "Values in percent. Lower is better for fpr95, fpr95_ood_positive and fpr95_oe, "
+             f"Values in percent. Lower is better for {_listed(lower_is_better('ood'))}, "
              "higher for the others; `mean` is the unweighted mean over the OOD splits, "
              "`mean (<group>)` the same over the OOD splits of a named group (config field "
              "`ood_groups`). Each score's selective-classification metrics on the ID test split "
-             "come first (lower is better for aurc, eaurc and error_fpr95). Definitions: "
-             "docs/scores_and_metrics.md.", ""]
+             f"come first (lower is better for {_listed(lower_is_better('selective'))}). "
+             "Definitions: docs/scores_and_metrics.md.", ""]
     runs = list(dict.fromkeys([r.run for r in rows] + list(skipped)))
     for run in runs:
         lines += [f"## {run}", ""]
         run_rows = [r for r in rows if r.run == run]
         id_values = {r.metric: r.value for r in run_rows if not r.score}
         if id_values:
-            lines += [", ".join(f"{m} {_percent(id_values[m])}" for m in ID_METRICS
-                                if m in id_values) + " (ID test split)", ""]
+            lines += [", ".join(f"{m} {_percent(id_values[m])}" for m in _in_order("id", id_values)
+                                ) + " (ID test split)", ""]
         computed = list(dict.fromkeys(r.score for r in run_rows if r.score))
         known = list(ALL_SCORES)
         run_scores = [s for s in known if s in computed or s in skipped.get(run, {})]
@@ -66,15 +76,16 @@ def _markdown_text(rows: Sequence[MetricRow], skipped: Mapping[str, Mapping[str,
                 lines += [notes[run][score], ""]
             selective = {r.metric: r.value for r in run_rows if r.score == score and not r.ood}
             if selective:
-                lines += [", ".join(f"{m} {_percent(selective[m])}" for m in SELECTIVE_METRICS
-                                    if m in selective) + " (ID test split)", ""]
+                lines += [", ".join(f"{m} {_percent(selective[m])}"
+                                    for m in _in_order("selective", selective))
+                          + " (ID test split)", ""]
             table: dict[str, dict[str, float]] = {}
             for r in run_rows:
                 if r.score == score and r.ood:
                     table.setdefault(r.ood, {})[r.metric] = r.value
             if not table:
                 continue
-            columns = [m for m in METRICS if any(m in v for v in table.values())]
+            columns = _in_order("ood", {m for v in table.values() for m in v})
             lines.append("| ood | " + " | ".join(columns) + " |")
             lines.append("|:--|" + "--:|" * len(columns))
             for ood, values in table.items():

@@ -26,10 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from softlabel_ood.scoring import float64, metrics
+from softlabel_ood.scoring import float64, metric_records, metrics
 from softlabel_ood.scoring.metrics import ScoringError
 
-SELECTIVE_METRICS = ("aurc", "eaurc", "error_auroc", "error_fpr95")
+SELECTIVE_METRICS = metric_records.names("selective")  # what this module computes
 # The OOD metric that gives each error metric, with the correct predictions as positives.
 _FROM_OOD_METRIC = {"error_auroc": "auroc", "error_fpr95": "fpr95"}
 
