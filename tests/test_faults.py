@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import textwrap
 
+import numpy as np
 import pytest
 
 from softlabel_ood import predict, scoring, train
@@ -196,3 +197,61 @@ def test_a_rerun_of_a_run_whose_optimizer_state_is_damaged_is_one_line(finished,
     assert line.endswith("the run cannot resume from it, but predict can still write its "
                          "predictions. Move the checkpoints away to train again from step 0")
     assert snapshot(run) == before
+
+
+# What orbax leaves of a step when a copy or a cleanup stops half-way: the latest checkpoint
+# is listed, yet its arrays are gone.
+_LOST_ITEMS = {
+    "item_folder_removed": lambda step_dir: shutil.rmtree(step_dir / "default"),
+    "step_folder_emptied": lambda step_dir: [
+        shutil.rmtree(p) if p.is_dir() else p.unlink() for p in step_dir.iterdir()],
+}
+
+
+def _assert_same_predictions(a, b) -> None:
+    from softlabel_ood.workdir import predictions
+
+    pa, pb = predictions.read(a / "predictions"), predictions.read(b / "predictions")
+    assert list(pa.splits) == list(pb.splits)
+    for name in pa.splits:
+        for field in ("logits", "features", "odin_log_ratio"):
+            np.testing.assert_array_equal(getattr(pa.splits[name], field),
+                                          getattr(pb.splits[name], field), err_msg=name)
+
+
+@pytest.mark.parametrize("damage", list(_LOST_ITEMS))
+def test_a_latest_checkpoint_without_its_arrays_is_set_aside_and_the_run_resumes_bitwise(
+        damage, finished, tmp_path, caplog):
+    run = tmp_path / "ce"
+    shutil.copytree(finished, run)
+    (run / saved_runs.DONE_FILE).unlink()
+    shutil.rmtree(run / "predictions")
+    _LOST_ITEMS[damage](run / "checkpoints" / "8")
+    train.train_and_evaluate(saved_runs.read_config(run), str(run))
+    assert any("checkpoint 8 does not read back (its folder default/ is missing); set aside as "
+               "damaged-<step>, resuming from the checkpoint of step 4" in r.getMessage()
+               for r in caplog.records)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["4", "8", "damaged-8"]
+    assert saved_runs.is_finished(run)
+    _assert_same_predictions(run, finished)  # as the uninterrupted run's
+
+
+def test_predict_falls_back_to_the_latest_checkpoint_that_reads_and_changes_none(
+        finished, tmp_path, capsys):
+    run = tmp_path / "ce"
+    shutil.copytree(finished, run)
+    _LOST_ITEMS["item_folder_removed"](run / "checkpoints" / "8")
+    checkpoints_before = snapshot(run / "checkpoints")
+    config = saved_runs.read_config(run)
+    assert predict.predict_from_checkpoint(config, run) == 4
+    lines = [line for line in capsys.readouterr().err.splitlines() if "predictions from" in line]
+    assert lines == [f"{run}/checkpoints: predictions from step 4 (the checkpoint of step 8 "
+                     f"does not read back: its folder default/ is missing)"]
+    assert snapshot(run / "checkpoints") == checkpoints_before  # nothing renamed: read-only
+    # The predictions are step 4's: those of the same run whose latest checkpoint is step 4.
+    reference = tmp_path / "reference"
+    shutil.copytree(finished, reference)
+    shutil.rmtree(reference / "checkpoints" / "8")
+    assert predict.predict_from_checkpoint(config, reference) == 4
+    assert "predictions from" not in capsys.readouterr().err
+    _assert_same_predictions(run, reference)
