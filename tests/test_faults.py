@@ -83,6 +83,44 @@ def test_a_disk_that_fills_during_training_ends_in_one_line(finished, small_disk
     assert not (workdir / "predictions").exists()
 
 
+def _fill(disk) -> None:
+    with contextlib.suppress(OSError), open(disk / "filler", "wb") as filler:
+        while True:  # until the disk is full
+            filler.write(b"\0" * 4096)
+            filler.flush()
+
+
+def test_a_full_disk_at_the_start_names_the_file_and_leaves_the_lock_as_it_was(
+        small_disk, tmp_path):
+    disk = small_disk(64)
+    fresh, older = disk / "fresh", disk / "older"
+    older.mkdir()
+    (older / ".lock").write_text("4242\n")  # an earlier version's lock file, with its pid
+    _fill(disk)
+    config_file = tmp_path / "tiny_run.py"
+    config_file.write_text(TINY_RUN)
+    for workdir in (fresh, older):
+        result = run_module("softlabel_ood.train", f"--config={config_file}",
+                            f"--workdir={workdir}")
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert result.stderr.splitlines() == [
+            f"error: {workdir}/config.json: No space left on device"], result.stderr[-3000:]
+    assert not (fresh / ".lock").exists()
+    assert (older / ".lock").read_text() == "4242\n"
+
+
+def test_predict_refusals_leave_the_lock_file_as_it_was(finished, tmp_path, capsys):
+    run = tmp_path / "ce"
+    shutil.copytree(finished, run)
+    (run / ".lock").write_text("4242\n")  # an earlier version's lock file, with its pid
+    _garbage_metadata(run)
+    before = snapshot(run)
+    config = saved_runs.read_config(run)
+    for _ in range(2):
+        refusal(capsys, lambda: predict.predict_from_checkpoint(config, run))
+    assert snapshot(run) == before
+
+
 def test_a_disk_that_fills_while_metrics_are_written_keeps_the_old_ones(small_disk, tmp_path,
                                                                          capsys, monkeypatch):
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")  # score.main sets it for its process
@@ -93,10 +131,7 @@ def test_a_disk_that_fills_while_metrics_are_written_keeps_the_old_ones(small_di
     out = disk / "metrics"
     scoring.write_metrics([scoring.MetricRow("old", "", "", "accuracy", 0.5)], out)
     before = snapshot(out)
-    with contextlib.suppress(OSError), open(disk / "filler", "wb") as filler:
-        while True:  # until the disk is full
-            filler.write(b"\0" * 4096)
-            filler.flush()
+    _fill(disk)
     assert score.main([str(tmp_path / "run"), f"--out={out}"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == \
         f"error: {out}: No space left on device"
