@@ -1,6 +1,8 @@
 """Faults of the disk and of stored files end in one line with exit code 2, naming the file,
-and leave no partial output: a disk that fills while a checkpoint or the metrics are written,
-a checkpoint whose metadata is garbage, a checkpoint whose optimizer state does not read."""
+and leave no partial output: a dataset file that does not read (before the first step), a disk
+that fills while a checkpoint or the metrics are written, a checkpoint whose metadata is
+garbage, a checkpoint whose optimizer state does not read; a latest checkpoint that does not
+read back gives way to the one before it."""
 
 from __future__ import annotations
 
@@ -56,6 +58,59 @@ def small_disk(tmp_path):
     yield mount
     for point in mounted:
         subprocess.run(["umount", str(point)], check=True)
+
+
+# Local OOD sets that cannot serve, each with the one line that names it: found by opening the
+# path (the first three) or by loading its images (the last), before the first step either way.
+_BAD_LOCAL_SETS = {
+    "pickled_objects_npy": (
+        lambda p: np.save(p / "images.npy", np.array([{"image": 1}, None], dtype=object)),
+        "images.npy", "cannot read {path}: Array can't be memory-mapped: Python objects in "
+                      "dtype."),
+    "empty_folder": (lambda p: (p / "images").mkdir(), "images",
+                     "folder {path} holds no image files (.png, .jpg, .jpeg, .bmp, .gif, .ppm, "
+                     ".webp, .tif, .tiff)"),
+    "garbage_png": (lambda p: (p / "image.png").write_bytes(b"not a png"), "image.png",
+                    "{path} is neither a folder of images nor a .npy/.npz file"),
+    "folder_with_a_garbage_png": (
+        lambda p: ((p / "images").mkdir(), (p / "images" / "a.png").write_bytes(b"not a png")),
+        "images", "cannot read {path}: cannot identify image file '{path}/a.png'"),
+}
+
+
+@pytest.mark.parametrize("case", list(_BAD_LOCAL_SETS))
+def test_an_ood_set_that_does_not_read_ends_train_before_its_first_step(case, tmp_path):
+    make, name, message = _BAD_LOCAL_SETS[case]
+    data = tmp_path / "data"
+    data.mkdir()
+    make(data)
+    path, workdir = data / name, tmp_path / "run"
+    result = run_module(
+        "softlabel_ood.train", "--config=configs/digits.py", f"--workdir={workdir}",
+        "--config.num_epochs=1", "--config.num_train_examples=64", "--config.batch_size=32",
+        "--config.ood_datasets=('gaussian','local_images')",
+        "--config.ood_groups.near=()", "--config.ood_groups.far=('gaussian',)",
+        f"--config.dataset_paths.local_images={path}")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.splitlines() == [
+        "error: local_images/test: " + message.format(path=path)], result.stderr[-3000:]
+    assert not workdir.exists()  # no checkpoint, no config.json, no lock: nothing
+
+
+@pytest.mark.parametrize("case", ["garbage_png", "folder_with_a_garbage_png"])
+def test_an_ood_set_that_does_not_read_leaves_predict_s_run_as_it_was(case, finished, tmp_path,
+                                                                      capsys):
+    make, name, message = _BAD_LOCAL_SETS[case]
+    make(tmp_path)
+    run = tmp_path / "ce"
+    shutil.copytree(finished, run)
+    before = snapshot(run)
+    config = saved_runs.read_config(run)
+    config.ood_datasets = (*config.ood_datasets, "local_images")
+    config.dataset_paths.local_images = str(tmp_path / name)
+    line = refusal(capsys, lambda: predict.predict_from_checkpoint(config, run))
+    assert line == "error: local_images/test: " + message.format(path=tmp_path / name)
+    assert snapshot(run) == before
 
 
 def _kib(directory) -> int:
