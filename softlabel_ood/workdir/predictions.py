@@ -530,6 +530,8 @@ class _Version:
         """The file `name` of this version, open for reading; None when it is not a file."""
         try:
             if self._fd is None:
+                if not (self.directory / name).is_file():  # Windows opens no directory
+                    return None
                 file = open(self.directory / name, "rb")  # noqa: SIM115 (returned open)
             else:
                 file = os.fdopen(os.open(name, os.O_RDONLY, dir_fd=self._fd), "rb")
