@@ -89,15 +89,28 @@ def write_predictions(configs: Sequence[ml_collections.ConfigDict],
                               head=predictions.Head(kernels[r], biases[r]), odin_pairs=odin_pairs)
 
 
-def predict_from_checkpoint(config: ml_collections.ConfigDict, workdir: epath.PathLike) -> None:
-    """Rewrites the predictions of the run in `workdir` from its latest checkpoint."""
+def predict_from_checkpoint(config: ml_collections.ConfigDict, workdir: epath.PathLike) -> int:
+    """Rewrites the predictions of the run in `workdir` from its latest checkpoint that reads
+    back, and returns that checkpoint's step. Later ones that do not read back are named in one
+    line and left as they are (DESIGN.md §3)."""
     workdir_lock.check_workdir(workdir)
     config_validation.check_evaluation(config, num_devices=jax.device_count())
     run_data.check_available(config, training=False)
     mesh = runs_axis.data_mesh()
     with workdir_lock.hold(workdir, enabled=distributed.is_writer()):
-        _, variables = saved_models.restore_model(config, workdir, mesh)
-        write_predictions([config], [workdir], runs_axis.stack([variables], mesh), mesh)
+        restored = saved_models.restore_readable_model(config, workdir, mesh)
+        if restored.unreadable and distributed.is_writer():
+            print(_fallback_line(workdir, restored), file=sys.stderr)
+        write_predictions([config], [workdir], runs_axis.stack([restored.variables], mesh), mesh)
+    return restored.step
+
+
+def _fallback_line(workdir: epath.PathLike, restored) -> str:
+    steps = [step for step, _ in restored.unreadable]
+    which = (f"the checkpoint of step {steps[0]} does not" if len(steps) == 1 else
+             f"the checkpoints of steps {', '.join(map(str, steps))} do not")
+    return (f"{epath.Path(workdir) / 'checkpoints'}: predictions from step {restored.step} "
+            f"({which} read back: {restored.unreadable[0][1]})")
 
 
 def config_with_overrides(stored: ml_collections.ConfigDict,

@@ -83,6 +83,9 @@ def train_and_evaluate_population(configs: Sequence[ml_collections.ConfigDict],
         for _, member in members:
             locks.enter_context(workdir_lock.hold(member.workdir, enabled=distributed.is_writer()))
         data = run_data.load_training(config)
+        # The OOD sets too (each loaded once per process; predictions reuse them): a file that
+        # does not read ends the run before its first step, not after its last.
+        run_data.load_ood(config)
         config_validation.check_training_size(config, len(data.train.labels))
         results = train_loop.train_population(
             [m for _, m in members], data, runs_axis.fit_mesh(mesh, len(members)),

@@ -194,5 +194,51 @@ def test_a_killed_process_leaves_no_workdir_locked(tmp_path):
         pass
     holder.send_signal(signal.SIGKILL)
     holder.wait()
+    # The killed holder's lock file is left, empty; the next holder reuses it and leaves it.
+    assert (workdir / workdir_lock.LOCK_FILE).read_bytes() == b""
     with workdir_lock.hold(workdir):
-        assert (workdir / workdir_lock.LOCK_FILE).read_text().strip() == str(os.getpid())
+        pass
+    assert (workdir / workdir_lock.LOCK_FILE).read_bytes() == b""
+
+
+def test_a_lock_leaves_the_workdir_as_it_found_it(tmp_path):
+    fresh, older = tmp_path / "fresh", tmp_path / "older"
+    with workdir_lock.hold(fresh):
+        (fresh / "output").write_text("x")
+        assert (fresh / workdir_lock.LOCK_FILE).exists()
+    assert sorted(p.name for p in fresh.iterdir()) == ["output"]  # the lock it made is gone
+    older.mkdir()
+    (older / workdir_lock.LOCK_FILE).write_text("4242\n")  # as earlier versions wrote it
+    with pytest.raises(RuntimeError), workdir_lock.hold(older):
+        raise RuntimeError("a refusal")
+    assert (older / workdir_lock.LOCK_FILE).read_text() == "4242\n"
+    with pytest.raises(RuntimeError), workdir_lock.hold(tmp_path / "new"):
+        raise RuntimeError("a refusal")
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_lock_file_that_its_holder_removed_meanwhile_is_not_the_one_locked(tmp_path,
+                                                                             monkeypatch):
+    import fcntl
+
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    lock_file = workdir / workdir_lock.LOCK_FILE
+    lock_file.touch()  # held by a process that is about to finish
+    real_flock, locked = fcntl.flock, []
+
+    def finishing_holder(fd, operation):
+        if not locked:
+            lock_file.unlink()  # the holder finishes between this open and this flock
+        locked.append(os.fstat(fd).st_ino)
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", finishing_holder)
+    with workdir_lock.hold(workdir):
+        assert len(locked) == 2  # a second time, on a new file
+        assert locked[1] == lock_file.stat().st_ino
+        other = os.open(lock_file, os.O_RDWR)
+        with pytest.raises(BlockingIOError):
+            real_flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(other)
+    assert not lock_file.exists()  # this holder made it

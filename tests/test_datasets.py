@@ -87,7 +87,10 @@ def test_every_record_takes_a_path_exactly_when_documented(name, tmp_path):
                                match=f"^{name}/test: IDX files .* not found"):
                 datasets.check_available(name, "test", path=str(tmp_path))
         else:
-            datasets.check_available(name, "test", path=str(tmp_path))
+            # Found wanting without reading an image: the folder holds no image files.
+            with pytest.raises(datasets.DatasetError,
+                               match=f"^{name}/test: folder .* holds no image files"):
+                datasets.check_available(name, "test", path=str(tmp_path))
     else:
         refusal = (rf"^{name}/test: this source reads no local files, but "
                    rf"path={re.escape(str(tmp_path))} was given$")
@@ -499,6 +502,10 @@ def test_availability_is_checked_without_reading(tfds_lib, tmp_path):
                                                     r"dataset_paths\.isun\)"):
         datasets.check_available("isun", "test", path=str(tmp_path / "iSUN"))
     (tmp_path / "iSUN").mkdir()
+    with pytest.raises(datasets.DatasetError, match=r"isun/test: folder .* holds no image files"):
+        datasets.check_available("isun", "test", path=str(tmp_path / "iSUN"))
+    # A file named as an image is enough: its pixels are read when the set is loaded.
+    (tmp_path / "iSUN" / "a.png").write_bytes(b"")
     datasets.check_available("isun", "test", path=str(tmp_path / "iSUN"))
     for name in ("gaussian", "digits", "flower_patches"):  # generated or shipped: always there
         datasets.check_available(name, "test")

@@ -278,8 +278,9 @@ def check_available(name: str, split: str, *, path: str | None = None,
                     data_dir: str | None = None) -> None:
     """Raises DatasetError unless `load(name, split, path=..., data_dir=...)` can find its data.
 
-    Cheap (nothing is read): tfds splits are opened, local files and folders looked up. The
-    commands call it for every set a run will read before its first step.
+    Cheap (no image is read): tfds splits are opened, local files and folders opened (a .npy
+    file's header, a .npz file's list of arrays, a folder's image file names). The commands
+    call it for every set a run will read before its first step.
     """
     source = info(name).source
     _check_split(name, split)

@@ -15,6 +15,7 @@ One path serves any split; the split's name then only labels the result and seed
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import pathlib
 
@@ -44,6 +45,27 @@ class LocalFiles(Source):
         return load_path(name, split, path, shape=shape, num_examples=num_examples, rng=rng,
                          method=self.conversion)
 
+    def check_available(self, name: str, split: str, *, path: str | None,
+                        data_dir: str | None) -> None:
+        check_path(name, split, path)
+
+
+def check_path(name: str, split: str, path: str) -> None:
+    """DatasetError unless `path` is a folder holding image files, or a .npy file of uint8
+    images in an allowed layout, or a .npz file with an images array; no image is read (a
+    .npy file's header is, a .npz file's list of arrays, a folder's file names)."""
+    p = pathlib.Path(path).expanduser()
+    with _read_errors(name, split, p):
+        if p.is_dir():
+            _image_files(name, split, p)
+        elif p.suffix == ".npy":
+            _open_array_file(name, split, p)  # memory-mapped: only the header is read
+        elif p.suffix == ".npz":
+            with np.load(p) as archive:
+                _archive_keys(name, split, p, list(archive.keys()))
+        else:
+            raise _neither(name, split, p)
+
 
 def load_path(name: str, split: str, path: str, *, shape: tuple[int, int, int],
               num_examples: int | None, rng: np.random.Generator,
@@ -52,7 +74,7 @@ def load_path(name: str, split: str, path: str, *, shape: tuple[int, int, int],
     p = pathlib.Path(path).expanduser()
     if not p.exists():
         raise DatasetError(f"{name}/{split}: path {p} does not exist")
-    try:
+    with _read_errors(name, split, p):
         if p.is_dir():
             return _load_folder(name, split, p, shape, num_examples, rng, method)
         if p.suffix in (".npy", ".npz"):
@@ -63,12 +85,23 @@ def load_path(name: str, split: str, path: str, *, shape: tuple[int, int, int],
             chosen = images if len(keep) == images.shape[0] else images[keep]
             return (image_lib.fit_array(np.array(chosen), shape, method),
                     None if labels is None else labels[keep])
+    raise _neither(name, split, p)
+
+
+@contextlib.contextmanager
+def _read_errors(name: str, split: str, path: pathlib.Path):
+    """A file that does not read (damaged, pickled objects, not an image) -> DatasetError."""
+    try:
+        yield
     except (OSError, ValueError, EOFError) as e:
         if isinstance(e, DatasetError):
             raise
-        raise DatasetError(f"{name}/{split}: cannot read {p}: {e}") from e
-    raise DatasetError(
-        f"{name}/{split}: {p} is neither a folder of images nor a .npy/.npz file")
+        raise DatasetError(f"{name}/{split}: cannot read {path}: {e}") from e
+
+
+def _neither(name: str, split: str, path: pathlib.Path) -> DatasetError:
+    return DatasetError(
+        f"{name}/{split}: {path} is neither a folder of images nor a .npy/.npz file")
 
 
 def _as_nhwc(name: str, split: str, path: pathlib.Path, images: np.ndarray) -> np.ndarray:
@@ -90,12 +123,7 @@ def _open_array_file(name, split, path):
     if path.suffix == ".npy":
         return _as_nhwc(name, split, path, np.load(path, mmap_mode="r")), None
     with np.load(path) as archive:
-        keys = list(archive.keys())
-        image_key = next((k for k in _IMAGE_KEYS if k in keys), keys[0] if len(keys) == 1 else None)
-        if image_key is None:
-            raise DatasetError(
-                f"{name}/{split}: {path} has arrays {keys}; expected one named 'images' or 'x'")
-        label_key = next((k for k in _LABEL_KEYS if k in keys), None)
+        image_key, label_key = _archive_keys(name, split, path, list(archive.keys()))
         images = _as_nhwc(name, split, path, archive[image_key])
         labels = None if label_key is None else archive[label_key].reshape(-1)
     if labels is not None and labels.shape[0] != images.shape[0]:
@@ -104,13 +132,27 @@ def _open_array_file(name, split, path):
     return images, labels
 
 
-def _load_folder(name, split, folder, shape, num_examples, rng, method):
+def _archive_keys(name, split, path, keys) -> tuple[str, str | None]:
+    """The names of a .npz file's images and labels (None: no labels)."""
+    image_key = next((k for k in _IMAGE_KEYS if k in keys), keys[0] if len(keys) == 1 else None)
+    if image_key is None:
+        raise DatasetError(
+            f"{name}/{split}: {path} has arrays {keys}; expected one named 'images' or 'x'")
+    return image_key, next((k for k in _LABEL_KEYS if k in keys), None)
+
+
+def _image_files(name, split, folder) -> list[pathlib.Path]:
     files = sorted(
         f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
     if not files:
         raise DatasetError(
             f"{name}/{split}: folder {folder} holds no image files "
             f"({', '.join(IMAGE_EXTENSIONS)})")
+    return files
+
+
+def _load_folder(name, split, folder, shape, num_examples, rng, method):
+    files = _image_files(name, split, folder)
     keep = subset_indices(len(files), num_examples, rng)
     images = image_lib.fit_all(
         (image_lib.read_image_file(files[i]) for i in keep), len(keep), shape, method)

@@ -11,6 +11,7 @@ import re
 import signal
 import sys
 import threading
+from typing import NamedTuple
 
 import jax
 import orbax.checkpoint as ocp
@@ -159,6 +160,14 @@ def _write_reason(error: BaseException) -> str:
     return _first_line(error)
 
 
+class ReadableModel(NamedTuple):
+    """A model restored for predictions, and the later checkpoints that did not read back."""
+
+    variables: dict  # {"params", "batch_stats"}
+    step: int  # the step of the checkpoint it comes from
+    unreadable: list[tuple[int, str]]  # (step, why) of each later checkpoint, newest first
+
+
 class Checkpoints:
     """The checkpoints of one run.
 
@@ -194,8 +203,19 @@ class Checkpoints:
         if not read_only:
             std_logging.getLogger("absl").addFilter(self._log_filter)
         _quiet_orbax_echoes()
+        self._options = options
+        self._manager = self._open_manager()
+
+    def _open_manager(self) -> ocp.CheckpointManager:
         with _without_read_only_notice():
-            self._manager = ocp.CheckpointManager(self.directory, options=options)
+            return ocp.CheckpointManager(self.directory, options=self._options)
+
+    def _reopen(self) -> None:
+        # A manager fixes how it reads steps (one unnamed item or several) from the first step
+        # directory it reads; one whose item directory is missing would leave it reading every
+        # other step wrong. A fresh manager reads the next step on its own terms.
+        self._manager.close()
+        self._manager = self._open_manager()
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -254,13 +274,14 @@ class Checkpoints:
                 tree = self._manager.restore(s, args=ocp.args.StandardRestore(target))
             except Exception as e:  # orbax and tensorstore raise many types for a bad file
                 failures.append((s, e))
+                self._reopen()
                 continue
             if failures:
+                why = self._why(*failures[0])  # before the rename, which moves its folder
                 self._set_aside([f for f, _ in failures])
                 logging.warning("%s: checkpoint %s does not read back (%s); set aside as "
                                 "damaged-<step>, resuming from the checkpoint of step %d",
-                                self.directory, ", ".join(str(f) for f, _ in failures),
-                                _first_line(failures[0][1]), s)
+                                self.directory, ", ".join(str(f) for f, _ in failures), why, s)
             return like.replace(**tree)
         latest, error = failures[0]
         # A fresh manager: this one has bound the item to the full-state handler by now. (Not a
@@ -272,7 +293,7 @@ class Checkpoints:
         except Exception:  # any failure to read the model arrays means damaged files
             raise DamagedCheckpointError(
                 f"{self.directory}: no checkpoint reads back (step {latest}: "
-                f"{_first_line(error)}); the run cannot resume. Move the checkpoints away to "
+                f"{self._why(latest, error)}); the run cannot resume. Move the checkpoints away to "
                 f"train again from step 0") from None
         finally:
             reader.close()
@@ -288,7 +309,7 @@ class Checkpoints:
         # does not read as a step, so that the next save of that step is not skipped.
         for step in steps:
             (self.directory / str(step)).rename(self.directory / f"damaged-{step}")
-        self._manager.reload()
+        self._reopen()
 
     def restore_variables(self, like: dict, step: int | None = None) -> dict:
         """Only {"params", "batch_stats"} of a checkpoint, shaped and sharded like `like` (a
@@ -298,15 +319,43 @@ class Checkpoints:
         so checkpoints whose optimizer state has another layout (those written before the
         learning rate became a runtime value) still serve.
         """
-        target = _abstract(like)
         step = self._step(step)
         try:
-            return self._manager.restore(step, args=ocp.args.PyTreeRestore(
-                item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                partial_restore=True))
+            return self._read_model(like, step)
         except Exception as e:  # orbax and tensorstore raise many types for a bad file
-            raise DamagedCheckpointError(f"{self.directory / str(step)}: its model does not read "
-                                         f"back ({_first_line(e)})") from None
+            raise self._model_error(step, self._why(step, e)) from None
+
+    def restore_readable_variables(self, like: dict) -> ReadableModel:
+        """The model of the latest checkpoint whose model reads back (`restore_variables`), for
+        predictions. Later checkpoints that do not read back are tried first and listed, and
+        left as they are: this reader changes no file of the run (the next `train` sets them
+        aside). The latest's DamagedCheckpointError when none reads back."""
+        unreadable = []
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                return ReadableModel(self._read_model(like, step), step, unreadable)
+            except Exception as e:  # orbax and tensorstore raise many types for a bad file
+                unreadable.append((step, self._why(step, e)))
+                self._reopen()
+        if not unreadable:
+            raise DamagedCheckpointError(f"{self.directory}: no checkpoint to restore")
+        raise self._model_error(*unreadable[0])
+
+    def _read_model(self, like: dict, step: int) -> dict:
+        target = _abstract(like)
+        return self._manager.restore(step, args=ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True))
+
+    def _model_error(self, step: int, why: str) -> DamagedCheckpointError:
+        return DamagedCheckpointError(
+            f"{self.directory / str(step)}: its model does not read back ({why})")
+
+    def _why(self, step: int, error: BaseException) -> str:
+        """Why the checkpoint of `step` does not read back, in a few words."""
+        if not (self.directory / str(step) / _ITEM).is_dir():
+            return f"its folder {_ITEM}/ is missing"
+        return _first_line(error)
 
     def stored_shapes(self, step: int | None = None) -> dict:
         """The shape of every array of a checkpoint, read from its metadata: no array is read.

@@ -91,3 +91,16 @@ def restore_model(config: ml_collections.ConfigDict, workdir: epath.PathLike, me
         return model, ckpts.restore_variables(like)
     finally:
         ckpts.close()
+
+
+def restore_readable_model(config: ml_collections.ConfigDict, workdir: epath.PathLike, mesh
+                           ) -> checkpointing.ReadableModel:
+    """The variables of `config`'s model from the latest checkpoint in `workdir` whose model
+    reads back (`Checkpoints.restore_readable_variables`), replicated on `mesh`: what predict
+    writes its predictions from. Read-only, as `restore_model`."""
+    like = run_model.create_state(config, run_model.create_model(config), mesh).variables
+    ckpts = checkpointing.Checkpoints(epath.Path(workdir) / "checkpoints", read_only=True)
+    try:
+        return ckpts.restore_readable_variables(like)
+    finally:
+        ckpts.close()

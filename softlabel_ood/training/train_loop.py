@@ -163,11 +163,11 @@ class Population:
                                (config.log_every_steps, self.steps_per_epoch,
                                 config.checkpoint_every_steps))
         self.writer = distributed.is_writer()
-        self.logs = [metrics_log.MetricsLog(m.workdir, resume_step=self.start_step,
-                                            enabled=self.writer) for m in members]
-        if self.writer:
+        if self.writer:  # first: a disk too full for it fails before any log is open
             for m in members:
                 saved_runs.write_config(m.workdir, m.config)
+        self.logs = [metrics_log.MetricsLog(m.workdir, resume_step=self.start_step,
+                                            enabled=self.writer) for m in members]
         self.bar = self._progress_bar()
         self.step_reached = self.start_step  # the last step whose call completed
         self.last_save = time.monotonic()

@@ -87,6 +87,18 @@ def _is_remote(path: os.PathLike | str) -> bool:
     return "://" in os.fspath(path)
 
 
+@contextlib.contextmanager
+def naming(path: os.PathLike | str) -> Iterator[None]:
+    """An OSError raised without a file name (a full disk met by a write, a flush or an fsync)
+    is raised again naming `path`, so that its one-line report says where."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.errno is not None:
+            raise OSError(e.errno, e.strerror, os.fspath(path)) from e
+        raise
+
+
 def write_atomically(path: os.PathLike | str, write: Callable[[BinaryIO], object]) -> None:
     """Calls `write` on a temporary file beside `path`, fsyncs it, then renames it to `path`.
 
@@ -105,7 +117,7 @@ def write_atomically(path: os.PathLike | str, write: Callable[[BinaryIO], object
     remove_stale_temporaries(path)
     tmp = _temporary(path)
     try:
-        with open(tmp, "wb") as f:
+        with naming(path), open(tmp, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -185,26 +197,23 @@ def replacing_directory(path: os.PathLike | str) -> Iterator[pathlib.Path]:
     tmp = _temporary(path)
     _remove(tmp)
     try:
-        tmp.mkdir(parents=True)
-        yield tmp
-        for entry in tmp.iterdir():
-            if entry.is_file():
-                with open(entry, "rb") as f:
-                    os.fsync(f.fileno())
-        _fsync_directory(tmp)
-        if not path.exists():
-            os.rename(tmp, path)
-        elif _exchange(tmp, path):
-            pass  # tmp now holds the old directory, removed below
-        else:
-            aside = path.with_name(f".{path.name}{_OLD_INFIX}{os.getpid()}")
-            os.rename(path, aside)
-            os.rename(tmp, path)
-            os.rename(aside, tmp)
-        _fsync_directory(path.parent)
-    except OSError as e:
-        if e.filename is None and e.errno is not None:
-            raise OSError(e.errno, e.strerror, os.fspath(path)) from e
-        raise
+        with naming(path):
+            tmp.mkdir(parents=True)
+            yield tmp
+            for entry in tmp.iterdir():
+                if entry.is_file():
+                    with open(entry, "rb") as f:
+                        os.fsync(f.fileno())
+            _fsync_directory(tmp)
+            if not path.exists():
+                os.rename(tmp, path)
+            elif _exchange(tmp, path):
+                pass  # tmp now holds the old directory, removed below
+            else:
+                aside = path.with_name(f".{path.name}{_OLD_INFIX}{os.getpid()}")
+                os.rename(path, aside)
+                os.rename(tmp, path)
+                os.rename(aside, tmp)
+            _fsync_directory(path.parent)
     finally:
         _remove(tmp)

@@ -1,8 +1,11 @@
 """One process at a time in a workdir: an advisory lock that dies with its process.
 
 `fcntl.flock` is held by the open file, and the kernel releases it when the process exits in any
-way (SIGKILL included), so a killed run never leaves the workdir locked; the lock file itself
-stays and is reused. It records the holder's pid for the error message only.
+way (SIGKILL included), so a killed run never leaves the workdir locked. The lock file is empty,
+and a command leaves it as it found it: one that it created is removed when it is done (a
+killed process leaves it, and the next command reuses it), one that was there stays untouched.
+So a refused command changes nothing in the workdir. Who holds a lock is read from the kernel
+(`/proc/locks`, Linux), for the error message only.
 """
 
 from __future__ import annotations
@@ -43,9 +46,9 @@ def check_workdir(workdir) -> None:
 def hold(workdir, *, enabled: bool = True):
     """Creates `workdir` if missing and holds its lock; WorkdirError if another process has it.
 
-    A workdir that this call created and that holds nothing but the lock file when the block
-    fails (a refusal after the data loaded) is removed again, so that a refused start leaves
-    nothing behind.
+    The lock file and the workdir are removed again when this call created them and, for the
+    workdir, nothing else was written in it (a refusal after the data loaded), so that a
+    refused start leaves nothing behind.
     """
     check_workdir(workdir)
     path = pathlib.Path(os.fspath(workdir))
@@ -54,23 +57,60 @@ def hold(workdir, *, enabled: bool = True):
         return
     created = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
-    lock_path = path / LOCK_FILE
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd, created_lock = _lock(path)
     try:
+        yield
+    finally:
+        if created_lock:
+            # Removed while still held: a process that opened this file meanwhile finds it
+            # gone once it gets the lock, and starts again on a new one (`_lock`).
+            (path / LOCK_FILE).unlink(missing_ok=True)
+        os.close(fd)  # releases the lock
+        if created and not any(path.iterdir()):
+            path.rmdir()
+
+
+def _lock(path: pathlib.Path) -> tuple[int, bool]:
+    """(descriptor, whether this call created the file) of `path`'s lock file, locked."""
+    lock_path = path / LOCK_FILE
+    while True:
+        try:
+            fd, created = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
+        except FileExistsError:
+            try:
+                fd, created = os.open(lock_path, os.O_RDWR), False
+            except FileNotFoundError:
+                continue  # removed by its holder in between
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise WorkdirError(f"{path}: in use by another process (pid {holder}); wait for it "
-                               f"to finish or stop it") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            holder = _holder(os.fstat(fd))
+            if created:
+                lock_path.unlink(missing_ok=True)
+            os.close(fd)
+            raise WorkdirError(f"{path}: in use by another process"
+                               f"{f' (pid {holder})' if holder else ''}; wait for it to finish "
+                               f"or stop it") from None
         try:
-            yield
-        except BaseException:
-            if created and [p.name for p in path.iterdir()] == [LOCK_FILE]:
-                lock_path.unlink()
-                path.rmdir()
-            raise
-    finally:
-        os.close(fd)  # releases the lock
+            now, held = os.stat(lock_path), os.fstat(fd)
+            still_there = (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+        except FileNotFoundError:
+            still_there = False
+        if still_there:
+            return fd, created
+        os.close(fd)  # the holder removed this file when it was done: lock the next one
+
+
+def _holder(status: os.stat_result) -> int | None:
+    """The pid of the process that holds the flock on the file of `status`, from /proc/locks
+    (lines like `1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF`), or None."""
+    device = f"{os.major(status.st_dev):02x}:{os.minor(status.st_dev):02x}:{status.st_ino}"
+    try:
+        with open("/proc/locks") as locks:
+            for line in locks:
+                fields = line.split()
+                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == device:
+                    return int(fields[4]) or None  # 0: a process of another namespace
+    except (OSError, ValueError):
+        pass
+    return None

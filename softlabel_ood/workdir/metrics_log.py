@@ -78,8 +78,9 @@ class MetricsLog:
     def write(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
-        self._file.write(json.dumps({"step": step, **metrics}) + "\n")
-        self._file.flush()
+        with atomic_files.naming(self.path):
+            self._file.write(json.dumps({"step": step, **metrics}) + "\n")
+            self._file.flush()
         for name, value in metrics.items():
             self._writer.add_scalar(name, value, step)
 

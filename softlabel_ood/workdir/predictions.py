@@ -21,7 +21,8 @@ neither flax nor tensorflow. Every problem is reported as a `PredictionsError` w
 one line naming the file and the field at fault.
 
 Writes never leave half a directory behind: the new directory is written beside the old one and
-switched in one rename, so a reader sees either the previous directory or the new one, whole.
+switched in one rename, and a reader takes every file from the version it opened (`_Version`),
+so it sees either the previous directory or the new one, whole.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ import dataclasses
 import json
 import os
 import pathlib
+import stat
 import zipfile
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 
@@ -383,16 +385,106 @@ def write(directory, splits: Mapping[str, Split], *, num_classes: int,
 # Reading.
 
 
+# Where a directory can be opened and files opened relative to it (Linux, macOS, BSD): a reader
+# then holds the version it opened, whatever a writer switches in meanwhile.
+_DIRECTORY_FDS = hasattr(os, "O_DIRECTORY") and os.open in os.supports_dir_fd
+# Reads of a directory that writers replace faster than it is read end after this many tries.
+_MAX_READS = 20
+
+
+class _Version:
+    """The files of one version of a predictions directory, as it was when opened.
+
+    A writer switches a whole new directory in by one rename and then deletes the old one
+    (`atomic_files.replacing_directory`), so a reader that opened the manifest and then a split
+    by path could take them from two versions. Here the directory is opened once and every file
+    relative to that descriptor: all come from the version opened, or are missing because its
+    writer deleted them since, which `switched` tells from a damaged directory. Where the
+    platform has no directory descriptors (Windows), files are opened by path and `switched`
+    (the path's directory no longer the one opened) is asked after every read.
+    """
+
+    def __init__(self, directory: pathlib.Path):
+        self.directory = directory
+        self._fd = None
+        try:
+            if _DIRECTORY_FDS:
+                self._fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+                status = os.fstat(self._fd)
+            else:
+                status = os.stat(directory)
+        except (FileNotFoundError, NotADirectoryError):
+            status = None
+        if status is None or not stat.S_ISDIR(status.st_mode):
+            raise PredictionsError(f"{directory}: no such predictions directory")
+        self._identity = (status.st_dev, status.st_ino)
+
+    def open(self, name: str) -> BinaryIO | None:
+        """The file `name` of this version, open for reading; None when it is not a file."""
+        try:
+            if self._fd is None:
+                if not (self.directory / name).is_file():  # Windows opens no directory
+                    return None
+                file = open(self.directory / name, "rb")  # noqa: SIM115 (returned open)
+            else:
+                file = os.fdopen(os.open(name, os.O_RDONLY, dir_fd=self._fd), "rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            file.close()
+            return None
+        return file
+
+    def switched(self) -> bool:
+        """Whether the path names another directory now (or none) than the one opened."""
+        try:
+            status = os.stat(self.directory)
+        except OSError:
+            return True
+        return (status.st_dev, status.st_ino) != self._identity
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+
+
+_T = TypeVar("_T")
+
+
+def _one_version(directory, read: Callable[[_Version], _T]) -> _T:
+    """`read` of one version of `directory`, read again when a writer switched another in while
+    it read: what it found missing or inconsistent then was the writer's doing."""
+    directory = _path(directory)
+    for attempt in range(_MAX_READS):
+        version = _Version(directory)
+        try:
+            result = read(version)
+        except PredictionsError:
+            if attempt + 1 < _MAX_READS and version.switched():
+                continue
+            raise
+        finally:
+            version.close()
+        if _DIRECTORY_FDS or not version.switched():
+            return result
+    raise PredictionsError(f"{directory}: rewritten {_MAX_READS} times while it was read; read "
+                           "it again once its writer is done")
+
+
 def read_manifest(directory) -> dict:
     """The validated manifest of `directory`, without reading the array files."""
-    directory = _path(directory)
-    path = directory / MANIFEST
-    if not directory.is_dir():
-        raise PredictionsError(f"{directory}: no such predictions directory")
-    if not path.is_file():
+    return _one_version(directory, _read_manifest)
+
+
+def _read_manifest(version: _Version) -> dict:
+    path = version.directory / MANIFEST
+    file = version.open(MANIFEST)
+    if file is None:
         raise PredictionsError(f"{path}: missing (no predictions manifest)")
+    with file:
+        text = file.read()
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(text.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise PredictionsError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(manifest, dict):
@@ -444,12 +536,15 @@ def read_manifest(directory) -> dict:
     return manifest
 
 
-def _load_npz(path: pathlib.Path, with_features: bool,
+def _load_npz(version: _Version, name: str, with_features: bool,
               required=("logits", "labels"), optional=()) -> dict[str, np.ndarray]:
-    if not path.is_file():
+    path = version.directory / name
+    file = version.open(name)
+    if file is None:
         raise PredictionsError(f"{path}: missing (listed in the manifest)")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        # Every array is read inside the block: none is left to read lazily from the file.
+        with file, np.load(file, allow_pickle=False) as npz:
             keys = [*required, *optional] + (["features"] if with_features else [])
             for key in required:
                 if key not in npz.files:
@@ -466,15 +561,21 @@ def read(directory, *, features: bool = True) -> Predictions:
     """Reads and validates `directory` (`<run_dir>/predictions`).
 
     With `features=False` the feature arrays are neither loaded nor checked, which saves memory
-    when only logit-based scores are wanted.
+    when only logit-based scores are wanted. Every file comes from one version of the directory,
+    however often a writer replaces it meanwhile (`_Version`).
     """
-    directory = _path(directory)
-    manifest = read_manifest(directory)
+    return _one_version(directory, lambda version: _read(version, features))
+
+
+def _read(version: _Version, features: bool) -> Predictions:
+    directory = version.directory
+    manifest = _read_manifest(version)
     num_classes = int(manifest["num_classes"])
     head = None
     if "head" in manifest:
         path = directory / manifest["head"]["file"]
-        arrays = _load_npz(path, False, required=("kernel", "bias"), optional=())
+        arrays = _load_npz(version, manifest["head"]["file"], False, required=("kernel", "bias"),
+                           optional=())
         _check_head(str(path), arrays["kernel"], arrays["bias"], num_classes)
         head = Head(arrays["kernel"], arrays["bias"])
     odin_pairs = ()
@@ -485,7 +586,7 @@ def read(directory, *, features: bool = True) -> Predictions:
     for name, entry in manifest["splits"].items():
         path = directory / entry["file"]
         # ODIN arrays are read whether or not the manifest lists pairs: a column per pair.
-        arrays = _load_npz(path, features, optional=(odin_field,)
+        arrays = _load_npz(version, entry["file"], features, optional=(odin_field,)
                            if manifest["format"] != FORMAT_V1 else ())
         _check_split(str(path), entry["role"], arrays["logits"], arrays["labels"],
                      arrays.get("features"), num_classes, entry["num_examples"])
