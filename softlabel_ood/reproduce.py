@@ -29,7 +29,7 @@ from softlabel_ood.data import datasets, run_data
 from softlabel_ood.experiment import grid, populations, probe, schedule, workers
 from softlabel_ood.training import compilation_cache, distributed
 from softlabel_ood.workdir import lock as workdir_lock
-from softlabel_ood.workdir import saved_runs
+from softlabel_ood.workdir import saved_runs, trained_steps
 
 
 def planned_runs(config: ml_collections.ConfigDict, workdir: epath.PathLike
@@ -112,6 +112,12 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str, *,
     # Process 0 wrote every run's predictions; the others read them to score.
     distributed.wait_for_all("grid trained")
     runs = [info for info, _ in planned if info.directory not in failed]
+    # Predictions of a step short of the run's end (predict --allow_unfinished) are never
+    # reported: the run is named with the failed ones.
+    unfinished = report.unfinished_runs(runs)
+    failed.update({r.directory: f"not reported: {trained_steps.describe(unfinished[r.run])}"
+                   for r in runs if r.run in unfinished})
+    runs = [r for r in runs if r.run not in unfinished]
     # Every process scores (the same read-only work), so that none of them sits idle in JAX's
     # shutdown barrier, which has a timeout, while process 0 alone is busy.
     rows = scoring.score_runs_report([r.directory for r in runs], progress=distributed.is_writer()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 import textwrap
 
@@ -238,3 +239,24 @@ def test_a_failed_run_is_named_and_the_others_finish(tmp_path, monkeypatch, caps
     assert "[2/4] ls0.2_seed0 (ls): failed: loss is nan at step 3" in err
     rows = scoring.read_metrics_csv(str(tmp_path / "report" / "metrics.csv"))
     assert {r.run for r in rows} == {"ce_seed0", "kd_ce_seed0"}  # the finished runs are scored
+
+
+def test_predictions_of_an_unfinished_checkpoint_are_never_reported(tmp_path, monkeypatch):
+    config = _config([spec("ce", "ce"), spec("ls0.2", "ls", label_smoothing=0.2),
+                      spec("kd_ce", "kd", teacher="ce")])
+    monkeypatch.setattr(train, "train_and_evaluate_population", _fake_training([]))
+    reproduce.run_grid(config, str(tmp_path))
+    # A finished run whose predictions were written again from an earlier checkpoint
+    # (predict --allow_unfinished after its last checkpoint was lost).
+    manifest = tmp_path / "runs" / "ls0.2_seed0" / "predictions" / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()),
+                                    "checkpoint": {"step": 12, "total_steps": 16}}))
+    with pytest.raises(reproduce.RunsFailedError) as failure:
+        reproduce.run_grid(config, str(tmp_path))
+    assert str(failure.value) == ("1 of 3 runs did not finish: ls0.2_seed0 not reported: "
+                                  "unfinished run: predictions from step 12 of 16")
+    rows = scoring.read_metrics_csv(str(tmp_path / "report" / "metrics.csv"))
+    assert {r.run for r in rows} == {"ce_seed0", "kd_ce_seed0"}
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "ls0.2_seed0" not in text
+    assert "Unfinished runs" not in text
