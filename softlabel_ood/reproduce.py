@@ -26,7 +26,7 @@ from softlabel_ood import cli_errors, command_line, configs, scoring
 from softlabel_ood.analysis import claims, report, results
 from softlabel_ood.configs import config_validation
 from softlabel_ood.data import datasets, run_data
-from softlabel_ood.experiment import grid, populations, probe, schedule, workers
+from softlabel_ood.experiment import finished_runs, grid, populations, probe, schedule, workers
 from softlabel_ood.training import compilation_cache, distributed
 from softlabel_ood.workdir import lock as workdir_lock
 from softlabel_ood.workdir import saved_runs, trained_steps
@@ -51,6 +51,8 @@ def planned_runs(config: ml_collections.ConfigDict, workdir: epath.PathLike
                 method=run["method"], alpha=float(c.label_smoothing),
                 teacher=run.get("teacher", ""), init_from=run.get("init_from", ""),
                 directory=str(grid.run_dir(workdir, run["name"], seed)))
+            # A finished run is skipped and reported: it must be this grid's run.
+            finished_runs.check_trained_as_planned(info.run, info.directory, c)
             planned.append((info, c))
     # Every set any run reads, looked up once before the first run trains: a missing OOD set
     # would otherwise surface when the first run writes its predictions, after its training.
@@ -142,6 +144,8 @@ def main(argv: Sequence[str]) -> None:
         # Checkpointing logs several INFO lines per save, which would bury the progress bars;
         # --verbosity=0 brings them back.
         logging.set_verbosity(logging.WARNING)
+    # The grid sets these for every run: an override would be silently replaced.
+    grid.check_overrides(config_flags.get_override_values(flags.FLAGS["config"]))
     distributed.initialize_from_flags()
     compilation_cache.enable()
     run_grid(flags.FLAGS.config, flags.FLAGS.workdir)
