@@ -1,8 +1,12 @@
 """Runs a trained model over every split and writes the predictions directory (DESIGN.md §5).
 
     python -m softlabel_ood.predict --workdir=<dir> [--config.<field>=<value> ...] [--replace_ood]
+                                    [--allow_unfinished]
 
-The config is the run's stored `config.json`, and the model its latest checkpoint. Overrides may
+The config is the run's stored `config.json`, and the model its latest checkpoint. A run whose
+latest checkpoint is short of its last step (interrupted training) is refused with exit code 2;
+with --allow_unfinished its predictions are written, the progress line says "unfinished", and
+the manifest records the step, so that `score` and the report mark them. Overrides may
 change only what is evaluated (ood_datasets, dataset_paths, data_dir, num_ood_examples,
 eval_batch_size, odin_pairs, ood_groups: the fields listed below); a field that defines the
 trained run is refused with exit code 2.
@@ -36,19 +40,25 @@ from softlabel_ood.training import (
     saved_models,
 )
 from softlabel_ood.workdir import lock as workdir_lock
-from softlabel_ood.workdir import predictions, saved_runs
+from softlabel_ood.workdir import predictions, saved_runs, trained_steps
+
+
+class UnfinishedRunError(saved_runs.RunError):
+    """predict was asked for the predictions of a run that has not trained to its last step."""
 
 
 def write_predictions(configs: Sequence[ml_collections.ConfigDict],
                       workdirs: Sequence[epath.PathLike], variables, mesh, *,
+                      steps: Sequence[int],
                       id_sets: dict[str, datasets.ArrayDataset] | None = None) -> None:
     """Evaluates the ID test and train sets and every OOD set for the runs of a population (one
     run or more, agreeing on their evaluation fields); process 0 writes each run's files.
 
     `variables` are the runs' {"params", "batch_stats"} stacked on the run axis of `mesh`
-    (`runs_axis.stack`): each device group computes its own runs, as training placed them.
-    `id_sets` ({"train": ..., "test": ...}) are the ID splits when the caller has them in memory
-    already, as training does; otherwise they are loaded.
+    (`runs_axis.stack`): each device group computes its own runs, as training placed them;
+    `steps` the step each run's variables were trained to, recorded in its manifest beside the
+    run's number of steps. `id_sets` ({"train": ..., "test": ...}) are the ID splits when the
+    caller has them in memory already, as training does; otherwise they are loaded.
     """
     config = configs[0]
     model = run_model.create_model(config)
@@ -60,16 +70,15 @@ def write_predictions(configs: Sequence[ml_collections.ConfigDict],
     program = (odin.make_odin_program(model, step_config, mesh, odin_pairs, **shape) if odin_pairs
                else evaluation.make_eval_program(model, step_config, mesh, **shape))
     id_sets = id_sets or {split: run_data.load_id(config, split) for split in ("test", "train")}
+    checkpoints = [checkpoint_of(c, step, id_sets["train"])
+                   for c, step in zip(configs, steps, strict=True)]
     sets = {
         f"{config.dataset}_test": ("id_test", id_sets["test"]),
         f"{config.dataset}_train": ("id_train", id_sets["train"]),
     }
     sets.update({name: ("ood_test", ds) for name, ds in run_data.load_ood(config).items()})
     splits = [{} for _ in configs]
-    # The run's name on the bar: a grid's worker processes share one log.
-    name = epath.Path(workdirs[0]).name + (f" and {len(configs) - 1} more" if len(configs) > 1
-                                           else "")
-    bar = progress.bar(sets.items(), desc=f"{name} predictions", unit="split",
+    bar = progress.bar(sets.items(), desc=_bar_text(workdirs, checkpoints), unit="split",
                        disable=not distributed.is_writer())
     for split_name, (role, ds) in bar:
         bar.set_postfix_str(split_name)
@@ -86,22 +95,57 @@ def write_predictions(configs: Sequence[ml_collections.ConfigDict],
             predictions.write(epath.Path(workdir) / "predictions", splits[r],
                               num_classes=datasets.info(config.dataset).num_classes,
                               run=predictions.RunSummary.from_config(run_config),
-                              head=predictions.Head(kernels[r], biases[r]), odin_pairs=odin_pairs)
+                              head=predictions.Head(kernels[r], biases[r]), odin_pairs=odin_pairs,
+                              checkpoint=checkpoints[r])
 
 
-def predict_from_checkpoint(config: ml_collections.ConfigDict, workdir: epath.PathLike) -> int:
+def _bar_text(workdirs: Sequence[epath.PathLike],
+              checkpoints: Sequence[trained_steps.Checkpoint]) -> str:
+    # The run's name on the bar: a grid's worker processes share one log.
+    text = epath.Path(workdirs[0]).name + (f" and {len(workdirs) - 1} more" if len(workdirs) > 1
+                                           else "") + " predictions"
+    unfinished = [c for c in checkpoints if not c.finished]
+    if unfinished:  # only predict --allow_unfinished gets here, with one run
+        text += f" of an unfinished run ({unfinished[0].describe()})"
+    return text
+
+
+def checkpoint_of(config: ml_collections.ConfigDict, step: int,
+                  train: datasets.ArrayDataset) -> trained_steps.Checkpoint:
+    """The manifest's record of a model trained to `step` by the run of `config` on `train`."""
+    return trained_steps.Checkpoint(step=int(step),
+                                    total_steps=run_model.total_steps(config, len(train.labels)))
+
+
+def predict_from_checkpoint(config: ml_collections.ConfigDict, workdir: epath.PathLike, *,
+                            allow_unfinished: bool = False) -> int:
     """Rewrites the predictions of the run in `workdir` from its latest checkpoint that reads
     back, and returns that checkpoint's step. Later ones that do not read back are named in one
-    line and left as they are (DESIGN.md §3)."""
+    line and left as they are (DESIGN.md §3).
+
+    UnfinishedRunError, before anything is written, when that checkpoint is short of the
+    run's last step, unless `allow_unfinished` (the manifest then records the step). The
+    number of steps follows from the ID training set's size, so that set is read first.
+    """
     workdir_lock.check_workdir(workdir)
     config_validation.check_evaluation(config, num_devices=jax.device_count())
     run_data.check_available(config, training=False)
     mesh = runs_axis.data_mesh()
     with workdir_lock.hold(workdir, enabled=distributed.is_writer()):
+        id_sets = {split: run_data.load_id(config, split) for split in ("test", "train")}
         restored = saved_models.restore_readable_model(config, workdir, mesh)
+        checkpoint = checkpoint_of(config, restored.step, id_sets["train"])
+        if not checkpoint.finished and not allow_unfinished:
+            latest = "latest checkpoint that reads back" if restored.unreadable else \
+                "latest checkpoint"
+            raise UnfinishedRunError(
+                f"{workdir}: unfinished run, its {latest} is {checkpoint.describe()}; the train "
+                f"command that started it resumes it to the end, or --allow_unfinished writes "
+                f"predictions from step {restored.step:,}, marked unfinished")
         if restored.unreadable and distributed.is_writer():
             print(_fallback_line(workdir, restored), file=sys.stderr)
-        write_predictions([config], [workdir], runs_axis.stack([restored.variables], mesh), mesh)
+        write_predictions([config], [workdir], runs_axis.stack([restored.variables], mesh), mesh,
+                          steps=[restored.step], id_sets=id_sets)
     return restored.step
 
 
@@ -183,7 +227,7 @@ def main(argv):
     f = flags.FLAGS
     stored = saved_runs.read_config(f.workdir)
     config = config_with_overrides(stored, f.config, f.workdir, replace_ood=f.replace_ood)
-    predict_from_checkpoint(config, f.workdir)
+    predict_from_checkpoint(config, f.workdir, allow_unfinished=f.allow_unfinished)
 
 
 if __name__ == "__main__":
@@ -191,10 +235,14 @@ if __name__ == "__main__":
     flags.DEFINE_string("workdir", None, "A run directory written by softlabel_ood.train.")
     flags.DEFINE_bool("replace_ood", False,
                       "--config.ood_datasets replaces the OOD sets instead of adding to them.")
+    flags.DEFINE_bool("allow_unfinished", False,
+                      "Writes the predictions of a run whose latest checkpoint is short of its "
+                      "last step (refused otherwise); the manifest records the step.")
     distributed.define_flags()
     help_config, help_source = _help_config()
     command_line.exit_on_help(
-        sys.argv, __doc__, ("workdir", "replace_ood", *distributed.FLAG_NAMES),
+        sys.argv, __doc__, ("workdir", "replace_ood", "allow_unfinished",
+                            *distributed.FLAG_NAMES),
         lambda: command_line.field_lines(help_config, config_validation.EVALUATION_FIELDS),
         help_source)
     try:

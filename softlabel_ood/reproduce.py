@@ -28,10 +28,10 @@ from softlabel_ood import cli_errors, command_line, configs, scoring
 from softlabel_ood.analysis import claims, report, results
 from softlabel_ood.configs import config_validation
 from softlabel_ood.data import datasets, run_data
-from softlabel_ood.experiment import grid, populations, probe, schedule, workers
+from softlabel_ood.experiment import finished_runs, grid, populations, probe, schedule, workers
 from softlabel_ood.training import compilation_cache, distributed, interruption
 from softlabel_ood.workdir import lock as workdir_lock
-from softlabel_ood.workdir import saved_runs
+from softlabel_ood.workdir import saved_runs, trained_steps
 from softlabel_ood.workdir.run_summary import RunSummary
 
 
@@ -54,6 +54,8 @@ def planned_runs(config: ml_collections.ConfigDict, workdir: epath.PathLike
                 method=run["method"], alpha=RunSummary.from_config(c).strength,
                 teacher=run.get("teacher", ""), init_from=run.get("init_from", ""),
                 directory=str(grid.run_dir(workdir, run["name"], seed)))
+            # A finished run is skipped and reported: it must be this grid's run.
+            finished_runs.check_trained_as_planned(info.run, info.directory, c)
             planned.append((info, c))
     # Every set any run reads, looked up once before the first run trains: a missing OOD set
     # would otherwise surface when the first run writes its predictions, after its training.
@@ -115,6 +117,12 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str, *,
     # Process 0 wrote every run's predictions; the others read them to score.
     distributed.wait_for_all("grid trained")
     runs = [info for info, _ in planned if info.directory not in failed]
+    # Predictions of a step short of the run's end (predict --allow_unfinished) are never
+    # reported: the run is named with the failed ones.
+    unfinished = report.unfinished_runs(runs)
+    failed.update({r.directory: f"not reported: {trained_steps.describe(unfinished[r.run])}"
+                   for r in runs if r.run in unfinished})
+    runs = [r for r in runs if r.run not in unfinished]
     # Every process scores (the same read-only work), so that none of them sits idle in JAX's
     # shutdown barrier, which has a timeout, while process 0 alone is busy.
     rows = scoring.score_runs_report([r.directory for r in runs], progress=distributed.is_writer()
@@ -146,6 +154,8 @@ def main(argv: Sequence[str]) -> None:
         # Checkpointing logs several INFO lines per save, which would bury the progress bars;
         # --verbosity=0 brings them back.
         logging.set_verbosity(logging.WARNING)
+    # The grid sets these for every run: an override would be silently replaced.
+    grid.check_overrides(config_flags.get_override_values(flags.FLAGS["config"]))
     distributed.initialize_from_flags()
     compilation_cache.enable()
     run_grid(flags.FLAGS.config, flags.FLAGS.workdir)

@@ -115,6 +115,7 @@ def main(argv=None) -> int:
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
     from softlabel_ood import cli_errors, scoring
+    from softlabel_ood.workdir import trained_steps
 
     knn_k = args.knn_k
     try:
@@ -136,9 +137,11 @@ def main(argv=None) -> int:
         for run, notes in report.notes.items():
             for score, note in notes.items():
                 print(f"{run}: {score} {note}", file=sys.stderr)
+        for run, checkpoint in report.unfinished.items():
+            print(f"{run}: {trained_steps.describe(checkpoint)}", file=sys.stderr)
         # Both files are switched in with one rename: a kill or a full disk keeps both old ones.
         scoring.write_metrics(report.rows, args.out, skipped=report.skipped, notes=report.notes,
-                              groups=report.groups)
+                              groups=report.groups, unfinished=report.unfinished)
     except (cli_errors.UserError, OSError) as e:
         message = cli_errors.one_line(e)
         if message is None:

@@ -101,7 +101,8 @@ def train_and_evaluate_population(configs: Sequence[ml_collections.ConfigDict],
             predict.write_predictions(
                 [m.config for m, _ in done], [m.workdir for m, _ in done],
                 runs_axis.stack([state.variables for _, state in done], predict_mesh),
-                predict_mesh, id_sets={"train": data.train, "test": data.test})
+                predict_mesh, steps=[int(jax.device_get(state.step)) for _, state in done],
+                id_sets={"train": data.train, "test": data.test})
             if distributed.is_writer():
                 for member, _ in done:
                     saved_runs.mark_finished(member.workdir)

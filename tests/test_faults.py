@@ -17,6 +17,7 @@ import pytest
 
 from softlabel_ood import predict, scoring, train
 from softlabel_ood.training import checkpointing, run_model, runs_axis
+from softlabel_ood.workdir import predictions as predictions_lib
 from softlabel_ood.workdir import saved_runs
 from tests.report_helpers import write_predictions
 from tests.train_helpers import refusal, run_module, snapshot, tiny_digits_config
@@ -333,15 +334,24 @@ def test_predict_falls_back_to_the_latest_checkpoint_that_reads_and_changes_none
     _LOST_ITEMS["item_folder_removed"](run / "checkpoints" / "8")
     checkpoints_before = snapshot(run / "checkpoints")
     config = saved_runs.read_config(run)
-    assert predict.predict_from_checkpoint(config, run) == 4
+    predictions_before = snapshot(run / "predictions")
+    # Step 4 is not the run's last: the unfinished-run rule applies, and nothing is written.
+    line = refusal(capsys, lambda: predict.predict_from_checkpoint(config, run))
+    assert line == (f"error: {run}: unfinished run, its latest checkpoint that reads back is "
+                    f"step 4 of 8; the train command that started it resumes it to the end, or "
+                    f"--allow_unfinished writes predictions from step 4, marked unfinished")
+    assert snapshot(run / "predictions") == predictions_before
+    assert predict.predict_from_checkpoint(config, run, allow_unfinished=True) == 4
     lines = [line for line in capsys.readouterr().err.splitlines() if "predictions from" in line]
     assert lines == [f"{run}/checkpoints: predictions from step 4 (the checkpoint of step 8 "
                      f"does not read back: its folder default/ is missing)"]
     assert snapshot(run / "checkpoints") == checkpoints_before  # nothing renamed: read-only
+    assert predictions_lib.read_manifest(run / "predictions")["checkpoint"] == {
+        "step": 4, "total_steps": 8}
     # The predictions are step 4's: those of the same run whose latest checkpoint is step 4.
     reference = tmp_path / "reference"
     shutil.copytree(finished, reference)
     shutil.rmtree(reference / "checkpoints" / "8")
-    assert predict.predict_from_checkpoint(config, reference) == 4
+    assert predict.predict_from_checkpoint(config, reference, allow_unfinished=True) == 4
     assert "predictions from" not in capsys.readouterr().err
     _assert_same_predictions(run, reference)

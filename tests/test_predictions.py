@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from softlabel_ood.workdir import predictions
+from softlabel_ood.workdir import predictions, trained_steps
 from softlabel_ood.workdir.predictions import PredictionsError, Split
 
 K = 3
@@ -391,3 +391,53 @@ def test_write_refuses_format_v2_odin_scores(tmp_path):
 def test_missing_directory(tmp_path):
     with pytest.raises(PredictionsError, match="no such predictions directory"):
         predictions.read(tmp_path / "nowhere")
+
+
+# The manifest's checkpoint: the step the predictions come from and the run's number of steps.
+
+
+def test_checkpoint_round_trips_and_old_manifests_read_without_it(tmp_path, pred_dir):
+    predictions.write(tmp_path / "p", _splits(), num_classes=K, run={},
+                      checkpoint=trained_steps.Checkpoint(step=9000, total_steps=42000))
+    manifest = json.loads((tmp_path / "p" / "manifest.json").read_text())
+    assert manifest["checkpoint"] == {"step": 9000, "total_steps": 42000}
+    assert manifest["format"] == predictions.FORMAT  # an optional key: no new format
+    got = predictions.read(tmp_path / "p").checkpoint
+    assert (got.step, got.total_steps, got.finished) == (9000, 42000, False)
+    assert predictions.read(pred_dir).checkpoint is None  # written without one
+
+
+@pytest.mark.parametrize(("record", "message"), [
+    ({"step": 5, "total_steps": 4}, r"'checkpoint\.step' is 5, expected an integer in \[0, "
+                                    r"total_steps = 4\]"),
+    ({"step": -1, "total_steps": 4}, r"'checkpoint\.step' is -1"),
+    ({"step": 2.0, "total_steps": 4}, r"'checkpoint\.step' is 2\.0"),
+    ({"step": True, "total_steps": 4}, r"'checkpoint\.step' is True"),
+    ({"step": 0, "total_steps": 0}, r"'checkpoint\.total_steps' is 0, expected an integer >= 1"),
+    ({"step": 0}, r"'checkpoint\.total_steps' is None"),
+    ({"step": 1, "total_steps": 4, "epoch": 1}, r"'checkpoint' has unknown key 'epoch'"),
+    ([1, 4], r"'checkpoint' is \[1, 4\], expected an object"),
+])
+def test_bad_checkpoints_are_refused_on_write_and_read(tmp_path, pred_dir, record, message):
+    with pytest.raises(PredictionsError, match=f"^checkpoint: field {message}"):
+        predictions.write(tmp_path / "p", _splits(), num_classes=K, run={}, checkpoint=record)
+    assert not (tmp_path / "p").exists()
+    path = pred_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["checkpoint"] = record
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(PredictionsError, match=f"^{re.escape(str(path))}: field {message}"):
+        predictions.read_manifest(pred_dir)
+
+
+@pytest.mark.parametrize(("record", "done", "expected"), [
+    ({"step": 16, "total_steps": 16}, False, (False, (16, 16))),  # finished, DONE not yet written
+    ({"step": 12, "total_steps": 16}, True, (True, (12, 16))),  # predict --allow_unfinished
+    ({"step": 0, "total_steps": 16}, False, (True, (0, 16))),
+    (None, True, (False, None)),  # written before the record: DONE says finished
+    (None, False, (True, None)),  # ... and without DONE nobody knows
+])
+def test_which_predictions_count_as_unfinished(record, done, expected):
+    manifest = {} if record is None else {"checkpoint": record}
+    unfinished, checkpoint = trained_steps.unfinished(manifest, done=done)
+    assert (unfinished, checkpoint and (checkpoint.step, checkpoint.total_steps)) == expected

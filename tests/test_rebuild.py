@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
 
 from softlabel_ood.analysis import rebuild, report, results
-from tests.report_helpers import metric_rows, paper_runs
+from softlabel_ood.workdir import saved_runs
+from tests.report_helpers import metric_rows, paper_runs, write_predictions
 from tests.test_claims import PAPER_LIKE
 from tests.test_report import _markdown_tables, _odin_predictions, _sections
 from tests.train_helpers import REPO, run_module
@@ -81,6 +83,8 @@ def test_the_committed_reports_rebuild_with_byte_identical_metrics(family, datas
     assert {(c.temperature, c.epsilon) for c in record.odin_pairs.values()} == {(1000.0, 0.004)}
     text = (new / "report.md").read_text()
     assert _sections(text)[0] == "Summary"
+    assert "Unfinished runs" not in text  # every run finished: nothing named, nothing recorded
+    assert "unfinished" not in json.loads((new / "runs.json").read_text())["report"]
     assert "Every one of the 36 runs chose T = 1000, ε = 0.004" in text
     assert max(len(row) for table in _markdown_tables(text) for row in table) <= 12
     # The same verdicts as the committed report, read from its claims table.
@@ -101,3 +105,40 @@ def test_the_rebuild_command_refuses_to_overwrite_its_source(original, tmp_path)
         f"error: {tmp_path}: a report directory holds metrics.csv and runs.json; this one lacks "
         f"metrics.csv and runs.json")
     assert not (REPO / "x").exists()
+
+
+def test_unfinished_runs_are_named_in_the_summary_and_kept_by_a_rebuild(tmp_path):
+    runs = paper_runs(seeds=(0, 1), workdir=tmp_path)
+    for r in runs:
+        write_predictions(tmp_path / "runs" / r.run, seed=r.seed, method=r.method)
+        saved_runs.mark_finished(tmp_path / "runs" / r.run)
+
+    def record(run, checkpoint):
+        path = tmp_path / "runs" / run / "predictions" / "manifest.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "checkpoint": checkpoint}))
+
+    record("ls0.1_seed1", {"step": 12, "total_steps": 16})  # predict --allow_unfinished
+    record("ce_seed1", {"step": 16, "total_steps": 16})  # finished, DONE not yet written
+    (tmp_path / "runs" / "ce_seed1" / saved_runs.DONE_FILE).unlink()
+    (tmp_path / "runs" / "kd_ce_seed0" / saved_runs.DONE_FILE).unlink()  # no record: unknown
+    report.write_report(metric_rows(runs, PAPER_LIKE), tmp_path / "report", runs=runs)
+
+    line = ("**Unfinished runs**: `kd_ce_seed0` (step unknown), `ls0.1_seed1` (step 12 of 16). "
+            "Their predictions are not, or not known to be, of the finished models, and the "
+            "verdicts and tables below use them as they are.")
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert text.split("## Summary\n\n", 1)[1].startswith(line + "\n\nVerdicts of the paper's")
+    assert json.loads((tmp_path / "report" / "runs.json").read_text())["report"]["unfinished"] \
+        == {"kd_ce_seed0": None, "ls0.1_seed1": {"step": 12, "total_steps": 16}}
+    metrics_md = (tmp_path / "report" / "metrics.md").read_text()
+    assert metrics_md.count("**Not the finished model's metrics**") == 2
+    assert "## ls0.1_seed1\n\n**Not the finished model's metrics**: unfinished run: " \
+        "predictions from step 12 of 16.\n" in metrics_md
+
+    # Without the runs, the record in runs.json names them again.
+    alone = tmp_path / "alone" / "report"
+    shutil.copytree(tmp_path / "report", alone)
+    rebuild.rebuild_report(alone, tmp_path / "new")
+    rebuilt = (tmp_path / "new" / "report.md").read_text()
+    assert line in rebuilt.split("## Claims")[0]
+    assert (tmp_path / "new" / "metrics.md").read_text() == metrics_md

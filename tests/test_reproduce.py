@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 import textwrap
 
@@ -9,10 +10,15 @@ import pytest
 
 from softlabel_ood import reproduce, scoring, train
 from softlabel_ood.data import datasets
-from softlabel_ood.experiment import grid
+from softlabel_ood.experiment import finished_runs, grid
 from softlabel_ood.workdir import saved_runs
 from tests.report_helpers import write_predictions
-from tests.train_helpers import run_module, tiny_digits_config, with_groups_of_its_sets
+from tests.train_helpers import (
+    run_module,
+    snapshot,
+    tiny_digits_config,
+    with_groups_of_its_sets,
+)
 
 spec = grid.run_spec
 
@@ -238,3 +244,93 @@ def test_a_failed_run_is_named_and_the_others_finish(tmp_path, monkeypatch, caps
     assert "[2/4] ls0.2_seed0 (ls): failed: loss is nan at step 3" in err
     rows = scoring.read_metrics_csv(str(tmp_path / "report" / "metrics.csv"))
     assert {r.run for r in rows} == {"ce_seed0", "kd_ce_seed0"}  # the finished runs are scored
+
+
+@pytest.mark.parametrize(("override", "field", "source"), [
+    ("--config.method=ls", "method", "its entry's method in config.grid.runs"),
+    ("--config.kd.teacher_workdir=/x", "kd.teacher_workdir",
+     "its entry's teacher in config.grid.runs"),
+    ("--config.seed=3", "seed", "config.grid.seeds"),
+])
+def test_overrides_of_fields_the_grid_sets_are_refused(tmp_path, override, field, source):
+    result = run_module("softlabel_ood.reproduce", "--config=configs/digits.py",
+                        f"--workdir={tmp_path / 'work'}", override, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: config.{field}: the grid sets it for every run, from {source}; change the grid "
+        f"instead (train runs one run with the values given)")
+    assert not (tmp_path / "work").exists()
+
+
+def test_finished_runs_trained_with_other_values_are_refused(tmp_path):
+    grid_runs = [spec("ce", "ce"), spec("kd_ce", "kd", teacher="ce")]
+    # The grid's runs as training leaves them: each with its config.json and DONE.
+    for info, run_config in reproduce.planned_runs(_config(grid_runs), tmp_path / "work"):
+        pathlib.Path(info.directory).mkdir(parents=True)
+        saved_runs.write_config(info.directory, run_config)
+        saved_runs.mark_finished(info.directory)
+
+    config = _config(grid_runs)
+    config.num_epochs = 3  # tiny_digits_config trained 2
+    with pytest.raises(finished_runs.GridMismatchError) as refused:
+        reproduce.planned_runs(config, tmp_path / "work")
+    assert str(refused.value) == (
+        f"{tmp_path / 'work' / 'runs' / 'ce_seed0' / 'config.json'}: finished run ce_seed0 was "
+        f"trained with config.num_epochs = 2, the grid gives 3; use another --workdir for these "
+        f"values, or give the run's")
+    config = _config(grid_runs)
+    config.kd.temperature = 2.0  # read by the kd student only
+    with pytest.raises(finished_runs.GridMismatchError, match="finished run kd_ce_seed0 was "
+                       r"trained with config\.kd\.temperature = 4\.0, the grid gives 2\.0"):
+        reproduce.planned_runs(config, tmp_path / "work")
+
+    # What never changes a trained model is not compared (DESIGN.md §8), nor what predict may
+    # change afterwards, nor the path by which the grid, and so the teacher, is named.
+    config = _config(grid_runs)
+    config.steps_per_call, config.device_data_max_mb = 3, 0
+    config.checkpoint_every_steps, config.checkpoint_min_seconds, config.log_every_steps = 7, 5, 9
+    config.eval_batch_size, config.num_ood_examples, config.odin_pairs = 64, 32, ((1.0, 0.0),)
+    (tmp_path / "elsewhere").symlink_to(tmp_path / "work")
+    planned = reproduce.planned_runs(config, tmp_path / "elsewhere")
+    assert planned[1][1].kd.teacher_workdir == str(tmp_path / "elsewhere" / "runs" / "ce_seed0")
+    # A run that is not finished is not compared: its checkpoint binds it (run_start).
+    (tmp_path / "work" / "runs" / "ce_seed0" / saved_runs.DONE_FILE).unlink()
+    (tmp_path / "work" / "runs" / "kd_ce_seed0" / saved_runs.DONE_FILE).unlink()
+    config = _config(grid_runs)
+    config.num_epochs = 3
+    assert len(reproduce.planned_runs(config, tmp_path / "work")) == 2
+
+
+def test_the_command_refuses_a_grid_that_would_mix_before_training(tiny_grid):
+    config_file, workdir, _ = tiny_grid
+    before = snapshot(workdir / "runs" / "ce_seed0" / "predictions", workdir / "report")
+    result = run_module("softlabel_ood.reproduce", f"--config={config_file}",
+                        f"--workdir={workdir}", "--config.num_epochs=2", timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {workdir / 'runs' / 'ce_seed0' / 'config.json'}: finished run ce_seed0 was "
+        f"trained with config.num_epochs = 1, the grid gives 2; use another --workdir for these "
+        f"values, or give the run's")
+    assert "[1/2]" not in result.stderr
+    assert snapshot(workdir / "runs" / "ce_seed0" / "predictions", workdir / "report") == before
+
+
+def test_predictions_of_an_unfinished_checkpoint_are_never_reported(tmp_path, monkeypatch):
+    config = _config([spec("ce", "ce"), spec("ls0.2", "ls", label_smoothing=0.2),
+                      spec("kd_ce", "kd", teacher="ce")])
+    monkeypatch.setattr(train, "train_and_evaluate_population", _fake_training([]))
+    reproduce.run_grid(config, str(tmp_path))
+    # A finished run whose predictions were written again from an earlier checkpoint
+    # (predict --allow_unfinished after its last checkpoint was lost).
+    manifest = tmp_path / "runs" / "ls0.2_seed0" / "predictions" / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()),
+                                    "checkpoint": {"step": 12, "total_steps": 16}}))
+    with pytest.raises(reproduce.RunsFailedError) as failure:
+        reproduce.run_grid(config, str(tmp_path))
+    assert str(failure.value) == ("1 of 3 runs did not finish: ls0.2_seed0 not reported: "
+                                  "unfinished run: predictions from step 12 of 16")
+    rows = scoring.read_metrics_csv(str(tmp_path / "report" / "metrics.csv"))
+    assert {r.run for r in rows} == {"ce_seed0", "kd_ce_seed0"}
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "ls0.2_seed0" not in text
+    assert "Unfinished runs" not in text

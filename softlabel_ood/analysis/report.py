@@ -40,7 +40,7 @@ from softlabel_ood.analysis.results import RunInfo
 from softlabel_ood.analysis.tables import md_table
 from softlabel_ood.cli_errors import UserError
 from softlabel_ood.scoring import metric_records
-from softlabel_ood.workdir import atomic_files, predictions
+from softlabel_ood.workdir import atomic_files, predictions, trained_steps
 
 OOD_METRICS = ("auroc", "fpr95", "aupr_out")  # the OOD metrics of the report's tables
 ID_METRICS = ("accuracy", "ece")
@@ -502,6 +502,33 @@ def knn_k_text(runs: Sequence[RunInfo]) -> str:
     return f"k = {min(ks)}" if len(ks) == 1 else f"k = {min(ks)} to {max(ks)} by run"
 
 
+def unfinished_runs(runs: Sequence[RunInfo]) -> dict[str, trained_steps.Checkpoint | None]:
+    """Run -> the checkpoint of each run whose predictions are not of its finished model (None:
+    of an unknown step), among the runs whose predictions are at hand."""
+    found = {}
+    for r in runs:
+        directory = epath.Path(r.directory) / "predictions" if r.directory else None
+        if directory is None or not (directory / predictions.MANIFEST).exists():
+            continue
+        manifest = json.loads((directory / predictions.MANIFEST).read_text())
+        unfinished, checkpoint = trained_steps.unfinished(
+            manifest, done=(epath.Path(r.directory) / trained_steps.DONE_FILE).exists())
+        if unfinished:
+            found[r.run] = checkpoint
+    return found
+
+
+def unfinished_markdown(unfinished: Mapping[str, trained_steps.Checkpoint | None]) -> str:
+    """The Summary's line on runs whose metrics are not their finished models' ("" if none)."""
+    if not unfinished:
+        return ""
+    named = ", ".join(f"`{run}` ({c.describe() if c else 'step unknown'})"
+                      for run, c in unfinished.items())
+    return (f"**Unfinished runs**: {named}. Their predictions are not, or not known to be, "
+            "of the finished models, and the verdicts and tables below use them as they "
+            "are.\n\n")
+
+
 def odin_choices(runs: Sequence[RunInfo]) -> dict[str, scoring.odin_selection.OdinChoice]:
     """Run -> the (T, ε) pair its odin score used (by its config's `odin_selection`), for the
     runs whose predictions are at hand."""
@@ -551,9 +578,11 @@ def render(table: MetricTable, runs: Sequence[RunInfo], *, title: str,
            groups: dict[str, tuple[str, ...]] | None = None,
            odin: Mapping[str, scoring.odin_selection.OdinChoice] | None = None,
            claim_results: Sequence[claims.ClaimResult] | None = None,
-           knn_k: str | None = None) -> str:
+           knn_k: str | None = None,
+           unfinished: Mapping[str, trained_steps.Checkpoint | None] | None = None) -> str:
     """report.md as a string, without its Environment section. `knn_k` says which k the knn
-    score used (default: from the runs' predictions, `knn_k_text`)."""
+    score used (default: from the runs' predictions, `knn_k_text`); `unfinished` the runs whose
+    predictions are not of their finished models (`unfinished_runs`), named in the Summary."""
     if knn_k is None:
         knn_k = knn_k_text(runs)
     if claim_results is None:
@@ -568,7 +597,8 @@ def render(table: MetricTable, runs: Sequence[RunInfo], *, title: str,
            f"({len(results.group_by_name(runs))} grid entries). "
            "`metrics.csv` in this directory holds every metric of every run as fractions; the "
            "tables print percent, mean ± std over seeds (Definitions, at the end).\n",
-           "## Summary\n", summary_markdown(claim_results, rules)
+           "## Summary\n", unfinished_markdown(unfinished or {})
+           + summary_markdown(claim_results, rules)
            + (selective_report.group_summary_line(by_group) + "\n" if by_group else "")
            + "".join(selective_report.selective_summary_line(c) + "\n" for c in id_results)]
     out += [figure_md[name] for name in first]
@@ -689,7 +719,9 @@ def _write_report_files(rows: Sequence[scoring.MetricRow], out_dir: epath.PathLi
                         environment_of_runs: dict[str, str] | None = None,
                         figures_from: epath.PathLike | None = None,
                         training: dict[str, str] | None = None,
-                        knn_k: str | None = None) -> None:
+                        knn_k: str | None = None,
+                        unfinished: Mapping[str, trained_steps.Checkpoint | None] | None = None
+                        ) -> None:
     """Writes metrics.csv (+ metrics.md), runs.json, the PNG figures and, last, report.md.
 
     `runs` says which run is which (`results.RunInfo`); histograms and ROC curves need each
@@ -702,7 +734,9 @@ def _write_report_files(rows: Sequence[scoring.MetricRow], out_dir: epath.PathLi
     records these beside the runs, so that `rebuild.rebuild_report` can write the report again
     from this directory alone. `environment_of_runs` is the environment recorded by the report
     that first scored these runs (a rebuilt report keeps it); default: this process's, with
-    `training` ({what: how}, e.g. how the grid chose its population size) added.
+    `training` ({what: how}, e.g. how the grid chose its population size) added. `unfinished`
+    names the runs whose predictions are not of their finished models, marked in the Summary
+    and metrics.md (default: from the runs' predictions, `unfinished_runs`).
     """
     rules = rules or claims.ClaimRules()
     out_dir = epath.Path(out_dir)
@@ -718,20 +752,22 @@ def _write_report_files(rows: Sequence[scoring.MetricRow], out_dir: epath.PathLi
         dataset = figures.dataset_of(runs)
     if odin is None:
         odin = odin_choices(runs)
+    if unfinished is None:
+        unfinished = unfinished_runs(runs)
     per_run_groups = dict.fromkeys(table.runs, groups) if groups else {}
     if "://" in str(out_dir):
         with tempfile.TemporaryDirectory() as tmp:
-            scoring.write_metrics(rows, tmp, groups=per_run_groups)
+            scoring.write_metrics(rows, tmp, groups=per_run_groups, unfinished=unfinished)
             for name in ("metrics.csv", "metrics.md"):
                 if (epath.Path(tmp) / name).exists():
                     (epath.Path(tmp) / name).copy(out_dir / name, overwrite=True)
     else:
-        scoring.write_metrics(rows, str(out_dir), groups=per_run_groups)
+        scoring.write_metrics(rows, str(out_dir), groups=per_run_groups, unfinished=unfinished)
     env = environment_of_runs or {**environment.describe(), **(training or {})}
     if knn_k is None:
         knn_k = knn_k_text(runs)
     record = results.ReportRecord(title=title, dataset=dataset, ood_groups=dict(groups),
-                                  odin_pairs=dict(odin), knn_k=knn_k)
+                                  odin_pairs=dict(odin), knn_k=knn_k, unfinished=dict(unfinished))
     results.write_runs_json([dataclasses.replace(r, directory="") for r in runs],
                             out_dir / results.RUNS_FILE, environment=env, report=record)
     scores = _scores(table, scores)
@@ -743,7 +779,8 @@ def _write_report_files(rows: Sequence[scoring.MetricRow], out_dir: epath.PathLi
         claim_results=claim_results, dataset=dataset,
         figures_from=None if figures_from is None else epath.Path(figures_from))
     text = render(table, runs, title=title, scores=scores, rules=rules, figure_files=figure_files,
-                  groups=groups, odin=odin, claim_results=claim_results, knn_k=knn_k)
+                  groups=groups, odin=odin, claim_results=claim_results, knn_k=knn_k,
+                  unfinished=unfinished)
     text += "\n" + environment.markdown(
         env, rebuilt_by=None if environment_of_runs is None else __version__)
     atomic_files.write_text_atomically(out_dir / "report.md", text)

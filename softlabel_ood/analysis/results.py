@@ -18,7 +18,7 @@ from etils import epath
 from softlabel_ood import scoring
 from softlabel_ood.analysis import metric_stats
 from softlabel_ood.experiment import grid
-from softlabel_ood.workdir import atomic_files, predictions
+from softlabel_ood.workdir import atomic_files, predictions, trained_steps
 
 RUNS_FILE = "runs.json"
 
@@ -92,12 +92,19 @@ class ReportRecord:
     # which k the knn score used; reports written before k followed the ID train set's size
     # (and so before this field) used k = 50
     knn_k: str = "k = 50"
+    # run -> the checkpoint of each run whose predictions are not of its finished model (None:
+    # of an unknown step; `trained_steps.unfinished`); written only when there is one
+    unfinished: dict[str, trained_steps.Checkpoint | None] = dataclasses.field(
+        default_factory=dict)
 
     def to_json(self) -> dict:
-        return {"title": self.title, "dataset": self.dataset,
+        data = {"title": self.title, "dataset": self.dataset,
                 "ood_groups": {g: list(m) for g, m in self.ood_groups.items()},
                 "odin_pairs": {run: dataclasses.asdict(c) for run, c in self.odin_pairs.items()},
                 "knn_k": self.knn_k}
+        if self.unfinished:
+            data["unfinished"] = {run: c and c.to_json() for run, c in self.unfinished.items()}
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> ReportRecord:
@@ -107,7 +114,9 @@ class ReportRecord:
                        key: tuple(value) if isinstance(value, list) else value
                        for key, value in c.items()})
                        for run, c in data.get("odin_pairs", {}).items()},
-                   knn_k=data.get("knn_k", cls.knn_k))
+                   knn_k=data.get("knn_k", cls.knn_k),
+                   unfinished={run: c and trained_steps.Checkpoint(**c)
+                               for run, c in data.get("unfinished", {}).items()})
 
 
 def write_runs_json(runs: Sequence[RunInfo], path: epath.PathLike, *,

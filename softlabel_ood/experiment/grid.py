@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from etils import epath
@@ -97,8 +97,13 @@ def paper_grid(*, ls_alphas, kd_ls_alpha, incorrect_alpha, seeds,
 
 
 _RUN_KEYS = frozenset({"name", "method", "overrides", "teacher", "init_from"})
-# Fields the driver sets itself for every run; a grid entry may not override them.
-_DRIVER_FIELDS = frozenset({"method", "seed", "grid", "kd.teacher_workdir", "oe.finetune_from"})
+# Fields the grid sets for every run (`run_config`), with where it takes each from: neither a
+# grid entry nor the command line may set them.
+OWNED_FIELDS = {"method": "its entry's method in config.grid.runs",
+                "seed": "config.grid.seeds",
+                "kd.teacher_workdir": "its entry's teacher in config.grid.runs",
+                "oe.finetune_from": "its entry's init_from in config.grid.runs"}
+_DRIVER_FIELDS = frozenset({*OWNED_FIELDS, "grid"})
 
 
 class GridError(UserError):
@@ -165,6 +170,17 @@ def validate_grid(config: ml_collections.ConfigDict) -> None:
             if key not in fields:
                 raise GridError(f"{where}: overrides field {key!r} is not a config field")
         earlier[name] = method
+
+
+def check_overrides(overridden: Iterable[str]) -> None:
+    """GridError naming the first of the `--config.<field>` overrides given that sets a field
+    the grid sets for every run (`OWNED_FIELDS`): it would be silently replaced."""
+    for name in overridden:
+        owner = next((f for f in OWNED_FIELDS if name == f or name.startswith(f + ".")), None)
+        if owner is not None:
+            raise GridError(f"config.{name}: the grid sets it for every run, from "
+                            f"{OWNED_FIELDS[owner]}; change the grid instead (train runs one "
+                            f"run with the values given)")
 
 
 def run_dir(workdir: epath.PathLike, name: str, seed: int) -> epath.Path:

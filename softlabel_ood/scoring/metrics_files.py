@@ -15,7 +15,7 @@ from softlabel_ood.scoring import groups, metric_records
 from softlabel_ood.scoring.metric_records import lower_is_better
 from softlabel_ood.scoring.metrics import ScoringError
 from softlabel_ood.scoring.runs import ALL_SCORES, MetricRow
-from softlabel_ood.workdir import atomic_files
+from softlabel_ood.workdir import atomic_files, trained_steps
 
 CSV_HEADER = ("run", "score", "ood", "metric", "value")
 METRICS_FILES = ("metrics.csv", "metrics.md")
@@ -45,9 +45,18 @@ def _in_order(kind: str, present) -> list[str]:
     return [m for m in known if m in present] + sorted(set(present) - set(known))
 
 
+def _unfinished_lines(run: str,
+                      unfinished: Mapping[str, trained_steps.Checkpoint | None]) -> list[str]:
+    if run not in unfinished:
+        return []
+    return [f"**Not the finished model's metrics**: {trained_steps.describe(unfinished[run])}.",
+            ""]
+
+
 def _markdown_text(rows: Sequence[MetricRow], skipped: Mapping[str, Mapping[str, str]],
                    notes: Mapping[str, Mapping[str, str]],
-                   run_groups: Mapping[str, Mapping[str, Sequence[str]]]) -> str:
+                   run_groups: Mapping[str, Mapping[str, Sequence[str]]],
+                   unfinished: Mapping[str, trained_steps.Checkpoint | None]) -> str:
     lines = ["# OOD detection metrics", "",
              f"Values in percent. Lower is better for {_listed(lower_is_better('ood'))}, "
              "higher for the others; `mean` is the unweighted mean over the OOD splits, "
@@ -57,7 +66,7 @@ def _markdown_text(rows: Sequence[MetricRow], skipped: Mapping[str, Mapping[str,
              "Definitions: docs/scores_and_metrics.md.", ""]
     runs = list(dict.fromkeys([r.run for r in rows] + list(skipped)))
     for run in runs:
-        lines += [f"## {run}", ""]
+        lines += [f"## {run}", "", *_unfinished_lines(run, unfinished)]
         run_rows = [r for r in rows if r.run == run]
         id_values = {r.metric: r.value for r in run_rows if not r.score}
         if id_values:
@@ -122,18 +131,23 @@ def check_out_dir(out_dir) -> None:
 def write_metrics(rows: Sequence[MetricRow], out_dir, *,
                   skipped: Mapping[str, Mapping[str, str]] | None = None,
                   notes: Mapping[str, Mapping[str, str]] | None = None,
-                  groups: Mapping[str, Mapping[str, Sequence[str]]] | None = None) -> None:
+                  groups: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
+                  unfinished: Mapping[str, trained_steps.Checkpoint | None] | None = None
+                  ) -> None:
     """Writes `<out_dir>/metrics.csv` and `<out_dir>/metrics.md`, switched in together.
 
     The two are written into a new directory that replaces `out_dir` in one rename
     (`atomic_files.replacing_directory`): a reader, a kill or a full disk sees both old files
     or both new ones. So `out_dir` may hold nothing else (`check_out_dir`), unless it is itself
     a directory being filled for such a switch (a report's).
-    `groups` ({run: {group: OOD sets}}) adds each group's mean to the run's tables in metrics.md.
+    `groups` ({run: {group: OOD sets}}) adds each group's mean to the run's tables in metrics.md,
+    and `unfinished` ({run: checkpoint or None}, `ScoreReport.unfinished`) a line under each
+    run it names; metrics.csv is the same either way.
     """
     rows = list(rows)
     texts = {"metrics.csv": _csv_text(rows),
-             "metrics.md": _markdown_text(rows, skipped or {}, notes or {}, groups or {})}
+             "metrics.md": _markdown_text(rows, skipped or {}, notes or {}, groups or {},
+                                          unfinished or {})}
     out_dir = pathlib.Path(os.path.abspath(os.fspath(out_dir)))
     if atomic_files.is_own_temporary(out_dir):
         for name, text in texts.items():

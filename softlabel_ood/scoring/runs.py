@@ -34,6 +34,7 @@ from softlabel_ood.scoring.odin_selection import read_selection
 from softlabel_ood.scoring.scores import FEATURE_SCORES, LOGIT_SCORES, POSTHOC_SCORES
 from softlabel_ood.scoring.selective import SELECTIVE_METRICS
 from softlabel_ood.workdir import predictions as predictions_lib
+from softlabel_ood.workdir import trained_steps
 
 # Every score, in the order of metrics.csv and metrics.md. Definitions: docs/scores_and_metrics.md.
 ODIN_SCORES = ("odin",)
@@ -58,6 +59,10 @@ class ScoreReport:
     notes: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
     # run -> {group: OOD sets}, the groups whose means metrics.md shows.
     groups: dict[str, dict[str, tuple[str, ...]]] = dataclasses.field(default_factory=dict)
+    # run -> the checkpoint of the runs whose predictions are not of the finished model (None:
+    # of an unknown step; `trained_steps.unfinished`).
+    unfinished: dict[str, trained_steps.Checkpoint | None] = dataclasses.field(
+        default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -304,8 +309,9 @@ def pnorm_p_of(config: Mapping, where: str) -> float:
 
 
 def _check_run_dirs(run_dirs: Sequence, ood_groups: Mapping[str, Sequence[str]] | None
-                    ) -> list[tuple[str, dict, float]]:
-    """(name, OOD groups, pnorm's p) of each run, once its manifest and groups are checked."""
+                    ) -> list[tuple[str, dict, float, tuple]]:
+    """(name, OOD groups, pnorm's p, `trained_steps.unfinished`) of each run, once its manifest
+    and groups are checked."""
     checked = []
     for run_dir in run_dirs:
         if not os.path.isdir(os.fspath(run_dir)):
@@ -330,7 +336,9 @@ def _check_run_dirs(run_dirs: Sequence, ood_groups: Mapping[str, Sequence[str]] 
         groups.check_groups(run_groups, {n: e["role"] for n, e in manifest["splits"].items()},
                             run=name, where=where)
         checked.append((name, run_groups,
-                        pnorm_p_of(stored, str(directory / groups.CONFIG_FILE))))
+                        pnorm_p_of(stored, str(directory / groups.CONFIG_FILE)),
+                        trained_steps.unfinished(
+                            manifest, done=(directory / trained_steps.DONE_FILE).exists())))
     return checked
 
 
@@ -354,7 +362,8 @@ def score_runs_report(run_dirs: Sequence, *, knn_k: int | None = None, progress:
     `odin_selection` ("id_train" or "fixed") overrides the rule each run's config.json names for
     its ODIN pair (odin_selection.py), and `pnorm_p` the p of each run's pnorm score (its
     config.json's `pnorm_p`, else 2). Every score also gets the ID test split's
-    SELECTIVE_METRICS (empty ood), after accuracy and ece.
+    SELECTIVE_METRICS (empty ood), after accuracy and ece. The report's `unfinished` names the
+    runs whose predictions may not be of the finished model (`trained_steps.unfinished`).
     """
     if odin_selection is not None and odin_selection not in ODIN_SELECTIONS:
         raise ScoringError(f"odin_selection: {odin_selection!r}, expected one of "
@@ -370,7 +379,9 @@ def score_runs_report(run_dirs: Sequence, *, knn_k: int | None = None, progress:
              for name, d in zip(names, run_dirs, strict=True))
     selections = {name: odin_selection or read_selection(d)
                   for name, d in zip(names, run_dirs, strict=True)}
-    pnorm_ps = {name: pnorm_p or p for name, _, p in checked}
+    pnorm_ps = {name: pnorm_p or p for name, _, p, _ in checked}
     report = score_predictions(named, knn_k=knn_k, odin_selections=selections,
                                pnorm_ps=pnorm_ps, progress=progress, total=len(checked))
-    return dataclasses.replace(report, groups={n: g for n, g, _ in checked if g})
+    return dataclasses.replace(report, groups={n: g for n, g, *_ in checked if g},
+                               unfinished={n: checkpoint for n, *_, (unfinished, checkpoint)
+                                           in checked if unfinished})

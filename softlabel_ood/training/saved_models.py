@@ -81,14 +81,28 @@ def stored_num_outputs(workdir: epath.PathLike) -> int:
     return models.classifier_layer(shapes["params"])["bias"][-1]
 
 
-def restore_model(config: ml_collections.ConfigDict, workdir: epath.PathLike, mesh):
-    """(model, variables) of `config` from the latest checkpoint in `workdir`, finished or not;
-    the variables ({"params", "batch_stats"}) replicated on `mesh`."""
+def latest_step(workdir: epath.PathLike) -> int:
+    """The step of the latest checkpoint in `workdir`, read without reading an array;
+    DamagedCheckpointError when there is none."""
+    ckpts = checkpointing.Checkpoints(epath.Path(workdir) / "checkpoints", read_only=True)
+    try:
+        step = ckpts.latest_step()
+    finally:
+        ckpts.close()
+    if step is None:
+        raise checkpointing.DamagedCheckpointError(f"{ckpts.directory}: no checkpoint to restore")
+    return step
+
+
+def restore_model(config: ml_collections.ConfigDict, workdir: epath.PathLike, mesh, *,
+                  step: int | None = None):
+    """(model, variables) of `config` from the checkpoint of `step` in `workdir` (default: the
+    latest), finished or not; the variables ({"params", "batch_stats"}) replicated on `mesh`."""
     model = run_model.create_model(config)
     like = run_model.create_state(config, model, mesh).variables
     ckpts = checkpointing.Checkpoints(epath.Path(workdir) / "checkpoints", read_only=True)
     try:
-        return model, ckpts.restore_variables(like)
+        return model, ckpts.restore_variables(like, step)
     finally:
         ckpts.close()
 

@@ -3,8 +3,9 @@
 A run's outputs on every split live in `<run_dir>/predictions/`:
 
     manifest.json    {"format": FORMAT, "num_classes": K, "splits": {name: {"file", "role",
-                      "num_examples"}}, "run": {...}, optionally "head": {"file": "head.npz"}
-                      and "odin": {"pairs": [[T, eps], ...]}}
+                      "num_examples"}}, "run": {...}, optionally "head": {"file": "head.npz"},
+                      "odin": {"pairs": [[T, eps], ...]} and "checkpoint": {"step": S,
+                      "total_steps": T} (the model's step, the run's steps: trained_steps)}
     <name>.npz       logits float32 [N, K], labels int32 [N] (-1 for OOD splits),
                      optionally features float32 [N, D]; odin_log_ratio float32 [N, P] when
                      the manifest lists P ODIN pairs (column p: log(K · the ODIN score of pair
@@ -39,7 +40,7 @@ from typing import Any, BinaryIO, TypeVar
 import numpy as np
 
 from softlabel_ood.cli_errors import UserError
-from softlabel_ood.workdir import atomic_files, run_summary
+from softlabel_ood.workdir import atomic_files, run_summary, trained_steps
 from softlabel_ood.workdir.run_summary import RunSummary
 
 ROLES = ("id_test", "ood_test", "id_train")
@@ -105,6 +106,8 @@ class Predictions:
     directory: pathlib.Path
     head: Head | None = None
     odin_pairs: tuple[tuple[float, float], ...] = ()  # (temperature, epsilon) per odin column
+    # The checkpoint the predictions come from; None in manifests written before it was recorded.
+    checkpoint: trained_steps.Checkpoint | None = None
 
     def names(self, role: str) -> list[str]:
         """The names of the splits with `role`, in manifest order."""
@@ -307,18 +310,28 @@ def _check_odin(where: str, field: str, odin, num_pairs: int, num_examples: int,
                                f"{np.log(num_classes):.6g}] (log(K · max softmax))")
 
 
+def _checkpoint_record(where: str, record) -> dict | None:
+    """The manifest's `checkpoint` (`trained_steps`) as JSON data, validated; None for none."""
+    if isinstance(record, trained_steps.Checkpoint):
+        record = record.to_json()
+    return None if record is None else trained_steps.check(where, record,
+                                                           PredictionsError).to_json()
+
+
 # ---------------------------------------------------------------------------------------------
 # Writing.
 
 
 def write(directory, splits: Mapping[str, Split], *, num_classes: int,
-          run: RunSummary | Mapping, head: Head | None = None, odin_pairs=()) -> None:
+          run: RunSummary | Mapping, head: Head | None = None, odin_pairs=(),
+          checkpoint: trained_steps.Checkpoint | Mapping | None = None) -> None:
     """Writes `splits` to `directory` (`<run_dir>/predictions`), validating them first.
 
     `head` is the final dense layer (written to head.npz); `odin_pairs` the (temperature,
-    epsilon) of each column of the splits' `odin` arrays. Nothing is written when a split is
-    invalid. The new directory replaces the old one as a whole
-    (`atomic_files.replacing_directory`): files of splits no longer written go with it.
+    epsilon) of each column of the splits' `odin` arrays; `checkpoint` the step of the model and
+    the run's number of steps (`trained_steps`). Nothing is written when a split is invalid.
+    The new directory replaces the old one as a whole (`atomic_files.replacing_directory`):
+    files of splits no longer written go with it.
     """
     directory = _path(directory)
     num_classes = _check_num_classes("num_classes", num_classes)
@@ -363,6 +376,8 @@ def write(directory, splits: Mapping[str, Split], *, num_classes: int,
         manifest["head"] = {"file": HEAD_FILE}
     if odin_pairs:
         manifest["odin"] = {"pairs": [list(pair) for pair in odin_pairs]}
+    if checkpoint is not None:
+        manifest[trained_steps.FIELD] = _checkpoint_record("checkpoint", checkpoint)
     try:
         manifest_text = json.dumps(manifest, indent=2)
     except (TypeError, ValueError) as e:
@@ -520,6 +535,7 @@ def _read_manifest(version: _Version) -> dict:
     if not isinstance(run, dict):
         raise PredictionsError(f"{path}: field 'run' must be an object")
     _check_run(str(path), run)
+    _checkpoint_record(str(path), manifest.get(trained_steps.FIELD))
     if manifest["format"] == FORMAT_V1:
         # v1 knew neither the head nor ODIN arrays; anything under those names is not ours.
         return {k: v for k, v in manifest.items() if k not in ("head", "odin")}
@@ -601,8 +617,10 @@ def _read(version: _Version, features: bool) -> Predictions:
                              **{odin_field: arrays.get(odin_field)})
     _check_feature_widths({name: split.features for name, split in splits.items()},
                           lambda name: str(directory / manifest["splits"][name]["file"]))
+    checkpoint = manifest.get(trained_steps.FIELD)
     return Predictions(num_classes=num_classes, run=manifest.get("run", {}), splits=splits,
-                       directory=directory, head=head, odin_pairs=odin_pairs)
+                       directory=directory, head=head, odin_pairs=odin_pairs,
+                       checkpoint=checkpoint and trained_steps.Checkpoint(**checkpoint))
 
 
 def validate(directory) -> None:
