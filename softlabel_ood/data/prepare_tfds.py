@@ -13,7 +13,6 @@ prepares them without it. Where apache_beam is installed, `tfds build` gives the
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
@@ -52,7 +51,7 @@ def prepare(names: Sequence[str], data_dir: str | None = None) -> None:
 
 @cli_errors.exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = cli_errors.ArgumentParser(
         prog=COMMAND, description="Download and prepare TensorFlow Datasets sets, as `tfds "
                                   "build` does, without Apache Beam.")
     parser.add_argument("names", nargs="+", metavar="name:version",
