@@ -29,7 +29,7 @@ from softlabel_ood.data import datasets, run_data
 from softlabel_ood.experiment import grid, populations, probe, schedule, workers
 from softlabel_ood.training import compilation_cache, distributed
 from softlabel_ood.workdir import lock as workdir_lock
-from softlabel_ood.workdir import saved_runs
+from softlabel_ood.workdir import predictions, saved_runs
 
 
 def planned_runs(config: ml_collections.ConfigDict, workdir: epath.PathLike
@@ -51,6 +51,7 @@ def planned_runs(config: ml_collections.ConfigDict, workdir: epath.PathLike
                 method=run["method"], alpha=float(c.label_smoothing),
                 teacher=run.get("teacher", ""), init_from=run.get("init_from", ""),
                 directory=str(grid.run_dir(workdir, run["name"], seed)))
+            predictions.check_replaceable(epath.Path(info.directory) / "predictions")
             planned.append((info, c))
     # Every set any run reads, looked up once before the first run trains: a missing OOD set
     # would otherwise surface when the first run writes its predictions, after its training.

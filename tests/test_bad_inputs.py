@@ -512,3 +512,17 @@ def test_a_flag_error_is_one_line_without_the_usage_block(case, tmp_path, capsys
     out, err = capsys.readouterr()
     assert (out, err) == ("", f"error: {message} (--help lists the flags)\n")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_reproduce_refuses_a_predictions_file_in_any_run_before_the_first_trains(tmp_path,
+                                                                                 capsys):
+    config = tiny_digits_config("ce")
+    last = reproduce.planned_runs(config, str(tmp_path))[-1][0]
+    predictions_path = tmp_path / "runs" / last.run / "predictions"
+    predictions_path.parent.mkdir(parents=True)
+    predictions_path.write_text("mine")
+    before = snapshot(tmp_path)
+    assert refusal(capsys, lambda: reproduce.planned_runs(config, str(tmp_path))) == \
+        f"error: {predictions_path} is a file, not a predictions directory, which is written " \
+        f"there as a whole; move the file elsewhere"
+    assert snapshot(tmp_path) == before
