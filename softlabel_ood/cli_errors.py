@@ -7,6 +7,7 @@ only: the predictions format and the scoring side import it and must load withou
 
 from __future__ import annotations
 
+import argparse
 import errno
 import functools
 import sys
@@ -49,3 +50,12 @@ def exit_on_user_error(main):
             print(f"error: {message}", file=sys.stderr)
             sys.exit(USAGE_EXIT_CODE)
     return wrapped
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a flag error (unknown, missing, of the wrong type) as one line, exit code 2,
+    without argparse's usage block: the usage is what `--help` prints."""
+
+    def error(self, message: str):
+        print(f"error: {message} (--help lists the flags)", file=sys.stderr)
+        sys.exit(USAGE_EXIT_CODE)

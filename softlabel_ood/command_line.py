@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 
 from absl import flags
 
-from softlabel_ood import cli_errors
+from softlabel_ood import cli_errors, configs
 
 HELP_FLAGS = ("-h", "--help", "--helpshort", "--helpfull", "-?")
 
@@ -147,7 +147,30 @@ def define_config_dict(config, argv: list[str],
         if message is None:
             lines = [line.strip() for line in str(e).splitlines() if line.strip()]
             message = lines[-1] if lines else type(e).__name__
+            message = _mistyped_override(message, argv, config) or message
         _fail(message)
+
+
+_TYPE_WORDS = ((bool, "true or false"), (int, "an integer"), (float, "a number"))
+
+
+def _mistyped_override(message: str, argv: list[str], config=None) -> str | None:
+    """`--config.<field>: expected an integer, got 'two'` for config_flags' message about an
+    override that does not parse as its field's type (`--config.<field>=two: invalid literal
+    for int() ...`), which names neither the field alone nor the type."""
+    arg = next((a for a in argv if a.startswith("--config.") and "=" in a
+                and message.startswith(f"{a}: ")), None)
+    if arg is None:
+        return None
+    dotted, value = arg[len("--config."):].split("=", 1)
+    try:
+        node = config_from_file(argv) if config is None else config
+        for part in dotted.split("."):
+            node = node[part]
+    except Exception:  # the field or the config file is reported as config_flags words it
+        return None
+    word = next((word for kind, word in _TYPE_WORDS if isinstance(node, kind)), None)
+    return None if word is None else f"--config.{dotted}: expected {word}, got {value!r}"
 
 
 def _unknown_override(argv: list[str], config=None) -> str | None:
@@ -185,7 +208,9 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues | None = None) ->
     except Exception as e:  # any failure to parse the command line is the user's to fix
         found = _config_file_arg(argv)
         if found is not None and not os.path.isfile(found[0]):
-            _fail(f"--config: {found[0]}: no such config file")
+            _fail(f"--config: {found[0]}: no such config file; the families are "
+                  f"configs/<family>.py[:<method>] with <family> one of "
+                  f"{', '.join(configs.FAMILIES)}")
         if found is not None:
             try:  # the config file's own error (config_flags keeps only its text)
                 config_from_file(argv)
@@ -201,5 +226,6 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues | None = None) ->
             lines = [line.strip() for line in str(e).splitlines() if line.strip()]
             message = lines[-1] if lines else type(e).__name__
             message = message.removeprefix("flag ")
+            message = _mistyped_override(message, argv) or message
         _fail(message)
     raise AssertionError("unreachable")

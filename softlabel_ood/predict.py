@@ -128,6 +128,8 @@ def predict_from_checkpoint(config: ml_collections.ConfigDict, workdir: epath.Pa
     number of steps follows from the ID training set's size, so that set is read first.
     """
     workdir_lock.check_workdir(workdir)
+    predictions.check_replaceable(epath.Path(workdir) / "predictions")
+    config_validation.check_stored(config, str(epath.Path(workdir) / saved_runs.CONFIG_FILE))
     config_validation.check_evaluation(config, num_devices=jax.device_count())
     run_data.check_available(config, training=False)
     mesh = runs_axis.data_mesh()
@@ -177,6 +179,14 @@ def config_with_overrides(stored: ml_collections.ConfigDict,
         existing = _existing_ood_sets(workdir, stored) or tuple(stored.ood_datasets)
         config.ood_datasets = existing + tuple(
             n for n in requested.ood_datasets if n not in existing)
+    # A group given here names only sets these predictions hold (the stored ones may not).
+    groups = set()
+    for name in changed:
+        if name == "ood_groups":  # a run saved before the field existed: every group is new
+            groups.update(config.get("ood_groups") or {})
+        elif name.startswith("ood_groups."):
+            groups.add(name.split(".", 1)[1])
+    config_validation.check_groups_evaluated(config, groups)
     return config
 
 
@@ -186,6 +196,7 @@ def _existing_ood_sets(workdir: epath.PathLike,
     # or copied), is refused rather than added to; --replace_ood does not read it, and
     # replaces the directory.
     directory = epath.Path(workdir) / "predictions"
+    predictions.check_replaceable(directory)
     if not directory.exists():
         return ()
     manifest = predictions.read_manifest(directory)

@@ -31,7 +31,7 @@ from softlabel_ood.data import datasets, run_data
 from softlabel_ood.experiment import finished_runs, grid, populations, probe, schedule, workers
 from softlabel_ood.training import compilation_cache, distributed, interruption
 from softlabel_ood.workdir import lock as workdir_lock
-from softlabel_ood.workdir import saved_runs, trained_steps
+from softlabel_ood.workdir import predictions, saved_runs, trained_steps
 from softlabel_ood.workdir.run_summary import RunSummary
 
 
@@ -56,6 +56,7 @@ def planned_runs(config: ml_collections.ConfigDict, workdir: epath.PathLike
                 directory=str(grid.run_dir(workdir, run["name"], seed)))
             # A finished run is skipped and reported: it must be this grid's run.
             finished_runs.check_trained_as_planned(info.run, info.directory, c)
+            predictions.check_replaceable(epath.Path(info.directory) / "predictions")
             planned.append((info, c))
     # Every set any run reads, looked up once before the first run trains: a missing OOD set
     # would otherwise surface when the first run writes its predictions, after its training.

@@ -16,13 +16,14 @@ accelerator is usually held by a training process, and the metrics need only a f
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
+from softlabel_ood import cli_errors
+
 
 def _parse(argv):
-    parser = argparse.ArgumentParser(
+    parser = cli_errors.ArgumentParser(
         prog="python -m softlabel_ood.score",
         description="Compute OOD detection scores and metrics from saved predictions.")
     parser.add_argument("run_dirs", nargs="+", metavar="run_dir",

@@ -38,7 +38,7 @@ from softlabel_ood.training import (
     train_loop,
 )
 from softlabel_ood.workdir import lock as workdir_lock
-from softlabel_ood.workdir import saved_runs
+from softlabel_ood.workdir import predictions, saved_runs
 
 TrainingDivergedError = train_loop.TrainingDivergedError
 
@@ -56,6 +56,7 @@ def check_inputs(configs: Sequence[ml_collections.ConfigDict],
     is checked as it is loaded, also before any data.)"""
     for config, workdir in zip(configs, workdirs, strict=True):
         workdir_lock.check_workdir(workdir)
+        predictions.check_replaceable(epath.Path(workdir) / "predictions")
         saved_models.check_fine_tuning_start(config, workdir)
 
 

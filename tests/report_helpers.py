@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from softlabel_ood.analysis import results
@@ -50,6 +52,13 @@ def metric_rows(runs, auroc: dict[str, float], accuracy: dict[str, float] | None
                          MetricRow(r.run, score, ood, "fpr95", 1 - a),
                          MetricRow(r.run, score, ood, "aupr_out", a - 0.01)]
     return rows
+
+
+def report_rows(runs, auroc: dict[str, float], **options) -> list[MetricRow]:
+    """`metric_rows` cut to [0, 1], as metrics.csv holds fractions (DESIGN.md §6) and is checked
+    on read: oe's noise set passes 1 there (AUROC 0.99 + 0.02)."""
+    return [dataclasses.replace(r, value=min(max(r.value, 0.0), 1.0))
+            for r in metric_rows(runs, auroc, **options)]
 
 
 def write_predictions(run_dir, *, seed: int, method: str, separation: float = 2.0,

@@ -90,6 +90,17 @@ def test_a_directory_is_replaced_as_a_whole_and_files_of_dropped_splits_go(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions"]
 
 
+def test_a_file_where_a_directory_is_switched_in_is_refused_and_kept(tmp_path):
+    # The exchange would have swapped the user's file out and deleted it with the old side.
+    path = tmp_path / "report"
+    path.write_text("mine")
+    with pytest.raises(cli_errors.UserError, match=r"report is a file, not a directory"), \
+            atomic_files.replacing_directory(path) as new:
+        (new / "a.txt").write_text("new")
+    assert path.read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+
+
 def test_without_an_atomic_exchange_the_switch_still_replaces_the_directory(tmp_path,
                                                                              monkeypatch):
     monkeypatch.setattr(atomic_files, "_exchange", lambda a, b: False)

@@ -17,7 +17,8 @@ import pytest
 from absl import flags
 
 from softlabel_ood import command_line, predict, reproduce, score, train
-from softlabel_ood.data import datasets
+from softlabel_ood.analysis import rebuild
+from softlabel_ood.data import datasets, prepare_tfds
 from softlabel_ood.workdir import saved_runs
 from tests.train_helpers import REPO, refusal, snapshot, tiny_digits_config
 
@@ -196,15 +197,13 @@ def test_predict_refuses_a_misspelt_field_as_train_does(finished, capsys):
 
 
 def _score(capsys, *args) -> str:
-    """score.main's one error line; progress lines may come before it (a refusal found while
-    reading arrays), nothing else."""
+    """score.main's one error line, and nothing else: a refusal found while reading the
+    first run's arrays comes before the progress bar's first line."""
     assert score.main([str(a) for a in args]) == 2
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert "Traceback" not in err
-    assert [line for line in lines if line.startswith("error: ")] == lines[-1:], err
-    assert all(line.startswith("scoring runs:") for line in lines[:-1]), err
-    return lines[-1]
+    out, err = capsys.readouterr()
+    assert (out, err.count("\n")) == ("", 1), out + err
+    assert err.startswith("error: "), err
+    return err.strip()
 
 
 def _config_groups(groups_json: str):
@@ -350,3 +349,180 @@ def test_a_missing_tfds_set_ends_train_in_one_line_without_tensorflows_start_up_
         f"prepare it once with `python -m softlabel_ood.data.prepare_tfds cifar10:3.0.2 "
         f"--data_dir={tmp_path / 'tfds'}`"]
     assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The multi-process flags, the run's stored config and the groups predict is given.
+
+
+@pytest.mark.parametrize(("flags_given", "message"), [
+    (("--multihost", "--num_processes=2", "--process_id=5"),
+     "--process_id: 5 is not allowed; expected an integer in [0, 1] (--num_processes=2)"),
+    (("--multihost", "--num_processes=0"),
+     "--num_processes: 0 is not allowed; expected an integer >= 1"),
+    (("--num_processes=0",), "--num_processes: 0 is not allowed; expected an integer >= 1"),
+    (("--process_id=1",), "--process_id: takes effect only with --multihost or "
+                          "--coordinator_address; give one, or leave it out for one process"),
+    (("--multihost",), "--multihost: coordinator_address should be defined. (no cluster here "
+                       "tells JAX; give --coordinator_address, --num_processes and --process_id)"),
+], ids=["process_id_past_the_count", "no_processes", "count_without_multihost",
+        "id_without_multihost", "multihost_without_a_cluster"])
+def test_multi_process_flags_that_no_processes_can_use_are_refused(flags_given, message,
+                                                                    tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_", "TPU_"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "softlabel_ood.train", "--config=configs/digits.py",
+         f"--workdir={tmp_path / 'run'}", *flags_given],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", f"error: {message}\n")
+    assert not (tmp_path / "run").exists()
+
+
+def test_predict_refuses_a_stored_config_field_edited_to_another_type(finished, tmp_path,
+                                                                       capsys):
+    # It used to end in int()'s ValueError traceback after the model had evaluated every split.
+    run = _copy(finished, tmp_path)
+    _edit_config(num_epochs="abc")(run)
+    before = snapshot(run)
+    assert refusal(capsys, _predict(run)) == \
+        f"error: {run}/config.json: field 'num_epochs' is 'abc', expected an integer in " \
+        f"[1, 2147483647]"
+    assert snapshot(run) == before
+
+
+def test_predict_refuses_a_group_of_sets_its_predictions_do_not_hold(finished, tmp_path,
+                                                                     capsys):
+    # predict neither stores nor reads the groups: one naming 'svhn' was accepted and ignored.
+    run = _copy(finished, tmp_path)
+    before = snapshot(run)
+    assert refusal(capsys, _predict(run, **{"ood_groups.near": ("svhn",)})) == \
+        "error: config.ood_groups.near: names 'svhn', which config.ood_datasets " \
+        "('flower_patches', 'gaussian') does not hold; add it there, or give the group the " \
+        "sets it averages (config.ood_groups.near=() removes it)"
+    assert snapshot(run) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# A user's file where a command switches in a directory: the exchange would delete it.
+
+
+def test_rebuild_refuses_an_out_that_is_a_file_or_a_foreign_directory(tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    source = REPO / "docs" / "results" / "digits"
+    assert refusal(capsys, lambda: rebuild.main([str(source), f"--out={notes}"])) == \
+        f"error: --out: {notes} is a file, not a report directory, which is written there as " \
+        f"a whole; move the file elsewhere"
+    assert notes.read_text() == "mine"
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    assert refusal(capsys, lambda: rebuild.main([str(source), f"--out={tmp_path / 'mine'}"])) \
+        == f"error: --out: {tmp_path / 'mine'} holds 'notes.txt', which the report does not " \
+           f"write (it replaces the directory as a whole); move it elsewhere"
+    assert snapshot(tmp_path) == before
+
+
+def test_reproduce_refuses_a_report_that_is_a_file_before_training(tmp_path, capsys):
+    (tmp_path / "report").write_text("mine")
+    before = snapshot(tmp_path)
+    assert refusal(capsys, lambda: reproduce.planned_runs(tiny_digits_config("ce"),
+                                                          str(tmp_path))) == \
+        f"error: {tmp_path / 'report'} is a file, not a report directory, which is written " \
+        f"there as a whole; move the file elsewhere"
+    assert snapshot(tmp_path) == before
+
+
+def _a_file(predictions_dir):
+    shutil.rmtree(predictions_dir, ignore_errors=True)
+    predictions_dir.write_text("mine")
+
+
+def _a_foreign_directory(predictions_dir):
+    shutil.rmtree(predictions_dir, ignore_errors=True)
+    predictions_dir.mkdir()
+    (predictions_dir / "notes.txt").write_text("mine")
+
+
+PREDICTIONS_PATH_CASES = {  # name -> (how <run>/predictions is made, the refusal after "error: ")
+    "a_file": (_a_file, "{p} is a file, not a predictions directory, which is written there "
+                        "as a whole; move the file elsewhere"),
+    "a_foreign_directory": (_a_foreign_directory,
+                            "{p}: not a predictions directory (no manifest.json), which the "
+                            "predictions replace as a whole; move it elsewhere"),
+}
+
+
+@pytest.mark.parametrize("case", list(PREDICTIONS_PATH_CASES))
+def test_train_refuses_a_predictions_path_it_would_replace_before_any_data(
+        case, tmp_path, capsys, monkeypatch):
+    make, message = PREDICTIONS_PATH_CASES[case]
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    make(workdir / "predictions")
+    before = snapshot(workdir)
+    monkeypatch.setattr(datasets, "load", lambda *a, **k: pytest.fail("data was loaded"))
+    line = refusal(capsys, lambda: train.train_and_evaluate(tiny_digits_config("ce"),
+                                                            str(workdir)))
+    assert line == "error: " + message.format(p=workdir / "predictions")
+    assert snapshot(workdir) == before
+
+
+@pytest.mark.parametrize("case", list(PREDICTIONS_PATH_CASES))
+def test_predict_refuses_a_predictions_path_it_would_replace(case, finished, tmp_path, capsys):
+    make, message = PREDICTIONS_PATH_CASES[case]
+    run = _copy(finished, tmp_path)
+    make(run / "predictions")
+    before = snapshot(run)
+    for replace_ood in (False, True):
+        line = refusal(capsys, _predict(run, replace_ood=replace_ood))
+        assert line == "error: " + message.format(p=run / "predictions")
+    assert snapshot(run) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# Flag errors of the argparse commands: one line, without argparse's usage block.
+
+
+ARGPARSE_CASES = {  # name -> (the command's main, its arguments, the line after "error: ")
+    "score_knn_k_not_a_number": (score.main, ["run", "--out=o", "--knn_k=x"],
+                                 "argument --knn_k: invalid int value: 'x'"),
+    "score_unknown_flag": (score.main, ["run", "--out=o", "--foo"],
+                           "unrecognized arguments: --foo"),
+    "score_without_out": (score.main, ["run"], "the following arguments are required: --out"),
+    "score_unknown_selection": (score.main, ["run", "--out=o", "--odin_selection=best"],
+                                "argument --odin_selection: invalid choice: 'best' (choose from "
+                                "'id_train', 'fixed')"),
+    "rebuild_without_out": (rebuild.main, ["docs/results/digits"],
+                            "the following arguments are required: --out"),
+    "rebuild_unknown_flag": (rebuild.main, ["docs/results/digits", "--out=o", "--force"],
+                             "unrecognized arguments: --force"),
+    "prepare_tfds_unknown_flag": (prepare_tfds.main, ["svhn_cropped:3.1.0", "--dir=x"],
+                                  "unrecognized arguments: --dir=x"),
+}
+
+
+@pytest.mark.parametrize("case", list(ARGPARSE_CASES))
+def test_a_flag_error_is_one_line_without_the_usage_block(case, tmp_path, capsys, monkeypatch):
+    main, args, message = ARGPARSE_CASES[case]
+    monkeypatch.chdir(tmp_path)  # nothing may be written, here or anywhere
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", f"error: {message} (--help lists the flags)\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_reproduce_refuses_a_predictions_file_in_any_run_before_the_first_trains(tmp_path,
+                                                                                 capsys):
+    config = tiny_digits_config("ce")
+    last = reproduce.planned_runs(config, str(tmp_path))[-1][0]
+    predictions_path = tmp_path / "runs" / last.run / "predictions"
+    predictions_path.parent.mkdir(parents=True)
+    predictions_path.write_text("mine")
+    before = snapshot(tmp_path)
+    assert refusal(capsys, lambda: reproduce.planned_runs(config, str(tmp_path))) == \
+        f"error: {predictions_path} is a file, not a predictions directory, which is written " \
+        f"there as a whole; move the file elsewhere"
+    assert snapshot(tmp_path) == before

@@ -306,16 +306,29 @@ def test_a_misspelt_override_is_refused_with_a_suggestion(parse):
 
 
 def test_a_missing_config_file_or_an_unknown_argument_is_refused(parse):
-    assert parse("--config=configs/nope.py") == \
-        "error: --config: configs/nope.py: no such config file"
+    # The line lists the families, as the packaged directory holds them.
+    families = sorted(p.stem for p in configs.DIRECTORY.glob("*.py")
+                      if p.stem not in ("__init__", "config_base", "config_validation"))
+    assert sorted(configs.FAMILIES) == families
+    assert parse("--config=configs/cifar.py") == \
+        "error: --config: configs/cifar.py: no such config file; the families are " \
+        "configs/<family>.py[:<method>] with <family> one of digits, fashion_mnist, " \
+        "fashion_mnist_split, cifar10, cifar100"
     assert parse("--config=configs/digits.py:foo") == \
         "error: config argument: unknown method 'foo'; expected one of ce, ls, oe, kd, " \
         "kd_incorrect, oe_finetune"
 
 
-def test_a_value_of_the_wrong_type_is_refused(parse):
-    line = parse("--config=configs/digits.py", "--config.num_epochs=abc")
-    assert line.startswith("error: --config.num_epochs=abc: invalid literal for int()"), line
+@pytest.mark.parametrize(("override", "expected"), [
+    ("num_epochs=two", "--config.num_epochs: expected an integer, got 'two'"),
+    ("num_epochs=2.5", "--config.num_epochs: expected an integer, got '2.5'"),
+    ("learning_rate=abc", "--config.learning_rate: expected a number, got 'abc'"),
+    ("nesterov=maybe", "--config.nesterov: expected true or false, got 'maybe'"),
+    ("kd.temperature=hot", "--config.kd.temperature: expected a number, got 'hot'"),
+])
+def test_a_value_of_the_wrong_type_is_refused_naming_the_field_and_the_type(
+        parse, override, expected):
+    assert parse("--config=configs/digits.py", f"--config.{override}") == f"error: {expected}"
 
 
 def test_any_dataset_path_can_be_given_on_the_command_line(parse):

@@ -33,7 +33,7 @@ except ModuleNotFoundError:  # Python 3.10: pytest depends on tomli there
     import tomli as tomllib
 
 from softlabel_ood.analysis import report
-from tests.report_helpers import metric_rows, paper_runs, write_predictions
+from tests.report_helpers import paper_runs, report_rows, write_predictions
 from tests.test_claims import PAPER_LIKE
 from tests.train_helpers import REPO
 
@@ -176,7 +176,7 @@ def workdir(tmp_path_factory):
     runs = paper_runs(seeds=(0, 1), workdir=root)
     for r in runs:
         write_predictions(root / "runs" / r.run, seed=r.seed, method=r.method)
-    report.write_report(metric_rows(runs, PAPER_LIKE), root / "report", runs=runs)
+    report.write_report(report_rows(runs, PAPER_LIKE), root / "report", runs=runs)
     return root
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from softlabel_ood.analysis import rebuild, report, results
 from softlabel_ood.workdir import saved_runs
-from tests.report_helpers import metric_rows, paper_runs, write_predictions
+from tests.report_helpers import metric_rows, paper_runs, report_rows, write_predictions
 from tests.test_claims import PAPER_LIKE
 from tests.test_report import _markdown_tables, _odin_predictions, _sections
 from tests.train_helpers import REPO, run_module
@@ -25,7 +25,7 @@ def original(tmp_path_factory):
     for r in runs:  # the second seed's id_train means make the rule choose ε = 0
         _odin_predictions(root / "runs" / r.run, [0.5, 0.35, 0.6] if r.seed == 0 else
                           [0.5, 0.7, 0.6])
-    rows = metric_rows(runs, PAPER_LIKE, scores=("msp", "energy", "odin"))
+    rows = report_rows(runs, PAPER_LIKE, scores=("msp", "energy", "odin"))
     report.write_report(rows, root / "report", runs=runs,
                         groups={"near": ("patches",), "far": ("noise",)})
     return root / "report"

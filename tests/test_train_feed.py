@@ -109,18 +109,18 @@ def test_resident_data_is_placed_once_and_calls_carry_indices_only(mesh1):
     assert set(next(host.chunks([(0, 2)])).feed) == {"image", "label"}
 
 
-def test_bad_arguments_fail_at_the_call(mesh1):
+def test_bad_arguments_fail_at_the_first_call(mesh1):
     data = _dataset(10)
     common = dict(seeds=[0], mesh=mesh1, steps_per_call=2, max_device_bytes=10**6)
     with pytest.raises(ValueError, match="outlier_batch_size"):
         train_feed.TrainFeed(data, global_batch_size=2, outliers=data, **common)
     feed = train_feed.TrainFeed(data, global_batch_size=2, **common)
     with pytest.raises(ValueError, match="not consecutive"):
-        feed.chunks([(0, 2), (3, 1)])
+        list(feed.chunks([(0, 2), (3, 1)]))
     with pytest.raises(ValueError, match="longer than 2 steps"):
-        feed.chunks([(0, 3)])
+        list(feed.chunks([(0, 3)]))
     with pytest.raises(ValueError, match="crosses the end of an epoch"):
-        feed.chunks([(4, 2)])
+        list(feed.chunks([(4, 2)]))
 
 
 _EIGHT_DEVICES = jax_processes.TOY_DATA + textwrap.dedent("""

@@ -14,7 +14,7 @@ from tests.train_helpers import tiny_digits_config
 
 def test_calls_are_cut_at_every_boundary():
     # 10 steps per epoch, logs every 4, checkpoints every 7, at most 3 steps per call.
-    plan = train_loop.chunk_plan(0, 20, 3, (4, 10, 7))
+    plan = list(train_loop.chunk_plan(0, 20, 3, (4, 10, 7)))
     assert plan == [(0, 3), (3, 1), (4, 3), (7, 1), (8, 2), (10, 2), (12, 2), (14, 2), (16, 3),
                     (19, 1)]
     starts = [s for s, _ in plan]
@@ -26,15 +26,15 @@ def test_calls_are_cut_at_every_boundary():
 
 
 def test_a_resumed_run_cuts_its_steps_as_an_uninterrupted_one():
-    whole = train_loop.chunk_plan(0, 50, 8, (20, 12, 9))
+    whole = list(train_loop.chunk_plan(0, 50, 8, (20, 12, 9)))
     for start, _ in whole:
-        assert train_loop.chunk_plan(start, 50, 8, (20, 12, 9)) == \
+        assert list(train_loop.chunk_plan(start, 50, 8, (20, 12, 9))) == \
             [c for c in whole if c[0] >= start]
 
 
 def test_one_step_per_call_and_nothing_left_to_do():
-    assert train_loop.chunk_plan(3, 6, 1, (100,)) == [(3, 1), (4, 1), (5, 1)]
-    assert train_loop.chunk_plan(6, 6, 4, (2,)) == []
+    assert list(train_loop.chunk_plan(3, 6, 1, (100,))) == [(3, 1), (4, 1), (5, 1)]
+    assert list(train_loop.chunk_plan(6, 6, 4, (2,))) == []
     with pytest.raises(ValueError, match="steps_per_call"):
         train_loop.chunk_plan(0, 6, 0, (2,))
 

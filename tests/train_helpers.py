@@ -85,7 +85,8 @@ def refusal(capsys, call) -> str:
     with pytest.raises(SystemExit) as exit_info:
         cli_errors.exit_on_user_error(call)()
     assert exit_info.value.code == 2
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert out == "", out  # no progress line before the refusal, on either stream
     assert err.count("\n") == 1, err
     assert err.endswith("\n")
     assert err.startswith("error: ")

@@ -13,11 +13,13 @@ else copied.
 
 Reports written before runs.json held that record keep it in their report.md, which is read for
 it instead: the title, the ODIN pairs table and the sentence that names the OOD groups.
+
+Both files are checked as they are read (`scoring.read_metrics_csv`, `runs_json`): a file edited
+by hand is refused in one line naming the file and the row or field, before --out is touched.
 """
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from collections.abc import Sequence
@@ -88,6 +90,10 @@ def rebuild_report(report_dir: epath.PathLike, out_dir: epath.PathLike) -> None:
     if "://" not in str(source) and target.exists() and target.resolve() == source.resolve():
         raise RebuildError(f"--out={target}: is the report directory itself; write the new "
                            f"report elsewhere and copy the files you want")
+    try:  # before anything is read: --out is replaced as a whole
+        report.check_out_dir(target)
+    except cli_errors.UserError as e:
+        raise RebuildError(f"--out: {e}") from None
     loaded = results.load(source)
     record = results.read_report_record(runs_file)
     if record is None:
@@ -103,7 +109,7 @@ def rebuild_report(report_dir: epath.PathLike, out_dir: epath.PathLike) -> None:
 
 @cli_errors.exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = cli_errors.ArgumentParser(
         prog="python -m softlabel_ood.analysis.rebuild",
         description="Write a report again from its metrics.csv and runs.json, without the runs.")
     parser.add_argument("report_dir", help="a report directory (metrics.csv, runs.json)")

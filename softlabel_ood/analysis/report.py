@@ -687,7 +687,10 @@ def _report_writes(name: str) -> bool:
 
 def check_out_dir(out_dir: epath.PathLike) -> None:
     """ReportDirectoryError if `out_dir` holds files that `write_report` does not write: it
-    replaces the directory as a whole, and would take them away with the old one."""
+    replaces the directory as a whole, and would take them away with the old one; so is a file
+    at `out_dir`."""
+    if "://" not in str(out_dir):
+        atomic_files.refuse_file(out_dir, "a report directory")
     entry = None if "://" in str(out_dir) else atomic_files.foreign_entry(out_dir, _report_writes)
     if entry is not None:
         raise ReportDirectoryError(f"{out_dir} holds {entry!r}, which the report does not write "

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from etils import epath
 
 from softlabel_ood import scoring
-from softlabel_ood.analysis import metric_stats
+from softlabel_ood.analysis import metric_stats, runs_json
 from softlabel_ood.experiment import grid
 from softlabel_ood.workdir import atomic_files, predictions, trained_steps
 
@@ -131,9 +131,9 @@ def write_runs_json(runs: Sequence[RunInfo], path: epath.PathLike, *,
 
 
 def _runs_file(path: epath.PathLike) -> dict:
-    data = json.loads(epath.Path(path).read_text())
-    # Reports written before the environment was recorded hold the list of runs alone.
-    return {"runs": data} if isinstance(data, list) else data
+    # Checked field by field; a list-only file (written before the environment was recorded)
+    # reads as {"runs": [...]}.
+    return runs_json.read(path, [field.name for field in dataclasses.fields(RunInfo)])
 
 
 def read_runs_json(path: epath.PathLike) -> list[RunInfo]:
@@ -223,8 +223,10 @@ def load(path: epath.PathLike) -> Results:
         run_dirs = [runs_dir] if _is_run_dir(runs_dir) else sorted(
             c for c in runs_dir.iterdir() if c.is_dir() and _is_run_dir(c))
 
+    runs_data = None
     if (report_dir / RUNS_FILE).exists():
-        runs = read_runs_json(report_dir / RUNS_FILE)
+        runs_data = _runs_file(report_dir / RUNS_FILE)
+        runs = [RunInfo(**entry) for entry in runs_data["runs"]]
         where = {d.name: str(d) for d in run_dirs}
         runs = [dataclasses.replace(r, directory=where.get(r.run, "")) for r in runs]
     elif run_dirs:
@@ -235,6 +237,9 @@ def load(path: epath.PathLike) -> Results:
 
     if (report_dir / "metrics.csv").exists():
         rows = scoring.read_metrics_csv(str(local_copy(report_dir / "metrics.csv")))
+        if runs_data is not None:
+            runs_json.check_matches_metrics(report_dir / RUNS_FILE, runs_data,
+                                            report_dir / "metrics.csv", rows)
     else:
         rows = scoring.score_runs_report([str(local_copy(d)) for d in run_dirs]).rows
     return Results(rows=list(rows), runs=runs, table=metric_stats.MetricTable(rows))

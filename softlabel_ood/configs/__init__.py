@@ -14,6 +14,8 @@ import pathlib
 from collections.abc import Sequence
 
 DIRECTORY = pathlib.Path(__file__).resolve().parent
+# The experiment families, one config file each (DESIGN.md §8), smallest first.
+FAMILIES = ("digits", "fashion_mnist", "fashion_mnist_split", "cifar10", "cifar100")
 
 
 def resolve(spec: str) -> str:

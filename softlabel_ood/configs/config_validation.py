@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import ml_collections
@@ -268,6 +268,17 @@ def check(config: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
                          f"config.num_train_examples = {config.num_train_examples}")
 
 
+def check_stored(config: ml_collections.ConfigDict, where: str) -> None:
+    """The fields of a run's stored config that predict reads but may not change, each as
+    `fields()` allows (a config.json edited by hand); a field an earlier version lacked is not."""
+    values = flat_fields(config)
+    for name, rule in fields().items():
+        if name in values and name.split(".")[0] not in EVALUATION_FIELDS \
+                and not rule.ok(values[name]):
+            raise ConfigError(f"{where}: field '{name}' is {values[name]!r}, expected "
+                              f"{rule.allowed}")
+
+
 def check_evaluation(config: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
     """The fields `predict` may change (EVALUATION_FIELDS), on a finished run's config."""
     _check_dataset_names(config)
@@ -305,10 +316,19 @@ def _check_ood_apart(config: ml_collections.ConfigDict) -> None:
                               "shares its images)")
 
 
-def _check_groups(config: ml_collections.ConfigDict, *, evaluated: bool) -> None:
+def check_groups_evaluated(config: ml_collections.ConfigDict, groups: Iterable[str]) -> None:
+    """The groups named in `groups` hold only sets of config.ood_datasets: those a predict
+    override sets (a run's stored groups may name sets that a --replace_ood leaves out)."""
+    _check_groups(config, evaluated=True, only=frozenset(groups))
+
+
+def _check_groups(config: ml_collections.ConfigDict, *, evaluated: bool,
+                  only: frozenset[str] | None = None) -> None:
     """Each group names distinct OOD sets (an empty group is no group); with `evaluated`, sets
     of config.ood_datasets, so that a group's mean is always over every set it names."""
     for group, names in (config.get("ood_groups") or {}).items():
+        if only is not None and group not in only:
+            continue
         field = f"config.ood_groups.{group}"
         for name in names:
             if name not in datasets.NAMES:

@@ -19,7 +19,6 @@ directory prepared elsewhere (docs/reproduction.md).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import shutil
@@ -156,7 +155,7 @@ def _removed_on_failure(root) -> Iterator[None]:
 
 @cli_errors.exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = cli_errors.ArgumentParser(
         prog=COMMAND, description="Download and prepare TensorFlow Datasets sets, as `tfds "
                                   "build` does, without Apache Beam.")
     parser.add_argument("names", nargs="+", metavar="name:version",

@@ -160,21 +160,57 @@ def write_metrics(rows: Sequence[MetricRow], out_dir, *,
 
 
 def read_metrics_csv(path) -> list[MetricRow]:
-    """Reads a metrics.csv written by `write_metrics`."""
-    with open(os.fspath(path), newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or tuple(header) != CSV_HEADER:
-            raise ScoringError(f"{path}: header is {header}, expected {','.join(CSV_HEADER)}")
-        rows = []
-        for line, fields in enumerate(reader, start=2):
-            if len(fields) != len(CSV_HEADER):
-                raise ScoringError(f"{path}:{line}: expected {len(CSV_HEADER)} fields, "
-                                   f"got {len(fields)}")
-            try:
-                value = float(fields[4])
-            except ValueError:
-                raise ScoringError(f"{path}:{line}: field 'value' is {fields[4]!r}, "
-                                   "not a number") from None
-            rows.append(MetricRow(*fields[:4], value=value))
+    """Reads a metrics.csv written by `write_metrics`, each row checked (`_row`): a file edited
+    by hand is refused in one line naming the row and field, never read into wrong tables."""
+    try:
+        with open(os.fspath(path), newline="", encoding="utf-8") as f:
+            lines = list(csv.reader(f))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ScoringError(f"{path}: not a metrics.csv ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    header = lines[0] if lines else None
+    if header is None or tuple(header) != CSV_HEADER:
+        raise ScoringError(f"{path}: header is {header}, expected {','.join(CSV_HEADER)}")
+    rows, seen = [], {}
+    for line, fields in enumerate(lines[1:], start=2):
+        row = _row(f"{path}:{line}", fields)
+        key = (row.run, row.score, row.ood, row.metric)
+        if key in seen:
+            raise ScoringError(f"{path}:{line}: repeats row {seen[key]} ({','.join(key)})")
+        seen[key] = line
+        rows.append(row)
     return rows
+
+
+def _row(where: str, fields: list[str]) -> MetricRow:
+    """One row of metrics.csv: a known metric with the score and OOD split its kind names
+    (DESIGN.md §6), and a finite fraction in [0, 1]."""
+    if len(fields) != len(CSV_HEADER):
+        raise ScoringError(f"{where}: expected {len(CSV_HEADER)} fields, got {len(fields)}")
+    run, score, ood, metric, text = fields
+    known = tuple(name for kind in ("id", "selective", "ood")
+                  for name in metric_records.names(kind))
+    if metric not in known:
+        raise ScoringError(f"{where}: field 'metric' is {metric!r}, expected one of "
+                           f"{', '.join(known)}")
+    if not run:
+        raise ScoringError(f"{where}: field 'run' is empty")
+    kind = metric_records.BY_NAME[metric].kind
+    if kind == "id" and (score or ood):
+        raise ScoringError(f"{where}: {metric} is a metric of the ID test split; fields 'score' "
+                           f"and 'ood' must be empty, got {score!r} and {ood!r}")
+    if kind != "id" and score not in ALL_SCORES:
+        raise ScoringError(f"{where}: field 'score' is {score!r}, expected one of "
+                           f"{', '.join(ALL_SCORES)}")
+    if kind == "selective" and ood:
+        raise ScoringError(f"{where}: {metric} is a metric of the ID test split; field 'ood' "
+                           f"must be empty, got {ood!r}")
+    if kind == "ood" and not ood:
+        raise ScoringError(f"{where}: field 'ood' is empty; {metric} needs an OOD split")
+    try:
+        value = float(text)
+    except ValueError:
+        raise ScoringError(f"{where}: field 'value' is {text!r}, not a number") from None
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise ScoringError(f"{where}: field 'value' is {text!r}, expected a fraction in [0, 1]")
+    return MetricRow(run, score, ood, metric, value=value)

@@ -9,6 +9,7 @@ compiled computations rather than a loop of small ones.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import pathlib
 import sys
@@ -261,7 +262,14 @@ def _progress(items: Iterable, total: int | None) -> Iterable:
             print(f"scoring run {i + 1}/{total or '?'}: {item[0]}", file=sys.stderr)
             yield item
         return
-    bar = progress.bar(items, total=total, desc="scoring runs", unit="run", file=sys.stderr)
+    # The first run is read (and its files checked) before the bar shows, so that a refusal
+    # there is the command's only line.
+    items = iter(items)
+    first = next(items, None)
+    if first is None:
+        return
+    bar = progress.bar(itertools.chain([first], items), total=total, desc="scoring runs",
+                       unit="run", file=sys.stderr)
     for item in bar:
         bar.set_postfix_str(item[0])
         yield item

@@ -97,19 +97,21 @@ class TrainFeed:
     def chunks(self, plan: Iterable[tuple[int, int]]) -> Iterator[Chunk]:
         """The feed of every (start, num_steps) of `plan`: consecutive steps, none of its calls
         crossing an epoch's end when resident; built one call ahead."""
-        plan = list(plan)
-        for (start, n), (following, _) in itertools.pairwise(plan):
-            if start + n != following:
-                raise ValueError(f"plan is not consecutive: ({start}, {n}) then {following}")
+        build = self._resident_chunks if self.resident else self._host_chunks
+        return input_pipeline.prefetch_one(build(self._checked(plan)))
+
+    def _checked(self, plan: Iterable[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+        # Checked call by call as they come: a plan of one-step calls may hold 2³¹ of them.
+        following = None
         for start, n in plan:
+            if following is not None and start != following:
+                raise ValueError(f"plan is not consecutive: {following} then {start}")
             if n > self.steps_per_call or (self.resident and (start % self.steps_per_epoch) + n
                                            > self.steps_per_epoch):
                 raise ValueError(f"call ({start}, {n}) is longer than {self.steps_per_call} "
                                  f"steps or crosses the end of an epoch")
-        if not plan:
-            return iter(())
-        build = self._resident_chunks if self.resident else self._host_chunks
-        return input_pipeline.prefetch_one(build(plan))
+            following = start + n
+            yield start, n
 
     def tables(self, first_step: int, num_steps: int) -> dict[str, np.ndarray]:
         """Every run's rows of steps [first_step, first_step + num_steps): int32

@@ -25,7 +25,7 @@ import collections
 import functools
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -76,22 +76,25 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 def chunk_plan(start_step: int, total_steps: int, steps_per_call: int,
-               boundaries: Sequence[int]) -> list[tuple[int, int]]:
+               boundaries: Sequence[int]) -> Iterator[tuple[int, int]]:
     """(first step, number of steps) of every call from `start_step` to `total_steps`.
 
     A call never crosses a multiple of any period in `boundaries` (log, epoch, checkpoint), so
     the work due there happens between calls. The cuts depend on absolute step numbers only, so
     a run resumed from a checkpoint cuts its remaining steps as an uninterrupted run does.
+    Yielded as the calls are made: a run of 2³¹ one-step calls holds no list of them.
     """
     if steps_per_call < 1:
         raise ValueError(f"steps_per_call must be >= 1, got {steps_per_call}")
-    plan, step = [], start_step
-    while step < total_steps:
-        end = min(total_steps, step + steps_per_call,
-                  *((step // period + 1) * period for period in boundaries))
-        plan.append((step, end - step))
-        step = end
-    return plan
+
+    def calls():
+        step = start_step
+        while step < total_steps:
+            end = min(total_steps, step + steps_per_call,
+                      *((step // period + 1) * period for period in boundaries))
+            yield step, end - step
+            step = end
+    return calls()
 
 
 def read_means(calls: list[tuple[int, int, dict]], methods: Sequence[str]

@@ -23,6 +23,8 @@ import shutil
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
+from softlabel_ood.cli_errors import UserError
+
 _TMP_INFIX = ".tmp-"
 _OLD_INFIX = ".old-"
 
@@ -157,6 +159,19 @@ def _exchange(a: pathlib.Path, b: pathlib.Path) -> bool:
     raise OSError(err, os.strerror(err), os.fspath(b))
 
 
+class NotADirectoryToReplace(UserError):
+    """A file (or a link, a device) stands where a command switches in a directory."""
+
+
+def refuse_file(path: os.PathLike | str, directory: str = "a directory") -> None:
+    """NotADirectoryToReplace if `path` exists and is not a directory: `replacing_directory`
+    would exchange the user's file for `directory` and delete it with the old one."""
+    path = _path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryToReplace(f"{path} is a file, not {directory}, which is written "
+                                     f"there as a whole; move the file elsewhere")
+
+
 def foreign_entry(path: os.PathLike | str, owns: Callable[[str], bool]) -> str | None:
     """The name of the first entry of the directory `path` that `owns` does not claim, or None
     (also when `path` does not exist): what `replacing_directory(path)` would take away with
@@ -190,9 +205,11 @@ def replacing_directory(path: os.PathLike | str) -> Iterator[pathlib.Path]:
     (renameat2 RENAME_EXCHANGE). Where the file system lacks it, the old directory is renamed
     aside and the new one renamed into place, two renames microseconds apart. If the block fails
     (a full disk, an exception, a kill) `path` is left as it was. A write error that names no
-    file (a full disk met while writing) is reported as one of `path`.
+    file (a full disk met while writing) is reported as one of `path`. A file at `path` is refused
+    (`refuse_file`): the exchange would delete it.
     """
     path = _path(path)
+    refuse_file(path)
     remove_stale_temporaries(path)
     tmp = _temporary(path)
     _remove(tmp)

@@ -322,6 +322,16 @@ def _checkpoint_record(where: str, record) -> dict | None:
 # Writing.
 
 
+def check_replaceable(directory) -> None:
+    """PredictionsError unless `write(directory)` may replace what is there: nothing, or a
+    predictions directory (one with a manifest, or empty). Checked before a run trains."""
+    directory = _path(directory)
+    atomic_files.refuse_file(directory, "a predictions directory")
+    if directory.is_dir() and not (directory / MANIFEST).exists() and any(directory.iterdir()):
+        raise PredictionsError(f"{directory}: not a predictions directory (no {MANIFEST}), "
+                               f"which the predictions replace as a whole; move it elsewhere")
+
+
 def write(directory, splits: Mapping[str, Split], *, num_classes: int,
           run: RunSummary | Mapping, head: Head | None = None, odin_pairs=(),
           checkpoint: trained_steps.Checkpoint | Mapping | None = None) -> None:
@@ -334,6 +344,7 @@ def write(directory, splits: Mapping[str, Split], *, num_classes: int,
     files of splits no longer written go with it.
     """
     directory = _path(directory)
+    check_replaceable(directory)
     num_classes = _check_num_classes("num_classes", num_classes)
     if not splits:
         raise PredictionsError("splits: no splits to write")
