@@ -8,11 +8,12 @@ latest checkpoint is short of its last step (interrupted training) is refused wi
 with --allow_unfinished its predictions are written, the progress line says "unfinished", and
 the manifest records the step, so that `score` and the report mark them. Overrides may
 change only what is evaluated (ood_datasets, dataset_paths, data_dir, num_ood_examples,
-eval_batch_size, odin_pairs, ood_groups: the fields listed below); a field that defines the
-trained run is refused with exit code 2.
+eval_batch_size, odin_pairs, odin_selection, ood_groups, pnorm_p: the fields listed below); a
+field that defines the trained run is refused with exit code 2. The values it ran with are
+recorded in the run's config.json, where `score` reads ood_groups, odin_selection and pnorm_p.
 `--config.ood_datasets=...` adds OOD sets to those the predictions directory already has;
-with --replace_ood the list replaces them, and the files of the sets left out go with the old
-directory, which the new one replaces in one rename.
+with --replace_ood the list replaces them, the files of the sets left out go with the old
+directory, which the new one replaces in one rename, and the groups lose them.
 """
 
 from __future__ import annotations
@@ -148,7 +149,18 @@ def predict_from_checkpoint(config: ml_collections.ConfigDict, workdir: epath.Pa
             print(_fallback_line(workdir, restored), file=sys.stderr)
         write_predictions([config], [workdir], runs_axis.stack([restored.variables], mesh), mesh,
                           steps=[restored.step], id_sets=id_sets)
+        if distributed.is_writer():
+            _record_evaluation_fields(config, workdir)
     return restored.step
+
+
+def _record_evaluation_fields(config: ml_collections.ConfigDict, workdir: epath.PathLike) -> None:
+    """config.json takes the evaluation fields predict ran with (the OOD sets the predictions
+    now hold, their groups, pnorm_p, ...), which `score` reads from there; the fields of the
+    trained run are config's own, unchanged (`config_with_overrides`)."""
+    stored = saved_runs.config_to_dict(saved_runs.read_config(workdir))
+    if config_validation.changed_fields(stored, saved_runs.config_to_dict(config)):
+        saved_runs.write_config(workdir, config)
 
 
 def _fallback_line(workdir: epath.PathLike, restored) -> str:
@@ -187,7 +199,28 @@ def config_with_overrides(stored: ml_collections.ConfigDict,
         elif name.startswith("ood_groups."):
             groups.add(name.split(".", 1)[1])
     config_validation.check_groups_evaluated(config, groups)
+    for line in _drop_absent_sets(config, given=groups):
+        print(line, file=sys.stderr)
     return config
+
+
+def _drop_absent_sets(config: ml_collections.ConfigDict, *, given: set[str]) -> list[str]:
+    """Takes the OOD sets that the predictions will not hold (--replace_ood left them out) out
+    of the groups not given on the command line, a line for each group changed (a group given
+    there names only sets that are held: `check_groups_evaluated`)."""
+    held, lines = set(config.ood_datasets), []
+    for group, names in list((config.get("ood_groups") or {}).items()):
+        kept = tuple(n for n in names if n in held)
+        if group in given or kept == tuple(names):
+            continue
+        dropped = ", ".join(n for n in names if n not in held)
+        # An emptied group stays as () (no group), so that a later --config.ood_groups.<group>
+        # can set it again.
+        config.ood_groups[group] = kept
+        lines.append(f"config.ood_groups.{group}: {dropped} left out with the OOD sets "
+                     + (f"--replace_ood replaced; the group is now {kept}" if kept else
+                        "--replace_ood replaced; the group named no other set and is now ()"))
+    return lines
 
 
 def _existing_ood_sets(workdir: epath.PathLike,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -133,3 +134,45 @@ def test_predict_overrides_follow_the_stored_run(finished_run):
     requested.ood_datasets = ("uniform",)
     config = predict.config_with_overrides(stored, requested, finished_run, replace_ood=True)
     assert (config.eval_batch_size, config.ood_datasets) == (7, ("uniform",))
+
+
+def test_predict_records_the_evaluation_fields_it_changes_and_score_reads_them(
+        finished_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    held = _ood_names(run)[0]  # (other tests change the shared run's sets)
+    result = run_module("softlabel_ood.predict", f"--workdir={run}", "--config.pnorm_p=3",
+                        f"--config.ood_groups.near=('{held}',)")
+    assert result.returncode == 0, result.stderr[-2000:]
+    config = saved_runs.read_config(run)
+    assert (config.pnorm_p, tuple(config.ood_groups.near)) == (3, (held,))
+    assert config.seed == saved_runs.read_config(finished_run).seed  # the trained run's own
+    result = run_module("softlabel_ood.score", str(run), f"--out={tmp_path / 'scored'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = (tmp_path / "scored" / "metrics.md").read_text()
+    assert "p = 3" in text
+    assert "| mean (near) |" in text
+
+
+def test_predict_replacing_ood_sets_takes_them_out_of_the_groups(finished_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    with saved_runs.read_config(run).unlocked() as config:
+        config.ood_groups = {"near": ("flower_patches",), "far": ("flower_patches", "gaussian")}
+        saved_runs.write_config(run, config)
+    result = run_module("softlabel_ood.predict", f"--workdir={run}", "--replace_ood",
+                        "--config.ood_datasets=('gaussian','blobs')")
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("config.")]
+    assert lines == [  # config.json keeps its fields in name order
+        "config.ood_groups.far: flower_patches left out with the OOD sets --replace_ood "
+        "replaced; the group is now ('gaussian',)",
+        "config.ood_groups.near: flower_patches left out with the OOD sets --replace_ood "
+        "replaced; the group named no other set and is now ()"]
+    config = saved_runs.read_config(run)
+    assert tuple(config.ood_datasets) == ("gaussian", "blobs")
+    assert {g: tuple(names) for g, names in config.ood_groups.items()} == {
+        "far": ("gaussian",), "near": ()}  # () is no group
+    result = run_module("softlabel_ood.score", str(run), f"--out={tmp_path / 'scored'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| mean (far) |" in (tmp_path / "scored" / "metrics.md").read_text()

@@ -292,7 +292,7 @@ def check_evaluation(config: ml_collections.ConfigDict, *, num_devices: int = 1)
     if "odin_selection" in values and "odin_pairs" in values:
         _check_odin_selection(config)
     _check_ood_apart(config)
-    # predict neither reads nor stores the groups: only what they name is checked.
+    # predict writes no group mean: only what the groups name is checked here.
     _check_groups(config, evaluated=False)
     if config.eval_batch_size % num_devices:
         raise _refuse("eval_batch_size", config.eval_batch_size,
