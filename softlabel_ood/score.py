@@ -20,6 +20,7 @@ import os
 import sys
 
 from softlabel_ood import cli_errors
+from softlabel_ood.scoring import score_records  # no JAX: the platform is chosen first
 
 
 def _parse(argv):
@@ -29,22 +30,14 @@ def _parse(argv):
     parser.add_argument("run_dirs", nargs="+", metavar="run_dir",
                         help="run directories, each holding predictions/manifest.json")
     parser.add_argument("--out", required=True, help="directory for metrics.csv and metrics.md")
-    parser.add_argument("--knn_k", type=int, default=None,
-                        help="k of the knn score for every run (default: per run, one "
-                             "neighbour per 1,000 id_train examples, at least 1, as Sun et al.'s "
-                             "k = 50 for 50,000; capped at the id_train size)")
     parser.add_argument("--groups", default=None,
                         help="groups of OOD sets whose means metrics.md shows, e.g. "
                              "'near=cifar100;far=svhn,textures' (default: each run's "
                              "config.ood_groups from its config.json)")
-    parser.add_argument("--odin_selection", default=None, choices=("id_train", "fixed"),
-                        help="the ODIN pair of every run: id_train (the ε with the highest mean "
-                             "id_train score at the largest T) or fixed (T = 1000, ε = 0.0014, "
-                             "OpenOOD's default) (default: each run's config.odin_selection "
-                             "from its config.json, else id_train)")
-    parser.add_argument("--pnorm_p", type=float, default=None,
-                        help="p of the pnorm score for every run, a number >= 1 (default: each "
-                             "run's config.pnorm_p from its config.json, else 2)")
+    # One flag per score parameter, from the score records (a default of None: not given).
+    for parameter in score_records.parameters().values():
+        parser.add_argument(f"--{parameter.name}", type=parameter.type, default=None,
+                            choices=parameter.choices or None, help=parameter.help)
     parser.add_argument("--platform", default=None,
                         help="JAX platform to score on, e.g. cpu, gpu, tpu (default: "
                              "$JAX_PLATFORMS, else cpu)")
@@ -118,20 +111,18 @@ def main(argv=None) -> int:
     from softlabel_ood import cli_errors, scoring
     from softlabel_ood.workdir import trained_steps
 
-    knn_k = args.knn_k
+    given = {name: getattr(args, name) for name in score_records.parameters()}
     try:
-        if knn_k is not None and knn_k < 1:
-            raise scoring.ScoringError(f"--knn_k: must be at least 1, got {knn_k}")
-        if args.pnorm_p is not None and not 1 <= args.pnorm_p < float("inf"):
-            raise scoring.ScoringError(f"--pnorm_p: must be a finite number >= 1, got "
-                                       f"{args.pnorm_p:g}")
+        for name, value in given.items():
+            problem = None if value is None else score_records.parameters()[name].problem(value)
+            if problem is not None:
+                raise scoring.ScoringError(f"--{problem}")
         _check_not_a_grid(args.run_dirs)
         _check_out(args.out)
         _check_platform(args.platform)
         groups = None if args.groups is None else scoring.groups.parse_groups(args.groups)
-        report = scoring.score_runs_report(args.run_dirs, knn_k=knn_k, progress=True,
-                                           ood_groups=groups, odin_selection=args.odin_selection,
-                                           pnorm_p=args.pnorm_p)
+        report = scoring.score_runs_report(args.run_dirs, progress=True, ood_groups=groups,
+                                           **given)
         for run, reasons in report.skipped.items():
             for score, reason in reasons.items():
                 print(f"{run}: {score} {reason}", file=sys.stderr)

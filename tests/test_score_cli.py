@@ -302,7 +302,7 @@ def test_odin_selection_fixed_from_the_run_config_and_from_the_command_line(tmp_
     assert report.skipped["run"]["odin"] == (
         "skipped: odin_selection is fixed, but the predictions hold no pair (T = 1000, "
         "ε = 0.0014)")
-    with pytest.raises(scoring.ScoringError, match="odin_selection: 'best', expected one of"):
+    with pytest.raises(scoring.ScoringError, match="odin_selection is 'best', expected one of"):
         scoring.score_runs_report([tmp_path / "run"], odin_selection="best")
 
 

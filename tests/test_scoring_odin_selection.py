@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from softlabel_ood.scoring import odin_selection
+from softlabel_ood.scoring import directory_reading, groups, odin_selection, score_records
 from softlabel_ood.scoring.metrics import ScoringError
 
 
@@ -48,12 +48,16 @@ def test_fixed_takes_openood_default_pair_whatever_the_means():
 
 
 def test_the_selection_is_read_from_the_run_config(tmp_path):
-    assert odin_selection.read_selection(tmp_path) == "id_train"  # no config.json
+    def read_selection():
+        return directory_reading.stored_parameter(groups.read_run_config(tmp_path),
+                                                  score_records.ODIN_SELECTION, "config.json")
+
+    assert read_selection() == "id_train"  # no config.json
     (tmp_path / "config.json").write_text(json.dumps({"method": "ce"}))
-    assert odin_selection.read_selection(tmp_path) == "id_train"  # saved before the field
+    assert read_selection() == "id_train"  # saved before the field
     (tmp_path / "config.json").write_text(json.dumps({"odin_selection": "fixed"}))
-    assert odin_selection.read_selection(tmp_path) == "fixed"
+    assert read_selection() == "fixed"
     (tmp_path / "config.json").write_text(json.dumps({"odin_selection": "best"}))
     with pytest.raises(ScoringError, match=r"config.json: odin_selection is 'best', expected one "
                                            r"of id_train, fixed"):
-        odin_selection.read_selection(tmp_path)
+        read_selection()

@@ -482,8 +482,9 @@ def pnorm_p(run: RunInfo) -> float:
     """The p of the run's pnorm score, as `score` takes it: from its config.json, else 2."""
     if not run.directory or "://" in run.directory:
         return scoring.scores.DEFAULT_PNORM_P
-    return scoring.runs.pnorm_p_of(scoring.groups.read_run_config(run.directory),
-                                   f"{run.directory}/config.json")
+    return float(scoring.directory_reading.stored_parameter(
+        scoring.groups.read_run_config(run.directory), scoring.score_records.PNORM_P,
+        f"{run.directory}/config.json"))
 
 
 def knn_k_text(runs: Sequence[RunInfo]) -> str:

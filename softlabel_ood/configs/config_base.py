@@ -15,6 +15,7 @@ from softlabel_ood.configs.config_validation import ConfigError
 
 # Method names and dataset names without JAX: loading a config file imports neither flax nor optax.
 from softlabel_ood.data import datasets
+from softlabel_ood.scoring import score_records
 
 FINETUNE_ARG = "oe_finetune"
 
@@ -86,12 +87,13 @@ def base_config(method: str | None, *, finetune: bool = False) -> ml_collections
     # split (softlabel_ood/training/odin.py); () saves none. Each temperature with an epsilon > 0
     # costs a forward and a backward pass, each such pair one more forward pass.
     c.odin_pairs = ODIN_PAIRS
-    # Which saved pair the `odin` score uses (softlabel_ood/scoring/odin_selection.py):
-    # "id_train", the largest T and then the ε with the highest mean id_train score, or
-    # "fixed", OpenOOD's default T = 1000 and ε = 0.0014 (a pair of odin_pairs).
-    c.odin_selection = "id_train"
-    # p of the pnorm score (MaxLogit-pNorm, softlabel_ood/scoring/scores.py), read by `score`.
-    c.pnorm_p = 2.0
+    # The score parameters that a run stores for `score`, at their records' defaults
+    # (softlabel_ood/scoring/score_records.py): odin_selection, which saved pair the `odin`
+    # score uses ("id_train", the largest T and then the ε with the highest mean id_train
+    # score, or "fixed", OpenOOD's default T = 1000 and ε = 0.0014, a pair of odin_pairs);
+    # pnorm_p, the p of the pnorm score (MaxLogit-pNorm).
+    for name, parameter in score_records.config_parameters().items():
+        c[name] = parameter.default
 
     # Bookkeeping. A checkpoint is saved at a multiple of checkpoint_every_steps once at least
     # checkpoint_min_seconds have passed since the run's last save (or its start), and always

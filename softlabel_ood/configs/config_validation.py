@@ -2,7 +2,9 @@
 
 `fields()` is the one definition of what each config field allows (DESIGN.md §8): `check`
 applies it, and `--help` prints it. The methods' hyperparameters, and what a value means for one
-method (a teacher for kd, no α for ce), come from their records in `softlabel_ood.methods`.
+method (a teacher for kd, no α for ce), come from their records in `softlabel_ood.methods`; the
+score parameters that a run stores (pnorm_p, odin_selection) from theirs in
+`softlabel_ood.scoring.score_records`.
 Checks that need the loaded data (the batch size and the number of steps against the size of the
 training set) are in `check_training_size`.
 
@@ -24,6 +26,7 @@ import ml_collections
 from softlabel_ood import methods
 from softlabel_ood.cli_errors import UserError
 from softlabel_ood.data import datasets
+from softlabel_ood.scoring import score_records
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
 # Optimizers of `softlabel_ood.training.optimizer` (its OPTIMIZERS, which imports optax; a test
@@ -39,9 +42,8 @@ MAX_SEED = MAX_INT32
 # 36,500 Places365 validation images would be 112 MB), and within a host's memory even as the
 # device's float32 copy (4 GiB), so that only a mistyped size reaches it.
 MAX_IMAGE_BYTES = 2**30
-# The rules of `softlabel_ood.scoring.odin_selection` (SELECTIONS, FIXED_PAIR; a test keeps them
+# The fixed pair of `softlabel_ood.scoring.odin_selection` (FIXED_PAIR; a test keeps them
 # equal, so that the config side needs no JAX).
-ODIN_SELECTIONS = ("id_train", "fixed")
 ODIN_FIXED_PAIR = (1000.0, 0.0014)
 
 
@@ -50,9 +52,10 @@ class ConfigError(UserError):
 
 
 # Fields that `predict` may change on a finished run: what is evaluated, never what was trained.
+# The score parameters that are config fields (`score_records`) are among them.
 EVALUATION_FIELDS = frozenset({
     "ood_datasets", "dataset_paths", "data_dir", "num_ood_examples", "eval_batch_size",
-    "odin_pairs", "odin_selection", "ood_groups", "pnorm_p",
+    "odin_pairs", "ood_groups", *score_records.config_parameters(),
 })
 # Fields that may differ between the run that made a checkpoint and the run that resumes it:
 # they change what is evaluated or logged, or the speed, not what is trained.
@@ -161,10 +164,9 @@ _TRAINING_FIELDS: dict[str, Rule] = {
     "weight_decay": _real("a number >= 0", lambda v: v >= 0),
     "seed": Rule(f"an integer in [0, {MAX_SEED}]", lambda v: _is_int(v) and 0 <= v <= MAX_SEED),
     "odin_pairs": Rule("distinct (temperature > 0, epsilon >= 0) pairs", _odin_pairs),
-    "odin_selection": Rule("id_train (the ε with the highest mean id_train ODIN score at the "
-                           "largest T) or fixed (T = 1000, ε = 0.0014, OpenOOD's default)",
-                           lambda v: v in ODIN_SELECTIONS),
-    "pnorm_p": _real("a number >= 1 (the p of a norm)", lambda v: v >= 1),
+}
+# ... then the score parameters that are config fields, and these.
+_BOOKKEEPING_FIELDS: dict[str, Rule] = {
     # Periods in steps, compared with int32 step numbers.
     "checkpoint_every_steps": _int_in(1),
     # Seconds of wall time; a day at most, so that a mistyped value cannot switch saving off.
@@ -191,7 +193,10 @@ def fields() -> dict[str, Rule]:
     """Every config field's rule, the registered methods' hyperparameters included."""
     hyperparameters = {field: _hyperparameter_rule(h)
                        for field, h in methods.hyperparameters().items()}
-    return {**_RUN_FIELDS, **hyperparameters, **_TRAINING_FIELDS}
+    score_parameters = {name: Rule(p.allowed, p.ok)
+                        for name, p in score_records.config_parameters().items()}
+    return {**_RUN_FIELDS, **hyperparameters, **_TRAINING_FIELDS, **score_parameters,
+            **_BOOKKEEPING_FIELDS}
 
 
 # Not run settings: the family's experiment grid, checked by `reproduce`.

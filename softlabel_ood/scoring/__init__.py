@@ -1,81 +1,51 @@
 """Scores and OOD detection metrics from saved predictions (DESIGN.md §6).
 
 Imports numpy and jax only, so results can be scored on a laptop with nothing else installed.
-Definitions: `scores` (the scores) and `metrics` (the metrics) module docstrings, and
-docs/scores_and_metrics.md.
+Definitions: `score_records` (the scores), `scores` and `head_scores` (their computations),
+`metric_records` and `metrics` (the metrics), and docs/scores_and_metrics.md.
+
+The names below are loaded when first used: `score_records` and `metric_records`, which the
+config side reads, import neither numpy nor JAX, and importing them must not load the rest.
+The lists of scores are read from the records at each use, so they include scores registered
+at run time.
 """
 
-from softlabel_ood.scoring import groups, odin_selection, selective
-from softlabel_ood.scoring.head_scores import HEAD_SCORES, react, vim
-from softlabel_ood.scoring.metrics import (
-    ECE_BINS,
-    ID_METRICS,
-    METRICS,
-    ScoringError,
-    accuracy,
-    calibration_metrics,
-    ece,
-    id_metrics,
-    ood_metrics,
-    pair_metrics,
-)
-from softlabel_ood.scoring.metrics_files import CSV_HEADER, read_metrics_csv, write_metrics
-from softlabel_ood.scoring.runs import (
-    ALL_SCORES,
-    MetricRow,
-    ScoreReport,
-    run_name,
-    score_predictions,
-    score_runs_report,
-)
-from softlabel_ood.scoring.scores import (
-    FEATURE_SCORES,
-    LOGIT_SCORES,
-    POSTHOC_SCORES,
-    default_knn_k,
-    knn,
-    logit_scores,
-    mahalanobis,
-    pnorm,
-    predicted_class,
-)
-from softlabel_ood.scoring.selective import SELECTIVE_METRICS, selective_metrics
+import importlib
 
-__all__ = [
-    "ALL_SCORES",
-    "CSV_HEADER",
-    "ECE_BINS",
-    "FEATURE_SCORES",
-    "HEAD_SCORES",
-    "ID_METRICS",
-    "LOGIT_SCORES",
-    "METRICS",
-    "POSTHOC_SCORES",
-    "SELECTIVE_METRICS",
-    "MetricRow",
-    "ScoreReport",
-    "ScoringError",
-    "accuracy",
-    "calibration_metrics",
-    "default_knn_k",
-    "ece",
-    "groups",
-    "id_metrics",
-    "knn",
-    "logit_scores",
-    "mahalanobis",
-    "odin_selection",
-    "ood_metrics",
-    "pair_metrics",
-    "pnorm",
-    "predicted_class",
-    "react",
-    "read_metrics_csv",
-    "run_name",
-    "score_predictions",
-    "score_runs_report",
-    "selective",
-    "selective_metrics",
-    "vim",
-    "write_metrics",
-]
+_FROM = {
+    "head_scores": ("react", "vim"),
+    "metrics": ("ECE_BINS", "ID_METRICS", "METRICS", "ScoringError", "accuracy",
+                "calibration_metrics", "ece", "id_metrics", "ood_metrics", "pair_metrics"),
+    "metrics_files": ("CSV_HEADER", "read_metrics_csv", "write_metrics"),
+    "directory_reading": ("run_name",),
+    "runs": ("MetricRow", "ScoreReport", "score_predictions", "score_runs_report"),
+    "scores": ("default_knn_k", "knn", "logit_scores", "mahalanobis", "pnorm",
+               "predicted_class"),
+    "selective": ("SELECTIVE_METRICS", "selective_metrics"),
+}
+_MODULE_OF = {name: module for module, names in _FROM.items() for name in names}
+# The scores by what they read, from their records (`score_records`).
+_SCORE_LISTS = {
+    "ALL_SCORES": lambda r: r.names(),
+    "LOGIT_SCORES": lambda r: r.fused("logit_scores"),
+    "POSTHOC_SCORES": lambda r: tuple(s for s in r.reading("logits")
+                                      if s not in r.fused("logit_scores")),
+    "FEATURE_SCORES": lambda r: tuple(s for s in r.reading("id_train", "features")
+                                      if s not in r.reading("head")),
+    "HEAD_SCORES": lambda r: r.reading("head"),
+}
+_SUBMODULES = ("directory_reading", "float64", "groups", "head_scores", "metric_records",
+               "metrics", "metrics_files", "odin_selection", "runs", "score_functions",
+               "score_records", "scores", "selective")
+
+__all__ = sorted([*_MODULE_OF, *_SCORE_LISTS, "groups", "odin_selection", "selective"])
+
+
+def __getattr__(name: str):
+    if name in _SCORE_LISTS:
+        return _SCORE_LISTS[name](importlib.import_module(f"{__name__}.score_records"))
+    if name in _MODULE_OF:
+        return getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from softlabel_ood.scoring import float64
+from softlabel_ood.scoring import float64, score_records
 
-HEAD_SCORES = ("react", "vim")
+HEAD_SCORES = score_records.reading("head")
 REACT_PERCENTILE = 90.0
 
 _HIGHEST = jax.lax.Precision.HIGHEST

@@ -11,10 +11,10 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from softlabel_ood.scoring import groups, metric_records
+from softlabel_ood.scoring import groups, metric_records, score_records
 from softlabel_ood.scoring.metric_records import lower_is_better
 from softlabel_ood.scoring.metrics import ScoringError
-from softlabel_ood.scoring.runs import ALL_SCORES, MetricRow
+from softlabel_ood.scoring.runs import MetricRow
 from softlabel_ood.workdir import atomic_files, trained_steps
 
 CSV_HEADER = ("run", "score", "ood", "metric", "value")
@@ -73,7 +73,7 @@ def _markdown_text(rows: Sequence[MetricRow], skipped: Mapping[str, Mapping[str,
             lines += [", ".join(f"{m} {_percent(id_values[m])}" for m in _in_order("id", id_values)
                                 ) + " (ID test split)", ""]
         computed = list(dict.fromkeys(r.score for r in run_rows if r.score))
-        known = list(ALL_SCORES)
+        known = list(score_records.names())
         run_scores = [s for s in known if s in computed or s in skipped.get(run, {})]
         run_scores += [s for s in computed if s not in known]
         for score in run_scores:
@@ -199,9 +199,9 @@ def _row(where: str, fields: list[str]) -> MetricRow:
     if kind == "id" and (score or ood):
         raise ScoringError(f"{where}: {metric} is a metric of the ID test split; fields 'score' "
                            f"and 'ood' must be empty, got {score!r} and {ood!r}")
-    if kind != "id" and score not in ALL_SCORES:
+    if kind != "id" and score not in score_records.BY_NAME:
         raise ScoringError(f"{where}: field 'score' is {score!r}, expected one of "
-                           f"{', '.join(ALL_SCORES)}")
+                           f"{', '.join(score_records.names())}")
     if kind == "selective" and ood:
         raise ScoringError(f"{where}: {metric} is a metric of the ID test split; field 'ood' "
                            f"must be empty, got {ood!r}")

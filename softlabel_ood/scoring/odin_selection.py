@@ -21,17 +21,16 @@ the rule:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pathlib
 from collections.abc import Mapping
 
 import numpy as np
 
-from softlabel_ood.scoring.metrics import ScoringError
+from softlabel_ood.scoring import directory_reading, score_records
 from softlabel_ood.workdir import predictions as predictions_lib
 
-SELECTIONS = ("id_train", "fixed")
+SELECTIONS = score_records.ODIN_SELECTIONS
 FIXED_PAIR = (1000.0, 0.0014)  # OpenOOD's ODIN postprocessor default
 RULE = ("the largest configured temperature T, then the ε whose ODIN scores have the highest mean "
         "on the id_train split (Generalized ODIN's criterion; ties to the smaller ε)")
@@ -119,20 +118,4 @@ def choose_from_directory(directory, selection: str = "id_train") -> OdinChoice 
 
 def selection_from_config(config: Mapping, where: str) -> str:
     """A stored config's `odin_selection`; "id_train" for runs saved before the field existed."""
-    selection = config.get("odin_selection", "id_train")
-    if selection not in SELECTIONS:
-        raise ScoringError(f"{where}: odin_selection is {selection!r}, expected one of "
-                           f"{', '.join(SELECTIONS)}")
-    return selection
-
-
-def read_selection(run_dir) -> str:
-    """The run's `odin_selection` from its stored config; "id_train" without one."""
-    path = pathlib.Path(os.fspath(run_dir)) / CONFIG_FILE
-    if not path.is_file():
-        return "id_train"
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ScoringError(f"{path}: not valid JSON ({e})") from None
-    return selection_from_config(config, str(path)) if isinstance(config, dict) else "id_train"
+    return directory_reading.stored_parameter(config, score_records.ODIN_SELECTION, where)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import os
-import pathlib
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -20,26 +18,18 @@ import jax
 import numpy as np
 
 from softlabel_ood.scoring import (
+    directory_reading,
     float64,
-    groups,
-    head_scores,
     metrics,
-    odin_selection,
+    score_functions,
+    score_records,
     scores,
     selective,
 )
-from softlabel_ood.scoring.head_scores import HEAD_SCORES
 from softlabel_ood.scoring.metrics import ID_METRICS, METRICS, ScoringError
-from softlabel_ood.scoring.odin_selection import SELECTIONS as ODIN_SELECTIONS
-from softlabel_ood.scoring.odin_selection import read_selection
-from softlabel_ood.scoring.scores import FEATURE_SCORES, LOGIT_SCORES, POSTHOC_SCORES
 from softlabel_ood.scoring.selective import SELECTIVE_METRICS
 from softlabel_ood.workdir import predictions as predictions_lib
 from softlabel_ood.workdir import trained_steps
-
-# Every score, in the order of metrics.csv and metrics.md. Definitions: docs/scores_and_metrics.md.
-ODIN_SCORES = ("odin",)
-ALL_SCORES = (*LOGIT_SCORES, *POSTHOC_SCORES, *FEATURE_SCORES, *HEAD_SCORES, *ODIN_SCORES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +44,7 @@ class MetricRow:
 @dataclasses.dataclass(frozen=True)
 class ScoreReport:
     rows: list[MetricRow]
-    # run -> {score: why it was not computed}, for feature scores a run cannot provide.
+    # run -> {score: why it was not computed}, for scores whose inputs a run lacks.
     skipped: dict[str, dict[str, str]]
     # run -> {score: what was chosen for it}, e.g. the ODIN pair.
     notes: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
@@ -78,113 +68,56 @@ class _RunScores:
     notes: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
-def run_name(run_dir) -> str:
-    """A run's name is its directory's base name (`runs/ls_0.1/` -> `ls_0.1`)."""
-    return pathlib.Path(os.path.abspath(os.fspath(run_dir))).name
-
-
-def _feature_problem(preds: predictions_lib.Predictions, needed: Sequence[str]) -> str | None:
-    train = preds.names("id_train")
-    if not train:
-        return "the predictions have no id_train split"
-    for name in [train[0], *needed]:
-        if preds.splits[name].features is None:
-            return f"split '{name}' has no features"
-    # Class means and a shared covariance need every class and more rows than classes; a
-    # smaller split would give scores that mean nothing, so the run is refused, not skipped.
-    labels = preds.splits[train[0]].labels
-    missing = sorted(set(range(preds.num_classes)) - set(np.unique(labels).tolist()))
-    if len(labels) < preds.num_classes + 1 or missing:
-        raise ScoringError(
-            f"{preds.directory / (train[0] + '.npz')}: id_train split has {len(labels)} rows"
-            + (f" and no example of class {missing[0]}" if missing else "")
-            + f"; the feature scores need every one of the {preds.num_classes} classes and at "
-            f"least {preds.num_classes + 1} rows")
-    return None
-
-
 @jax.jit
-def _id_calibration(logit_values, logits, labels, edges):
-    """accuracy and ece of the ID test split, given its logit scores [4, N] (msp first)."""
-    return metrics.calibration_jax(logit_values[0], scores.predicted_class_jax(logits) == labels,
-                                   edges)
+def _id_calibration(msp, logits, labels, edges):
+    """accuracy and ece of the ID test split, given its msp scores (the top-label confidence)."""
+    return metrics.calibration_jax(msp, scores.predicted_class_jax(logits) == labels, edges)
 
 
-def _knn_note(k: int | None, num_train: int) -> tuple[int, str]:
-    """The k the knn score uses for an id_train split of `num_train` rows, and what it is."""
-    if k is None:
-        k = scores.default_knn_k(num_train)
-        why = (f"Sun et al.'s k = 50 for 50,000 train examples, scaled to the {num_train:,} "
-               f"id_train examples: one per {scores.KNN_TRAIN_PER_NEIGHBOUR:,}, at least 1")
-    else:
-        why = "as given"
-    k_used = min(k, num_train)
-    if k_used < k:
-        why += f"; {k} capped at the id_train size"
-    return k_used, f"k = {k_used} ({why})"
+def _score(record: score_records.Score, run: score_functions.RunInputs,
+           parameters: Mapping[str, Any]) -> tuple[dict | None, str]:
+    """(values, note) of one record's function, or (None, why it was skipped)."""
+    problem = score_functions.missing_input(record, run)
+    if problem is not None:
+        return None, f"skipped: {problem}"
+    given = {p.name: parameters.get(p.name, p.default) for p in record.parameters}
+    try:
+        return score_functions.FUNCTIONS[record.function](run, **given)
+    except score_functions.Skipped as e:
+        return None, f"skipped: {e}"
 
 
-def _dispatch_run(name: str, preds: predictions_lib.Predictions, knn_k: int | None,
-                  selection: str, pnorm_p: float) -> _RunScores:
-    """Starts the run's score computations; JAX runs them while the next run is read."""
-    id_test = preds.id_test_name
-    ood = preds.names("ood_test")
-    evaluated = [id_test, *ood]
-    # Dispatched without waiting for the results (see _finish_run). Splits of equal size share
-    # one compiled computation.
-    logit_values = {s: scores.logit_scores_jax(preds.splits[s].logits) for s in evaluated}
-    id_split = preds.splits[id_test]
-    id_values = _id_calibration(logit_values[id_test], id_split.logits, id_split.labels,
+def _dispatch_run(name: str, preds: predictions_lib.Predictions,
+                  parameters: Mapping[str, Any]) -> _RunScores:
+    """Starts the run's score computations, record by record; JAX runs them while the next run
+    is read. Records computed together (`fused`) come from one call of their function."""
+    run = score_functions.RunInputs(preds)
+    values, skipped, notes, fused = {}, {}, {}, {}
+    for record in score_records.BY_NAME.values():
+        if record.fused and record.function in fused:
+            computed, note = fused[record.function]
+        else:
+            computed, note = _score(record, run, parameters)
+            if record.fused:
+                fused[record.function] = computed, note
+        if computed is None:
+            skipped[record.name] = note
+            continue
+        values[record.name] = computed[record.name] if record.fused else computed
+        if note:
+            notes[record.name] = note
+    id_test, id_split = run.evaluated[0], preds.splits[run.evaluated[0]]
+    id_values = _id_calibration(values["msp"][id_test], id_split.logits, id_split.labels,
                                 np.linspace(0.0, 1.0, metrics.ECE_BINS + 1))
     correct = scores.predicted_class_jax(id_split.logits) == id_split.labels
-    values = {"logit": logit_values,  # split -> [4, N], taken apart once computed
-              "pnorm": {s: scores.pnorm_jax(preds.splits[s].logits, float(pnorm_p))
-                        for s in evaluated}}
-    notes = {"pnorm": f"p = {pnorm_p:g}"}
-
-    skipped = {}
-    problem = _feature_problem(preds, evaluated)
-    if problem is None:
-        train = preds.splits[preds.names("id_train")[0]]
-        k, notes["knn"] = _knn_note(knn_k, len(train.labels))
-        # One pass over all evaluated splits, then cut back into splits.
-        features = np.concatenate([preds.splits[s].features for s in evaluated])
-        ends = np.cumsum([preds.splits[s].features.shape[0] for s in evaluated])
-        for score, per_row in [
-                ("mahalanobis", scores.mahalanobis(features, train.features, train.labels,
-                                                   preds.num_classes)),
-                ("knn", scores.knn(features, train.features, k))]:
-            values[score] = dict(zip(evaluated, np.split(per_row, ends[:-1]), strict=True))
-    else:
-        skipped = dict.fromkeys(FEATURE_SCORES, f"skipped: {problem}")
-
-    if problem is None and preds.head is None:
-        problem = "the predictions have no classifier head (format v1)"
-    if problem is None:
-        head = (train.features, preds.head.kernel, preds.head.bias)
-        for score, per_row in [("react", head_scores.react(features, *head)),
-                               ("vim", head_scores.vim(features, *head))]:
-            values[score] = dict(zip(evaluated, np.split(per_row, ends[:-1]), strict=True))
-    else:
-        skipped.update(dict.fromkeys(HEAD_SCORES, f"skipped: {problem}"))
-
-    problem = odin_selection.odin_problem(preds, selection)
-    if problem is None:
-        choice = odin_selection.choose_for(preds, selection)
-        # Ranked as saved: the log-ratios of format v3 order exactly as the scores.
-        values["odin"] = {s: preds.splits[s].odin_ranking()[:, choice.index] for s in evaluated}
-        notes["odin"] = choice.text()
-    else:
-        skipped["odin"] = f"skipped: {problem}"
-    return _RunScores(name, id_test, ood, values, id_values, correct, skipped, notes)
+    return _RunScores(name, id_test, run.evaluated[1:], values, id_values, correct, skipped,
+                      notes)
 
 
 def _finish_run(run: _RunScores) -> _RunScores:
-    values = jax.device_get(run.values)
-    logit_values = values.pop("logit")
-    values = {**{score: {s: np.asarray(v[i]) for s, v in logit_values.items()}
-                 for i, score in enumerate(LOGIT_SCORES)}, **values}
-    values = {score: values[score] for score in ALL_SCORES if score in values}
+    fetched = jax.device_get(run.values)  # its dicts come back with sorted keys
+    values = {score: {split: np.asarray(fetched[score][split]) for split in per_split}
+              for score, per_split in run.values.items()}
     for score, per_split in values.items():
         for split, v in per_split.items():
             if not np.isfinite(v).all():
@@ -275,23 +208,36 @@ def _progress(items: Iterable, total: int | None) -> Iterable:
         yield item
 
 
+def check_given(given: Mapping[str, Any]) -> dict[str, Any]:
+    """The score parameters given for every run (`score_records.parameters`, None for not
+    given), each checked by its record's rule."""
+    known = score_records.parameters()
+    for name, value in given.items():
+        if name not in known:
+            raise TypeError(f"unknown score parameter {name!r}; expected one of "
+                            f"{', '.join(known)}")
+        problem = None if value is None else known[name].problem(value)
+        if problem is not None:
+            raise ScoringError(problem)
+    return {name: value for name, value in given.items() if value is not None}
+
+
 def score_predictions(named: Iterable[tuple[str, predictions_lib.Predictions]], *,
-                      knn_k: int | None = None,
-                      odin_selections: Mapping[str, str] | None = None,
-                      pnorm_ps: Mapping[str, float] | None = None,
-                      progress: bool = False, total: int | None = None) -> ScoreReport:
+                      stored: Mapping[str, Mapping[str, Any]] | None = None,
+                      progress: bool = False, total: int | None = None,
+                      **given) -> ScoreReport:
     """Scores runs given as (name, Predictions) pairs; see `score_runs_report`.
-    `odin_selections` ({run: "id_train" or "fixed"}) picks each run's ODIN pair (default
-    "id_train"); `pnorm_ps` ({run: p}) the pnorm score's p (default 2)."""
+    `stored` ({run: {parameter: value}}) holds each run's own values of score parameters (from
+    its config.json), which a parameter given by name for every run (`knn_k=5`) replaces; a
+    parameter that neither gives takes its record's default."""
+    given = check_given(given)
     pending = []
     with float64.enabled():
         for name, preds in _progress(named, total) if progress else named:
             if any(run.name == name for run in pending):
                 raise ScoringError(f"{name}: two runs share this name (run names are "
                                    "directory base names)")
-            pending.append(_dispatch_run(
-                name, preds, knn_k, (odin_selections or {}).get(name, "id_train"),
-                (pnorm_ps or {}).get(name, scores.DEFAULT_PNORM_P)))
+            pending.append(_dispatch_run(name, preds, {**(stored or {}).get(name, {}), **given}))
         runs = [_finish_run(run) for run in pending]
     if progress:
         print(f"computing metrics for {sum(len(r.values) * len(r.ood) for r in runs)} "
@@ -306,90 +252,35 @@ def score_predictions(named: Iterable[tuple[str, predictions_lib.Predictions]], 
                        notes={run.name: run.notes for run in runs if run.notes})
 
 
-def pnorm_p_of(config: Mapping, where: str) -> float:
-    """A stored config's `pnorm_p`; the default for runs saved before the field existed."""
-    p = config.get("pnorm_p", scores.DEFAULT_PNORM_P)
-    try:
-        scores.check_pnorm_p(p)
-    except ValueError as e:
-        raise ScoringError(f"{where}: {e}") from None
-    return float(p)
-
-
-def _check_run_dirs(run_dirs: Sequence, ood_groups: Mapping[str, Sequence[str]] | None
-                    ) -> list[tuple[str, dict, float, tuple]]:
-    """(name, OOD groups, pnorm's p, `trained_steps.unfinished`) of each run, once its manifest
-    and groups are checked."""
-    checked = []
-    for run_dir in run_dirs:
-        if not os.path.isdir(os.fspath(run_dir)):
-            raise predictions_lib.PredictionsError(f"{run_dir}: no such run directory")
-        # The manifests are cheap to check: most bad directories are reported before any work.
-        directory = pathlib.Path(os.fspath(run_dir))
-        manifest = predictions_lib.read_manifest(directory / "predictions")
-        name = run_name(run_dir)
-        if any(name == other for other, *_ in checked):
-            raise ScoringError(f"{run_dir}: another run directory has the same base name "
-                               f"'{name}' (run names must be unique)")
-        # A run directory written by train holds its config: the predictions must be its own.
-        stored = groups.read_run_config(directory)
-        predictions_lib.check_run_matches_config(
-            directory / "predictions" / predictions_lib.MANIFEST, manifest.get("run", {}),
-            stored, directory / groups.CONFIG_FILE)
-        if ood_groups is not None:
-            run_groups, where = dict(ood_groups), "--groups"
-        else:
-            run_groups = groups.groups_of(stored, directory)
-            where = f"{directory / groups.CONFIG_FILE} (ood_groups; --groups replaces them)"
-        groups.check_groups(run_groups, {n: e["role"] for n, e in manifest["splits"].items()},
-                            run=name, where=where)
-        checked.append((name, run_groups,
-                        pnorm_p_of(stored, str(directory / groups.CONFIG_FILE)),
-                        trained_steps.unfinished(
-                            manifest, done=(directory / trained_steps.DONE_FILE).exists())))
-    return checked
-
-
-def score_runs_report(run_dirs: Sequence, *, knn_k: int | None = None, progress: bool = False,
+def score_runs_report(run_dirs: Sequence, *, progress: bool = False,
                       ood_groups: Mapping[str, Sequence[str]] | None = None,
-                      odin_selection: str | None = None,
-                      pnorm_p: float | None = None) -> ScoreReport:
+                      **given) -> ScoreReport:
     """Reads `<run_dir>/predictions` of each run and computes every score and metric.
 
     Rows per run: accuracy and ece of the ID test split (empty score and ood), then for each
-    score (LOGIT_SCORES; FEATURE_SCORES when the run has features and an id_train split;
-    HEAD_SCORES when it also has the classifier head; odin when it has ODIN scores and an
-    id_train split) and each OOD split in manifest order, the METRICS in order. The report also
+    score in `score_records` order whose inputs the run holds (the logit scores always; the
+    feature scores when the run has features and an id_train split; react and vim when it also
+    has the classifier head; odin when it has ODIN scores, and an id_train split for the
+    id_train rule) and each OOD split in manifest order, the METRICS in order. The report also
     says which scores were skipped in which run and why. Raises PredictionsError for a missing
     or invalid run directory, and ScoringError for clashing run names or a group that names a
     set which is not an OOD split of the run (`groups.check_groups`).
 
     `ood_groups` ({group: OOD sets}) overrides the groups each run names in its config.json.
-    `knn_k` fixes the knn score's k for every run; by default each run's is
-    `scores.default_knn_k` of its id_train size, and the notes say which k it used.
-    `odin_selection` ("id_train" or "fixed") overrides the rule each run's config.json names for
-    its ODIN pair (odin_selection.py), and `pnorm_p` the p of each run's pnorm score (its
-    config.json's `pnorm_p`, else 2). Every score also gets the ID test split's
-    SELECTIVE_METRICS (empty ood), after accuracy and ece. The report's `unfinished` names the
-    runs whose predictions may not be of the finished model (`trained_steps.unfinished`).
+    A score parameter given by name (`score_records.parameters`: knn_k, odin_selection,
+    pnorm_p, ...) is used for every run, in place of the value each run's config.json stores
+    for a parameter that is a config field, else its record's default: by default the knn
+    score's k is `scores.default_knn_k` of each run's id_train size, the ODIN pair is chosen by
+    the id_train rule (odin_selection.py) and pnorm's p is 2; the notes say what each run used.
+    Every score also gets the ID test split's SELECTIVE_METRICS (empty ood), after accuracy and
+    ece. The report's `unfinished` names the runs whose predictions may not be of the finished
+    model (`trained_steps.unfinished`).
     """
-    if odin_selection is not None and odin_selection not in ODIN_SELECTIONS:
-        raise ScoringError(f"odin_selection: {odin_selection!r}, expected one of "
-                           f"{', '.join(ODIN_SELECTIONS)}")
-    if pnorm_p is not None:
-        try:
-            scores.check_pnorm_p(pnorm_p)
-        except ValueError as e:
-            raise ScoringError(str(e)) from None
-    checked = _check_run_dirs(run_dirs, ood_groups)
-    names = [name for name, *_ in checked]
-    named = ((name, predictions_lib.read(pathlib.Path(os.fspath(d)) / "predictions"))
-             for name, d in zip(names, run_dirs, strict=True))
-    selections = {name: odin_selection or read_selection(d)
-                  for name, d in zip(names, run_dirs, strict=True)}
-    pnorm_ps = {name: pnorm_p or p for name, _, p, _ in checked}
-    report = score_predictions(named, knn_k=knn_k, odin_selections=selections,
-                               pnorm_ps=pnorm_ps, progress=progress, total=len(checked))
-    return dataclasses.replace(report, groups={n: g for n, g, *_ in checked if g},
-                               unfinished={n: checkpoint for n, *_, (unfinished, checkpoint)
-                                           in checked if unfinished})
+    given = check_given(given)
+    read = directory_reading.read_run_directories(run_dirs, ood_groups, given)
+    named = ((run.name, predictions_lib.read(run.predictions)) for run in read)
+    report = score_predictions(named, stored={run.name: run.parameters for run in read},
+                               progress=progress, total=len(read), **given)
+    return dataclasses.replace(report, groups={run.name: run.groups for run in read if run.groups},
+                               unfinished={run.name: run.unfinished[1] for run in read
+                                           if run.unfinished[0]})

@@ -42,13 +42,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from softlabel_ood.scoring import float64
+from softlabel_ood.scoring import float64, score_records
 
-LOGIT_SCORES = ("msp", "max_logit", "energy", "entropy")
+# The scores of one pass over the logits (`logit_scores`), as their records name them.
+LOGIT_SCORES = score_records.fused("logit_scores")
 # Logit scores computed with a parameter (config.pnorm_p), outside `logit_scores`.
-POSTHOC_SCORES = ("pnorm",)
-DEFAULT_PNORM_P = 2.0
-FEATURE_SCORES = ("mahalanobis", "knn")
+POSTHOC_SCORES = tuple(s for s in score_records.reading("logits") if s not in LOGIT_SCORES)
+DEFAULT_PNORM_P = score_records.PNORM_P.default
+FEATURE_SCORES = tuple(s for s in score_records.reading("id_train", "features")
+                       if "head" not in score_records.get(s).inputs)
 # Sun et al. (2022) use k = 50 for CIFAR-10's 50,000 training images, and on ImageNet scale k
 # with the fraction of the training set they search (k = 1000 for all of it, k = 10 for 1%).
 KNN_TRAIN_PER_NEIGHBOUR = 1000
@@ -122,12 +124,14 @@ def pnorm(logits, p: float = DEFAULT_PNORM_P) -> np.ndarray:
 
 
 def check_pnorm_p(p) -> None:
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not np.isfinite(p) or p < 1:
-        raise ValueError(f"pnorm_p: must be a finite number >= 1 (a norm), got {p!r}")
+    problem = score_records.PNORM_P.problem(p)
+    if problem is not None:
+        raise ValueError(problem)
 
 
 def _logit_scores_rows(logits):
-    """[4, B] float64 scores from one pass over the exponentials of [B, K] logits."""
+    """{score: [B] float64} for LOGIT_SCORES, from one pass over the exponentials of [B, K]
+    logits."""
     top = jnp.max(logits, axis=-1).astype(jnp.float64)
     shifted = logits.astype(jnp.float64) - top[:, None]
     e = jnp.exp(shifted)
@@ -135,13 +139,12 @@ def _logit_scores_rows(logits):
     log_z = jnp.log(z)
     # sum_k p_k log p_k = sum_k e_k (l_k - top) / z - log z: no cancellation against logsumexp.
     neg_entropy = jnp.sum(e * shifted, axis=-1) / z - log_z
-    return jnp.stack([1.0 / z, top, top + log_z, neg_entropy])
-
+    return {"msp": 1.0 / z, "max_logit": top, "energy": top + log_z, "entropy": neg_entropy}
 
 
 @jax.jit
-def logit_scores_jax(logits) -> jax.Array:
-    """The computation behind `logit_scores`: [4, N] (LOGIT_SCORES in order) from JAX logits,
+def logit_scores_jax(logits) -> dict[str, jax.Array]:
+    """The computation behind `logit_scores`: {score: [N]} for LOGIT_SCORES from JAX logits,
     dispatched without waiting, so callers can overlap it with reading the next run; float64
     must be enabled by the caller."""
     # Small row chunks keep the float64 intermediates in cache: on CPU this is several times
@@ -150,7 +153,7 @@ def logit_scores_jax(logits) -> jax.Array:
     chunks = -(-n // _CHUNK)
     padded = jnp.pad(logits, ((0, chunks * _CHUNK - n), (0, 0)))
     scores = jax.lax.map(_logit_scores_rows, padded.reshape(chunks, _CHUNK, -1))
-    return jnp.moveaxis(scores, 1, 0).reshape(len(LOGIT_SCORES), -1)[:, :n]
+    return {name: v.reshape(-1)[:n] for name, v in scores.items()}
 
 
 def logit_scores(logits) -> dict[str, np.ndarray]:
@@ -160,7 +163,7 @@ def logit_scores(logits) -> dict[str, np.ndarray]:
         raise ValueError(f"logits: expected a non-empty [N, K] array, got {logits.shape}")
     with float64.enabled():
         scores = jax.device_get(logit_scores_jax(logits))
-    return dict(zip(LOGIT_SCORES, scores, strict=True))
+    return {name: np.asarray(scores[name]) for name in LOGIT_SCORES}
 
 
 @jax.jit
