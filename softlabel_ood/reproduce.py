@@ -25,7 +25,7 @@ from etils import epath
 from ml_collections import config_flags
 
 from softlabel_ood import cli_errors, command_line, configs, scoring
-from softlabel_ood.analysis import claims, report, results
+from softlabel_ood.analysis import claims, report, report_inputs, results
 from softlabel_ood.configs import config_validation
 from softlabel_ood.data import datasets, run_data
 from softlabel_ood.experiment import finished_runs, grid, populations, probe, schedule, workers
@@ -120,7 +120,7 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str, *,
     runs = [info for info, _ in planned if info.directory not in failed]
     # Predictions of a step short of the run's end (predict --allow_unfinished) are never
     # reported: the run is named with the failed ones.
-    unfinished = report.unfinished_runs(runs)
+    unfinished = report_inputs.unfinished_runs(runs)
     failed.update({r.directory: f"not reported: {trained_steps.describe(unfinished[r.run])}"
                    for r in runs if r.run in unfinished})
     runs = [r for r in runs if r.run not in unfinished]

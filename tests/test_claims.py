@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
-import pytest
-
 from softlabel_ood.analysis import claims, metric_stats
 from tests.report_helpers import metric_rows, paper_runs
 
@@ -99,31 +96,6 @@ def test_claim3_contradicted_within_noise_and_missing():
     assert any("needs an ls run with α = 0.3" in line for line in c3.evidence)
 
 
-def test_noise_threshold_uses_the_combined_seed_std():
-    rules = claims.ClaimRules(min_effect=0.005)
-    a = metric_stats.Stat((0.90, 0.95, 1.00))  # std 0.05
-    b = metric_stats.Stat((0.80, 0.80, 0.80))  # std 0
-    c = claims.compare(a, b, rules)
-    assert c.threshold == pytest.approx(0.05)
-    assert c.direction == 1
-    c = claims.compare(metric_stats.Stat((0.84, 0.86, 0.88)), b, rules)  # diff 0.06, threshold 0.02
-    assert c.direction == 1
-    c = claims.compare(metric_stats.Stat((0.70, 0.85, 1.0)), b, rules)  # diff 0.05 < std 0.15
-    assert c.direction == 0
-    assert claims.compare(metric_stats.Stat((0.9,)), b, rules).direction == 0  # one seed: unknown
-
-
-def test_spearman_averages_tied_ranks_and_is_nan_for_constant_input():
-    # Ranks by hand: x -> 1..5; y -> 4, 2.5, 2.5, 1, 5 (the two 0.8s share ranks 2 and 3).
-    # Deviations from the mean rank 3: dx = -2, -1, 0, 1, 2 and dy = 1, -.5, -.5, -2, 2, so
-    # rho = sum(dx dy) / sqrt(sum dx² sum dy²) = 0.5 / sqrt(10 * 9.5).
-    x, y = [0.0, 0.1, 0.2, 0.3, 0.4], [0.9, 0.8, 0.8, 0.7, 0.95]
-    assert claims.spearman(x, y) == pytest.approx(0.5 / np.sqrt(95.0))
-    assert claims.spearman(x, x[::-1]) == pytest.approx(-1.0)
-    assert np.isnan(claims.spearman(x, [0.5] * 5))
-    assert np.isnan(claims.spearman([0.1], [0.2]))
-
-
 def test_pairing_by_seed_removes_the_seed_to_seed_spread():
     # Every entry moves by ±3 points with the seed. Independent samples: kd-from-oe minus
     # kd-from-ce is 3 points against a threshold of sqrt(2) * 3 = 4.24, within noise. Paired,
@@ -144,21 +116,3 @@ def test_paired_difference_needs_every_seed_to_agree_in_sign():
     # The same mean with every seed positive holds.
     c3 = _evaluate(shifts={("kdi_oe", 2): -0.09})[2]
     assert c3.verdict == claims.SUPPORTED
-
-
-def test_compare_paired_by_hand():
-    rules = claims.ClaimRules(min_effect=0.005, min_seeds=2)
-    a = {0: 0.90, 1: 0.95, 2: 1.00, 7: 0.5}  # seed 7 has no partner: left out
-    b = {0: 0.80, 1: 0.86, 2: 0.89, 3: 0.1}
-    c = claims.compare_paired(a, b, rules)
-    assert [seed for seed, _ in c.differences] == [0, 1, 2]
-    d = np.array([0.10, 0.09, 0.11])
-    assert c.mean == pytest.approx(d.mean())
-    assert c.std == pytest.approx(d.std(ddof=1))
-    assert c.threshold == pytest.approx(max(0.005, d.std(ddof=1)))
-    assert c.direction == 1
-    assert claims.compare_paired(b, a, rules).direction == -1
-    # One pair: the spread is unknown below min_seeds.
-    one = claims.compare_paired({0: 0.9}, {0: 0.1}, rules)
-    assert np.isnan(one.threshold)
-    assert one.direction == 0

@@ -191,14 +191,15 @@ def test_alpha_sweep_tells_ten_scores_apart_by_colour_marker_and_line():
 
 
 def test_claims_figure_shows_each_seeds_difference_its_mean_and_the_noise_band():
-    from softlabel_ood.analysis import claims
+    from softlabel_ood.analysis import claims, decision_statistics
 
     # Two comparisons with differences worked by hand: (2, 4, 9) points, mean 5, sample std
     # sqrt(13) = 3.61; (-1, -0.2) points, mean -0.6, std 0.57. Both stds exceed the 0.5-point
     # minimum, so each is its comparison's noise threshold.
     rules = claims.ClaimRules()
-    first = claims.compare_paired({0: 0.52, 1: 0.54, 2: 0.59}, {0: 0.50, 1: 0.50, 2: 0.50}, rules)
-    second = claims.compare_paired({0: 0.49, 1: 0.498}, {0: 0.50, 1: 0.50}, rules)
+    first = decision_statistics.compare_paired({0: 0.52, 1: 0.54, 2: 0.59},
+                                               {0: 0.50, 1: 0.50, 2: 0.50}, rules)
+    second = decision_statistics.compare_paired({0: 0.49, 1: 0.498}, {0: 0.50, 1: 0.50}, rules)
     results_ = [claims.ClaimResult(1, "", claims.SUPPORTED, "", (), comparisons=(
                     ("a − b", first, +1),)),
                 claims.ClaimResult(2, "", claims.INCONCLUSIVE, "", (), comparisons=(

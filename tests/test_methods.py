@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from softlabel_ood import methods, reproduce
-from softlabel_ood.analysis import report
+from softlabel_ood.analysis import report_tables
 from softlabel_ood.analysis.results import RunInfo
 from softlabel_ood.configs import config_validation
 from softlabel_ood.experiment import grid
@@ -116,7 +116,7 @@ def test_a_registered_method_trains_beside_ce_and_is_recorded_and_reported(toy, 
     # Beside another method's strength (α of ls), each cell names its own.
     toy_run, ls_run = (RunInfo(run=f"{m}_seed0", name=m, seed=0, method=m, alpha=0.3)
                        for m in ("toy", "ls"))
-    table = report.runs_markdown([toy_run, ls_run])
+    table = report_tables.runs_markdown([toy_run, ls_run])
     assert "| run | method | strength |" in table
     assert "| `toy` | toy | g = 0.3 |" in table
     assert "| `ls` | ls | α = 0.3 |" in table

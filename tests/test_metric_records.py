@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from softlabel_ood import scoring
-from softlabel_ood.analysis import report
+from softlabel_ood.analysis import report_tables
 from softlabel_ood.analysis.metric_stats import MetricTable
 from softlabel_ood.analysis.results import RunInfo
 from softlabel_ood.scoring import metric_records
@@ -36,9 +36,9 @@ def test_a_registered_lower_is_better_metric_is_printed_with_its_arrow(toy_metri
     assert "| svhn | 80.00 | 12.50 |" in text
     table = MetricTable(_rows("ce_seed0"))
     runs = [RunInfo(run="ce_seed0", name="ce", seed=0, method="ce", alpha=0.0)]
-    header = report.table3_markdown(table, runs, metric="toy_risk").splitlines()[0]
+    header = report_tables.table3_markdown(table, runs, metric="toy_risk").splitlines()[0]
     assert header == "| run (method) | accuracy ↑ | ECE ↓ | msp toy risk ↓ |"
-    assert "| `ce` (ce) | 90.00 | – | 12.50 |" in report.table3_markdown(table, runs,
+    assert "| `ce` (ce) | 90.00 | – | 12.50 |" in report_tables.table3_markdown(table, runs,
                                                                         metric="toy_risk")
     assert metric_records.header("toy_risk") == "toy risk ↓"
     assert metric_records.header("auroc") == "AUROC ↑"

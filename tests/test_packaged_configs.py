@@ -67,7 +67,7 @@ def test_the_train_command_reads_a_packaged_config_from_an_empty_directory(empty
         cwd=empty_cwd, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].startswith(
-        "error: config.label_smoothing: 1.5 is not allowed; expected a number in [0, 1)")
+        "error: config.label_smoothing: 1.5 is not allowed; expected a number in (0, 1)")
     assert sorted(p.name for p in empty_cwd.iterdir()) == []  # nothing written
 
 

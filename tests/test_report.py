@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from softlabel_ood import scoring
-from softlabel_ood.analysis import report, results
+from softlabel_ood.analysis import report, report_inputs, report_tables, results
 from softlabel_ood.analysis.tables import MAX_TABLE_COLUMNS, md_table
 from softlabel_ood.scoring import MetricRow
 from softlabel_ood.workdir import predictions
@@ -221,25 +221,25 @@ def test_report_states_the_odin_pair_of_each_run(tmp_path):
     _odin_predictions(tmp_path / "ce_seed1", [0.5, 0.7, 0.6])
     runs = [results.RunInfo(run=f"ce_seed{s}", name="ce", seed=s, method="ce", alpha=0.0,
                             directory=str(tmp_path / f"ce_seed{s}")) for s in (0, 1)]
-    choices = report.odin_choices(runs)
-    text = report.odin_pairs_markdown(choices)
+    choices = report_inputs.odin_choices(runs)
+    text = report_tables.odin_pairs_markdown(choices)
     assert "| `ce_seed0` | 1000 | 0.0014 | 35.00, 60.00 |" in text
     assert "| `ce_seed1` | 1000 | 0 | 70.00, 60.00 |" in text
     assert "the largest configured temperature T" in text
     assert "Every run's rule" not in text  # one run took ε = 0
     # Every run with the same pair: one line instead of the table; and that pair is the largest
     # ε of the grid for every run, which the report says.
-    one = report.odin_pairs_markdown(report.odin_choices(runs[:1]))
+    one = report_tables.odin_pairs_markdown(report_inputs.odin_choices(runs[:1]))
     assert "Every one of the 1 runs chose T = 1000, ε = 0.0014" in one
     assert "Every run's rule chose the largest ε offered (0.0014)" in one
     assert "|" not in one
     # With odin_selection = "fixed" the pair is OpenOOD's, and that line goes.
     (tmp_path / "ce_seed0" / "config.json").write_text(json.dumps({"odin_selection": "fixed"}))
-    fixed = report.odin_pairs_markdown(report.odin_choices(runs[:1]))
+    fixed = report_tables.odin_pairs_markdown(report_inputs.odin_choices(runs[:1]))
     assert "chose T = 1000, ε = 0.0014" in fixed
     assert "Every run's rule" not in fixed
     # The knn score's k follows the id_train split's size (24 examples: k = 1).
-    assert report.knn_k_text(runs) == "k = 1"
+    assert report_inputs.knn_k_text(runs) == "k = 1"
 
 
 def test_report_groups_and_claim_1_for_every_score(tmp_path):

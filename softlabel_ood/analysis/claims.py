@@ -7,15 +7,16 @@ decided it. The rules compare one quantity, by default the MSP AUROC averaged ov
 Runs are paired by seed. Within a seed every run of the grid shares its initialisation, data order
 and augmentation (teachers and students included), so the two entries' runs with the same seed
 differ only in the method; seed-to-seed variation common to both cancels in their difference.
-The deciding rule is therefore paired (`PairedComparison`): over the seeds both entries have, the
-differences d_s = a_s - b_s; a difference counts when their mean exceeds the noise threshold
-max(`ClaimRules.min_effect`, std(d)) (sample std, ddof = 1) and every d_s has the same sign.
-With fewer than `ClaimRules.min_seeds` common seeds the spread is unknown and a claim that needs
-it is INCONCLUSIVE.
+The deciding rule is therefore paired (`decision_statistics.PairedComparison`): over the seeds
+both entries have, the differences d_s = a_s - b_s; a difference counts when their mean exceeds
+the noise threshold max(`ClaimRules.min_effect`, std(d)) (sample std, ddof = 1) and every d_s
+has the same sign. With fewer than `ClaimRules.min_seeds` common seeds the spread is unknown and
+a claim that needs it is INCONCLUSIVE.
 
 The earlier rule, which treats the two entries' seeds as independent samples (the difference of
-the seed means against max(min_effect, sqrt(std_a² + std_b²)), `Comparison`), is still computed
-and reported beside it for comparison (`ClaimResult.independent_verdict`).
+the seed means against max(min_effect, sqrt(std_a² + std_b²)),
+`decision_statistics.Comparison`), is still computed and reported beside it for comparison
+(`ClaimResult.independent_verdict`).
 """
 
 from __future__ import annotations
@@ -24,17 +25,23 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
-import numpy as np
-from scipy import stats as scipy_stats
-
 from softlabel_ood.analysis import metric_stats, results
+from softlabel_ood.analysis.decision_statistics import (
+    INCONCLUSIVE,
+    NOT_SUPPORTED,
+    SUPPORTED,
+    Comparison,
+    PairedComparison,
+    combine_outcomes,
+    compare,
+    compare_paired,
+    part_outcome,
+    pct,
+    spearman,
+)
 from softlabel_ood.analysis.metric_stats import MetricTable, Stat
 from softlabel_ood.analysis.results import RunInfo
 from softlabel_ood.scoring import metric_records
-
-SUPPORTED = "supported"
-NOT_SUPPORTED = "not supported"
-INCONCLUSIVE = "inconclusive"
 
 STATEMENTS = {
     1: "Label smoothing deteriorates softmax-based OOD detection as α grows, while accuracy "
@@ -86,123 +93,8 @@ class ClaimResult:
     comparisons: tuple[tuple[str, PairedComparison, int], ...] = ()
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}"
-
-
 def _stat_text(s: Stat) -> str:
     return f"{metric_stats.format_stat(s)} (n = {s.n})"
-
-
-@dataclasses.dataclass(frozen=True)
-class Comparison:
-    """a - b against the noise threshold max(min_effect, sqrt(std_a² + std_b²))."""
-
-    difference: float
-    threshold: float  # NaN when a seed spread is unknown
-
-    @property
-    def direction(self) -> int:
-        """+1: a > b beyond noise; -1: a < b beyond noise; 0: within noise or unknown."""
-        if math.isnan(self.threshold) or math.isnan(self.difference):
-            return 0
-        if self.difference > self.threshold:
-            return 1
-        if self.difference < -self.threshold:
-            return -1
-        return 0
-
-    def text(self) -> str:
-        if math.isnan(self.threshold):
-            return f"difference {_pct(self.difference)}, noise threshold unknown"
-        return f"difference {_pct(self.difference)}, noise threshold {_pct(self.threshold)}"
-
-
-@dataclasses.dataclass(frozen=True)
-class PairedComparison:
-    """a - b paired by seed: the per-seed differences against max(min_effect, std of them)."""
-
-    differences: tuple[tuple[int, float], ...]  # (seed, a_seed - b_seed), seeds both have
-    min_effect: float
-    min_seeds: int
-
-    @property
-    def stat(self) -> Stat:
-        """The per-seed differences, as mean and sample std like any per-seed quantity."""
-        return Stat(tuple(d for _, d in self.differences))
-
-    @property
-    def n(self) -> int:
-        return self.stat.n
-
-    @property
-    def mean(self) -> float:
-        return self.stat.mean
-
-    @property
-    def std(self) -> float:
-        return self.stat.std
-
-    @property
-    def threshold(self) -> float:
-        """NaN when there are fewer than min_seeds pairs (the spread is unknown)."""
-        if self.n < max(self.min_seeds, 1):
-            return math.nan
-        return max(self.min_effect, self.std if self.n >= 2 else 0.0)
-
-    @property
-    def direction(self) -> int:
-        """+1: a > b beyond noise with every seed's difference positive; -1 the mirror; else 0."""
-        if math.isnan(self.threshold):
-            return 0
-        if self.mean > self.threshold and all(v > 0 for v in self.stat.values):
-            return 1
-        if self.mean < -self.threshold and all(v < 0 for v in self.stat.values):
-            return -1
-        return 0
-
-    def brief(self) -> str:
-        """The mean ± std of the differences, the threshold and the signs, in one phrase."""
-        spread = "" if self.n < 2 else f" ± {_pct(self.std)}"
-        threshold = "unknown" if math.isnan(self.threshold) else _pct(self.threshold)
-        return (f"{100 * self.mean:+.2f}{spread} points (noise threshold {threshold}, "
-                f"seeds {self.signs or '–'})")
-
-    @property
-    def signs(self) -> str:
-        return "".join("+" if d > 0 else "−" if d < 0 else "0" for _, d in self.differences)
-
-    def text(self) -> str:
-        per_seed = ", ".join(f"seed {seed}: {_pct(d):s}" for seed, d in self.differences)
-        signs = self.signs
-        spread = "" if self.n < 2 else f" ± {_pct(self.std)}"
-        threshold = ("unknown" if math.isnan(self.threshold) else _pct(self.threshold))
-        return (f"paired over {self.n} seed(s) ({per_seed}): mean difference "
-                f"{_pct(self.mean)}{spread}, signs {signs or '–'}, noise threshold {threshold}")
-
-
-def compare_paired(a: dict[int, float], b: dict[int, float],
-                   rules: ClaimRules) -> PairedComparison:
-    """a - b over the seeds present in both ({seed: value})."""
-    seeds = sorted(set(a) & set(b))
-    return PairedComparison(tuple((s, a[s] - b[s]) for s in seeds), rules.min_effect,
-                            rules.min_seeds)
-
-
-def compare(a: Stat, b: Stat, rules: ClaimRules) -> Comparison:
-    if min(a.n, b.n) < max(rules.min_seeds, 1):
-        return Comparison(a.mean - b.mean, math.nan)
-    spread = math.sqrt(a.std**2 + b.std**2) if min(a.n, b.n) >= 2 else 0.0
-    return Comparison(a.mean - b.mean, max(rules.min_effect, spread))
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's rank correlation (ties get their average rank); NaN if either is constant."""
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    # Checked here so that a sweep with one point or a flat metric is NaN without scipy's warning.
-    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return math.nan
-    return float(scipy_stats.spearmanr(x, y).statistic)
 
 
 def _run_value(table: MetricTable, rules: ClaimRules):
@@ -235,7 +127,7 @@ def claim1(table: MetricTable, runs: Sequence[RunInfo], rules: ClaimRules) -> Cl
         f"ρ its Spearman rank correlation with α. SUPPORTED iff ρ ≤ {rules.spearman_max}, "
         f"A(0) − A(α_max) paired by seed exceeds the noise threshold with every seed's "
         f"difference positive, and no α > 0 has a mean accuracy more than "
-        f"{_pct(rules.accuracy_margin)} points below α = 0. NOT SUPPORTED iff ρ ≥ 0, or "
+        f"{pct(rules.accuracy_margin)} points below α = 0. NOT SUPPORTED iff ρ ≥ 0, or "
         f"A(α_max) − A(0) exceeds the noise threshold in the same way, or such an accuracy drop "
         f"occurs. Otherwise INCONCLUSIVE, and always INCONCLUSIVE with fewer than 3 sweep points "
         f"or fewer than {rules.min_seeds} seeds per point.")
@@ -263,9 +155,9 @@ def claim1(table: MetricTable, runs: Sequence[RunInfo], rules: ClaimRules) -> Cl
         f"Spearman ρ(α, A) = {rho:.3f} (threshold ≤ {rules.spearman_max})",
         f"A(0) − A({alpha_max:g}): {drop.text()}",
         f"A(0) − A({alpha_max:g}), seeds as independent samples: {drop_independent.text()}",
-        f"lowest mean accuracy for α > 0: {_pct(worst.mean)} at α = {worst_alpha:g}, "
-        f"{_pct(-acc_drop)} points from α = 0 (a drop of more than "
-        f"{_pct(rules.accuracy_margin)} points goes against the claim)",
+        f"lowest mean accuracy for α > 0: {pct(worst.mean)} at α = {worst_alpha:g}, "
+        f"{pct(-acc_drop)} points from α = 0 (a drop of more than "
+        f"{pct(rules.accuracy_margin)} points goes against the claim)",
     ]
     accuracy_ok = not acc_drop > rules.accuracy_margin
     fewest = min(s.n for _, s in ood + acc)
@@ -303,11 +195,6 @@ def _students(runs: Sequence[RunInfo], method: str) -> dict[str, list[RunInfo]]:
     return out
 
 
-def part_outcome(direction: int, want: int) -> int:
-    """+1 when a comparison's direction is the wanted one, -1 when it is the other, 0 else."""
-    return 0 if direction == 0 else (1 if direction == want else -1)
-
-
 def _part(name: str, paired: PairedComparison, independent: Comparison,
           want: int) -> tuple[int, int, list[str]]:
     """(paired outcome, independent outcome, evidence lines) for a part that wants a − b to
@@ -323,14 +210,6 @@ def _part(name: str, paired: PairedComparison, independent: Comparison,
         outcomes.append(outcome)
         lines.append(f"{name}{label}: {c.text()} → {word}")
     return outcomes[0], outcomes[1], lines
-
-
-def combine_outcomes(outcomes: Sequence[int]) -> str:
-    if any(o < 0 for o in outcomes):
-        return NOT_SUPPORTED
-    if outcomes and all(o > 0 for o in outcomes):
-        return SUPPORTED
-    return INCONCLUSIVE
 
 
 def _both(table: MetricTable, a: Sequence[RunInfo], b: Sequence[RunInfo],

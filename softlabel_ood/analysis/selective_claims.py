@@ -1,5 +1,6 @@
-"""Two questions about the ID side, decided like the paper's claims (`claims.py`): paired by seed,
-a difference counting when its mean is beyond the noise threshold with every seed agreeing.
+"""Two questions about the ID side, decided like the paper's claims (`claims.py`) by the same
+statistics (`decision_statistics`): paired by seed, a difference counting when its mean is beyond
+the noise threshold with every seed agreeing.
 
 S1  Label smoothing worsens selective classification as α grows: over the LS sweep, the AURC of
     a score (msp unless said) rises with α (Zhu et al. 2022; Xia et al. 2025).
@@ -16,14 +17,9 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
-from softlabel_ood.analysis import claims, metric_stats, results
-from softlabel_ood.analysis.claims import (
-    INCONCLUSIVE,
-    NOT_SUPPORTED,
-    SUPPORTED,
-    ClaimResult,
-    ClaimRules,
-)
+from softlabel_ood.analysis import claims, decision_statistics, metric_stats, results
+from softlabel_ood.analysis.claims import ClaimResult, ClaimRules
+from softlabel_ood.analysis.decision_statistics import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
 from softlabel_ood.analysis.metric_stats import MetricTable
 from softlabel_ood.analysis.results import RunInfo
 
@@ -65,10 +61,10 @@ def aurc_trend(table: MetricTable, runs: Sequence[RunInfo], rules: ClaimRules,
                         f"classification) for the ce run and at least two ls runs")
         return ClaimResult("S1", STATEMENTS["S1"], INCONCLUSIVE, rule, tuple(evidence))
     groups = dict(sweep)
-    rho = claims.spearman([a for a, _ in stats], [s.mean for _, s in stats])
+    rho = decision_statistics.spearman([a for a, _ in stats], [s.mean for _, s in stats])
     alpha_max = stats[-1][0]
-    rise = claims.compare_paired(_aurc_by_seed(table, groups[alpha_max], score),
-                                 _aurc_by_seed(table, groups[0.0], score), rules)
+    rise = decision_statistics.compare_paired(_aurc_by_seed(table, groups[alpha_max], score),
+                                              _aurc_by_seed(table, groups[0.0], score), rules)
     evidence += [f"Spearman ρ(α, R) = {rho:.3f} (SUPPORTED needs ≥ {-rules.spearman_max})",
                  f"R({alpha_max:g}) − R(0): {rise.text()}"]
     fewest = min(s.n for _, s in stats)
@@ -94,7 +90,7 @@ def _at_every_alpha(name: str, sweep, a_minus_b) -> tuple[int, list[str], int]:
     outcomes, lines = [], []
     for alpha, group in sweep:
         paired = a_minus_b(group)
-        outcome = claims.part_outcome(paired.direction, +1)
+        outcome = decision_statistics.part_outcome(paired.direction, +1)
         if math.isnan(paired.threshold):
             outcome = 0
         outcomes.append(outcome)
@@ -124,14 +120,15 @@ def pnorm_fix(table: MetricTable, runs: Sequence[RunInfo], rules: ClaimRules,
     trend = trend or aurc_trend(table, runs, rules, "msp")
 
     def aurc_gain(group):
-        return claims.compare_paired(_aurc_by_seed(table, group, "msp"),
-                                     _aurc_by_seed(table, group, FIX_SCORE), rules)
+        return decision_statistics.compare_paired(_aurc_by_seed(table, group, "msp"),
+                                                  _aurc_by_seed(table, group, FIX_SCORE), rules)
 
     def auroc_gain(group):
         fix = dataclasses.replace(rules, score=FIX_SCORE)
         msp = dataclasses.replace(rules, score="msp")
-        return claims.compare_paired(claims.ood_mean_by_seed(table, group, fix),
-                                     claims.ood_mean_by_seed(table, group, msp), rules)
+        return decision_statistics.compare_paired(claims.ood_mean_by_seed(table, group, fix),
+                                                  claims.ood_mean_by_seed(table, group, msp),
+                                                  rules)
 
     aurc, aurc_lines, aurc_held = _at_every_alpha("msp AURC − pnorm AURC", sweep, aurc_gain)
     auroc, auroc_lines, auroc_held = _at_every_alpha("pnorm − msp OOD AUROC", sweep, auroc_gain)
@@ -145,7 +142,7 @@ def pnorm_fix(table: MetricTable, runs: Sequence[RunInfo], rules: ClaimRules,
         flat_word = "contradicted (pnorm's AURC still rises)" if flat < 0 else "holds"
     evidence = (aurc_lines + auroc_lines
                 + [f"pnorm AURC R(α_max) − R(0): {rise.text() if rise else '–'} → {flat_word}"])
-    verdict = claims.combine_outcomes([aurc, auroc, flat])
+    verdict = decision_statistics.combine_outcomes([aurc, auroc, flat])
     n = len(sweep)
     return ClaimResult("S2", STATEMENTS["S2"], verdict, rule, tuple(evidence),
                        numbers={"aurc_held": aurc_held, "auroc_held": auroc_held, "alphas": n,

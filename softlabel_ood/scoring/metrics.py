@@ -171,11 +171,24 @@ def _one_pair(id_sorted, id_first, id_size, ood_sorted, id_le, ood_size):
     aupr_out = jnp.sum(jnp.where(
         ood_valid, ood_le_self.astype(f64) / (ood_le_self + id_le), 0.0)) / n
 
-    # The OE code's cut: the recall t / N nearest 0.95. In exact arithmetic the nearest are the
-    # largest t with 20 t <= 19 N and the smallest with 20 t >= 19 N (integers); which of the
-    # two the OE code takes is decided by float64 rounding, on the host (_oe_cut). At t, the
-    # plateau's lowest threshold, just below the next OOD score, accepts the most ID examples
-    # as OOD.
+    t_below, t_above, oe_fpr_below, oe_fpr_above = _oe_cut_candidates(
+        ood_le_self, ood_valid, ood_size, id_lt, id_le, p)
+    values = {"auroc": auroc, "aupr_in": aupr_in, "aupr_out": aupr_out, "fpr95": fpr95,
+              "tnr95": 1.0 - fpr95, "fpr95_ood_positive": fpr95_ood,
+              "detection_acc": detection_acc, "oe_fpr_below": oe_fpr_below,
+              "oe_fpr_above": oe_fpr_above}
+    exists = (id_size > 0) & (ood_size > 0)
+    out = {k: jnp.where(exists, v, jnp.nan) for k, v in values.items()}
+    return {**out, "oe_t_below": t_below, "oe_t_above": t_above}
+
+
+def _oe_cut_candidates(ood_le_self, ood_valid, ood_size, id_lt, id_le, p):
+    """The OE code's cut: the recall t / N nearest 0.95. In exact arithmetic the nearest are the
+    largest t with 20 t <= 19 N and the smallest with 20 t >= 19 N (integers); which of the two
+    the OE code takes is decided by float64 rounding, on the host (_oe_cut). Returns both t and
+    the FPR at each: at t, the plateau's lowest threshold, just below the next OOD score,
+    accepts the most ID examples as OOD."""
+    num_ood_slots = ood_le_self.shape[0]
     recalls = jnp.where(ood_valid, ood_le_self, 0)
     t_below = jnp.max(jnp.where(20 * recalls <= 19 * ood_size, recalls, 0))
     t_above = jnp.min(jnp.where(ood_valid & (20 * recalls >= 19 * ood_size), recalls, ood_size))
@@ -184,13 +197,7 @@ def _one_pair(id_sorted, id_first, id_size, ood_sorted, id_le, ood_size):
     def oe_fpr(t):
         return jnp.where(t < ood_size, id_lt[jnp.minimum(t, num_ood_slots - 1)], id_le[last]) / p
 
-    values = {"auroc": auroc, "aupr_in": aupr_in, "aupr_out": aupr_out, "fpr95": fpr95,
-              "tnr95": 1.0 - fpr95, "fpr95_ood_positive": fpr95_ood,
-              "detection_acc": detection_acc, "oe_fpr_below": oe_fpr(t_below),
-              "oe_fpr_above": oe_fpr(t_above)}
-    exists = (id_size > 0) & (ood_size > 0)
-    out = {k: jnp.where(exists, v, jnp.nan) for k, v in values.items()}
-    return {**out, "oe_t_below": t_below, "oe_t_above": t_above}
+    return t_below, t_above, oe_fpr(t_below), oe_fpr(t_above)
 
 
 def _one_group(id_sorted, id_size, ood_sorted, id_le, ood_sizes):

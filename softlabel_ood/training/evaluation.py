@@ -29,7 +29,7 @@ from softlabel_ood.training.runs_axis import (
     RUNS_AXIS,
     over_runs,
     runs_per_device_group,
-    stacked,
+    stack_in_program,
     take,
 )
 from softlabel_ood.training.train_step import StepConfig, prepare_images
@@ -74,7 +74,7 @@ def batch_program(per_run: Callable, mesh: Mesh, *, runs: int, batch_size: int) 
     def per_device(variables, images, offset):
         batch = jax.lax.dynamic_slice_in_dim(images, offset, batch_size)
         batch = jax.lax.with_sharding_constraint(batch, P(DATA_AXIS))
-        return stacked([per_run(take(variables, r), batch) for r in range(local_runs)])
+        return stack_in_program([per_run(take(variables, r), batch) for r in range(local_runs)])
 
     program = over_runs(per_device, mesh, in_specs=(P(RUNS_AXIS), P(), P()),
                         out_specs=P(RUNS_AXIS))

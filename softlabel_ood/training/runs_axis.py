@@ -80,8 +80,9 @@ def take(tree: Any, run: int) -> Any:
     return jax.tree.map(lambda x: x[run], tree)
 
 
-def stacked(trees: Sequence[Any]) -> Any:
-    """Runs' pytrees stacked on a leading axis (inside a program)."""
+def stack_in_program(trees: Sequence[Any]) -> Any:
+    """Runs' pytrees stacked on a leading axis, inside a traced program (`stack` places them on
+    a mesh from outside one)."""
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
@@ -93,13 +94,15 @@ def over_runs(per_device: Callable, mesh: Mesh, in_specs, out_specs) -> Callable
 
 def stack(trees: Sequence[Any], mesh: Mesh) -> Any:
     """Single runs' pytrees (states, hyperparameters, teachers) stacked on a leading run axis,
-    split over the mesh's "runs" axis."""
+    split over the mesh's "runs" axis: the inputs of a program (`stack_in_program` stacks
+    inside one)."""
     return _stack_program(mesh)(*trees)
 
 
 @functools.lru_cache(maxsize=PROGRAM_CACHE_SIZE)
 def _stack_program(mesh: Mesh) -> Callable:
-    return jax.jit(lambda *trees: stacked(trees), out_shardings=NamedSharding(mesh, P(RUNS_AXIS)))
+    return jax.jit(lambda *trees: stack_in_program(trees),
+                   out_shardings=NamedSharding(mesh, P(RUNS_AXIS)))
 
 
 def member(tree: Any, index: int, mesh: Mesh) -> Any:

@@ -39,7 +39,7 @@ from softlabel_ood.training.runs_axis import (
     RUNS_AXIS,
     over_runs,
     runs_per_device_group,
-    stacked,
+    stack_in_program,
     take,
 )
 
@@ -285,7 +285,7 @@ def make_train_program(model: nn.Module, step_config: StepConfig, mesh: Mesh, *,
                     _batch_at(first + i, data, take(feed, r)), P(DATA_AXIS))
                 outs.append(step(take(states, r), take(hparams, r), batch,
                                  None if teachers is None else take(teachers, r)))
-            states, step_metrics = stacked([s for s, _ in outs]), stacked([m for _, m in outs])
+            states, step_metrics = (stack_in_program(part) for part in zip(*outs, strict=True))
             return states, {name: metrics[name].at[:, i].set(step_metrics[name])
                             for name in METRICS}
 

@@ -352,6 +352,26 @@ def write(directory, splits: Mapping[str, Split], *, num_classes: int,
     if head is not None:
         head = Head(np.asarray(head.kernel), np.asarray(head.bias))
         _check_head("head", head.kernel, head.bias, num_classes)
+    arrays = _checked_arrays(splits, num_classes, len(odin_pairs), head)
+    manifest_text = _manifest_text(splits, arrays, num_classes=num_classes, run=run, head=head,
+                                   odin_pairs=odin_pairs, checkpoint=checkpoint)
+
+    # The whole directory is written beside the old one and switched in one rename: a reader,
+    # a killed process or a full disk sees the old set of files or the new one, never a mix.
+    with atomic_files.replacing_directory(directory) as new:
+        for name, fields in arrays.items():
+            with open(new / f"{name}.npz", "wb") as f:
+                np.savez(f, **fields)
+        if head is not None:
+            with open(new / HEAD_FILE, "wb") as f:
+                np.savez(f, kernel=head.kernel, bias=head.bias)
+        (new / MANIFEST).write_text(manifest_text)
+
+
+def _checked_arrays(splits: Mapping[str, Split], num_classes: int, num_odin_pairs: int,
+                    head: Head | None) -> dict[str, dict[str, np.ndarray]]:
+    """{split: {field: array}} of the fields written, each split checked on its own and all of
+    them together (roles, feature widths)."""
     arrays = {}
     for name, split in splits.items():
         _check_name(name, f"split {name!r}")
@@ -364,7 +384,7 @@ def write(directory, splits: Mapping[str, Split], *, num_classes: int,
             raise PredictionsError(f"{where}: field 'odin' (format v2's ODIN scores) is read, "
                                    f"never written; give the log-ratios as '{ODIN_FIELD}'")
         odin = None if split.odin_log_ratio is None else np.asarray(split.odin_log_ratio)
-        _check_odin(where, ODIN_FIELD, odin, len(odin_pairs), logits.shape[0], num_classes)
+        _check_odin(where, ODIN_FIELD, odin, num_odin_pairs, logits.shape[0], num_classes)
         if head is not None:
             _check_head_matches_features(where, features, head.kernel.shape[0])
         arrays[name] = {"logits": logits, "labels": labels}
@@ -375,6 +395,13 @@ def write(directory, splits: Mapping[str, Split], *, num_classes: int,
     _check_roles("splits", {name: split.role for name, split in splits.items()})
     _check_feature_widths({name: fields.get("features") for name, fields in arrays.items()},
                           lambda name: f"split '{name}'")
+    return arrays
+
+
+def _manifest_text(splits: Mapping[str, Split], arrays: Mapping[str, Mapping[str, np.ndarray]],
+                   *, num_classes: int, run: RunSummary | Mapping, head: Head | None,
+                   odin_pairs, checkpoint: trained_steps.Checkpoint | Mapping | None) -> str:
+    """manifest.json's text (section 5), its run block checked."""
     manifest = {
         "format": FORMAT,
         "num_classes": num_classes,
@@ -394,17 +421,7 @@ def write(directory, splits: Mapping[str, Split], *, num_classes: int,
     except (TypeError, ValueError) as e:
         raise PredictionsError(f"run: not JSON-serializable ({e})") from None
     _check_run("run", manifest["run"])
-
-    # The whole directory is written beside the old one and switched in one rename: a reader,
-    # a killed process or a full disk sees the old set of files or the new one, never a mix.
-    with atomic_files.replacing_directory(directory) as new:
-        for name, fields in arrays.items():
-            with open(new / f"{name}.npz", "wb") as f:
-                np.savez(f, **fields)
-        if head is not None:
-            with open(new / HEAD_FILE, "wb") as f:
-                np.savez(f, kernel=head.kernel, bias=head.bias)
-        (new / MANIFEST).write_text(manifest_text)
+    return manifest_text
 
 
 # ---------------------------------------------------------------------------------------------
