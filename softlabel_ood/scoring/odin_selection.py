@@ -21,7 +21,6 @@ the rule:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pathlib
 from collections.abc import Mapping
@@ -30,13 +29,13 @@ import numpy as np
 
 from softlabel_ood.scoring.metrics import ScoringError
 from softlabel_ood.workdir import predictions as predictions_lib
+from softlabel_ood.workdir import run_dir as run_dir_lib
 
 SELECTIONS = ("id_train", "fixed")
 FIXED_PAIR = (1000.0, 0.0014)  # OpenOOD's ODIN postprocessor default
 RULE = ("the largest configured temperature T, then the ε whose ODIN scores have the highest mean "
         "on the id_train split (Generalized ODIN's criterion; ties to the smaller ε)")
 FIXED_RULE = "fixed: OpenOOD's default pair"
-CONFIG_FILE = "config.json"  # saved_runs.CONFIG_FILE, named here so scoring needs no flax
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,11 +127,5 @@ def selection_from_config(config: Mapping, where: str) -> str:
 
 def read_selection(run_dir) -> str:
     """The run's `odin_selection` from its stored config; "id_train" without one."""
-    path = pathlib.Path(os.fspath(run_dir)) / CONFIG_FILE
-    if not path.is_file():
-        return "id_train"
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ScoringError(f"{path}: not valid JSON ({e})") from None
-    return selection_from_config(config, str(path)) if isinstance(config, dict) else "id_train"
+    return selection_from_config(run_dir_lib.read_config(run_dir, missing_ok=True),
+                                 str(run_dir_lib.config_path(run_dir)))

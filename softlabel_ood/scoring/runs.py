@@ -35,6 +35,7 @@ from softlabel_ood.scoring.odin_selection import read_selection
 from softlabel_ood.scoring.scores import FEATURE_SCORES, LOGIT_SCORES, POSTHOC_SCORES
 from softlabel_ood.scoring.selective import SELECTIVE_METRICS
 from softlabel_ood.workdir import predictions as predictions_lib
+from softlabel_ood.workdir import run_dir as run_dir_lib
 from softlabel_ood.workdir import trained_steps
 
 # Every score, in the order of metrics.csv and metrics.md. Definitions: docs/scores_and_metrics.md.
@@ -326,27 +327,27 @@ def _check_run_dirs(run_dirs: Sequence, ood_groups: Mapping[str, Sequence[str]] 
             raise predictions_lib.PredictionsError(f"{run_dir}: no such run directory")
         # The manifests are cheap to check: most bad directories are reported before any work.
         directory = pathlib.Path(os.fspath(run_dir))
-        manifest = predictions_lib.read_manifest(directory / "predictions")
+        manifest = predictions_lib.read_manifest(run_dir_lib.predictions_path(directory))
         name = run_name(run_dir)
         if any(name == other for other, *_ in checked):
             raise ScoringError(f"{run_dir}: another run directory has the same base name "
                                f"'{name}' (run names must be unique)")
         # A run directory written by train holds its config: the predictions must be its own.
-        stored = groups.read_run_config(directory)
+        stored = run_dir_lib.read_config(directory, missing_ok=True)
         predictions_lib.check_run_matches_config(
-            directory / "predictions" / predictions_lib.MANIFEST, manifest.get("run", {}),
-            stored, directory / groups.CONFIG_FILE)
+            run_dir_lib.predictions_path(directory) / run_dir_lib.MANIFEST,
+            manifest.get("run", {}), stored, run_dir_lib.config_path(directory))
         if ood_groups is not None:
             run_groups, where = dict(ood_groups), "--groups"
         else:
             run_groups = groups.groups_of(stored, directory)
-            where = f"{directory / groups.CONFIG_FILE} (ood_groups; --groups replaces them)"
+            where = f"{run_dir_lib.config_path(directory)} (ood_groups; --groups replaces them)"
         groups.check_groups(run_groups, {n: e["role"] for n, e in manifest["splits"].items()},
                             run=name, where=where)
         checked.append((name, run_groups,
-                        pnorm_p_of(stored, str(directory / groups.CONFIG_FILE)),
+                        pnorm_p_of(stored, str(run_dir_lib.config_path(directory))),
                         trained_steps.unfinished(
-                            manifest, done=(directory / trained_steps.DONE_FILE).exists())))
+                            manifest, done=run_dir_lib.is_finished(directory))))
     return checked
 
 
@@ -383,7 +384,7 @@ def score_runs_report(run_dirs: Sequence, *, knn_k: int | None = None, progress:
             raise ScoringError(str(e)) from None
     checked = _check_run_dirs(run_dirs, ood_groups)
     names = [name for name, *_ in checked]
-    named = ((name, predictions_lib.read(pathlib.Path(os.fspath(d)) / "predictions"))
+    named = ((name, predictions_lib.read(run_dir_lib.predictions_path(d)))
              for name, d in zip(names, run_dirs, strict=True))
     selections = {name: odin_selection or read_selection(d)
                   for name, d in zip(names, run_dirs, strict=True)}

@@ -7,6 +7,8 @@ A grid is `{"seeds": (...), "runs": [run, ...]}`; each run is a dict with
   teacher    name of another run of the grid whose model (same seed) is this run's KD teacher, or ""
   init_from  name of another run (same seed) to fine-tune from, e.g. OE fine-tuning, or ""
 Runs are listed teachers first; `validate_grid` checks that order rather than sorting it out itself.
+One run of the grid (an entry trained with one seed) is a `RunInfo`, as `reproduce` plans it
+and the report reads it back.
 
 How the grid is trained (fields of the grid, not of its runs, so changing them never changes a
 run's identity):
@@ -22,6 +24,7 @@ run's identity):
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
@@ -43,6 +46,22 @@ def run_spec(name: str, method: str, *, teacher: str = "", init_from: str = "",
 
 def run_dir_name(name: str, seed: int) -> str:
     return f"{name}_seed{seed}"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """One run of a grid: one grid entry trained with one seed."""
+
+    run: str  # the run directory's base name: the `run` column of metrics.csv
+    name: str  # the grid entry, e.g. "ls0.1"; its seeds share it
+    seed: int
+    method: str  # ce | ls | oe | kd | kd_incorrect
+    # The value of the method's strength (`methods.Method.strength`: config.label_smoothing of
+    # ls and kd_incorrect), 0 for a method without one.
+    alpha: float
+    teacher: str = ""  # grid name of the KD teacher, or ""
+    init_from: str = ""  # grid name of the run it was fine-tuned from, or ""
+    directory: str = ""  # the run directory (predictions under it), or "" when not at hand
 
 
 _SEED_SUFFIX = re.compile(r"_seed(\d+)$")
@@ -142,7 +161,7 @@ def validate_grid(config: ml_collections.ConfigDict) -> None:
         where = f"config.grid.runs[{i}]"
         if not isinstance(run, Mapping):
             raise GridError(f"{where}: {run!r} is not a dict (use "
-                            f"softlabel_ood.experiment.grid.run_spec)")
+                            f"softlabel_ood.configs.grid.run_spec)")
         missing, extra = {"name", "method"} - set(run), set(run) - _RUN_KEYS
         if missing or extra:
             raise GridError(f"{where}: missing keys {sorted(missing)}" if missing else
