@@ -42,13 +42,14 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from softlabel_ood import configs, predict, reproduce, scoring
+from softlabel_ood import configs, reproduce, scoring
 from softlabel_ood.analysis import report
 from softlabel_ood.data import datasets, run_data
 from softlabel_ood.experiment import probe
 from softlabel_ood.training import (
     checkpointing,
     compilation_cache,
+    predicting,
     run_start,
     runs_axis,
     train_loop,
@@ -108,7 +109,7 @@ def instrument(clock: PhaseClock) -> None:
     clock.wrap(train_loop.Population, "drain", "training")
     clock.wrap(checkpointing.Checkpoints, "save", "checkpoints")
     clock.wrap(checkpointing.Checkpoints, "close", "checkpoints")
-    clock.wrap(predict, "write_predictions", "predictions")
+    clock.wrap(predicting, "write_predictions", "predictions")
     clock.wrap(scoring, "score_runs_report", "scoring")
     clock.wrap(report, "write_report", "report")
 

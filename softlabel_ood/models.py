@@ -17,11 +17,12 @@ eps 1e-5. One difference remains: PyTorch tracks the unbiased batch variance, fl
 from __future__ import annotations
 
 import functools
-import re
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+from softlabel_ood import model_names
 
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
@@ -197,27 +198,18 @@ class SmallCNN(nn.Module):
                             return_features)
 
 
-_RESNET_STAGES = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
-_WRN_NAME = re.compile(r"wrn(\d+)_(\d+)")
-
-
 def create_model(name: str, *, num_classes: int, dropout_rate: float = 0.0,
                  dtype=jnp.float32) -> nn.Module:
-    """The model a config names: "wrn<depth>_<width>" (wrn40_2, wrn16_2, ...), "resnet18",
-    "resnet34" or "small_cnn". `dtype` is the compute dtype (a jnp dtype or its name)."""
+    """The model a config names (`model_names`: "wrn<depth>_<width>", "resnet18", "resnet34" or
+    "small_cnn"). `dtype` is the compute dtype (a jnp dtype or its name)."""
     dtype = jnp.dtype(dtype)
-    if match := _WRN_NAME.fullmatch(name):
-        depth, width = int(match.group(1)), int(match.group(2))
-        if (depth - 4) % 6 != 0 or width < 1:
-            raise ValueError(f"model {name!r}: WideResNet depth must be 6n + 4 and width >= 1")
-        make = functools.partial(WideResNet, depth, width)
-    elif name in _RESNET_STAGES:
-        make = functools.partial(CifarResNet, _RESNET_STAGES[name])
-    elif name == "small_cnn":
-        make = SmallCNN
+    parsed = model_names.parse(name)
+    if parsed.family == "wrn":
+        make = functools.partial(WideResNet, parsed.depth, parsed.width)
+    elif parsed.family == "resnet":
+        make = functools.partial(CifarResNet, parsed.stages)
     else:
-        raise ValueError(
-            f"unknown model {name!r}; expected wrn<depth>_<width>, resnet18, resnet34 or small_cnn")
+        make = SmallCNN
     return make(num_classes=num_classes, dropout_rate=dropout_rate, dtype=dtype)
 
 

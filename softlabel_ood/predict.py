@@ -20,102 +20,28 @@ from __future__ import annotations
 
 import copy
 import sys
-from collections.abc import Sequence
 
 import jax
 import ml_collections
-import numpy as np
 from absl import app, flags
 from etils import epath
 
-from softlabel_ood import cli_errors, command_line, models, progress
+from softlabel_ood import cli_errors, command_line
 from softlabel_ood.configs import config_validation
-from softlabel_ood.data import datasets, run_data
+from softlabel_ood.data import run_data
 from softlabel_ood.training import (
     compilation_cache,
     distributed,
-    evaluation,
-    odin,
-    run_model,
+    predicting,
     runs_axis,
     saved_models,
 )
 from softlabel_ood.workdir import lock as workdir_lock
-from softlabel_ood.workdir import predictions, saved_runs, trained_steps
+from softlabel_ood.workdir import predictions, run_dir, saved_runs
 
 
 class UnfinishedRunError(saved_runs.RunError):
     """predict was asked for the predictions of a run that has not trained to its last step."""
-
-
-def write_predictions(configs: Sequence[ml_collections.ConfigDict],
-                      workdirs: Sequence[epath.PathLike], variables, mesh, *,
-                      steps: Sequence[int],
-                      id_sets: dict[str, datasets.ArrayDataset] | None = None) -> None:
-    """Evaluates the ID test and train sets and every OOD set for the runs of a population (one
-    run or more, agreeing on their evaluation fields); process 0 writes each run's files.
-
-    `variables` are the runs' {"params", "batch_stats"} stacked on the run axis of `mesh`
-    (`runs_axis.stack`): each device group computes its own runs, as training placed them;
-    `steps` the step each run's variables were trained to, recorded in its manifest beside the
-    run's number of steps. `id_sets` ({"train": ..., "test": ...}) are the ID splits when the
-    caller has them in memory already, as training does; otherwise they are loaded.
-    """
-    config = configs[0]
-    model = run_model.create_model(config)
-    step_config = run_model.step_config(config)
-    # Runs saved before ODIN existed have no odin_pairs in their stored config: the defaults.
-    odin_pairs = tuple((float(t), float(e)) for t, e in config.get("odin_pairs",
-                                                                   odin.DEFAULT_PAIRS))
-    shape = {"runs": len(configs), "batch_size": config.eval_batch_size}
-    program = (odin.make_odin_program(model, step_config, mesh, odin_pairs, **shape) if odin_pairs
-               else evaluation.make_eval_program(model, step_config, mesh, **shape))
-    id_sets = id_sets or {split: run_data.load_id(config, split) for split in ("test", "train")}
-    checkpoints = [checkpoint_of(c, step, id_sets["train"])
-                   for c, step in zip(configs, steps, strict=True)]
-    sets = {
-        f"{config.dataset}_test": ("id_test", id_sets["test"]),
-        f"{config.dataset}_train": ("id_train", id_sets["train"]),
-    }
-    sets.update({name: ("ood_test", ds) for name, ds in run_data.load_ood(config).items()})
-    splits = [{} for _ in configs]
-    bar = progress.bar(sets.items(), desc=_bar_text(workdirs, checkpoints), unit="split",
-                       disable=not distributed.is_writer())
-    for split_name, (role, ds) in bar:
-        bar.set_postfix_str(split_name)
-        out = evaluation.outputs(program, variables,
-                                 evaluation.resident(ds, mesh, config.eval_batch_size))
-        for r, run_splits in enumerate(splits):
-            run_splits[split_name] = predictions.Split(
-                role=role, logits=out["logits"][r], features=out["features"][r],
-                odin_log_ratio=out["odin"][r] if "odin" in out else None,
-                labels=ds.labels.astype(np.int32))
-    kernels, biases = jax.device_get(models.classifier_head(variables["params"]))
-    if distributed.is_writer():
-        for r, (run_config, workdir) in enumerate(zip(configs, workdirs, strict=True)):
-            predictions.write(epath.Path(workdir) / "predictions", splits[r],
-                              num_classes=datasets.info(config.dataset).num_classes,
-                              run=predictions.RunSummary.from_config(run_config),
-                              head=predictions.Head(kernels[r], biases[r]), odin_pairs=odin_pairs,
-                              checkpoint=checkpoints[r])
-
-
-def _bar_text(workdirs: Sequence[epath.PathLike],
-              checkpoints: Sequence[trained_steps.Checkpoint]) -> str:
-    # The run's name on the bar: a grid's worker processes share one log.
-    text = epath.Path(workdirs[0]).name + (f" and {len(workdirs) - 1} more" if len(workdirs) > 1
-                                           else "") + " predictions"
-    unfinished = [c for c in checkpoints if not c.finished]
-    if unfinished:  # only predict --allow_unfinished gets here, with one run
-        text += f" of an unfinished run ({unfinished[0].describe()})"
-    return text
-
-
-def checkpoint_of(config: ml_collections.ConfigDict, step: int,
-                  train: datasets.ArrayDataset) -> trained_steps.Checkpoint:
-    """The manifest's record of a model trained to `step` by the run of `config` on `train`."""
-    return trained_steps.Checkpoint(step=int(step),
-                                    total_steps=run_model.total_steps(config, len(train.labels)))
 
 
 def predict_from_checkpoint(config: ml_collections.ConfigDict, workdir: epath.PathLike, *,
@@ -129,15 +55,15 @@ def predict_from_checkpoint(config: ml_collections.ConfigDict, workdir: epath.Pa
     number of steps follows from the ID training set's size, so that set is read first.
     """
     workdir_lock.check_workdir(workdir)
-    predictions.check_replaceable(epath.Path(workdir) / "predictions")
-    config_validation.check_stored(config, str(epath.Path(workdir) / saved_runs.CONFIG_FILE))
+    predictions.check_replaceable(run_dir.predictions_path(epath.Path(workdir)))
+    config_validation.check_stored(config, str(run_dir.config_path(epath.Path(workdir))))
     config_validation.check_evaluation(config, num_devices=jax.device_count())
     run_data.check_available(config, training=False)
     mesh = runs_axis.data_mesh()
     with workdir_lock.hold(workdir, enabled=distributed.is_writer()):
         id_sets = {split: run_data.load_id(config, split) for split in ("test", "train")}
         restored = saved_models.restore_readable_model(config, workdir, mesh)
-        checkpoint = checkpoint_of(config, restored.step, id_sets["train"])
+        checkpoint = predicting.checkpoint_of(config, restored.step, id_sets["train"])
         if not checkpoint.finished and not allow_unfinished:
             latest = "latest checkpoint that reads back" if restored.unreadable else \
                 "latest checkpoint"
@@ -147,8 +73,9 @@ def predict_from_checkpoint(config: ml_collections.ConfigDict, workdir: epath.Pa
                 f"predictions from step {restored.step:,}, marked unfinished")
         if restored.unreadable and distributed.is_writer():
             print(_fallback_line(workdir, restored), file=sys.stderr)
-        write_predictions([config], [workdir], runs_axis.stack([restored.variables], mesh), mesh,
-                          steps=[restored.step], id_sets=id_sets)
+        predicting.write_predictions([config], [workdir],
+                                     runs_axis.stack([restored.variables], mesh), mesh,
+                                     steps=[restored.step], id_sets=id_sets)
         if distributed.is_writer():
             _record_evaluation_fields(config, workdir)
     return restored.step
@@ -158,7 +85,7 @@ def _record_evaluation_fields(config: ml_collections.ConfigDict, workdir: epath.
     """config.json takes the evaluation fields predict ran with (the OOD sets the predictions
     now hold, their groups, pnorm_p, ...), which `score` reads from there; the fields of the
     trained run are config's own, unchanged (`config_with_overrides`)."""
-    stored = saved_runs.config_to_dict(saved_runs.read_config(workdir))
+    stored = saved_runs.config_to_dict(read_stored_config(workdir))
     if config_validation.changed_fields(stored, saved_runs.config_to_dict(config)):
         saved_runs.write_config(workdir, config)
 
@@ -167,7 +94,7 @@ def _fallback_line(workdir: epath.PathLike, restored) -> str:
     steps = [step for step, _ in restored.unreadable]
     which = (f"the checkpoint of step {steps[0]} does not" if len(steps) == 1 else
              f"the checkpoints of steps {', '.join(map(str, steps))} do not")
-    return (f"{epath.Path(workdir) / 'checkpoints'}: predictions from step {restored.step} "
+    return (f"{epath.Path(workdir) / run_dir.CHECKPOINTS}: predictions from step {restored.step} "
             f"({which} read back: {restored.unreadable[0][1]})")
 
 
@@ -228,15 +155,20 @@ def _existing_ood_sets(workdir: epath.PathLike,
     # A manifest that does not validate, or that describes another run than config.json (edited
     # or copied), is refused rather than added to; --replace_ood does not read it, and
     # replaces the directory.
-    directory = epath.Path(workdir) / "predictions"
+    directory = run_dir.predictions_path(epath.Path(workdir))
     predictions.check_replaceable(directory)
     if not directory.exists():
         return ()
     manifest = predictions.read_manifest(directory)
     predictions.check_run_matches_config(
         directory / predictions.MANIFEST, manifest.get("run", {}),
-        saved_runs.config_to_dict(stored), epath.Path(workdir) / saved_runs.CONFIG_FILE)
+        saved_runs.config_to_dict(stored), run_dir.config_path(epath.Path(workdir)))
     return tuple(n for n, e in manifest["splits"].items() if e["role"] == "ood_test")
+
+
+def read_stored_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
+    """The run's stored config, with every dataset's path a field that an override can set."""
+    return run_data.with_every_dataset_path(saved_runs.read_config(workdir))
 
 
 def _stored_config_from_argv(argv: list[str]) -> ml_collections.ConfigDict:
@@ -246,7 +178,7 @@ def _stored_config_from_argv(argv: list[str]) -> ml_collections.ConfigDict:
             argv[i + 1] if arg == "--workdir" and i + 1 < len(argv) else None)
         if workdir is not None:
             workdir_lock.check_workdir(workdir)
-            return saved_runs.read_config(workdir)
+            return read_stored_config(workdir)
     raise saved_runs.RunError("--workdir is required")
 
 
@@ -269,7 +201,7 @@ def main(argv):
     distributed.quiet_library_logs()
     compilation_cache.enable()
     f = flags.FLAGS
-    stored = saved_runs.read_config(f.workdir)
+    stored = read_stored_config(f.workdir)
     config = config_with_overrides(stored, f.config, f.workdir, replace_ood=f.replace_ood)
     predict_from_checkpoint(config, f.workdir, allow_unfinished=f.allow_unfinished)
 

@@ -2,7 +2,7 @@
 
     python -m softlabel_ood.reproduce --config=configs/digits.py --workdir=/tmp/digits
 
-The grid is `config.grid` (see `softlabel_ood.experiment.grid`): for every seed, its runs in the
+The grid is `config.grid` (see `softlabel_ood.configs.grid`): for every seed, its runs in the
 order listed, each in `<workdir>/runs/<name>_seed<seed>/`. A finished run is skipped and an
 unfinished one resumes from its checkpoint, so the same command continues an interrupted
 reproduction. Afterwards `<workdir>/report/` holds metrics.csv, report.md and the figures,
@@ -26,12 +26,12 @@ from ml_collections import config_flags
 
 from softlabel_ood import cli_errors, command_line, configs, scoring
 from softlabel_ood.analysis import claims, report, report_inputs, results
-from softlabel_ood.configs import config_validation
+from softlabel_ood.configs import config_validation, grid
 from softlabel_ood.data import datasets, run_data
-from softlabel_ood.experiment import finished_runs, grid, populations, probe, schedule, workers
+from softlabel_ood.experiment import finished_runs, populations, probe, schedule, workers
 from softlabel_ood.training import compilation_cache, distributed, interruption
 from softlabel_ood.workdir import lock as workdir_lock
-from softlabel_ood.workdir import predictions, saved_runs, trained_steps
+from softlabel_ood.workdir import predictions, run_dir, saved_runs, trained_steps
 from softlabel_ood.workdir.run_summary import RunSummary
 
 
@@ -56,7 +56,7 @@ def planned_runs(config: ml_collections.ConfigDict, workdir: epath.PathLike
                 directory=str(grid.run_dir(workdir, run["name"], seed)))
             # A finished run is skipped and reported: it must be this grid's run.
             finished_runs.check_trained_as_planned(info.run, info.directory, c)
-            predictions.check_replaceable(epath.Path(info.directory) / "predictions")
+            predictions.check_replaceable(run_dir.predictions_path(epath.Path(info.directory)))
             planned.append((info, c))
     # Every set any run reads, looked up once before the first run trains: a missing OOD set
     # would otherwise surface when the first run writes its predictions, after its training.

@@ -82,21 +82,22 @@ def _check_not_a_grid(run_dirs) -> None:
     """A reproduce workdir, or its runs/ folder, given in place of its runs: the line says which
     glob names them."""
     from softlabel_ood.scoring import ScoringError
+    from softlabel_ood.workdir.run_dir import CONFIG, PREDICTIONS
 
     def holds_runs(folder):
         # A run directory holds config.json from its start, predictions/ once it has them.
         return os.path.isdir(folder) and any(
-            os.path.isfile(os.path.join(folder, name, "config.json"))
-            or os.path.isdir(os.path.join(folder, name, "predictions"))
+            os.path.isfile(os.path.join(folder, name, CONFIG))
+            or os.path.isdir(os.path.join(folder, name, PREDICTIONS))
             for name in os.listdir(folder))
 
     for run_dir in run_dirs:
-        if not os.path.isdir(run_dir) or os.path.isdir(os.path.join(run_dir, "predictions")):
+        if not os.path.isdir(run_dir) or os.path.isdir(os.path.join(run_dir, PREDICTIONS)):
             continue
         for folder in (os.path.join(run_dir, "runs"), run_dir):
             if holds_runs(folder):
                 raise ScoringError(
-                    f"{os.path.join(run_dir, 'predictions')}: no such predictions directory; "
+                    f"{os.path.join(run_dir, PREDICTIONS)}: no such predictions directory; "
                     f"{folder} holds run directories: give them as {os.path.join(folder, '*')}")
 
 

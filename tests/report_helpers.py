@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 
 from softlabel_ood.analysis import results
-from softlabel_ood.experiment import grid
+from softlabel_ood.configs import grid
 from softlabel_ood.scoring import MetricRow
 from softlabel_ood.workdir import predictions
 

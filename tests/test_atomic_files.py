@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from softlabel_ood import cli_errors
-from softlabel_ood.workdir import atomic_files, predictions
+from softlabel_ood.workdir import atomic_files, predictions, run_dir
 from softlabel_ood.workdir import lock as workdir_lock
 from softlabel_ood.workdir.predictions import Split
 from tests.train_helpers import REPO
@@ -206,23 +206,23 @@ def test_a_killed_process_leaves_no_workdir_locked(tmp_path):
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     # The killed holder's lock file is left, empty; the next holder reuses it and leaves it.
-    assert (workdir / workdir_lock.LOCK_FILE).read_bytes() == b""
+    assert (workdir / run_dir.LOCK).read_bytes() == b""
     with workdir_lock.hold(workdir):
         pass
-    assert (workdir / workdir_lock.LOCK_FILE).read_bytes() == b""
+    assert (workdir / run_dir.LOCK).read_bytes() == b""
 
 
 def test_a_lock_leaves_the_workdir_as_it_found_it(tmp_path):
     fresh, older = tmp_path / "fresh", tmp_path / "older"
     with workdir_lock.hold(fresh):
         (fresh / "output").write_text("x")
-        assert (fresh / workdir_lock.LOCK_FILE).exists()
+        assert (fresh / run_dir.LOCK).exists()
     assert sorted(p.name for p in fresh.iterdir()) == ["output"]  # the lock it made is gone
     older.mkdir()
-    (older / workdir_lock.LOCK_FILE).write_text("4242\n")  # as earlier versions wrote it
+    (older / run_dir.LOCK).write_text("4242\n")  # as earlier versions wrote it
     with pytest.raises(RuntimeError), workdir_lock.hold(older):
         raise RuntimeError("a refusal")
-    assert (older / workdir_lock.LOCK_FILE).read_text() == "4242\n"
+    assert (older / run_dir.LOCK).read_text() == "4242\n"
     with pytest.raises(RuntimeError), workdir_lock.hold(tmp_path / "new"):
         raise RuntimeError("a refusal")
     assert not (tmp_path / "new").exists()
@@ -234,7 +234,7 @@ def test_a_lock_file_that_its_holder_removed_meanwhile_is_not_the_one_locked(tmp
 
     workdir = tmp_path / "run"
     workdir.mkdir()
-    lock_file = workdir / workdir_lock.LOCK_FILE
+    lock_file = workdir / run_dir.LOCK
     lock_file.touch()  # held by a process that is about to finish
     real_flock, locked = fcntl.flock, []
 

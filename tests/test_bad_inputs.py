@@ -19,7 +19,7 @@ from absl import flags
 from softlabel_ood import command_line, predict, reproduce, score, train
 from softlabel_ood.analysis import rebuild
 from softlabel_ood.data import datasets, prepare_tfds
-from softlabel_ood.workdir import saved_runs
+from softlabel_ood.workdir import run_dir, saved_runs
 from tests.train_helpers import REPO, refusal, snapshot, tiny_digits_config
 
 
@@ -71,9 +71,9 @@ def _garbage_metadata(run):
 
 def _edit_config(**fields):
     def edit(run):
-        config = json.loads((run / saved_runs.CONFIG_FILE).read_text())
+        config = json.loads((run / run_dir.CONFIG).read_text())
         config.update(fields)
-        (run / saved_runs.CONFIG_FILE).write_text(json.dumps(config))
+        (run / run_dir.CONFIG).write_text(json.dumps(config))
     return edit
 
 

@@ -12,7 +12,7 @@ from absl import logging as absl_logging
 
 from softlabel_ood import cli_errors, train
 from softlabel_ood.training import checkpointing, run_model, runs_axis, train_step
-from softlabel_ood.workdir import saved_runs
+from softlabel_ood.workdir import run_dir, saved_runs
 from tests.train_helpers import tiny_digits_config
 
 
@@ -101,7 +101,7 @@ def test_a_run_whose_every_checkpoint_is_damaged_is_refused_not_retrained(tmp_pa
     config = tiny_digits_config("ce", num_epochs=1)
     workdir = tmp_path / "run"
     train.train_and_evaluate(config, str(workdir))
-    (workdir / saved_runs.DONE_FILE).unlink()
+    (workdir / run_dir.DONE).unlink()
     before = (workdir / "predictions" / "manifest.json").read_bytes()
     for step_dir in (workdir / "checkpoints").iterdir():
         _damage(step_dir)

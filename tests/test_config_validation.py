@@ -13,7 +13,7 @@ from softlabel_ood import command_line, configs, methods, train
 from softlabel_ood.configs import config_validation
 from softlabel_ood.training import optimizer
 from softlabel_ood.workdir import lock as workdir_lock
-from softlabel_ood.workdir import saved_runs
+from softlabel_ood.workdir import run_dir, saved_runs
 from tests.train_helpers import REPO, refusal, tiny_digits_config
 
 # (method, overrides, the refusal's line after "error: ")
@@ -257,7 +257,7 @@ def test_a_second_process_on_a_workdir_in_use_is_refused(tmp_path, capsys):
         line = refusal(capsys, lambda: train.train_and_evaluate(tiny_digits_config("ce"),
                                                                   str(workdir)))
         assert line.startswith(f"error: {workdir}: in use by another process (pid ")
-        assert sorted(p.name for p in workdir.iterdir()) == [workdir_lock.LOCK_FILE]
+        assert sorted(p.name for p in workdir.iterdir()) == [run_dir.LOCK]
     # Released when the holder is done (or killed, see test_atomic_files): the next run trains.
     train.train_and_evaluate(tiny_digits_config("ce", num_epochs=1), str(workdir))
     assert saved_runs.is_finished(workdir)
@@ -308,7 +308,7 @@ def test_a_misspelt_override_is_refused_with_a_suggestion(parse):
 def test_a_missing_config_file_or_an_unknown_argument_is_refused(parse):
     # The line lists the families, as the packaged directory holds them.
     families = sorted(p.stem for p in configs.DIRECTORY.glob("*.py")
-                      if p.stem not in ("__init__", "config_base", "config_validation"))
+                      if p.stem not in ("__init__", "config_base", "config_validation", "grid"))
     assert sorted(configs.FAMILIES) == families
     assert parse("--config=configs/cifar.py") == \
         "error: --config: configs/cifar.py: no such config file; the families are " \

@@ -178,8 +178,7 @@ def test_cifar_grids_have_three_seeds_and_offer_oe_finetuning():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_the_ls_argument_trains_the_grids_ls_teacher_not_ce(family):
     # `configs/<family>.py:ls` used to train with α = 0, bitwise the grid's ce run.
-    from softlabel_ood.configs import config_base
-    from softlabel_ood.experiment import grid
+    from softlabel_ood.configs import config_base, grid
 
     assert config_base.METHOD_ALPHA == 0.3
     family_config = _family(family).get_config()

@@ -18,7 +18,7 @@ import pytest
 from softlabel_ood import predict, scoring, train
 from softlabel_ood.training import checkpointing, run_model, runs_axis
 from softlabel_ood.workdir import predictions as predictions_lib
-from softlabel_ood.workdir import saved_runs
+from softlabel_ood.workdir import run_dir, saved_runs
 from tests.report_helpers import write_predictions
 from tests.train_helpers import refusal, run_module, snapshot, tiny_digits_config
 
@@ -315,7 +315,7 @@ def test_a_latest_checkpoint_without_its_arrays_is_set_aside_and_the_run_resumes
         damage, finished, tmp_path, caplog):
     run = tmp_path / "ce"
     shutil.copytree(finished, run)
-    (run / saved_runs.DONE_FILE).unlink()
+    (run / run_dir.DONE).unlink()
     shutil.rmtree(run / "predictions")
     _LOST_ITEMS[damage](run / "checkpoints" / "8")
     train.train_and_evaluate(saved_runs.read_config(run), str(run))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from softlabel_ood.experiment import grid
+from softlabel_ood.configs import grid
 
 
 def _paper_grid(**kwargs):

@@ -58,7 +58,7 @@ def test_the_lines_name_the_latest_committed_checkpoints(tmp_path):
 # ls0.4; 30 epochs of 8 steps with a checkpoint every 8 steps, so that training is under way long
 # enough to be interrupted between checkpoints.
 GRID = textwrap.dedent("""
-    from softlabel_ood.experiment import grid
+    from softlabel_ood.configs import grid
     from tests.train_helpers import tiny_digits_config
 
     def get_config():

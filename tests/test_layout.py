@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import itertools
 import pathlib
 import subprocess
 import sys
@@ -11,12 +12,18 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "softlabel_ood"
 SUBPACKAGES = ("configs", "data", "training", "workdir", "experiment", "scoring", "analysis")
+# The command modules: thin mains on top of the library, which never imports them.
+COMMANDS = ("train", "predict", "score", "reproduce")
 # package -> what no module of it may import, directly or through the modules it imports.
 FORBIDDEN = {
-    "scoring": ("training", "data", "flax"),
-    "analysis": ("training", "data", "flax"),
-    "data": ("training",),
-    "workdir": ("training",),
+    "scoring": ("training", "data", "flax", "commands"),
+    "analysis": ("training", "data", "flax", "commands"),
+    "data": ("training", "commands"),
+    "workdir": ("training", "data", "commands"),
+    "configs": ("training", "flax", "commands"),
+    "training": ("commands",),
+    "experiment": ("commands",),
+    "top": ("commands",),
 }
 
 
@@ -65,11 +72,53 @@ def _reachable(graph: dict[str, set[str]], start: str) -> dict[str, str]:
 
 
 def _group(name: str) -> str:
-    """softlabel_ood.training.train_step -> training; flax -> flax."""
+    """softlabel_ood.training.train_step -> training; softlabel_ood.train -> commands;
+    softlabel_ood.methods -> top; flax -> flax."""
     parts = name.split(".")
     if parts[0] != "softlabel_ood":
         return parts[0]
+    if len(parts) == 2 and parts[1] in COMMANDS:
+        return "commands"
     return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in SUBPACKAGES) else "top"
+
+
+def _package(name: str) -> str | None:
+    """The node of the package graph: a subpackage, or a top-level module by its own name."""
+    parts = name.split(".")
+    if parts[0] != "softlabel_ood" or len(parts) == 1:
+        return None
+    return parts[1]
+
+
+def _package_cycle(graph: dict[str, set[str]]) -> list[str]:
+    """A cycle of the package graph (each package, then an import that leads to the next), or
+    [] when the packages import one another in one direction only."""
+    edges: dict[str, dict[str, str]] = {}
+    for module, targets in sorted(graph.items()):
+        for target in sorted(targets, key=lambda t: (-len(t), t)):  # a module before its package
+            a, b = _package(module), _package(target)
+            if a and b and a != b:
+                edges.setdefault(a, {}).setdefault(b, f"{module} imports {target}")
+    done, path = set(), []
+
+    def visit(node):
+        if node in path:
+            cycle = [*path[path.index(node):], node]
+            return [f"{a} -> {b} ({edges[a][b]})" for a, b in itertools.pairwise(cycle)]
+        if node in done:
+            return []
+        path.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if found := visit(nxt):
+                return found
+        path.pop()
+        done.add(node)
+        return []
+
+    for start in sorted(edges):
+        if found := visit(start):
+            return found
+    return []
 
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
@@ -83,6 +132,21 @@ def test_a_package_never_reaches_what_it_may_not_import(package):
     assert not broken, "\n".join(broken)
 
 
+def test_no_two_packages_import_each_other_directly_or_through_others():
+    cycle = _package_cycle(_graph())
+    assert not cycle, "\n".join(cycle)
+
+
+def test_the_cycle_checker_sees_a_cycle_through_a_third_package():
+    graph = {"softlabel_ood.configs.a": {"softlabel_ood.experiment.b"},
+             "softlabel_ood.experiment.b": {"softlabel_ood.training.c"},
+             "softlabel_ood.training.c": {"softlabel_ood.configs.d", "flax"}}
+    assert [line.split(" (")[0] for line in _package_cycle(graph)] == [
+        "configs -> experiment", "experiment -> training", "training -> configs"]
+    del graph["softlabel_ood.training.c"]
+    assert _package_cycle(graph) == []
+
+
 def test_the_rule_checker_sees_a_forbidden_import(tmp_path):
     # The checker itself: a scoring module importing training is found, directly or not.
     graph = {"softlabel_ood.scoring.x": {"softlabel_ood.workdir.y"},
@@ -90,6 +154,8 @@ def test_the_rule_checker_sees_a_forbidden_import(tmp_path):
              "softlabel_ood.training.z": {"flax"}}
     reached = _reachable(graph, "softlabel_ood.scoring.x")
     assert {_group(t) for t in reached} == {"workdir", "training", "flax"}
+    assert _group("softlabel_ood.train") == "commands"
+    assert _group("softlabel_ood.models") == "top"
 
 
 def test_scoring_and_analysis_load_without_training_data_or_flax():
@@ -106,7 +172,7 @@ def test_scoring_and_analysis_load_without_training_data_or_flax():
 
 def test_every_module_lives_in_a_package_or_is_one_of_the_top_level_modules():
     top = sorted(p.stem for p in PACKAGE.glob("*.py"))
-    assert top == ["__init__", "cli_errors", "command_line", "methods", "models", "predict",
-                   "progress", "reproduce", "score", "train"]
+    assert top == ["__init__", "cli_errors", "command_line", "methods", "model_names", "models",
+                   "predict", "progress", "reproduce", "score", "train"]
     assert sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__") \
         == sorted(SUBPACKAGES)

@@ -16,8 +16,7 @@ import pytest
 from softlabel_ood import methods, reproduce
 from softlabel_ood.analysis import report_tables
 from softlabel_ood.analysis.results import RunInfo
-from softlabel_ood.configs import config_validation
-from softlabel_ood.experiment import grid
+from softlabel_ood.configs import config_validation, grid
 from softlabel_ood.training import method_losses, run_model, runs_axis, train_step
 from softlabel_ood.workdir import predictions, saved_runs
 from tests import toy_method

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from softlabel_ood.analysis import metric_stats, results
-from softlabel_ood.experiment import grid
+from softlabel_ood.configs import grid
 from softlabel_ood.scoring import MetricRow
 
 

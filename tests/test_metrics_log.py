@@ -7,17 +7,17 @@ import struct
 
 from tensorboardX.proto import event_pb2
 
-from softlabel_ood.workdir import metrics_log
+from softlabel_ood.workdir import metrics_log, run_dir
 
 
 def test_metrics_log_rewinds_to_the_checkpoint_and_drops_a_torn_line(tmp_path):
     lines = ['{"step": 4, "train_loss": 1.0}', '{"step": 8, "train_loss": 0.5}',
              '{"step": 12, "train_loss": 0.4}', '{"step": 1']  # the last write was cut short
-    (tmp_path / metrics_log.JSONL_FILE).write_text("\n".join(lines))
+    (tmp_path / run_dir.METRICS_LOG).write_text("\n".join(lines))
     log = metrics_log.MetricsLog(tmp_path, resume_step=8, enabled=True)
     log.write(12, {"train_loss": 0.3})
     log.close()
-    records = [json.loads(line) for line in (tmp_path / metrics_log.JSONL_FILE).read_text()
+    records = [json.loads(line) for line in (tmp_path / run_dir.METRICS_LOG).read_text()
                .splitlines()]
     assert records == [{"step": 4, "train_loss": 1.0}, {"step": 8, "train_loss": 0.5},
                        {"step": 12, "train_loss": 0.3}]

@@ -15,8 +15,9 @@ import pytest
 from etils import epath
 
 from softlabel_ood import reproduce
+from softlabel_ood.configs import grid
 from softlabel_ood.data import run_data
-from softlabel_ood.experiment import grid, populations
+from softlabel_ood.experiment import populations
 from softlabel_ood.training import checkpointing, run_start, runs_axis, train_loop, train_step
 from softlabel_ood.workdir import predictions
 from tests.jax_processes import run_on_devices
@@ -260,8 +261,7 @@ import json
 import tempfile
 import jax, numpy as np
 from etils import epath
-from softlabel_ood import train
-from softlabel_ood.training import runs_axis
+from softlabel_ood.training import population_job, runs_axis
 from softlabel_ood.workdir import predictions
 from tests.train_helpers import tiny_digits_config
 configs = [tiny_digits_config(m, seed=s, num_epochs=1, **({"label_smoothing": 0.1 * s} if
@@ -271,12 +271,13 @@ for c in configs:
     c.odin_pairs = ((1.0, 0.0), (1000.0, 0.001))
 root = epath.Path(tempfile.mkdtemp())
 together = [root / f"pop{i}" for i in range(8)]
-assert train.train_and_evaluate_population(configs, together,
-                                           mesh=runs_axis.population_mesh(8)) == [None] * 8
+assert population_job.train_and_evaluate_population(configs, together,
+                                                    mesh=runs_axis.population_mesh(8)) == [None] * 8
 one_device = runs_axis.data_mesh(jax.devices()[:1])
 different = []
 for i, c in enumerate(configs):
-    assert train.train_and_evaluate_population([c], [root / f"alone{i}"], mesh=one_device) == [None]
+    assert population_job.train_and_evaluate_population([c], [root / f"alone{i}"],
+                                                        mesh=one_device) == [None]
     a = predictions.read(together[i] / "predictions")
     b = predictions.read(root / f"alone{i}" / "predictions")
     for name, split in a.splits.items():
@@ -294,7 +295,7 @@ def test_runs_over_devices_predict_bitwise_what_runs_alone_on_one_device_predict
 
 
 GRID_CONFIG = """
-from softlabel_ood.experiment import grid
+from softlabel_ood.configs import grid
 from tests.train_helpers import REPO, run_module, run_processes, tiny_digits_config
 
 def get_config():
@@ -328,7 +329,7 @@ def test_two_processes_train_a_population_as_one_process_does(tmp_path):
 
 
 KILL_GRID_CONFIG = """
-from softlabel_ood.experiment import grid
+from softlabel_ood.configs import grid
 from tests.train_helpers import tiny_digits_config
 
 def get_config():

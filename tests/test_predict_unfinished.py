@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from softlabel_ood.workdir import saved_runs
+from softlabel_ood.workdir import run_dir
 from tests.train_helpers import run_module, snapshot
 
 # 256 training examples in batches of 32 are 8 steps an epoch: 2 epochs are 16 steps, with a
@@ -36,7 +36,7 @@ def runs(tmp_path_factory):
     cut = root / "cut"
     shutil.copytree(finished, cut)
     shutil.rmtree(cut / "checkpoints" / str(TOTAL_STEPS))
-    (cut / saved_runs.DONE_FILE).unlink()
+    (cut / run_dir.DONE).unlink()
     return finished, cut
 
 
@@ -47,7 +47,7 @@ def test_train_records_the_last_step_in_the_manifest(runs):
 
 def test_predict_refuses_an_unfinished_run_in_one_line_and_writes_nothing(runs):
     _, cut = runs
-    before = snapshot(cut / "predictions", cut / "checkpoints", cut / saved_runs.DONE_FILE)
+    before = snapshot(cut / "predictions", cut / "checkpoints", cut / run_dir.DONE)
     result = run_module("softlabel_ood.predict", f"--workdir={cut}", timeout=300)
     assert result.returncode == 2, result.stderr[-3000:]
     assert result.stderr.strip().splitlines()[-1] == (
@@ -55,7 +55,7 @@ def test_predict_refuses_an_unfinished_run_in_one_line_and_writes_nothing(runs):
         f"command that started it resumes it to the end, or --allow_unfinished writes "
         f"predictions from step 12, marked unfinished")
     assert "predictions:" not in result.stderr  # refused before its progress line
-    assert snapshot(cut / "predictions", cut / "checkpoints", cut / saved_runs.DONE_FILE) \
+    assert snapshot(cut / "predictions", cut / "checkpoints", cut / run_dir.DONE) \
         == before
 
 
@@ -112,7 +112,7 @@ def test_score_marks_unfinished_and_unknown_runs_and_keeps_metrics_csv(runs, all
         manifest = _manifest(old)
         del manifest["checkpoint"]
         (old / "predictions" / "manifest.json").write_text(json.dumps(manifest))
-    (old_unknown / saved_runs.DONE_FILE).unlink()
+    (old_unknown / run_dir.DONE).unlink()
 
     both = run_module("softlabel_ood.score", str(finished), str(cut), str(old_done),
                       str(old_unknown), f"--out={tmp_path / 'both'}", timeout=300)
@@ -138,7 +138,7 @@ def test_score_marks_unfinished_and_unknown_runs_and_keeps_metrics_csv(runs, all
         manifest = _manifest(unmarked / run.name)
         manifest.pop("checkpoint", None)
         (unmarked / run.name / "predictions" / "manifest.json").write_text(json.dumps(manifest))
-        (unmarked / run.name / saved_runs.DONE_FILE).write_text("finished\n")
+        (unmarked / run.name / run_dir.DONE).write_text("finished\n")
     plain = run_module("softlabel_ood.score", *(str(unmarked / r.name) for r in (
         finished, cut, old_done, old_unknown)), f"--out={tmp_path / 'plain'}", timeout=300)
     assert plain.returncode == 0, plain.stderr[-3000:]

@@ -7,8 +7,9 @@ import json
 import jax
 import pytest
 
+from softlabel_ood.configs import grid
 from softlabel_ood.data import run_data
-from softlabel_ood.experiment import grid, populations, probe
+from softlabel_ood.experiment import populations, probe
 from softlabel_ood.training import runs_axis, train_step
 from tests.train_helpers import tiny_digits_config
 

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from softlabel_ood.analysis import rebuild, report, results
-from softlabel_ood.workdir import saved_runs
+from softlabel_ood.workdir import run_dir, saved_runs
 from tests.report_helpers import paper_runs, report_rows, write_predictions
 from tests.test_claims import PAPER_LIKE
 from tests.test_report import _markdown_tables, _odin_predictions, _sections
@@ -119,8 +119,8 @@ def test_unfinished_runs_are_named_in_the_summary_and_kept_by_a_rebuild(tmp_path
 
     record("ls0.1_seed1", {"step": 12, "total_steps": 16})  # predict --allow_unfinished
     record("ce_seed1", {"step": 16, "total_steps": 16})  # finished, DONE not yet written
-    (tmp_path / "runs" / "ce_seed1" / saved_runs.DONE_FILE).unlink()
-    (tmp_path / "runs" / "kd_ce_seed0" / saved_runs.DONE_FILE).unlink()  # no record: unknown
+    (tmp_path / "runs" / "ce_seed1" / run_dir.DONE).unlink()
+    (tmp_path / "runs" / "kd_ce_seed0" / run_dir.DONE).unlink()  # no record: unknown
     report.write_report(report_rows(runs, PAPER_LIKE), tmp_path / "report", runs=runs)
 
     line = ("**Unfinished runs**: `kd_ce_seed0` (step unknown), `ls0.1_seed1` (step 12 of 16). "

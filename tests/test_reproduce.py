@@ -8,10 +8,12 @@ import textwrap
 
 import pytest
 
-from softlabel_ood import reproduce, scoring, train
+from softlabel_ood import reproduce, scoring
+from softlabel_ood.configs import grid
 from softlabel_ood.data import datasets
-from softlabel_ood.experiment import finished_runs, grid
-from softlabel_ood.workdir import saved_runs
+from softlabel_ood.experiment import finished_runs
+from softlabel_ood.training import population_job
+from softlabel_ood.workdir import run_dir, saved_runs
 from tests.report_helpers import write_predictions
 from tests.train_helpers import (
     run_module,
@@ -101,7 +103,7 @@ def test_planned_runs_follow_the_grid_seed_by_seed(tmp_path):
 
 
 def _fake_training(calls):
-    """Stands in for train.train_and_evaluate_population: records each run, writes its
+    """Stands in for population_job.train_and_evaluate_population: records each run, writes its
     predictions and DONE."""
 
     def train_and_evaluate_population(configs, workdirs, *, mesh=None):
@@ -121,7 +123,7 @@ def test_resume_trains_only_unfinished_runs(tmp_path, monkeypatch, capsys):
     config = _config([spec("ce", "ce"), spec("ls0.2", "ls", label_smoothing=0.2),
                       spec("kd_ce", "kd", teacher="ce")], seeds=(0, 1))
     calls = []
-    monkeypatch.setattr(train, "train_and_evaluate_population", _fake_training(calls))
+    monkeypatch.setattr(population_job, "train_and_evaluate_population", _fake_training(calls))
     reproduce.run_grid(config, str(tmp_path))
     assert calls == ["ce_seed0", "ls0.2_seed0", "kd_ce_seed0",
                      "ce_seed1", "ls0.2_seed1", "kd_ce_seed1"]
@@ -130,7 +132,7 @@ def test_resume_trains_only_unfinished_runs(tmp_path, monkeypatch, capsys):
     assert "[6/6] kd_ce_seed1 (kd): trained" in capsys.readouterr().err
 
     # An interrupted grid: one run never finished. Only that run is trained again.
-    (tmp_path / "runs" / "kd_ce_seed1" / saved_runs.DONE_FILE).unlink()
+    (tmp_path / "runs" / "kd_ce_seed1" / run_dir.DONE).unlink()
     calls.clear()
     reproduce.run_grid(config, str(tmp_path))
     assert calls == ["kd_ce_seed1"]
@@ -143,7 +145,7 @@ def tiny_grid(tmp_path_factory):
     root = tmp_path_factory.mktemp("reproduce")
     config_file = root / "tiny_grid.py"
     config_file.write_text(textwrap.dedent("""
-        from softlabel_ood.experiment import grid
+        from softlabel_ood.configs import grid
         from tests.train_helpers import tiny_digits_config
 
         def get_config():
@@ -191,7 +193,7 @@ def test_second_invocation_trains_nothing(tiny_grid, monkeypatch):
     def no_training(configs, workdirs, **kwargs):
         raise AssertionError(f"{workdirs} were trained again")
 
-    monkeypatch.setattr(train, "train_and_evaluate_population", no_training)
+    monkeypatch.setattr(population_job, "train_and_evaluate_population", no_training)
     module = {}
     exec(config_file.read_text(), module)
     config = module["get_config"]()
@@ -204,7 +206,7 @@ def test_second_invocation_trains_nothing(tiny_grid, monkeypatch):
 def test_command_exits_2_with_one_line_on_a_bad_grid(tmp_path):
     config_file = tmp_path / "bad_grid.py"
     config_file.write_text(textwrap.dedent("""
-        from softlabel_ood.experiment import grid
+        from softlabel_ood.configs import grid
         from tests.train_helpers import tiny_digits_config
 
         def get_config():
@@ -233,7 +235,7 @@ def test_a_failed_run_is_named_and_the_others_finish(tmp_path, monkeypatch, caps
         return [None if i in keep else FloatingPointError("loss is nan at step 3")
                 for i in range(len(configs))]
 
-    monkeypatch.setattr(train, "train_and_evaluate_population", one_diverges)
+    monkeypatch.setattr(population_job, "train_and_evaluate_population", one_diverges)
     with pytest.raises(reproduce.RunsFailedError) as failure:
         reproduce.run_grid(config, str(tmp_path))
     assert str(failure.value) == (
@@ -294,8 +296,8 @@ def test_finished_runs_trained_with_other_values_are_refused(tmp_path):
     planned = reproduce.planned_runs(config, tmp_path / "elsewhere")
     assert planned[1][1].kd.teacher_workdir == str(tmp_path / "elsewhere" / "runs" / "ce_seed0")
     # A run that is not finished is not compared: its checkpoint binds it (run_start).
-    (tmp_path / "work" / "runs" / "ce_seed0" / saved_runs.DONE_FILE).unlink()
-    (tmp_path / "work" / "runs" / "kd_ce_seed0" / saved_runs.DONE_FILE).unlink()
+    (tmp_path / "work" / "runs" / "ce_seed0" / run_dir.DONE).unlink()
+    (tmp_path / "work" / "runs" / "kd_ce_seed0" / run_dir.DONE).unlink()
     config = _config(grid_runs)
     config.num_epochs = 3
     assert len(reproduce.planned_runs(config, tmp_path / "work")) == 2
@@ -318,7 +320,7 @@ def test_the_command_refuses_a_grid_that_would_mix_before_training(tiny_grid):
 def test_predictions_of_an_unfinished_checkpoint_are_never_reported(tmp_path, monkeypatch):
     config = _config([spec("ce", "ce"), spec("ls0.2", "ls", label_smoothing=0.2),
                       spec("kd_ce", "kd", teacher="ce")])
-    monkeypatch.setattr(train, "train_and_evaluate_population", _fake_training([]))
+    monkeypatch.setattr(population_job, "train_and_evaluate_population", _fake_training([]))
     reproduce.run_grid(config, str(tmp_path))
     # A finished run whose predictions were written again from an earlier checkpoint
     # (predict --allow_unfinished after its last checkpoint was lost).

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from softlabel_ood.analysis import results
-from softlabel_ood.experiment import grid
+from softlabel_ood.configs import grid
 
 
 def _run(name, seed=0, method="ce", alpha=0.0, teacher="", init_from=""):

@@ -7,9 +7,10 @@ import shutil
 
 import pytest
 
-from softlabel_ood import models, train
+from softlabel_ood import models, predict, train
+from softlabel_ood.data import datasets
 from softlabel_ood.training import runs_axis, saved_models
-from softlabel_ood.workdir import saved_runs
+from softlabel_ood.workdir import run_dir, saved_runs
 from tests.train_helpers import refusal, tiny_digits_config
 
 TEACHER_ROLE = "config.kd.teacher_workdir"
@@ -35,7 +36,7 @@ def test_the_config_round_trips_without_its_grid(tmp_path):
     config = tiny_digits_config("ls", label_smoothing=0.25, ood_datasets=("gaussian", "blobs"))
     assert "grid" in config
     saved_runs.write_config(tmp_path, config)
-    stored = json.loads((tmp_path / saved_runs.CONFIG_FILE).read_text())
+    stored = json.loads((tmp_path / run_dir.CONFIG).read_text())
     assert "grid" not in stored
     assert stored["ood_datasets"] == ["gaussian", "blobs"]
     back = saved_runs.read_config(tmp_path)
@@ -44,23 +45,29 @@ def test_the_config_round_trips_without_its_grid(tmp_path):
     assert back.label_smoothing == 0.25
     assert saved_runs.config_to_dict(back) == saved_runs.config_to_dict(config)
     # Written through a temporary name: nothing but the file is left beside it.
-    assert sorted(p.name for p in tmp_path.iterdir()) == [saved_runs.CONFIG_FILE]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [run_dir.CONFIG]
 
 
-def test_a_config_of_an_earlier_version_gets_every_dataset_path(tmp_path):
+def test_a_config_of_an_earlier_version_gets_every_dataset_path_where_predict_reads_it(tmp_path):
     data = saved_runs.config_to_dict(tiny_digits_config("ce"))
     data["dataset_paths"] = {"lsun_crop": "/data/LSUN"}
-    (tmp_path / saved_runs.CONFIG_FILE).write_text(json.dumps(data))
-    paths = saved_runs.read_config(tmp_path).dataset_paths
+    (tmp_path / run_dir.CONFIG).write_text(json.dumps(data))
+    assert dict(saved_runs.read_config(tmp_path).dataset_paths) == {"lsun_crop": "/data/LSUN"}
+    paths = predict.read_stored_config(tmp_path).dataset_paths
     assert paths.lsun_crop == "/data/LSUN"
     assert paths.cifar10 == ""
+    assert sorted(paths) == sorted(datasets.NAMES)
 
 
 def test_a_missing_or_broken_config_is_refused(tmp_path):
     with pytest.raises(saved_runs.RunError, match=r"config\.json: missing; .* is not a run "):
         saved_runs.read_config(tmp_path)
-    (tmp_path / saved_runs.CONFIG_FILE).write_text("{not json")
+    (tmp_path / run_dir.CONFIG).write_text("{not json")
     with pytest.raises(saved_runs.RunError, match=r"config\.json: not valid JSON"):
+        saved_runs.read_config(tmp_path)
+    (tmp_path / run_dir.CONFIG).write_text('{"dataset_paths": ["/data"]}')
+    with pytest.raises(saved_runs.RunError, match=r"config\.json: field 'dataset_paths' is "
+                                                  r"\['/data'\], expected an object"):
         saved_runs.read_config(tmp_path)
 
 
@@ -71,7 +78,7 @@ def test_mark_finished_writes_the_done_marker(tmp_path):
     assert not saved_runs.is_finished(tmp_path)
     saved_runs.mark_finished(tmp_path)
     assert saved_runs.is_finished(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [saved_runs.DONE_FILE]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [run_dir.DONE]
     assert not saved_runs.is_finished(tmp_path / "elsewhere")
 
 
@@ -120,9 +127,9 @@ def test_a_teacher_with_another_number_of_outputs_is_refused_before_any_data(
     # trained with: the checkpoint decides.
     teacher = tmp_path / "teacher"
     shutil.copytree(finished_run, teacher)
-    stored = json.loads((teacher / saved_runs.CONFIG_FILE).read_text())
+    stored = json.loads((teacher / run_dir.CONFIG).read_text())
     stored["dataset"] = "cifar100"
-    (teacher / saved_runs.CONFIG_FILE).write_text(json.dumps(stored))
+    (teacher / run_dir.CONFIG).write_text(json.dumps(stored))
     config = tiny_digits_config("kd", dataset="cifar100",
                                 **{"kd.teacher_workdir": str(teacher)})
     line = refusal(capsys, lambda: train.train_and_evaluate(config, str(tmp_path / "student")))

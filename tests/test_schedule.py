@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 
 from softlabel_ood import reproduce
-from softlabel_ood.experiment import grid, schedule
+from softlabel_ood.configs import grid
+from softlabel_ood.experiment import schedule
 from tests.train_helpers import tiny_digits_config
 
 

@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from softlabel_ood.scoring import directory_reading, groups, odin_selection, score_records
+from softlabel_ood.scoring import directory_reading, odin_selection, score_records
 from softlabel_ood.scoring.metrics import ScoringError
+from softlabel_ood.workdir import run_dir
 
 
 def test_largest_temperature_then_highest_mean_id_train_score():
@@ -49,7 +50,7 @@ def test_fixed_takes_openood_default_pair_whatever_the_means():
 
 def test_the_selection_is_read_from_the_run_config(tmp_path):
     def read_selection():
-        return directory_reading.stored_parameter(groups.read_run_config(tmp_path),
+        return directory_reading.stored_parameter(run_dir.read_config(tmp_path, missing_ok=True),
                                                   score_records.ODIN_SELECTION, "config.json")
 
     assert read_selection() == "id_train"  # no config.json

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from softlabel_ood import reproduce
-from softlabel_ood.experiment import grid, workers
+from softlabel_ood.configs import grid
+from softlabel_ood.experiment import workers
 from softlabel_ood.workdir import predictions
 from tests.train_helpers import tiny_digits_config
 

@@ -26,7 +26,7 @@ from softlabel_ood.analysis import claims, metric_stats
 from softlabel_ood.analysis.metric_stats import MetricTable
 from softlabel_ood.analysis.results import RunInfo
 from softlabel_ood.scoring import metric_records
-from softlabel_ood.workdir import atomic_files, predictions
+from softlabel_ood.workdir import atomic_files, predictions, run_dir
 
 
 def _new_figure(rows: int, cols: int, *, width: float = 3.6, height: float = 3.0):
@@ -94,7 +94,7 @@ def dataset_of(runs) -> str:
         if run.directory:
             try:
                 return str(predictions.read_manifest(
-                    epath.Path(run.directory) / "predictions")["run"].get("dataset", ""))
+                    run_dir.predictions_path(epath.Path(run.directory)))["run"].get("dataset", ""))
             except (predictions.PredictionsError, OSError):
                 continue
     return ""

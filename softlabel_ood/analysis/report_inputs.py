@@ -14,7 +14,7 @@ from etils import epath
 from softlabel_ood import scoring
 from softlabel_ood.analysis import results
 from softlabel_ood.analysis.results import RunInfo
-from softlabel_ood.workdir import predictions, trained_steps
+from softlabel_ood.workdir import predictions, run_dir, trained_steps
 
 
 def run_groups(runs: Sequence[RunInfo]) -> dict[str, tuple[str, ...]]:
@@ -32,12 +32,12 @@ def odin_choices(runs: Sequence[RunInfo]) -> dict[str, scoring.odin_selection.Od
     runs whose predictions are at hand."""
     choices = {}
     for r in runs:
-        directory = epath.Path(r.directory) / "predictions" if r.directory else None
+        directory = run_dir.predictions_path(epath.Path(r.directory)) if r.directory else None
         if directory is None or not (directory / predictions.MANIFEST).exists():
             continue
-        config = epath.Path(r.directory) / scoring.odin_selection.CONFIG_FILE
+        run = epath.Path(r.directory)
         selection = scoring.odin_selection.selection_from_config(
-            json.loads(config.read_text()) if config.exists() else {}, str(config))
+            run_dir.read_config(run, missing_ok=True), str(run_dir.config_path(run)))
         choice = scoring.odin_selection.choose_from_directory(results.local_copy(directory),
                                                               selection)
         if choice is not None:
@@ -49,7 +49,7 @@ def knn_k_text(runs: Sequence[RunInfo]) -> str:
     """The knn score's k in these runs (`score`'s default, from each id_train split's size)."""
     ks = set()
     for r in runs:
-        directory = epath.Path(r.directory) / "predictions" if r.directory else None
+        directory = run_dir.predictions_path(epath.Path(r.directory)) if r.directory else None
         if directory is None or not (directory / predictions.MANIFEST).exists():
             continue
         # The manifest alone (read in place, local or in a bucket): the splits' sizes.
@@ -66,8 +66,8 @@ def pnorm_p(run: RunInfo) -> float:
     if not run.directory or "://" in run.directory:
         return scoring.scores.DEFAULT_PNORM_P
     return float(scoring.directory_reading.stored_parameter(
-        scoring.groups.read_run_config(run.directory), scoring.score_records.PNORM_P,
-        f"{run.directory}/config.json"))
+        run_dir.read_config(run.directory, missing_ok=True), scoring.score_records.PNORM_P,
+        str(run_dir.config_path(run.directory))))
 
 
 def unfinished_runs(runs: Sequence[RunInfo]) -> dict[str, trained_steps.Checkpoint | None]:
@@ -75,12 +75,12 @@ def unfinished_runs(runs: Sequence[RunInfo]) -> dict[str, trained_steps.Checkpoi
     of an unknown step), among the runs whose predictions are at hand."""
     found = {}
     for r in runs:
-        directory = epath.Path(r.directory) / "predictions" if r.directory else None
+        directory = run_dir.predictions_path(epath.Path(r.directory)) if r.directory else None
         if directory is None or not (directory / predictions.MANIFEST).exists():
             continue
         manifest = json.loads((directory / predictions.MANIFEST).read_text())
         unfinished, checkpoint = trained_steps.unfinished(
-            manifest, done=(epath.Path(r.directory) / trained_steps.DONE_FILE).exists())
+            manifest, done=(epath.Path(r.directory) / run_dir.DONE).exists())
         if unfinished:
             found[r.run] = checkpoint
     return found
@@ -89,7 +89,7 @@ def unfinished_runs(runs: Sequence[RunInfo]) -> dict[str, trained_steps.Checkpoi
 def first_predictions(group: Sequence[RunInfo] | None) -> predictions.Predictions | None:
     """Predictions of the first seed of a grid entry that has them at hand."""
     for r in group or ():
-        directory = epath.Path(r.directory) / "predictions" if r.directory else None
+        directory = run_dir.predictions_path(epath.Path(r.directory)) if r.directory else None
         if directory is not None and (directory / predictions.MANIFEST).exists():
             return predictions.read(results.local_copy(directory), features=False)
     return None

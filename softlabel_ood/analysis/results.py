@@ -1,10 +1,9 @@
 """A grid's runs and where their results are: which run is which, and loading a report.
 
-`RunInfo` says what one run is (grid entry, seed, method, α, teacher, starting point);
-`load` reads a reproduce workdir, report or run directories (local or in a bucket) into the
-runs, their metric rows and a `metric_stats.MetricTable`. Means over OOD sets and seeds are
-computed in `metric_stats.py`.
-"""
+`RunInfo` (`configs/grid.py`) says what one run is (grid entry, seed, method, α, teacher, starting
+point); `load` reads a reproduce workdir, report or run directories (local or in a bucket) into the
+runs, their metric rows and a `metric_stats.MetricTable`. Means over OOD sets and seeds are computed
+in `metric_stats.py`. """
 
 from __future__ import annotations
 
@@ -17,26 +16,11 @@ from etils import epath
 
 from softlabel_ood import scoring
 from softlabel_ood.analysis import metric_stats, runs_json
-from softlabel_ood.experiment import grid
-from softlabel_ood.workdir import atomic_files, predictions, trained_steps
+from softlabel_ood.configs import grid
+from softlabel_ood.configs.grid import RunInfo
+from softlabel_ood.workdir import atomic_files, predictions, run_dir, trained_steps
 
 RUNS_FILE = "runs.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class RunInfo:
-    """One run of a grid: one grid entry trained with one seed."""
-
-    run: str  # the run directory's base name: the `run` column of metrics.csv
-    name: str  # the grid entry, e.g. "ls0.1"; its seeds share it
-    seed: int
-    method: str  # ce | ls | oe | kd | kd_incorrect
-    # The value of the method's strength (`methods.Method.strength`: config.label_smoothing of
-    # ls and kd_incorrect), 0 for a method without one.
-    alpha: float
-    teacher: str = ""  # grid name of the KD teacher, or ""
-    init_from: str = ""  # grid name of the run it was fine-tuned from, or ""
-    directory: str = ""  # the run directory (predictions under it), or "" when not at hand
 
 
 def group_by_name(runs: Iterable[RunInfo]) -> dict[str, list[RunInfo]]:
@@ -156,7 +140,7 @@ def runs_from_directories(run_dirs: Iterable[epath.PathLike]) -> list[RunInfo]:
     runs = []
     for d in run_dirs:
         d = epath.Path(d)
-        manifest = json.loads((d / "predictions" / "manifest.json").read_text())
+        manifest = json.loads((run_dir.predictions_path(d) / run_dir.MANIFEST).read_text())
         run = predictions.RunSummary.from_json(manifest.get("run", {}))
         runs.append(RunInfo(
             run=d.name, name=grid.grid_name(d.name), seed=run.seed, method=run.method,
@@ -202,7 +186,7 @@ def local_copy(path: epath.PathLike) -> epath.Path:
 
 
 def _is_run_dir(path: epath.Path) -> bool:
-    return (path / "predictions" / "manifest.json").exists()
+    return (run_dir.predictions_path(path) / run_dir.MANIFEST).exists()
 
 
 def load(path: epath.PathLike) -> Results:

@@ -139,7 +139,7 @@ def parse_method_arg(arg: str | None) -> tuple[str, bool]:
 
 def cifar_config(arg: str | None, *, dataset: str, other_cifar: str) -> ml_collections.ConfigDict:
     """CIFAR-10/100: the OE reference protocol, its OOD test sets, 300K Random Images for OE."""
-    from softlabel_ood.experiment import grid  # Local import: only the config files need it.
+    from softlabel_ood.configs import grid  # Local import: only the config files need it.
 
     # `finetune_grid`: the grid (for reproduce) with OE fine-tuned from ce beside OE from scratch.
     finetune_grid = arg == "finetune_grid"

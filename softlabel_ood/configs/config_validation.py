@@ -23,7 +23,7 @@ from typing import Any
 
 import ml_collections
 
-from softlabel_ood import methods
+from softlabel_ood import methods, model_names
 from softlabel_ood.cli_errors import UserError
 from softlabel_ood.data import datasets
 from softlabel_ood.scoring import score_records
@@ -92,12 +92,9 @@ def _dataset_name(v) -> bool:
 
 
 def _model_name(v) -> bool:
-    # The model's constructor holds the naming rule (wrn<depth>_<width> with depth 6n + 4, ...);
-    # building the flax module only records its fields, nothing is initialised.
-    from softlabel_ood import models
     try:
-        models.create_model(v, num_classes=2)
-    except (ValueError, TypeError):
+        model_names.parse(v)
+    except ValueError:
         return False
     return True
 
@@ -140,8 +137,7 @@ _RUN_FIELDS: dict[str, Rule] = {
     "num_ood_examples": _int_in(1),
     "ood_groups": Rule("named groups of distinct OOD set names from ood_datasets, e.g. "
                        "near=('cifar100',); () removes a group", _ood_groups),
-    "model": Rule("wrn<depth>_<width> (depth 6n + 4), resnet18, resnet34 or small_cnn",
-                  _model_name),
+    "model": Rule(model_names.ALLOWED, _model_name),
     "dropout_rate": _real("a number in [0, 1)", lambda v: 0 <= v < 1),
     "compute_dtype": Rule(f"one of {', '.join(COMPUTE_DTYPES)}", lambda v: v in COMPUTE_DTYPES),
 }

@@ -9,8 +9,7 @@ kd_incorrect; ls and kd_incorrect with α = 0.3 unless --config.label_smoothing 
 or oe_finetune: OE fine-tuning of the finished ce run named in --config.oe.finetune_from.
 """
 
-from softlabel_ood.configs import config_base
-from softlabel_ood.experiment import grid
+from softlabel_ood.configs import config_base, grid
 
 
 def get_config(arg=None):

@@ -11,9 +11,8 @@ The argument is the method (ce, ls, oe, kd, kd_incorrect; ls and kd_incorrect wi
 the finished ce run named in --config.oe.finetune_from.
 """
 
-from softlabel_ood.configs import config_base
+from softlabel_ood.configs import config_base, grid
 from softlabel_ood.data import datasets
-from softlabel_ood.experiment import grid
 
 
 def get_config(arg=None):

@@ -40,6 +40,19 @@ def _load_once(name: str, split: str, path: str | None, data_dir: str | None,
     return ds
 
 
+def with_every_dataset_path(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A stored run's config with a `dataset_paths` entry ("": the source's default) for every
+    dataset name: runs of earlier versions name only the paths they set, and
+    `--config.dataset_paths.<name>` overrides only a field that exists."""
+    with config.unlocked():
+        if "dataset_paths" not in config:
+            config.dataset_paths = ml_collections.ConfigDict()
+        for name in datasets.NAMES:
+            if name not in config.dataset_paths:
+                config.dataset_paths[name] = ""
+    return config
+
+
 def load_id(config: ml_collections.ConfigDict, split: str) -> datasets.ArrayDataset:
     cap = config.num_train_examples if split == "train" else 0
     return _load(config, config.dataset, split, num_examples=cap or None)

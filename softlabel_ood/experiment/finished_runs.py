@@ -23,9 +23,8 @@ import ml_collections
 from etils import epath
 
 from softlabel_ood import methods
-from softlabel_ood.configs import config_validation
-from softlabel_ood.experiment import grid
-from softlabel_ood.workdir import saved_runs
+from softlabel_ood.configs import config_validation, grid
+from softlabel_ood.workdir import run_dir, saved_runs
 
 _RUN_PATHS = ("kd.teacher_workdir", "oe.finetune_from")
 _METHOD_FIELDS = frozenset(field for m in methods.BY_NAME.values() for field in m.reads)
@@ -57,7 +56,7 @@ def check_trained_as_planned(run: str, directory: epath.PathLike,
     run (its checkpoint is resumed only by its own config: `run_start.check_resumable`)."""
     directory = epath.Path(directory)
     if not saved_runs.is_finished(directory) or \
-            not (directory / saved_runs.CONFIG_FILE).exists():
+            not (directory / run_dir.CONFIG).exists():
         return
     stored = saved_runs.config_to_dict(saved_runs.read_config(directory))
     current = saved_runs.config_to_dict(config)
@@ -69,6 +68,6 @@ def check_trained_as_planned(run: str, directory: epath.PathLike,
         if old is _MISSING or new is _MISSING or _same(name, old, new):
             continue
         raise GridMismatchError(
-            f"{directory / saved_runs.CONFIG_FILE}: finished run {run} was trained with "
+            f"{directory / run_dir.CONFIG}: finished run {run} was trained with "
             f"config.{name} = {old!r}, the grid gives {new!r}; use another --workdir for "
             f"these values, or give the run's")

@@ -13,10 +13,10 @@ import tqdm
 from etils import epath
 
 from softlabel_ood import progress
-from softlabel_ood.analysis.results import RunInfo
+from softlabel_ood.configs.grid import RunInfo
 from softlabel_ood.experiment import populations, workers
 from softlabel_ood.training import distributed
-from softlabel_ood.workdir import saved_runs
+from softlabel_ood.workdir import run_dir, saved_runs
 
 
 class Schedule:
@@ -94,7 +94,7 @@ def train(planned: Sequence[tuple[RunInfo, ml_collections.ConfigDict]],
                 directories = [schedule.infos[i].directory for i in todo]
                 schedule.bar.set_postfix_str(", ".join(epath.Path(d).name for d in directories[:3])
                                              + (", ..." if len(todo) > 3 else ""))
-                training[population] = (todo, {i: (epath.Path(d) / "checkpoints").exists()
+                training[population] = (todo, {i: (epath.Path(d) / run_dir.CHECKPOINTS).exists()
                                                for i, d in zip(todo, directories, strict=True)})
                 pool.start(population, [schedule.configs[i] for i in todo], directories, grid)
             if not pool.busy:

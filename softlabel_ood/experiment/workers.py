@@ -7,13 +7,14 @@ at 1.25x the images/s of one). On an accelerator one process owns the device's m
 several JAX processes (multi-host) every process must train the same runs, so there the default
 is one, and more are refused.
 
-Each worker is a fresh (spawned) Python process that calls `train.train_and_evaluate_population`,
-the function `reproduce` calls itself with one worker: a run's files and numbers are those of the
-run trained in the parent. Workers take the parent's compilation cache and die with it (Linux:
-PR_SET_PDEATHSIG), so a killed `reproduce` leaves no run training on, holding its workdir's lock.
-Ctrl-C stops them as it stops training in the parent: a worker ignores SIGINT except while it
-trains, when the first one (the terminal's, sent to every process of the command, or the
-parent's, passed on) interrupts its training once its checkpoint writes complete.
+Each worker is a fresh (spawned) Python process that calls
+`population_job.train_and_evaluate_population`, the function `reproduce` calls itself with one
+worker: a run's files and numbers are those of the run trained in the parent. Workers take the
+parent's compilation cache and die with it (Linux: PR_SET_PDEATHSIG), so a killed `reproduce` leaves
+no run training on, holding its workdir's lock. Ctrl-C stops them as it stops training in the
+parent: a worker ignores SIGINT except while it trains, when the first one (the terminal's, sent to
+every process of the command, or the parent's, passed on) interrupts its training once its
+checkpoint writes complete.
 
 `Pool(1)` trains in the calling process, exactly as before workers existed; `Pool(n)` keeps n
 workers for its lifetime.
@@ -34,9 +35,9 @@ from collections.abc import Iterator, Sequence
 import jax
 import ml_collections
 
-from softlabel_ood import train as train_lib
-from softlabel_ood.experiment import grid as grid_lib
+from softlabel_ood.configs import grid as grid_lib
 from softlabel_ood.experiment import populations
+from softlabel_ood.training import population_job
 
 # config.grid.workers = 0 (automatic) on CPU: processes, at most one per core. Two are measured
 # (2 cores); more cores may take more, set by the field.
@@ -67,7 +68,7 @@ def count(grid: ml_collections.ConfigDict, population_size: int = 1) -> int:
 def train(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[str],
           grid: ml_collections.ConfigDict) -> list[str | None]:
     """Trains one population on its mesh; each run's failure as text, or None."""
-    failures = train_lib.train_and_evaluate_population(
+    failures = population_job.train_and_evaluate_population(
         configs, workdirs, mesh=populations.mesh(grid, len(configs)))
     return [None if f is None else str(f) for f in failures]
 

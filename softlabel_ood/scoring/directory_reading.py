@@ -14,6 +14,7 @@ from typing import Any
 from softlabel_ood.scoring import groups, score_records
 from softlabel_ood.scoring.metrics import ScoringError
 from softlabel_ood.workdir import predictions as predictions_lib
+from softlabel_ood.workdir import run_dir as run_dir_lib
 from softlabel_ood.workdir import trained_steps
 
 
@@ -46,16 +47,16 @@ def _read_one(run_dir, ood_groups: Mapping[str, Sequence[str]] | None,
     if not os.path.isdir(os.fspath(run_dir)):
         raise predictions_lib.PredictionsError(f"{run_dir}: no such run directory")
     directory = pathlib.Path(os.fspath(run_dir))
-    manifest = predictions_lib.read_manifest(directory / "predictions")
+    manifest = predictions_lib.read_manifest(run_dir_lib.predictions_path(directory))
     name = run_name(run_dir)
     if name in names:
         raise ScoringError(f"{run_dir}: another run directory has the same base name "
                            f"'{name}' (run names must be unique)")
     # A run directory written by train holds its config: the predictions must be its own.
-    stored = groups.read_run_config(directory)
-    config_path = directory / groups.CONFIG_FILE
+    stored = run_dir_lib.read_config(directory, missing_ok=True)
+    config_path = run_dir_lib.config_path(directory)
     predictions_lib.check_run_matches_config(
-        directory / "predictions" / predictions_lib.MANIFEST, manifest.get("run", {}),
+        run_dir_lib.predictions_path(directory) / run_dir_lib.MANIFEST, manifest.get("run", {}),
         stored, config_path)
     if ood_groups is not None:
         run_groups, where = dict(ood_groups), "--groups"
@@ -68,9 +69,9 @@ def _read_one(run_dir, ood_groups: Mapping[str, Sequence[str]] | None,
     parameters = {p.name: stored_parameter(stored, p, str(config_path))
                   for p in score_records.config_parameters().values()
                   if given.get(p.name) is None}
-    return RunDirectory(name, directory / "predictions", run_groups, parameters,
+    return RunDirectory(name, run_dir_lib.predictions_path(directory), run_groups, parameters,
                         trained_steps.unfinished(
-                            manifest, done=(directory / trained_steps.DONE_FILE).exists()))
+                            manifest, done=(directory / run_dir_lib.DONE).exists()))
 
 
 def read_run_directories(run_dirs: Sequence,

@@ -10,17 +10,14 @@ another set would otherwise get the mean of some of its sets under its name.
 
 from __future__ import annotations
 
-import json
-import os
-import pathlib
 from collections.abc import Mapping
 
 import numpy as np
 
 from softlabel_ood.scoring.metrics import ScoringError
+from softlabel_ood.workdir import run_dir as run_dir_lib
 
 Groups = dict[str, tuple[str, ...]]
-CONFIG_FILE = "config.json"  # saved_runs.CONFIG_FILE, named here so scoring needs no flax
 
 
 def _checked(groups, where: str) -> Groups:
@@ -38,37 +35,15 @@ def _checked(groups, where: str) -> Groups:
     return out
 
 
-def _object_without_repeats(pairs: list[tuple[str, object]]) -> dict:
-    # json.loads keeps the last of two equal keys; a group named twice must not vanish silently.
-    keys = [k for k, _ in pairs]
-    if len(set(keys)) != len(keys):
-        raise ScoringError(f"the key {next(k for k in keys if keys.count(k) > 1)!r} appears twice")
-    return dict(pairs)
-
-
-def read_run_config(run_dir) -> dict:
-    """The run's stored config (`<run_dir>/config.json`) as JSON data; {} when it has none."""
-    path = pathlib.Path(os.fspath(run_dir)) / CONFIG_FILE
-    if not path.is_file():
-        return {}
-    try:
-        config = json.loads(path.read_text(), object_pairs_hook=_object_without_repeats)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ScoringError(f"{path}: not valid JSON ({e})") from None
-    except ScoringError as e:
-        raise ScoringError(f"{path}: {e}") from None
-    return config if isinstance(config, dict) else {}
-
-
 def groups_of(config: Mapping, run_dir) -> Groups:
-    """The `ood_groups` of a stored config (`read_run_config`); {} when it names none."""
-    path = pathlib.Path(os.fspath(run_dir)) / CONFIG_FILE
-    return _checked(config.get("ood_groups") or {}, str(path))
+    """The `ood_groups` of a stored config (`run_dir.read_config`); {} when it names none (a run
+    saved before the field existed)."""
+    return _checked(config.get("ood_groups") or {}, str(run_dir_lib.config_path(run_dir)))
 
 
 def read_groups(run_dir) -> Groups:
     """The run's `ood_groups` from its stored config; {} when it has none."""
-    return groups_of(read_run_config(run_dir), run_dir)
+    return groups_of(run_dir_lib.read_config(run_dir, missing_ok=True), run_dir)
 
 
 def parse_groups(text: str) -> Groups:

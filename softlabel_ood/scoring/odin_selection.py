@@ -35,7 +35,6 @@ FIXED_PAIR = (1000.0, 0.0014)  # OpenOOD's ODIN postprocessor default
 RULE = ("the largest configured temperature T, then the ε whose ODIN scores have the highest mean "
         "on the id_train split (Generalized ODIN's criterion; ties to the smaller ε)")
 FIXED_RULE = "fixed: OpenOOD's default pair"
-CONFIG_FILE = "config.json"  # saved_runs.CONFIG_FILE, named here so scoring needs no flax
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,14 +16,14 @@ from collections.abc import Callable, Sequence
 from etils import epath
 
 from softlabel_ood.training import checkpointing
-from softlabel_ood.workdir import saved_runs
+from softlabel_ood.workdir import run_dir, saved_runs
 
 EXIT_CODE = 130
 
 
 def resume_step(workdir: epath.PathLike) -> int:
     """The step a run in `workdir` resumes from: its latest committed checkpoint's, else 0."""
-    return checkpointing.latest_saved_step(epath.Path(workdir) / "checkpoints") or 0
+    return checkpointing.latest_saved_step(epath.Path(workdir) / run_dir.CHECKPOINTS) or 0
 
 
 def run_line(workdir: epath.PathLike, interrupted: KeyboardInterrupt) -> str:

@@ -14,7 +14,7 @@ from softlabel_ood import methods
 from softlabel_ood.cli_errors import UserError
 from softlabel_ood.configs import config_validation
 from softlabel_ood.training import checkpointing, run_model, saved_models, train_step
-from softlabel_ood.workdir import saved_runs
+from softlabel_ood.workdir import run_dir, saved_runs
 
 
 @dataclasses.dataclass
@@ -37,8 +37,8 @@ def load_teacher(config: ml_collections.ConfigDict, mesh):
 
 def check_resumable(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
     """A checkpoint may only be resumed by the config that made it (up to evaluation fields)."""
-    if not (workdir / saved_runs.CONFIG_FILE).exists() or \
-            not checkpointing.has_checkpoint(workdir / "checkpoints"):
+    if not (workdir / run_dir.CONFIG).exists() or \
+            not checkpointing.has_checkpoint(workdir / run_dir.CHECKPOINTS):
         return  # a start that failed before its first checkpoint does not bind the workdir
     stored = saved_runs.config_to_dict(saved_runs.read_config(workdir))
     current = saved_runs.config_to_dict(config)
@@ -46,7 +46,7 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: epath.Path) -> N
                if name.split(".")[0] not in config_validation.RESUMABLE_CHANGES]
     if changed:
         raise config_validation.ConfigError(
-            f"{workdir / saved_runs.CONFIG_FILE}: this workdir was trained with other values of "
+            f"{workdir / run_dir.CONFIG}: this workdir was trained with other values of "
             f"{', '.join(changed)}; use a new workdir")
 
 

@@ -8,7 +8,8 @@ from etils import epath
 from softlabel_ood import methods, models
 from softlabel_ood.data import datasets
 from softlabel_ood.training import checkpointing, run_model
-from softlabel_ood.workdir.saved_runs import DONE_FILE, RunError, is_finished, read_config
+from softlabel_ood.workdir import run_dir
+from softlabel_ood.workdir.saved_runs import RunError, is_finished, read_config
 
 
 def check_finished_run(workdir: str, *, role: str, dataset: str,
@@ -29,7 +30,7 @@ def check_finished_run(workdir: str, *, role: str, dataset: str,
     except RunError as e:
         raise RunError(f"{role}: {e}") from None
     if not is_finished(workdir):
-        raise RunError(f"{role}: {workdir} has not finished training (no {DONE_FILE} file)")
+        raise RunError(f"{role}: {workdir} has not finished training (no {run_dir.DONE} file)")
     # The same dataset means the same classes in the same order; a name check is the whole check.
     if config.get("dataset") != dataset:
         raise RunError(f"{role}: {workdir} was trained on {config.get('dataset')!r}, this run "
@@ -55,7 +56,7 @@ def check_fine_tuning_start(config: ml_collections.ConfigDict, workdir: epath.Pa
     is loaded or file written. A run that holds a checkpoint of its own resumes from it and
     does not read its start again."""
     start = config.oe.finetune_from if methods.reads(config.method, "oe.finetune_from") else ""
-    if start and not checkpointing.has_checkpoint(epath.Path(workdir) / "checkpoints"):
+    if start and not checkpointing.has_checkpoint(epath.Path(workdir) / run_dir.CHECKPOINTS):
         check_finished_run(start, role="config.oe.finetune_from", dataset=config.dataset,
                            model=config.model)
 
@@ -73,7 +74,7 @@ def load_finished_model(workdir: str, mesh, *, role: str, dataset: str):
 
 def stored_num_outputs(workdir: epath.PathLike) -> int:
     """The number of outputs (classes) of the model in a run's latest checkpoint."""
-    ckpts = checkpointing.Checkpoints(epath.Path(workdir) / "checkpoints", read_only=True)
+    ckpts = checkpointing.Checkpoints(epath.Path(workdir) / run_dir.CHECKPOINTS, read_only=True)
     try:
         shapes = ckpts.stored_shapes()
     finally:
@@ -84,7 +85,7 @@ def stored_num_outputs(workdir: epath.PathLike) -> int:
 def latest_step(workdir: epath.PathLike) -> int:
     """The step of the latest checkpoint in `workdir`, read without reading an array;
     DamagedCheckpointError when there is none."""
-    ckpts = checkpointing.Checkpoints(epath.Path(workdir) / "checkpoints", read_only=True)
+    ckpts = checkpointing.Checkpoints(epath.Path(workdir) / run_dir.CHECKPOINTS, read_only=True)
     try:
         step = ckpts.latest_step()
     finally:
@@ -100,7 +101,7 @@ def restore_model(config: ml_collections.ConfigDict, workdir: epath.PathLike, me
     latest), finished or not; the variables ({"params", "batch_stats"}) replicated on `mesh`."""
     model = run_model.create_model(config)
     like = run_model.create_state(config, model, mesh).variables
-    ckpts = checkpointing.Checkpoints(epath.Path(workdir) / "checkpoints", read_only=True)
+    ckpts = checkpointing.Checkpoints(epath.Path(workdir) / run_dir.CHECKPOINTS, read_only=True)
     try:
         return model, ckpts.restore_variables(like, step)
     finally:
@@ -113,7 +114,7 @@ def restore_readable_model(config: ml_collections.ConfigDict, workdir: epath.Pat
     reads back (`Checkpoints.restore_readable_variables`), replicated on `mesh`: what predict
     writes its predictions from. Read-only, as `restore_model`."""
     like = run_model.create_state(config, run_model.create_model(config), mesh).variables
-    ckpts = checkpointing.Checkpoints(epath.Path(workdir) / "checkpoints", read_only=True)
+    ckpts = checkpointing.Checkpoints(epath.Path(workdir) / run_dir.CHECKPOINTS, read_only=True)
     try:
         return ckpts.restore_readable_variables(like)
     finally:

@@ -1,9 +1,9 @@
 """The train loop: a population's steps in calls of many steps, with logs, evaluation and
 checkpoints between calls. A run trained alone is a population of one.
 
-`train_population(members, data, mesh)` trains (or resumes) the runs on arrays already in
-memory and returns their final states; `train.train_and_evaluate_population` loads the data and
-writes the predictions around it, and `benchmarks/train_loop.py` times it on synthetic arrays.
+`train_population(members, data, mesh)` trains (or resumes) the runs on arrays already in memory and
+returns their final states; `population_job.train_and_evaluate_population` loads the data and writes
+the predictions around it, and `benchmarks/train_loop.py` times it on synthetic arrays.
 
 How the host keeps out of the accelerator's way:
 - the steps between two boundaries (a log, an epoch's evaluation, a checkpoint) run as calls of
@@ -49,7 +49,7 @@ from softlabel_ood.training import (
     train_step,
 )
 from softlabel_ood.training.run_start import Member
-from softlabel_ood.workdir import metrics_log, saved_runs
+from softlabel_ood.workdir import metrics_log, run_dir, saved_runs
 
 MEGABYTE = 2**20
 # How far the host may run ahead of the device, in calls: enough that an epoch's bookkeeping
@@ -134,7 +134,7 @@ class Population:
         for m in members:
             m.workdir.mkdir(parents=True, exist_ok=True)
             run_start.check_resumable(m.config, m.workdir)
-        self.ckpts = [checkpointing.Checkpoints(m.workdir / "checkpoints") for m in members]
+        self.ckpts = [checkpointing.Checkpoints(m.workdir / run_dir.CHECKPOINTS) for m in members]
         try:
             states, self.start_step = run_start.initial_states(configs, model, mesh, self.ckpts)
         except BaseException:

@@ -16,8 +16,7 @@ import os
 import pathlib
 
 from softlabel_ood.cli_errors import UserError
-
-LOCK_FILE = ".lock"
+from softlabel_ood.workdir import run_dir
 
 
 class WorkdirError(UserError):
@@ -64,7 +63,7 @@ def hold(workdir, *, enabled: bool = True):
         if created_lock:
             # Removed while still held: a process that opened this file meanwhile finds it
             # gone once it gets the lock, and starts again on a new one (`_lock`).
-            (path / LOCK_FILE).unlink(missing_ok=True)
+            (path / run_dir.LOCK).unlink(missing_ok=True)
         os.close(fd)  # releases the lock
         if created and not any(path.iterdir()):
             path.rmdir()
@@ -72,7 +71,7 @@ def hold(workdir, *, enabled: bool = True):
 
 def _lock(path: pathlib.Path) -> tuple[int, bool]:
     """(descriptor, whether this call created the file) of `path`'s lock file, locked."""
-    lock_path = path / LOCK_FILE
+    lock_path = path / run_dir.LOCK
     while True:
         try:
             fd, created = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True

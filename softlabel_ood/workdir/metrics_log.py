@@ -14,10 +14,7 @@ from etils import epath
 from tensorboardX import SummaryWriter
 from tensorboardX.proto import event_pb2
 
-from softlabel_ood.workdir import atomic_files
-
-JSONL_FILE = "metrics.jsonl"
-TENSORBOARD_DIR = "tensorboard"
+from softlabel_ood.workdir import atomic_files, run_dir
 
 
 def _parse(line: str) -> dict | None:
@@ -63,12 +60,12 @@ class MetricsLog:
         self.enabled = enabled
         if not enabled:
             return
-        self.path = epath.Path(workdir) / JSONL_FILE
+        self.path = epath.Path(workdir) / run_dir.METRICS_LOG
         if self.path.exists():
             kept = [line for line in self.path.read_text().splitlines()
                     if (record := _parse(line)) is not None and record["step"] <= resume_step]
             atomic_files.write_text_atomically(self.path, "".join(f"{k}\n" for k in kept))
-        tensorboard = epath.Path(workdir) / TENSORBOARD_DIR
+        tensorboard = epath.Path(workdir) / run_dir.TENSORBOARD
         rewind_event_files(tensorboard, resume_step)
         self._file = self.path.open("a")
         # One event file per start of the run, named by its first step: two starts within the

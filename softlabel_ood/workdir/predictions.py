@@ -41,6 +41,7 @@ import numpy as np
 
 from softlabel_ood.cli_errors import UserError
 from softlabel_ood.workdir import atomic_files, run_summary, trained_steps
+from softlabel_ood.workdir.run_dir import MANIFEST
 from softlabel_ood.workdir.run_summary import RunSummary
 
 ROLES = ("id_test", "ood_test", "id_train")
@@ -48,7 +49,6 @@ FORMAT = "softlabel_ood.predictions/v3"
 FORMAT_V2 = "softlabel_ood.predictions/v2"
 FORMAT_V1 = "softlabel_ood.predictions/v1"
 READABLE_FORMATS = (FORMAT_V1, FORMAT_V2, FORMAT)
-MANIFEST = "manifest.json"
 HEAD_FILE = "head.npz"
 
 

@@ -1,9 +1,6 @@
-"""A run's directory as other code sees it: its stored config and whether it finished.
+"""A run's stored config as a ConfigDict, for the training side, and its DONE marker.
 
-    <workdir>/config.json     the resolved config (written when the run starts)
-    <workdir>/checkpoints/    orbax checkpoints
-    <workdir>/predictions/    the predictions directory (DESIGN.md §5)
-    <workdir>/DONE            written last: the run trained to the end and wrote its predictions
+What the directory holds is named in `run_dir`, which also reads config.json as JSON data.
 """
 
 from __future__ import annotations
@@ -13,16 +10,8 @@ import json
 import ml_collections
 from etils import epath
 
-from softlabel_ood.cli_errors import UserError
-from softlabel_ood.data import datasets
-from softlabel_ood.workdir import atomic_files
-
-CONFIG_FILE = "config.json"
-DONE_FILE = "DONE"
-
-
-class RunError(UserError):
-    """Another run's directory cannot serve as a teacher or a starting point."""
+from softlabel_ood.workdir import atomic_files, run_dir
+from softlabel_ood.workdir.run_dir import RunError
 
 
 def config_to_dict(config: ml_collections.ConfigDict) -> dict:
@@ -33,30 +22,18 @@ def config_to_dict(config: ml_collections.ConfigDict) -> dict:
 
 
 def write_config(workdir: epath.PathLike, config: ml_collections.ConfigDict) -> None:
-    path = epath.Path(workdir) / CONFIG_FILE
     text = json.dumps(config_to_dict(config), indent=2, sort_keys=True) + "\n"
-    atomic_files.write_text_atomically(path, text)
+    atomic_files.write_text_atomically(epath.Path(workdir) / run_dir.CONFIG, text)
 
 
 def read_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
-    path = epath.Path(workdir) / CONFIG_FILE
-    if not path.exists():
-        raise RunError(f"{path}: missing; {workdir} is not a run directory")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RunError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("dataset_paths", {}), dict):
-        raise RunError(f"{path}: not a run's config (a JSON object of its fields)")
-    config = ml_collections.ConfigDict(_lists_to_tuples(data))
-    # Runs of earlier versions name only the paths they set; every name is a field now.
-    with config.unlocked():
-        if "dataset_paths" not in config:
-            config.dataset_paths = ml_collections.ConfigDict()
-        for name in datasets.NAMES:
-            if name not in config.dataset_paths:
-                config.dataset_paths[name] = ""
-    return config
+    """The stored config as the run's ConfigDict (`run_dir.read_config`'s errors). Runs of
+    earlier versions may lack fields; `run_data.with_every_dataset_path` fills the paths."""
+    data = run_dir.read_config(epath.Path(workdir))
+    if not isinstance(data.get("dataset_paths", {}), dict):
+        raise RunError(f"{run_dir.config_path(epath.Path(workdir))}: field 'dataset_paths' is "
+                       f"{data['dataset_paths']!r}, expected an object (a path per dataset)")
+    return ml_collections.ConfigDict(_lists_to_tuples(data))
 
 
 def _lists_to_tuples(value):
@@ -69,8 +46,8 @@ def _lists_to_tuples(value):
 
 
 def is_finished(workdir: epath.PathLike) -> bool:
-    return (epath.Path(workdir) / DONE_FILE).exists()
+    return run_dir.is_finished(epath.Path(workdir))
 
 
 def mark_finished(workdir: epath.PathLike) -> None:
-    atomic_files.write_text_atomically(epath.Path(workdir) / DONE_FILE, "finished\n")
+    atomic_files.write_text_atomically(epath.Path(workdir) / run_dir.DONE, "finished\n")

@@ -15,9 +15,9 @@ import dataclasses
 from collections.abc import Mapping
 
 from softlabel_ood.cli_errors import UserError
+from softlabel_ood.workdir.run_dir import DONE
 
 FIELD = "checkpoint"
-DONE_FILE = "DONE"  # saved_runs.DONE_FILE, named here so that scoring needs no data side
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,5 +76,5 @@ def describe(checkpoint: Checkpoint | None) -> str:
     """What is said of an unfinished run: the step of its predictions, or that it is unknown."""
     if checkpoint is None:
         return (f"trained steps unknown: the predictions do not record their checkpoint and the "
-                f"run directory has no {DONE_FILE} file")
+                f"run directory has no {DONE} file")
     return f"unfinished run: predictions from {checkpoint.describe()}"
