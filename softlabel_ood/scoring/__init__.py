@@ -18,7 +18,7 @@ _FROM = {
                 "calibration_metrics", "ece", "id_metrics", "ood_metrics", "pair_metrics"),
     "metrics_files": ("CSV_HEADER", "read_metrics_csv", "write_metrics"),
     "directory_reading": ("run_name",),
-    "runs": ("MetricRow", "ScoreReport", "score_predictions", "score_runs_report"),
+    "pipeline": ("MetricRow", "ScoreReport", "score_predictions", "score_runs_report"),
     "scores": ("default_knn_k", "knn", "logit_scores", "mahalanobis", "pnorm",
                "predicted_class"),
     "selective": ("SELECTIVE_METRICS", "selective_metrics"),
@@ -35,7 +35,7 @@ _SCORE_LISTS = {
     "HEAD_SCORES": lambda r: r.reading("head"),
 }
 _SUBMODULES = ("directory_reading", "float64", "groups", "head_scores", "metric_records",
-               "metrics", "metrics_files", "odin_selection", "runs", "score_functions",
+               "metrics", "metrics_files", "odin_selection", "pipeline", "score_functions",
                "score_records", "scores", "selective")
 
 __all__ = sorted([*_MODULE_OF, *_SCORE_LISTS, "groups", "odin_selection", "selective"])

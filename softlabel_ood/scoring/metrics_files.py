@@ -14,7 +14,7 @@ import numpy as np
 from softlabel_ood.scoring import groups, metric_records, score_records
 from softlabel_ood.scoring.metric_records import lower_is_better
 from softlabel_ood.scoring.metrics import ScoringError
-from softlabel_ood.scoring.runs import MetricRow
+from softlabel_ood.scoring.pipeline import MetricRow
 from softlabel_ood.workdir import atomic_files, trained_steps
 
 CSV_HEADER = ("run", "score", "ood", "metric", "value")

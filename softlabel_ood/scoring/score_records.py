@@ -5,8 +5,8 @@ A record says what a score reads from a run's predictions (its inputs), the para
 whether it is also a config field a run stores in its config.json), and the name of its function
 in `score_functions.FUNCTIONS`. metrics.csv and metrics.md list the scores in registration
 order; `score`'s flags, the config validator's rules and defaults for the parameters that are
-config fields, and the scoring loop (`runs.py`) all derive from these records. A new score is
-one `register(Score(...))` and its function.
+config fields, and the scoring pipeline (`pipeline.py`) all derive from these records. A new
+score is one `register(Score(...))` and its function.
 
 The config side imports this module: keeping it free of numpy and JAX lets a config load
 without them.
