@@ -50,8 +50,8 @@ def planned_runs(config: ml_collections.ConfigDict, workdir: epath.PathLike
             c = grid.run_config(config, run, seed, workdir)
             config_validation.check(c)  # fail before the first run rather than hours into the grid
             info = results.RunInfo(
-                run=grid.run_dir_name(run["name"], seed), name=run["name"], seed=seed,
-                method=run["method"], alpha=RunSummary.from_config(c).strength,
+                run=grid.run_dir_name(run["name"], seed), entry=run["name"], seed=seed,
+                method=run["method"], strength=RunSummary.from_config(c).strength,
                 teacher=run.get("teacher", ""), init_from=run.get("init_from", ""),
                 directory=str(grid.run_dir(workdir, run["name"], seed)))
             # A finished run is skipped and reported: it must be this grid's run.

@@ -23,8 +23,8 @@ def paper_runs(seeds=SEEDS, ls_alphas=(0.1, 0.2, 0.3), workdir=None) -> list[res
         for spec in g.runs:
             run = grid.run_dir_name(spec["name"], seed)
             runs.append(results.RunInfo(
-                run=run, name=spec["name"], seed=seed, method=spec["method"],
-                alpha=float(spec["overrides"].get("label_smoothing", 0.0)),
+                run=run, entry=spec["name"], seed=seed, method=spec["method"],
+                strength=float(spec["overrides"].get("label_smoothing", 0.0)),
                 teacher=spec["teacher"], init_from=spec["init_from"],
                 directory=str(workdir / "runs" / run) if workdir else ""))
     return runs
@@ -41,13 +41,13 @@ def metric_rows(runs, auroc: dict[str, float], accuracy: dict[str, float] | None
     rows = []
     for r in runs:
         offset = spread * (r.seed - 1)
-        acc = accuracy.get(r.name, 0.9) + offset
+        acc = accuracy.get(r.entry, 0.9) + offset
         rows += [MetricRow(r.run, "", "", "accuracy", acc),
                  MetricRow(r.run, "", "", "ece", 0.05 + offset)]
         for score in scores:
             shift = 0.0 if score == "msp" else 0.01
             for ood, delta in zip(OODS, (0.02, -0.02), strict=True):
-                a = auroc[r.name] + offset + delta + shift
+                a = auroc[r.entry] + offset + delta + shift
                 rows += [MetricRow(r.run, score, ood, "auroc", a),
                          MetricRow(r.run, score, ood, "fpr95", 1 - a),
                          MetricRow(r.run, score, ood, "aupr_out", a - 0.01)]

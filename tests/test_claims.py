@@ -16,7 +16,7 @@ def _evaluate(auroc=None, accuracy=None, runs=None, rules=None, spread=0.002, sh
     """Claims on PAPER_LIKE metrics; `shifts` {(name, seed): delta} moves one run's AUROC."""
     runs = paper_runs() if runs is None else runs
     rows = metric_rows(runs, {**PAPER_LIKE, **(auroc or {})}, accuracy, spread=spread)
-    seeds = {r.run: (r.name, r.seed) for r in runs}
+    seeds = {r.run: (r.entry, r.seed) for r in runs}
     rows = [dataclasses.replace(row, value=row.value + (shifts or {}).get(seeds[row.run], 0.0))
             if row.metric == "auroc" else row for row in rows]
     return claims.evaluate_claims(metric_stats.MetricTable(rows), runs, rules)
@@ -83,14 +83,14 @@ def test_claim2_contradicted_within_noise_and_missing():
     assert _evaluate({"kd_oe": 0.942, "kd_ls0.3": 0.938})[1].verdict == claims.INCONCLUSIVE
     # One part holding is not enough.
     assert _evaluate({"kd_ls0.3": 0.941})[1].verdict == claims.INCONCLUSIVE
-    no_kd_oe = [r for r in paper_runs() if r.name != "kd_oe"]
+    no_kd_oe = [r for r in paper_runs() if r.entry != "kd_oe"]
     assert _evaluate(runs=no_kd_oe)[1].verdict == claims.INCONCLUSIVE
 
 
 def test_claim3_contradicted_within_noise_and_missing():
     assert _evaluate({"kdi_oe": 0.80})[2].verdict == claims.NOT_SUPPORTED
     assert _evaluate({"kdi_oe": 0.862})[2].verdict == claims.INCONCLUSIVE
-    no_ls = [r for r in paper_runs() if r.name not in ("ls0.3", "kd_ls0.3")]
+    no_ls = [r for r in paper_runs() if r.entry not in ("ls0.3", "kd_ls0.3")]
     c3 = _evaluate(runs=no_ls)[2]
     assert c3.verdict == claims.INCONCLUSIVE
     assert any("needs an ls run with α = 0.3" in line for line in c3.evidence)

@@ -22,9 +22,9 @@ def _runs_and_table(directory=""):
     for name, values in AUROC.items():
         for seed, value in enumerate(values):
             run = f"{name}_seed{seed}"
-            runs.append(results.RunInfo(run=run, name=name, seed=seed,
+            runs.append(results.RunInfo(run=run, entry=name, seed=seed,
                                         method="ce" if name == "ce" else "ls",
-                                        alpha=ALPHAS[name], directory=directory))
+                                        strength=ALPHAS[name], directory=directory))
             rows += [MetricRow(run, "msp", "noise", "auroc", value),
                      MetricRow(run, "", "", "accuracy", 0.9), MetricRow(run, "", "", "ece", 0.1)]
     return runs, metric_stats.MetricTable(rows)

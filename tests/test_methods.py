@@ -113,14 +113,14 @@ def test_a_registered_method_trains_beside_ce_and_is_recorded_and_reported(toy, 
     assert "| `toy_a` | toy | 0.2 |" in text
     assert "| `ce` | ce |  |" in text
     # Beside another method's strength (α of ls), each cell names its own.
-    toy_run, ls_run = (RunInfo(run=f"{m}_seed0", name=m, seed=0, method=m, alpha=0.3)
+    toy_run, ls_run = (RunInfo(run=f"{m}_seed0", entry=m, seed=0, method=m, strength=0.3)
                        for m in ("toy", "ls"))
     table = report_tables.runs_markdown([toy_run, ls_run])
     assert "| run | method | strength |" in table
     assert "| `toy` | toy | g = 0.3 |" in table
     assert "| `ls` | ls | α = 0.3 |" in table
     runs_json = json.loads((tmp_path / "report" / "runs.json").read_text())
-    assert {r["run"]: r["alpha"] for r in runs_json["runs"]}["toy_b_seed0"] == 0.4
+    assert {r["run"]: r["strength"] for r in runs_json["runs"]}["toy_b_seed0"] == 0.4
 
 
 def test_a_bad_value_of_a_registered_hyperparameter_is_exit_2_in_one_line(tmp_path):

@@ -35,7 +35,7 @@ def test_a_registered_lower_is_better_metric_is_printed_with_its_arrow(toy_metri
     assert "| ood | auroc | toy_risk |" in text  # after the built-ins, in the records' order
     assert "| svhn | 80.00 | 12.50 |" in text
     table = MetricTable(_rows("ce_seed0"))
-    runs = [RunInfo(run="ce_seed0", name="ce", seed=0, method="ce", alpha=0.0)]
+    runs = [RunInfo(run="ce_seed0", entry="ce", seed=0, method="ce", strength=0.0)]
     header = report_tables.table3_markdown(table, runs, metric="toy_risk").splitlines()[0]
     assert header == "| run (method) | accuracy ↑ | ECE ↓ | msp toy risk ↓ |"
     assert "| `ce` (ce) | 90.00 | – | 12.50 |" in report_tables.table3_markdown(table, runs,

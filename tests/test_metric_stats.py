@@ -13,8 +13,8 @@ from softlabel_ood.scoring import MetricRow
 
 
 def _run(name, seed=0, method="ce", alpha=0.0):
-    return results.RunInfo(run=grid.run_dir_name(name, seed), name=name, seed=seed,
-                           method=method, alpha=alpha)
+    return results.RunInfo(run=grid.run_dir_name(name, seed), entry=name, seed=seed,
+                           method=method, strength=alpha)
 
 
 def test_means_use_the_ood_sets_common_to_all_runs():

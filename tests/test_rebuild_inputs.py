@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from softlabel_ood import cli_errors
+from softlabel_ood import cli_errors, methods
 from softlabel_ood.analysis import rebuild, results
 from tests.train_helpers import REPO, refusal
 
@@ -51,6 +51,12 @@ def _runs(edit):
 
 def _write(name: str, content: bytes):
     return lambda report: (report / name).write_bytes(content)
+
+
+def _new_names(run: dict, **changes) -> dict:
+    """A run of the committed (old) runs.json under the names the report writes now."""
+    new = {{"name": "entry", "alpha": "strength"}.get(k, k): v for k, v in run.items()}
+    return {**new, **changes}
 
 
 def _set(data, path, value):
@@ -115,9 +121,16 @@ CASES = {  # name -> (how the copy is spoiled, the refusal after "error: ")
     "run_alpha_out_of_range": (_runs(lambda d: _set(d, ["runs", 1, "alpha"], 10)),
                                f"{RUNS}: field 'runs[1].alpha' is 10, expected a number in "
                                f"[0, 1)"),
-    "run_unknown_method": (_runs(lambda d: _set(d, ["runs", 1, "method"], "mixup")),
-                           f"{RUNS}: field 'runs[1].method' is 'mixup', expected one of ce, "
-                           f"ls, oe, kd, kd_incorrect"),
+    "run_unknown_method": (_runs(lambda d: _set(d, ["runs", 1, "method"], "dropout")),
+                           f"{RUNS}: field 'runs[1].method' is 'dropout', expected one of "
+                           f"{', '.join(methods.names())}"),
+    "run_new_names_strength_negative": (
+        _runs(lambda d: _set(d, ["runs", 1], _new_names(d["runs"][1], strength=-0.5))),
+        f"{RUNS}: field 'runs[1].strength' is -0.5, expected a number >= 0"),
+    "run_old_and_new_names": (
+        _runs(lambda d: _set(d, ["runs", 1], {**d["runs"][1], "entry": "ce"})),
+        f"{RUNS}: field 'runs[1].entry' is not a field of runs.json (expected run, name, seed, "
+        f"method, alpha, teacher, init_from, directory)"),
     "run_missing_field": (_runs(lambda d: (d["runs"][2].pop("name"), d)[1]),
                           f"{RUNS}: field 'runs[2].name' is missing"),
     "run_unknown_field": (_runs(lambda d: _set(d, ["runs", 0, "colour"], "red")),

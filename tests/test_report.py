@@ -190,7 +190,7 @@ def test_load_a_workdir_a_report_dir_and_a_runs_dir(workdir):
     # A runs directory without a report: run names from the directories, metrics computed.
     from_runs = results.load(workdir / "runs")
     by_run = {r.run: r for r in from_runs.runs}
-    assert (by_run["ls0.1_seed1"].name, by_run["ls0.1_seed1"].seed) == ("ls0.1", 1)
+    assert (by_run["ls0.1_seed1"].entry, by_run["ls0.1_seed1"].seed) == ("ls0.1", 1)
     assert from_runs.table.value("ce_seed0", "auroc", "msp", "noise") is not None
     with pytest.raises(FileNotFoundError):
         results.load(workdir / "missing")
@@ -219,7 +219,7 @@ def test_report_states_the_odin_pair_of_each_run(tmp_path):
     # the second run's means make it take ε = 0.
     _odin_predictions(tmp_path / "ce_seed0", [0.5, 0.35, 0.6])
     _odin_predictions(tmp_path / "ce_seed1", [0.5, 0.7, 0.6])
-    runs = [results.RunInfo(run=f"ce_seed{s}", name="ce", seed=s, method="ce", alpha=0.0,
+    runs = [results.RunInfo(run=f"ce_seed{s}", entry="ce", seed=s, method="ce", strength=0.0,
                             directory=str(tmp_path / f"ce_seed{s}")) for s in (0, 1)]
     choices = report_inputs.odin_choices(runs)
     text = report_tables.odin_pairs_markdown(choices)

@@ -92,7 +92,7 @@ def test_planned_runs_follow_the_grid_seed_by_seed(tmp_path):
         "ce_seed5", "ls0.2_seed5", "kdi_seed5", "ft_seed5"]
     by_run = {info.run: (info, c) for info, c in planned}
     info, c = by_run["kdi_seed5"]
-    assert (c.method, c.seed, c.label_smoothing, info.alpha) == ("kd_incorrect", 5, 0.3, 0.3)
+    assert (c.method, c.seed, c.label_smoothing, info.strength) == ("kd_incorrect", 5, 0.3, 0.3)
     assert c.kd.teacher_workdir == str(tmp_path / "runs" / "ls0.2_seed5")
     assert "grid" not in c
     _, c = by_run["ft_seed3"]

@@ -11,8 +11,8 @@ from softlabel_ood.configs import grid
 
 
 def _run(name, seed=0, method="ce", alpha=0.0, teacher="", init_from=""):
-    return results.RunInfo(run=grid.run_dir_name(name, seed), name=name, seed=seed,
-                           method=method, alpha=alpha, teacher=teacher, init_from=init_from)
+    return results.RunInfo(run=grid.run_dir_name(name, seed), entry=name, seed=seed,
+                           method=method, strength=alpha, teacher=teacher, init_from=init_from)
 
 
 def test_the_ls_sweep_starts_at_plain_ce_and_skips_other_ce_runs():

@@ -29,10 +29,10 @@ def _rows(runs, msp_aurc=MSP_AURC, pnorm_aurc=None, pnorm_auroc_shift=0.01, spre
     for r in runs:
         offset = spread * (r.seed - 1)
         for score, values in (("msp", msp_aurc), ("pnorm", pnorm_aurc)):
-            if r.name in values:
-                rows += [MetricRow(r.run, score, "", "aurc", values[r.name] + offset),
-                         MetricRow(r.run, score, "", "eaurc", values[r.name] - 0.01 + offset),
-                         MetricRow(r.run, score, "", "error_auroc", 0.8 - values[r.name])]
+            if r.entry in values:
+                rows += [MetricRow(r.run, score, "", "aurc", values[r.entry] + offset),
+                         MetricRow(r.run, score, "", "eaurc", values[r.entry] - 0.01 + offset),
+                         MetricRow(r.run, score, "", "error_auroc", 0.8 - values[r.entry])]
     return rows
 
 

@@ -193,5 +193,5 @@ def test_the_run_summary_round_trips_from_predict_output(ce_teacher, tmp_path):
     assert (ce_summary.method, ce_summary.teacher, ce_summary.value("kd.weight"),
             ce_summary.value("oe.weight"), ce_summary.finetune_from) == ("ce", "", None, None, "")
     runs = results.runs_from_directories([finetuned, ce_teacher])
-    assert [(r.name, r.method, r.init_from, r.teacher) for r in runs] == \
+    assert [(r.entry, r.method, r.init_from, r.teacher) for r in runs] == \
         [("oe_tune", "oe", ce_teacher.name, ""), ("ce", "ce", "", "")]

@@ -234,7 +234,7 @@ def claim2(table: MetricTable, runs: Sequence[RunInfo], rules: ClaimRules) -> Cl
     students = _students(runs, "kd")
     stats = {k: _ood_mean_stat(table, g, rules)
              for k, g in students.items()}
-    evidence = [f"kd student of the {k} teacher ({students[k][0].name}): {q} {_stat_text(s)}"
+    evidence = [f"kd student of the {k} teacher ({students[k][0].entry}): {q} {_stat_text(s)}"
                 for k, s in stats.items()]
     if any(k not in stats or not stats[k].n for k in ("ce", "ls", "oe")):
         evidence.append("needs kd students of a ce, an ls and an oe teacher, with metrics")
@@ -263,20 +263,20 @@ def claim3(table: MetricTable, runs: Sequence[RunInfo], rules: ClaimRules) -> Cl
     if "oe" not in students:
         return ClaimResult(3, STATEMENTS[3], INCONCLUSIVE, rule,
                            ("needs a kd_incorrect student of an oe teacher",), INCONCLUSIVE)
-    alpha = students["oe"][0].alpha
+    alpha = students["oe"][0].strength
     ls = dict(results.ls_sweep(runs)).get(alpha) if alpha > 0 else None
     kdi = _ood_mean_stat(table, students["oe"], rules)
-    evidence = [f"kd_incorrect from oe ({students['oe'][0].name}, α = {alpha:g}): {q} "
+    evidence = [f"kd_incorrect from oe ({students['oe'][0].entry}, α = {alpha:g}): {q} "
                 f"{_stat_text(kdi)}"]
     if "ce" in students:
         ctx = _ood_mean_stat(table, students["ce"], rules)
-        evidence.append(f"kd_incorrect from ce ({students['ce'][0].name}), context: {q} "
+        evidence.append(f"kd_incorrect from ce ({students['ce'][0].entry}), context: {q} "
                         f"{_stat_text(ctx)}")
     if ls is None:
         evidence.append(f"needs an ls run with α = {alpha:g}")
         return ClaimResult(3, STATEMENTS[3], INCONCLUSIVE, rule, tuple(evidence), INCONCLUSIVE)
     ls_stat = _ood_mean_stat(table, ls, rules)
-    evidence.append(f"ls with α = {alpha:g} ({ls[0].name}): {q} {_stat_text(ls_stat)}")
+    evidence.append(f"ls with α = {alpha:g} ({ls[0].entry}): {q} {_stat_text(ls_stat)}")
     if not kdi.n or not ls_stat.n:
         evidence.append("missing metrics")
         return ClaimResult(3, STATEMENTS[3], INCONCLUSIVE, rule, tuple(evidence), INCONCLUSIVE)

@@ -54,7 +54,7 @@ def histogram_panels(runs: Sequence[RunInfo]) -> list[tuple[str, list[RunInfo]]]
     _, ls = _kd_pair(runs, "ls")
     ls = ls or (sweep[-1][1] if sweep and sweep[-1][0] else None)
     ce = dict(sweep).get(0.0)
-    panels = [("ce", ce), (f"ls α = {ls[0].alpha:g}" if ls else "ls", ls),
+    panels = [("ce", ce), (f"ls α = {ls[0].strength:g}" if ls else "ls", ls),
               ("oe", _first_of(runs, "oe")), ("kd from oe", _kd_pair(runs, "oe")[0])]
     return [(label, group) for label, group in panels if group]
 
@@ -62,7 +62,7 @@ def histogram_panels(runs: Sequence[RunInfo]) -> list[tuple[str, list[RunInfo]]]
 def roc_groups(runs: Sequence[RunInfo]) -> list[tuple[str, list[tuple[str, list[RunInfo]]]]]:
     """Two panels: the LS sweep, and ce with every other entry of the grid."""
     sweep = results.ls_sweep(runs)
-    in_sweep = {g[0].name for _, g in sweep}
+    in_sweep = {g[0].entry for _, g in sweep}
     ls_panel = [(f"α = {a:g}", g) for a, g in sweep]
     others = [(name, g) for name, g in results.group_by_name(runs).items() if name not in in_sweep]
     ce = dict(sweep).get(0.0)
@@ -135,9 +135,9 @@ def _draw_prediction_figures(runs: Sequence[RunInfo], focus_ood: str) -> dict:
     loaded = {}  # grid name -> predictions of its first seed, read once
 
     def preds(group):
-        if group and group[0].name not in loaded:
-            loaded[group[0].name] = first_predictions(group)
-        return loaded.get(group[0].name) if group else None
+        if group and group[0].entry not in loaded:
+            loaded[group[0].entry] = first_predictions(group)
+        return loaded.get(group[0].entry) if group else None
 
     drawn = {}
     if focus_ood:

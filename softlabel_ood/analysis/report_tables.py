@@ -30,7 +30,7 @@ def runs_markdown(runs: Sequence[RunInfo]) -> str:
         r = group[0]
         strength = methods.strength(r.method)
         seeds = ", ".join(str(g.seed) for g in group)
-        rows.append([f"`{name}`", r.method, (strength, r.alpha), r.teacher, r.init_from, seeds])
+        rows.append([f"`{name}`", r.method, (strength, r.strength), r.teacher, r.init_from, seeds])
     # The strength column is named by the records (α) when the methods with one share it.
     labels = {s.label for _, _, (s, _), *_ in rows if s is not None} or {"α"}
     header = labels.pop() if len(labels) == 1 else "strength"
@@ -111,8 +111,8 @@ def _reads_alpha(method: str) -> bool:
 
 def _teacher_label(teacher: RunInfo) -> str:
     if _reads_alpha(teacher.method):
-        return f"ls (α = {teacher.alpha:g}; `{teacher.name}`)"
-    return f"{teacher.method} (`{teacher.name}`)"
+        return f"ls (α = {teacher.strength:g}; `{teacher.entry}`)"
+    return f"{teacher.method} (`{teacher.entry}`)"
 
 
 def table2_markdown(table: MetricTable, runs: Sequence[RunInfo], *, score: str = "msp") -> str:
@@ -122,8 +122,8 @@ def table2_markdown(table: MetricTable, runs: Sequence[RunInfo], *, score: str =
     students: dict[str, dict[str, list[RunInfo]]] = {}
     teachers: dict[str, list[RunInfo]] = {}
     for student, teacher in results.students(runs, student_methods):
-        teachers[teacher[0].name] = teacher
-        students.setdefault(teacher[0].name, {}).setdefault(student[0].method, student)
+        teachers[teacher[0].entry] = teacher
+        students.setdefault(teacher[0].entry, {}).setdefault(student[0].method, student)
     cols = [("accuracy", ""), ("auroc", score), ("fpr95", score)]
     header = ["teacher"]
     for who in ("teacher", *student_methods):

@@ -27,7 +27,7 @@ def group_by_name(runs: Iterable[RunInfo]) -> dict[str, list[RunInfo]]:
     """Grid name -> its runs (one per seed), in the order the names first appear."""
     groups: dict[str, list[RunInfo]] = {}
     for r in runs:
-        groups.setdefault(r.name, []).append(r)
+        groups.setdefault(r.entry, []).append(r)
     return groups
 
 
@@ -55,7 +55,7 @@ def ls_sweep(runs: Iterable[RunInfo]) -> list[tuple[float, list[RunInfo]]]:
     for group in group_by_name(runs).values():
         first = group[0]
         if first.method == "ls" or is_plain_ce(first):
-            alpha = first.alpha if first.method == "ls" else 0.0
+            alpha = first.strength if first.method == "ls" else 0.0
             # The first grid entry with a given α stands for it (a grid lists each α once).
             points.setdefault(alpha, group)
     return sorted(points.items())
@@ -143,8 +143,8 @@ def runs_from_directories(run_dirs: Iterable[epath.PathLike]) -> list[RunInfo]:
         manifest = json.loads((run_dir.predictions_path(d) / run_dir.MANIFEST).read_text())
         run = predictions.RunSummary.from_json(manifest.get("run", {}))
         runs.append(RunInfo(
-            run=d.name, name=grid.grid_name(d.name), seed=run.seed, method=run.method,
-            alpha=run.strength,
+            run=d.name, entry=grid.grid_name(d.name), seed=run.seed, method=run.method,
+            strength=run.strength,
             teacher=grid.grid_name(epath.Path(run.teacher).name) if run.teacher else "",
             init_from=(grid.grid_name(epath.Path(run.finetune_from).name) if run.finetune_from
                        else ""),

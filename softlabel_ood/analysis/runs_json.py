@@ -22,18 +22,25 @@ class RunsFileError(UserError):
     """A runs.json that is not one `results.write_runs_json` writes."""
 
 
-# field -> (what it must be, its check); `run`, `name`, `seed`, `method` and `alpha` required.
+# field -> (what it must be, its check); `run`, `entry`, `seed`, `method` and `strength` required.
 _RUN_FIELDS = {
     "run": ("a non-empty string", lambda v: isinstance(v, str) and v != ""),
-    "name": ("a non-empty string", lambda v: isinstance(v, str) and v != ""),
+    "entry": ("a non-empty string", lambda v: isinstance(v, str) and v != ""),
     "seed": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
     "method": (f"one of {', '.join(methods.names())}", lambda v: v in methods.names()),
-    "alpha": ("a number in [0, 1)", lambda v: _is_number(v) and 0 <= v < 1),
+    "strength": ("a number >= 0", lambda v: _is_number(v) and v >= 0),
     "teacher": ("a string", lambda v: isinstance(v, str)),
     "init_from": ("a string", lambda v: isinstance(v, str)),
     "directory": ("a string", lambda v: isinstance(v, str)),
 }
-_REQUIRED = ("run", "name", "seed", "method", "alpha")
+_REQUIRED = ("run", "entry", "seed", "method", "strength")
+# The names reports written before the strength of any method was recorded gave two fields:
+# `name` (the grid entry) and `alpha` (α of ls and kd_incorrect, 0 for the others).
+_OLD_NAMES = {"name": "entry", "alpha": "strength"}
+_OLD_FIELDS = {
+    "name": _RUN_FIELDS["entry"],
+    "alpha": ("a number in [0, 1)", lambda v: _is_number(v) and 0 <= v < 1),
+}
 _ODIN_FIELDS = {
     "index": ("an integer", lambda v: _is_int(v)),
     "temperature": ("a number > 0", lambda v: _is_number(v) and v > 0),
@@ -78,10 +85,13 @@ def read(path: epath.PathLike, run_fields: Iterable[str] = tuple(_RUN_FIELDS)) -
     if not isinstance(data.get("runs"), list) or not data["runs"]:
         raise RunsFileError(f"{path}: field 'runs' must be a non-empty list of runs")
     seen = set()
+    fields = {name: _RUN_FIELDS.get(name, ("any value", lambda v: True)) for name in run_fields}
     for i, entry in enumerate(data["runs"]):
-        _check_fields(path, f"runs[{i}]", entry,
-                      {name: _RUN_FIELDS.get(name, ("any value", lambda v: True))
-                       for name in run_fields}, _REQUIRED)
+        old = isinstance(entry, dict) and any(key in entry for key in _OLD_NAMES)
+        _check_fields(path, f"runs[{i}]", entry, _old_fields(fields) if old else fields,
+                      _old_required() if old else _REQUIRED)
+        data["runs"][i] = {_OLD_NAMES.get(key, key): value for key, value in entry.items()}
+        entry = data["runs"][i]
         if entry["run"] in seen:
             raise RunsFileError(f"{path}: field 'runs[{i}].run' is {entry['run']!r}, which an "
                                 f"earlier run has")
@@ -93,6 +103,18 @@ def read(path: epath.PathLike, run_fields: Iterable[str] = tuple(_RUN_FIELDS)) -
     if "report" in data:
         _check_record(path, data["report"])
     return data
+
+
+def _old_fields(fields: Mapping) -> dict:
+    """`fields` under the names of the old reports."""
+    old = {new: key for key, new in _OLD_NAMES.items()}
+    return {old.get(key, key): _OLD_FIELDS.get(old.get(key, key), check)
+            for key, check in fields.items()}
+
+
+def _old_required() -> tuple[str, ...]:
+    old = {new: key for key, new in _OLD_NAMES.items()}
+    return tuple(old.get(key, key) for key in _REQUIRED)
 
 
 def _check_fields(path, where: str, entry, fields: Mapping, required: Iterable[str]) -> None:

@@ -53,12 +53,12 @@ class RunInfo:
     """One run of a grid: one grid entry trained with one seed."""
 
     run: str  # the run directory's base name: the `run` column of metrics.csv
-    name: str  # the grid entry, e.g. "ls0.1"; its seeds share it
+    entry: str  # the grid entry's name, e.g. "ls0.1"; its seeds share it
     seed: int
-    method: str  # ce | ls | oe | kd | kd_incorrect
-    # The value of the method's strength (`methods.Method.strength`: config.label_smoothing of
-    # ls and kd_incorrect), 0 for a method without one.
-    alpha: float
+    method: str  # a name of `methods`: ce | ls | oe | kd | kd_incorrect | ...
+    # The value of the method's strength (`methods.Method.strength`: α, config.label_smoothing,
+    # of ls and kd_incorrect), 0 for a method without one.
+    strength: float
     teacher: str = ""  # grid name of the KD teacher, or ""
     init_from: str = ""  # grid name of the run it was fine-tuned from, or ""
     directory: str = ""  # the run directory (predictions under it), or "" when not at hand

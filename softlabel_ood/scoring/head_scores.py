@@ -8,13 +8,14 @@ the head: logits(f) = f @ W + b with W = kernel [D, K], b = bias [K].
            c: the REACT_PERCENTILE-th percentile (90, numpy's linear interpolation) of all
            D x N_train activation values of the id_train features. Clipping only from above;
            the energy of the rectified features at T = 1.
-    vim    logsumexp_k logits(f)_k - alpha ||(f - o) R||                     (Wang et al. 2022)
+    vim    logsumexp_k logits(f)_k - s ||(f - o) R||                     (Wang et al. 2022)
            o = -pinv(W^T) b: the origin at which the logits vanish (in the least-squares sense);
            R [D, D - d]: the eigenvectors of (1/N) sum_i (g_i - o)(g_i - o)^T over the id_train
            features g_i, outside the d largest eigenvalues (the residual of the principal
            subspace); d = vim_dimension(D): 1000 for D >= 2048, 512 for D >= 768, else D // 2
-           (the ViM code's rule). alpha = mean_i max_k logits(g_i)_k / mean_i ||(g_i - o) R||
-           over the id_train features, so the virtual logit is on the scale of the real ones.
+           (the ViM code's rule). s = mean_i max_k logits(g_i)_k / mean_i ||(g_i - o) R||
+           over the id_train features (the paper's α), so the virtual logit is on the scale of the
+           real ones.
 
 Computed in float64 from the saved float32 arrays.
 """
@@ -63,10 +64,10 @@ def _vim(features, train_features, kernel, bias, dimension):
         return jnp.linalg.norm(jnp.matmul(x - origin, residual_space, precision=_HIGHEST),
                                axis=-1)
 
-    alpha = jnp.mean(jnp.max(_logits(train_features, kernel, bias), axis=-1)) \
+    scale = jnp.mean(jnp.max(_logits(train_features, kernel, bias), axis=-1)) \
         / jnp.mean(residual_norm(train_features))
     energy = jax.nn.logsumexp(_logits(features, kernel, bias), axis=-1)
-    return energy - alpha * residual_norm(features)
+    return energy - scale * residual_norm(features)
 
 
 _vim_jit = jax.jit(_vim, static_argnames="dimension")
