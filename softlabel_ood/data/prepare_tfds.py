@@ -153,6 +153,8 @@ def _removed_on_failure(root) -> Iterator[None]:
         raise
 
 
+@cli_errors.exit_on_interrupt(lambda _: "interrupted; the set it was preparing is removed (those "
+                                         "it finished stay), and the same command prepares the rest")
 @cli_errors.exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
     parser = cli_errors.ArgumentParser(
