@@ -117,7 +117,7 @@ CASES = {  # name -> (how the copy is spoiled, the refusal after "error: ")
                                f"[0, 1)"),
     "run_unknown_method": (_runs(lambda d: _set(d, ["runs", 1, "method"], "mixup")),
                            f"{RUNS}: field 'runs[1].method' is 'mixup', expected one of ce, "
-                           f"ls, oe, kd, kd_incorrect"),
+                           f"ls, oe, kd, kd_incorrect (or empty)"),
     "run_missing_field": (_runs(lambda d: (d["runs"][2].pop("name"), d)[1]),
                           f"{RUNS}: field 'runs[2].name' is missing"),
     "run_unknown_field": (_runs(lambda d: _set(d, ["runs", 0, "colour"], "red")),
