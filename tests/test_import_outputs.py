@@ -299,3 +299,17 @@ def test_a_malformed_imported_block_is_refused_on_read(sources, tmp_path):
     with pytest.raises(predictions.PredictionsError, match=r"field 'run.imported.splits.svhn' "
                        r"is .*expected \{\"file\": <name>, \"sha256\": <64 hex digits>\}"):
         predictions.read_manifest(run_dir.predictions_path(out))
+
+
+def test_predict_and_a_teacher_refuse_imported_outputs_in_one_line(sources, tmp_path, capsys):
+    from softlabel_ood import predict
+    from softlabel_ood.workdir import saved_runs
+
+    out = tmp_path / "mine"
+    import_outputs.main(_argv(sources, out))
+    capsys.readouterr()
+    expected = (f"error: {out}: holds imported outputs (import_outputs), not a run trained here: "
+                "there is no model to predict with, teach or fine-tune")
+    assert refusal(capsys, lambda: predict._stored_config_from_argv(
+        ["predict", f"--workdir={out}"])) == expected
+    assert refusal(capsys, lambda: saved_runs.read_config(out)) == expected
