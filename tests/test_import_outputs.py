@@ -313,3 +313,18 @@ def test_predict_and_a_teacher_refuse_imported_outputs_in_one_line(sources, tmp_
     assert refusal(capsys, lambda: predict._stored_config_from_argv(
         ["predict", f"--workdir={out}"])) == expected
     assert refusal(capsys, lambda: saved_runs.read_config(out)) == expected
+
+
+def test_compressed_files_and_other_dtypes_and_orders_are_stored_in_the_formats(tmp_path):
+    rng = np.random.default_rng(2)
+    logits, labels = rng.normal(size=(30, K)).astype(">f4"), rng.integers(0, K, 30).astype(">u2")
+    ood = np.asfortranarray(rng.normal(size=(12, K)).astype(np.float16))
+    np.savez_compressed(tmp_path / "test.npz", logits=logits, labels=labels)
+    np.save(tmp_path / "ood.npy", ood)
+    import_outputs.main([f"--out={tmp_path / 'mine'}", f"--id_test={tmp_path / 'test.npz'}",
+                         "--ood", f"ood={tmp_path / 'ood.npy'}"])
+    preds = predictions.read(run_dir.predictions_path(tmp_path / "mine"))
+    np.testing.assert_array_equal(preds.splits["id_test"].logits, logits.astype(np.float32))
+    np.testing.assert_array_equal(preds.splits["id_test"].labels, labels.astype(np.int32))
+    np.testing.assert_array_equal(preds.splits["ood"].logits, ood.astype(np.float32))
+    assert preds.splits["ood"].logits.flags["C_CONTIGUOUS"]

@@ -2,7 +2,8 @@
 
 Imports numpy and jax only, so results can be scored on a laptop with nothing else installed.
 Definitions: `score_records` (the scores), `scores` and `head_scores` (their computations),
-`metric_records` and `metrics` (the metrics), and docs/scores_and_metrics.md.
+`metric_records` and `metrics` (the metrics), and docs/scores_and_metrics.md; `score_outputs`
+(`model_outputs`) scores any model's outputs given as arrays.
 
 The names below are loaded when first used: `score_records` and `metric_records`, which the
 config side reads, import neither numpy nor JAX, and importing them must not load the rest.

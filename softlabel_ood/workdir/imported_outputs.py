@@ -252,7 +252,7 @@ def check_shapes(splits: Sequence[SplitArrays], head: tuple[Array, Array] | None
 def _float32(array: Array) -> np.ndarray:
     values = array.load()
     with np.errstate(over="ignore"):
-        out = values.astype(np.float32)
+        out = values.astype(np.float32, order="C")  # as the format's writer saves them
     if not np.isfinite(out).all():
         bad = int(out.size - np.count_nonzero(np.isfinite(out)))
         beyond = " (or beyond float32's range)" if np.isfinite(values).all() else ""
@@ -266,7 +266,7 @@ def _labels(array: Array, num_classes: int) -> np.ndarray:
     if outside.any():
         raise OutputsError(f"{array.where} has value {int(values[outside][0])} outside "
                            f"[0, K = {num_classes})")
-    return values.astype(np.int32)
+    return values.astype(np.int32, order="C")
 
 
 def load_split(split: SplitArrays, num_classes: int) -> predictions.Split:
