@@ -28,8 +28,6 @@ from collections.abc import Sequence
 
 from softlabel_ood import cli_errors
 from softlabel_ood.configs import grid
-from softlabel_ood.scoring import groups as groups_lib
-from softlabel_ood.scoring.metrics import ScoringError
 from softlabel_ood.workdir import atomic_files, imported_outputs, predictions, run_dir, run_summary
 from softlabel_ood.workdir.imported_outputs import ID_TEST, ID_TRAIN, OutputsError
 
@@ -99,6 +97,10 @@ def _seed(args) -> int:
 def _groups(text: str | None, oods: Sequence[str]) -> dict[str, tuple[str, ...]]:
     if text is None:
         return {}
+    # Imported here: the scoring package loads JAX, which an import without groups never needs.
+    from softlabel_ood.scoring import groups as groups_lib
+    from softlabel_ood.scoring.metrics import ScoringError
+
     try:
         found = groups_lib.parse_groups(text)
         groups_lib.check_groups(found, dict.fromkeys(oods, "ood_test"), run="imported",
