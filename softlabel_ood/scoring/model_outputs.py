@@ -5,8 +5,9 @@
 
 The arrays go through the checks of `import_outputs` (`workdir/imported_outputs.py`) and the
 pipeline of `score` (`pipeline.score_predictions`): the rows are, to the last bit, those of
-`score` on the directory that `import_outputs` writes from the same arrays. Numpy in; numpy and
-JAX inside.
+`score` on the directory that `import_outputs` writes from the same arrays, on the same JAX
+platform (`score` takes the CPU unless told otherwise; a Python session JAX's default device,
+whose float64 arithmetic may round otherwise). Numpy in; numpy and JAX inside.
 """
 
 from __future__ import annotations
