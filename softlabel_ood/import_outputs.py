@@ -66,6 +66,11 @@ def _check_out(out: str) -> None:
         raise OutputsError(f"--out: {out} is a bucket URL; import into a local directory, "
                            "then copy it")
     atomic_files.refuse_file(out, "a run directory")
+    existing = os.path.dirname(os.path.abspath(out))  # where the new directory is made
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputsError(f"--out: {existing} is not a writable directory")
     foreign = atomic_files.foreign_entry(
         out, lambda name: name in (run_dir.CONFIG, run_dir.PREDICTIONS))
     if foreign is not None:

@@ -282,7 +282,9 @@ def test_a_damaged_npz_and_bad_flags_are_refused_in_one_line(sources, tmp_path, 
             ({"--ood_groups": "far=svhn,cifar"}, "--ood_groups: group 'far' names 'cifar', "
              "which the predictions of run imported do not hold (OOD sets: svhn, noise)"),
             ({"--head": str(sources / "noise.npy")}, f"{sources / 'noise.npy'}: not an .npz (the "
-             "head is an .npz with arrays 'kernel' and 'bias')")]:
+             "head is an .npz with arrays 'kernel' and 'bias')"),
+            ({"--out": sources / "test.npz" / "mine"}, f"--out: {sources / 'test.npz'} is not a "
+             "writable directory")]:
         argv = _with(_argv(sources, out, ood_groups="far=svhn"), change)
         assert refusal(capsys, lambda argv=argv: import_outputs.main(argv)) == f"error: {expected}"
     assert not out.exists()
