@@ -99,7 +99,7 @@ def _seed(args) -> int:
     return int(base[len(name) + len("_seed"):]) if name != base else 0
 
 
-def _groups(text: str | None, oods: Sequence[str]) -> dict[str, tuple[str, ...]]:
+def _groups(text: str | None, oods: Sequence[str], out: str) -> dict[str, tuple[str, ...]]:
     if text is None:
         return {}
     # Imported here: the scoring package loads JAX, which an import without groups never needs.
@@ -108,8 +108,8 @@ def _groups(text: str | None, oods: Sequence[str]) -> dict[str, tuple[str, ...]]
 
     try:
         found = groups_lib.parse_groups(text)
-        groups_lib.check_groups(found, dict.fromkeys(oods, "ood_test"), run="imported",
-                                where="--ood_groups")
+        groups_lib.check_groups(found, dict.fromkeys(oods, "ood_test"),
+                                run=os.path.basename(os.path.abspath(out)), where="--ood_groups")
     except ScoringError as e:
         raise OutputsError(str(e).replace("--groups:", "--ood_groups:", 1)) from None
     return found
@@ -126,7 +126,7 @@ def import_outputs(args) -> list[str]:
               for name, path in paths.items()]
     head = None if args.head is None else imported_outputs.head_from_file(args.head)
     imported_outputs.check_shapes(splits, head)
-    groups = _groups(args.ood_groups, list(oods))
+    groups = _groups(args.ood_groups, list(oods), args.out)
     seed = _seed(args)
     num_classes, loaded, head_arrays = imported_outputs.load(splits, head)
     run = {**run_summary.RunSummary.from_json(

@@ -280,7 +280,7 @@ def test_a_damaged_npz_and_bad_flags_are_refused_in_one_line(sources, tmp_path, 
             ({"--ood": "svhn"}, "--ood: 'svhn' is not <name>=<file>"),
             ({"--ood": f"svhn={sources / 'none.npz'}"}, f"{sources / 'none.npz'}: no such file"),
             ({"--ood_groups": "far=svhn,cifar"}, "--ood_groups: group 'far' names 'cifar', "
-             "which the predictions of run imported do not hold (OOD sets: svhn, noise)"),
+             "which the predictions of run mine do not hold (OOD sets: svhn, noise)"),
             ({"--head": str(sources / "noise.npy")}, f"{sources / 'noise.npy'}: not an .npz (the "
              "head is an .npz with arrays 'kernel' and 'bias')"),
             ({"--out": sources / "test.npz" / "mine"}, f"--out: {sources / 'test.npz'} is not a "
