@@ -73,6 +73,11 @@ def in_memory(where: str, array) -> Array:
 # Files: their arrays' headers, without the data.
 
 
+def _reason(error: Exception) -> str:
+    """An exception's first line, or its type's name when it has no message."""
+    return str(error).splitlines()[0] if str(error).strip() else type(error).__name__
+
+
 def _header(file, where: str) -> tuple[np.dtype, tuple[int, ...]]:
     try:
         version = np.lib.format.read_magic(file)
@@ -80,7 +85,7 @@ def _header(file, where: str) -> tuple[np.dtype, tuple[int, ...]]:
             else np.lib.format.read_array_header_2_0
         shape, _, dtype = read(file)
     except (ValueError, OSError, EOFError) as e:
-        raise OutputsError(f"{where} is not a readable .npy array ({str(e).splitlines()[0]})") \
+        raise OutputsError(f"{where} is not a readable .npy array ({_reason(e)})") \
             from None
     if dtype.hasobject:
         raise OutputsError(f"{where} holds Python objects (a pickle), which are never loaded; "
@@ -95,7 +100,7 @@ def _read_npy(path: pathlib.Path, where: str, member: str | None = None) -> np.n
         with np.load(path, allow_pickle=False) as npz:
             return npz[member]
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise OutputsError(f"{where} cannot be read ({str(e).splitlines()[0]})") from None
+        raise OutputsError(f"{where} cannot be read ({_reason(e)})") from None
 
 
 def file_arrays(path: os.PathLike | str) -> dict[str, Array]:
@@ -122,7 +127,7 @@ def file_arrays(path: os.PathLike | str) -> dict[str, Array]:
                 arrays[name] = Array(where, dtype, shape,
                                      lambda where=where, name=name: _read_npy(path, where, name))
     except (zipfile.BadZipFile, OSError) as e:
-        raise OutputsError(f"{path}: not a readable .npz file ({str(e).splitlines()[0]})") \
+        raise OutputsError(f"{path}: not a readable .npz file ({_reason(e)})") \
             from None
     return arrays
 
