@@ -317,6 +317,20 @@ def test_predict_and_a_teacher_refuse_imported_outputs_in_one_line(sources, tmp_
     assert refusal(capsys, lambda: saved_runs.read_config(out)) == expected
 
 
+def test_train_refuses_to_write_over_imported_outputs(sources, tmp_path, capsys):
+    from softlabel_ood import train
+    from tests.train_helpers import tiny_digits_config
+
+    out = tmp_path / "mine"
+    import_outputs.main(_argv(sources, out))
+    capsys.readouterr()
+    before = snapshot(out)
+    assert refusal(capsys, lambda: train.train_and_evaluate(tiny_digits_config("ce"), str(out))) \
+        == (f"error: {out}: holds imported outputs (import_outputs), not a run trained here: "
+            "there is no model to predict with, teach or fine-tune")
+    assert snapshot(out) == before
+
+
 def test_compressed_files_and_other_dtypes_and_orders_are_stored_in_the_formats(tmp_path):
     rng = np.random.default_rng(2)
     logits, labels = rng.normal(size=(30, K)).astype(">f4"), rng.integers(0, K, 30).astype(">u2")

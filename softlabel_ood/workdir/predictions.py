@@ -376,6 +376,8 @@ def _checked_arrays(splits: Mapping[str, Split], num_classes: int, num_odin_pair
     arrays = {}
     for name, split in splits.items():
         check_split_name(name, f"split {name!r}")
+        if head is not None and f"{name}.npz" == HEAD_FILE:
+            raise PredictionsError(f"split {name!r}: its file would be the head's ({HEAD_FILE})")
         where = f"split '{name}'"
         logits = np.asarray(split.logits)
         labels = np.asarray(split.labels)

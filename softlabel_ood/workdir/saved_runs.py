@@ -29,7 +29,7 @@ def write_config(workdir: epath.PathLike, config: ml_collections.ConfigDict) -> 
 def read_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
     """The stored config as the run's ConfigDict (`run_dir.read_config`'s errors). Runs of
     earlier versions may lack fields; `run_data.with_every_dataset_path` fills the paths."""
-    _refuse_imported(epath.Path(workdir))
+    refuse_imported(epath.Path(workdir))
     data = run_dir.read_config(epath.Path(workdir))
     if not isinstance(data.get("dataset_paths", {}), dict):
         raise RunError(f"{run_dir.config_path(epath.Path(workdir))}: field 'dataset_paths' is "
@@ -37,9 +37,11 @@ def read_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(_lists_to_tuples(data))
 
 
-def _refuse_imported(workdir: epath.Path) -> None:
+def refuse_imported(workdir: epath.PathLike) -> None:
     """RunError for a directory of imported outputs (`import_outputs`): its config.json holds
-    only their OOD groups, and there is no model to predict with, teach or fine-tune."""
+    only their OOD groups, and there is no model to predict with, teach or fine-tune, and no
+    run for `train` to write over them."""
+    workdir = epath.Path(workdir)
     manifest = run_dir.predictions_path(workdir) / run_dir.MANIFEST
     try:
         run = json.loads(manifest.read_text()).get("run", {})
