@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from softlabel_ood import cli_errors
+from softlabel_ood import cli_errors, methods
 from softlabel_ood.analysis import rebuild, results
 from tests.train_helpers import REPO, refusal
 
@@ -115,9 +115,9 @@ CASES = {  # name -> (how the copy is spoiled, the refusal after "error: ")
     "run_alpha_out_of_range": (_runs(lambda d: _set(d, ["runs", 1, "alpha"], 10)),
                                f"{RUNS}: field 'runs[1].alpha' is 10, expected a number in "
                                f"[0, 1)"),
-    "run_unknown_method": (_runs(lambda d: _set(d, ["runs", 1, "method"], "mixup")),
-                           f"{RUNS}: field 'runs[1].method' is 'mixup', expected one of ce, "
-                           f"ls, oe, kd, kd_incorrect"),
+    "run_unknown_method": (_runs(lambda d: _set(d, ["runs", 1, "method"], "no_such_method")),
+                           f"{RUNS}: field 'runs[1].method' is 'no_such_method', expected one "
+                           f"of {', '.join(methods.names())}"),
     "run_missing_field": (_runs(lambda d: (d["runs"][2].pop("name"), d)[1]),
                           f"{RUNS}: field 'runs[2].name' is missing"),
     "run_unknown_field": (_runs(lambda d: _set(d, ["runs", 0, "colour"], "red")),
