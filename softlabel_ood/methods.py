@@ -36,6 +36,9 @@ class Hyperparameter:
     # then, and the only value the validator accepts), and the manifest records `neutral`; a
     # lenient one keeps its family default there, and the manifest records null.
     strict: bool = True
+    # What a method that reads it trains at `neutral`, said when its rule refuses that value
+    # there (ls at α = 0 is ce); "" when nothing simpler is trained there.
+    at_neutral: str = ""
 
     @property
     def key(self) -> str:
@@ -55,7 +58,8 @@ LABEL_SMOOTHING = Hyperparameter(
     # 0.3 when a config argument names a method that reads it: the grid's ls teacher and
     # kd_incorrect runs; at 0 ls would be cross-entropy (method ce) under another name.
     default=0.3, neutral=0.0, allowed="a number in (0, 1)", ok=lambda v: 0 < v < 1,
-    manifest_key="alpha", symbol="α")
+    manifest_key="alpha", symbol="α",
+    at_neutral="the method trains as one that does not read it")
 KD_TEMPERATURE = Hyperparameter(
     "kd.temperature", "the teacher's softmax temperature T", default=4.0, neutral=1.0,
     allowed="a number > 0", ok=lambda v: v > 0, strict=False)
@@ -65,6 +69,19 @@ KD_WEIGHT = Hyperparameter(
 OE_WEIGHT = Hyperparameter(
     "oe.weight", "the weight of the outliers' cross-entropy to the uniform distribution",
     default=0.5, neutral=0.0, allowed="a number >= 0", ok=lambda v: v >= 0, strict=False)
+
+# The soft-label family's hyperparameters (DESIGN §7: each default's source).
+MIXUP_ALPHA = Hyperparameter(
+    "mixup.alpha", "a of mixup: each batch is mixed with a permutation of itself by one "
+    "λ ~ Beta(a, a)", default=0.2, neutral=0.0, allowed="a number > 0", ok=lambda v: v > 0,
+    symbol="a", at_neutral="no two images are mixed (Beta(a, a) puts λ at 0 or 1 as a -> 0)")
+CUTMIX_ALPHA = Hyperparameter(
+    "cutmix.alpha", "a of CutMix: the pasted box's area is about 1 - λ, λ ~ Beta(a, a)",
+    default=1.0, neutral=0.0, allowed="a number > 0", ok=lambda v: v > 0, symbol="a")
+CUTMIX_PROB = Hyperparameter(
+    "cutmix.prob", "the probability that CutMix mixes a batch (Yun et al.'s CIFAR value)",
+    default=0.5, neutral=0.0, allowed="a number in [0, 1]", ok=lambda v: 0 <= v <= 1,
+    symbol="prob")
 
 # Config fields that a method reads through its teacher or its outliers (not numbers of the
 # step), and the value a method that does not read them must leave, "" for none.
@@ -184,3 +201,11 @@ register(Method("kd", "knowledge distillation from a teacher at temperature kd.t
 register(Method("kd_incorrect", "(1 - α)·onehot + α·(teacher's incorrect-class distribution)",
                 loss="teacher_incorrect", needs_teacher=True,
                 hyperparameters=(KD_TEMPERATURE, LABEL_SMOOTHING), strength="label_smoothing"))
+
+# The soft-label family (DESIGN §7): other ways to soften a classifier's target or confidence.
+register(Method("mixup", "mixup: CE(f(λx + (1 - λ)x[j]), λy + (1 - λ)y[j]), λ ~ Beta(a, a)",
+                loss="cross_entropy", transform="mixup", hyperparameters=(MIXUP_ALPHA,),
+                strength="mixup.alpha"))
+register(Method("cutmix", "CutMix: a box of x[j] pasted into x, the target mixed by the kept area",
+                loss="cross_entropy", transform="cutmix",
+                hyperparameters=(CUTMIX_ALPHA, CUTMIX_PROB), strength="cutmix.alpha"))

@@ -16,7 +16,7 @@ import sys
 import pytest
 from absl import flags
 
-from softlabel_ood import command_line, predict, reproduce, score, train
+from softlabel_ood import command_line, methods, predict, reproduce, score, train
 from softlabel_ood.analysis import rebuild
 from softlabel_ood.data import datasets, prepare_tfds
 from softlabel_ood.workdir import run_dir, saved_runs
@@ -156,9 +156,9 @@ PREDICT_CASES = {  # name -> (overrides, manifest edits, the refusal after "erro
                          "integer in [1, 2147483647]"),
     "group_of_unknown_set": ({"ood_groups.near": ("svhm",)}, {},
                              "config.ood_groups.near: unknown dataset 'svhm'"),
-    "manifest_method": ({}, {"method": "mixup"},
-                        "{manifest}: field 'run.method' is 'mixup', expected one of ce, ls, oe, "
-                        "kd, kd_incorrect (or empty)"),
+    "manifest_method": ({}, {"method": "no_such_method"},
+                        "{manifest}: field 'run.method' is 'no_such_method', expected one of "
+                        f"{', '.join(methods.names())} (or empty)"),
     "manifest_dataset": ({}, {"dataset": "mnist"},
                          "{manifest}: field 'run.dataset' is 'mnist', but {run}/config.json says "
                          "'digits'; these predictions are not this run's (predict rewrites them)"),
@@ -258,9 +258,9 @@ SCORE_CASES = {  # name -> (--groups or None, how the run is edited, the refusal
                                   "{run}/config.json: the key 'near' appears twice"),
     "config_groups_set_twice": (None, _config_groups('{"near": ["gaussian", "gaussian"]}'),
                                 f"{CONFIG_GROUPS}: group 'near' names 'gaussian' twice"),
-    "manifest_method": (None, _manifest(method="mixup"),
-                        f"{MANIFEST}: field 'run.method' is 'mixup', expected one of ce, ls, oe, "
-                        "kd, kd_incorrect (or empty)"),
+    "manifest_method": (None, _manifest(method="no_such_method"),
+                        f"{MANIFEST}: field 'run.method' is 'no_such_method', expected one of "
+                        f"{', '.join(methods.names())} (or empty)"),
     "manifest_seed": (None, _manifest(seed=-1),
                       f"{MANIFEST}: field 'run.seed' is -1, expected an integer >= 0"),
     "manifest_unread_field": (None, _manifest(teacher="/runs/ls"),

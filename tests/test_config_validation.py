@@ -22,7 +22,8 @@ BAD_CONFIGS = [
     ("ce", {"model": "wrn41_2"}, "config.model: 'wrn41_2' is not allowed"),
     ("ce", {"optimizer": "rmsprop"},
      "config.optimizer: 'rmsprop' is not allowed; expected one of sgd, adam, adamw"),
-    ("ce", {"method": "mixup"}, "config.method: 'mixup' is not allowed; expected one of ce, ls"),
+    ("ce", {"method": "no_such_method"},
+     "config.method: 'no_such_method' is not allowed; expected one of ce, ls"),
     ("ce", {"compute_dtype": "float16"},
      "config.compute_dtype: 'float16' is not allowed; expected one of float32, bfloat16"),
     ("ce", {"batch_size": 0},
@@ -315,8 +316,9 @@ def test_a_missing_config_file_or_an_unknown_argument_is_refused(parse):
         "configs/<family>.py[:<method>] with <family> one of digits, fashion_mnist, " \
         "fashion_mnist_split, cifar10, cifar100"
     assert parse("--config=configs/digits.py:foo") == \
-        "error: config argument: unknown method 'foo'; expected one of ce, ls, oe, kd, " \
-        "kd_incorrect, oe_finetune"
+        f"error: config argument: unknown method 'foo'; expected one of " \
+        f"{', '.join(methods.names())}, oe_finetune"
+    assert methods.names()[:5] == ("ce", "ls", "oe", "kd", "kd_incorrect")
 
 
 @pytest.mark.parametrize(("override", "expected"), [

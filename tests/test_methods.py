@@ -38,6 +38,11 @@ def test_the_record_makes_the_config_field_its_rule_and_its_step_argument(toy):
     for bad in (0.0, 1.5, float("nan")):
         with pytest.raises(config_validation.ConfigError, match=r"config\.toy\.gain"):
             config_validation.check(tiny_digits_config("toy", **{"toy.gain": bad}))
+    # Its record says nothing of what the toy trains at its neutral value: nor does the refusal.
+    with pytest.raises(config_validation.ConfigError) as refused:
+        config_validation.check(tiny_digits_config("toy", **{"toy.gain": 0.0}))
+    assert str(refused.value) == ("config.toy.gain: 0.0 is not allowed for method toy; expected "
+                                  "a number in (0, 1)")
     with pytest.raises(config_validation.ConfigError,
                        match=r"config\.toy\.gain: 0\.3 is ignored by method ce \(read by toy"):
         config_validation.check(tiny_digits_config("ce", **{"toy.gain": 0.3}))
@@ -171,3 +176,25 @@ def test_every_method_names_a_loss_and_every_field_it_reads_is_a_config_field():
         assert method.loss in method_losses.LOSSES, method.name
         for field in method.reads:
             assert field in config_validation.fields(), (method.name, field)
+
+
+def test_a_checkpoint_of_a_version_before_a_method_resumes_unless_its_run_reads_it(toy, tmp_path):
+    """The toy record arrived after the run's config.json was written: a ce run, which does not
+    read toy.gain, resumes; a run of the toy method, or a value other than the stored one, not."""
+    from softlabel_ood.training import run_start
+    from softlabel_ood.workdir import run_dir
+
+    def stored(config, workdir):
+        data = saved_runs.config_to_dict(config)
+        del data["toy"]  # as an earlier version wrote it
+        (workdir / run_dir.CHECKPOINTS / "4").mkdir(parents=True)
+        (workdir / run_dir.CONFIG).write_text(json.dumps(data))
+        return workdir
+
+    ce = stored(tiny_digits_config("ce"), tmp_path / "ce")
+    run_start.check_resumable(tiny_digits_config("ce"), ce)
+    with pytest.raises(config_validation.ConfigError, match="other values of learning_rate"):
+        run_start.check_resumable(tiny_digits_config("ce", learning_rate=0.5), ce)
+    toy_run = stored(tiny_digits_config("toy"), tmp_path / "toy")
+    with pytest.raises(config_validation.ConfigError, match="other values of toy; use a new"):
+        run_start.check_resumable(tiny_digits_config("toy"), toy_run)

@@ -43,11 +43,25 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: epath.Path) -> N
     stored = saved_runs.config_to_dict(saved_runs.read_config(workdir))
     current = saved_runs.config_to_dict(config)
     changed = [name for name in config_validation.changed_fields(stored, current)
-               if name.split(".")[0] not in config_validation.RESUMABLE_CHANGES]
+               if name.split(".")[0] not in config_validation.RESUMABLE_CHANGES
+               and not _unread_and_added_later(name, stored, config.method)]
     if changed:
         raise config_validation.ConfigError(
             f"{workdir / run_dir.CONFIG}: this workdir was trained with other values of "
             f"{', '.join(changed)}; use a new workdir")
+
+
+def _unread_and_added_later(name: str, stored: dict, method: str) -> bool:
+    """Whether `name` is a method's hyperparameter (or a group of them) that the stored config,
+    of an earlier version, lacks and `method` does not read: it enters the step at its neutral
+    value, as before it existed, so the checkpoint resumes."""
+    fields = [f for f in methods.hyperparameters() if f == name or f.startswith(name + ".")]
+    value = stored
+    for key in name.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return bool(fields) and not any(methods.reads(method, f) for f in fields)
+        value = value[key]
+    return False
 
 
 def _initial_state(config, model, mesh, ckpts) -> train_step.TrainState:
