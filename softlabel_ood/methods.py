@@ -36,6 +36,9 @@ class Hyperparameter:
     # then, and the only value the validator accepts), and the manifest records `neutral`; a
     # lenient one keeps its family default there, and the manifest records null.
     strict: bool = True
+    # What a method that reads it trains at `neutral`, said when its rule refuses that value
+    # there (ls at α = 0 is ce); "" when nothing simpler is trained there.
+    at_neutral: str = ""
 
     @property
     def key(self) -> str:
@@ -55,7 +58,8 @@ LABEL_SMOOTHING = Hyperparameter(
     # 0.3 when a config argument names a method that reads it: the grid's ls teacher and
     # kd_incorrect runs; at 0 ls would be cross-entropy (method ce) under another name.
     default=0.3, neutral=0.0, allowed="a number in (0, 1)", ok=lambda v: 0 < v < 1,
-    manifest_key="alpha", symbol="α")
+    manifest_key="alpha", symbol="α",
+    at_neutral="the method trains as one that does not read it")
 KD_TEMPERATURE = Hyperparameter(
     "kd.temperature", "the teacher's softmax temperature T", default=4.0, neutral=1.0,
     allowed="a number > 0", ok=lambda v: v > 0, strict=False)

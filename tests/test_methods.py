@@ -38,6 +38,11 @@ def test_the_record_makes_the_config_field_its_rule_and_its_step_argument(toy):
     for bad in (0.0, 1.5, float("nan")):
         with pytest.raises(config_validation.ConfigError, match=r"config\.toy\.gain"):
             config_validation.check(tiny_digits_config("toy", **{"toy.gain": bad}))
+    # Its record says nothing of what the toy trains at its neutral value: nor does the refusal.
+    with pytest.raises(config_validation.ConfigError) as refused:
+        config_validation.check(tiny_digits_config("toy", **{"toy.gain": 0.0}))
+    assert str(refused.value) == ("config.toy.gain: 0.0 is not allowed for method toy; expected "
+                                  "a number in (0, 1)")
     with pytest.raises(config_validation.ConfigError,
                        match=r"config\.toy\.gain: 0\.3 is ignored by method ce \(read by toy"):
         config_validation.check(tiny_digits_config("ce", **{"toy.gain": 0.3}))

@@ -400,8 +400,8 @@ def _check_method(config: ml_collections.ConfigDict) -> None:
     for field, h in methods.hyperparameters().items():
         value = values[field]
         if methods.reads(method, field) and not h.ok(value):
-            why = (": at its neutral value the method trains as one that does not read it"
-                   if value == h.neutral else "")  # ls at α = 0 is ce under another name
+            why = (f": at its neutral value {h.at_neutral}"
+                   if value == h.neutral and h.at_neutral else "")  # ls at α = 0 is ce
             raise ConfigError(f"config.{field}: {value!r} is not allowed for method {method}"
                               f"{why}; expected {h.allowed}")
     # Fields that only some methods read: a value set for a method that ignores it would be
