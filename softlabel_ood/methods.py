@@ -70,6 +70,12 @@ OE_WEIGHT = Hyperparameter(
     "oe.weight", "the weight of the outliers' cross-entropy to the uniform distribution",
     default=0.5, neutral=0.0, allowed="a number >= 0", ok=lambda v: v >= 0, strict=False)
 
+# The soft-label family's hyperparameters (DESIGN §7: each default's source).
+MIXUP_ALPHA = Hyperparameter(
+    "mixup.alpha", "a of mixup: each batch is mixed with a permutation of itself by one "
+    "λ ~ Beta(a, a)", default=0.2, neutral=0.0, allowed="a number > 0", ok=lambda v: v > 0,
+    symbol="a", at_neutral="no two images are mixed (Beta(a, a) puts λ at 0 or 1 as a -> 0)")
+
 # Config fields that a method reads through its teacher or its outliers (not numbers of the
 # step), and the value a method that does not read them must leave, "" for none.
 TEACHER_FIELDS = ("kd.teacher_workdir",)
@@ -188,3 +194,8 @@ register(Method("kd", "knowledge distillation from a teacher at temperature kd.t
 register(Method("kd_incorrect", "(1 - α)·onehot + α·(teacher's incorrect-class distribution)",
                 loss="teacher_incorrect", needs_teacher=True,
                 hyperparameters=(KD_TEMPERATURE, LABEL_SMOOTHING), strength="label_smoothing"))
+
+# The soft-label family (DESIGN §7): other ways to soften a classifier's target or confidence.
+register(Method("mixup", "mixup: CE(f(λx + (1 - λ)x[j]), λy + (1 - λ)y[j]), λ ~ Beta(a, a)",
+                loss="cross_entropy", transform="mixup", hyperparameters=(MIXUP_ALPHA,),
+                strength="mixup.alpha"))

@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec as P
 
 from softlabel_ood import methods, models
 from softlabel_ood.data import augment
-from softlabel_ood.training import runs_axis
+from softlabel_ood.training import batch_transforms, runs_axis
 from softlabel_ood.training import train_step as ts
 from tests.train_helpers import one_step_program
 
@@ -24,10 +24,10 @@ IMAGE_SHAPE = (8, 8, 1)
 MEAN, STD = (0.4,), (0.3,)
 # Distinct values, none of them neutral: a field read in another's place changes the loss.
 HYPERPARAMS = {"label_smoothing": 0.3, "kd_temperature": 2.5, "kd_weight": 0.7,
-               "oe_weight": 1.6}
+               "oe_weight": 1.6, "mixup_alpha": 0.45}
 # The config field each of them is (the reference formulas below take them by these names).
 CONFIG_FIELD = {"label_smoothing": "label_smoothing", "kd_temperature": "kd.temperature",
-                "kd_weight": "kd.weight", "oe_weight": "oe.weight"}
+                "kd_weight": "kd.weight", "oe_weight": "oe.weight", "mixup_alpha": "mixup.alpha"}
 NUM_OUTLIERS = 6
 
 
@@ -83,9 +83,14 @@ def cross_entropy(logits, targets):
 
 
 def reference_loss(method, logits, labels, *, label_smoothing, kd_temperature, kd_weight,
-                   oe_weight, teacher_logits=None, outlier_logits=None):
-    """The batch-mean loss of DESIGN.md §7, written out from the definitions."""
+                   oe_weight, teacher_logits=None, outlier_logits=None, targets=None,
+                   **family):
+    """The batch-mean loss of DESIGN.md §7, written out from the definitions. For a method with
+    a batch transform, `logits` are the transformed batch's and `targets` its targets
+    (`transformed`); `family` holds the soft-label family's hyperparameters."""
     k, hard = NUM_CLASSES, one_hot(labels)
+    if methods.get(method).transform:  # cross-entropy to the transform's targets
+        return cross_entropy(logits, targets).mean()
     if method == "ce":
         return cross_entropy(logits, hard).mean()
     if method == "ls":
@@ -130,6 +135,18 @@ def test_the_reference_formulas_on_a_hand_worked_case():
                                      **hp), expected)
 
 
+def transformed(method, x, labels):
+    """(images, targets) after the method's batch transform, written out in numpy on the
+    normalised images `x` from the draws of the step's transform key (seed 5, step 0)."""
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(5), 0), ts.TRANSFORM_STREAM)
+    hard = one_hot(labels)
+    assert method == "mixup"
+    partner, lam = batch_transforms.mixup_draws(key, np.float32(HYPERPARAMS["mixup_alpha"]),
+                                                len(labels))
+    partner, lam = np.asarray(partner), np.float64(lam)
+    return lam * x + (1 - lam) * x[partner], lam * hard + (1 - lam) * hard[partner]
+
+
 # ---- the compiled step against them
 
 
@@ -162,8 +179,12 @@ def hyperparams_read(method):
 
 def forward(variables, images):
     """The student's training-mode logits (BatchNorm on the batch's statistics), float64."""
-    x = augment.normalize(images, MEAN, STD)
-    logits, _ = tiny_model().apply(variables, x, train=True, mutable=["batch_stats"])
+    return forward_normalised(variables, augment.normalize(images, MEAN, STD))
+
+
+def forward_normalised(variables, x):
+    logits, _ = tiny_model().apply(variables, jnp.asarray(x, jnp.float32), train=True,
+                                   mutable=["batch_stats"])
     return np.asarray(logits, np.float64)
 
 
@@ -176,9 +197,14 @@ def test_step_loss_equals_its_formula(mesh, method):
     if method == "oe":
         # ID and outlier images pass through the model together (one BatchNorm batch).
         images = np.concatenate([images, np.asarray(batch["outlier_image"])])
-    logits = forward(jax.tree.map(np.asarray, state.variables), images)
+    variables = jax.tree.map(np.asarray, state.variables)
+    logits = forward(variables, images)
     inputs = {"logits": logits[:len(labels)], "labels": labels,
               "outlier_logits": logits[len(labels):]}
+    if methods.get(method).transform:
+        x, inputs["targets"] = transformed(
+            method, np.asarray(augment.normalize(images, MEAN, STD), np.float64), labels)
+        inputs["logits"] = forward_normalised(variables, x)
     if teacher is not None:
         x = augment.normalize(images, MEAN, STD)
         inputs["teacher_logits"] = np.asarray(teacher.apply(teacher_variables, x, train=False),

@@ -1,0 +1,219 @@
+"""The soft-label family's methods (DESIGN.md §7): each batch transform and loss against an
+independent numpy transcription of its paper's definition on small hand-made cases, each loss's
+gradient against its analytic form, their config fields' rules in every config family, and
+short real trainings on digits (a sweep of a method's strength is one compiled program, its runs
+trained together equal to each trained alone, and a killed run resumes bitwise)."""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from etils import epath
+
+from softlabel_ood import configs, methods, train
+from softlabel_ood.configs import config_validation
+from softlabel_ood.data import run_data
+from softlabel_ood.training import (
+    batch_transforms,
+    checkpointing,
+    method_losses,
+    run_start,
+    runs_axis,
+    train_loop,
+    train_step,
+)
+from tests.train_helpers import refusal, tiny_digits_config
+
+# method -> (its strength's config field, a stronger value than the default for a sweep)
+FAMILY = {
+    "mixup": ("mixup.alpha", 0.4),
+}
+
+
+def hyperparams(**method_values) -> train_step.Hyperparams:
+    return train_step.Hyperparams.create(seed=0, learning_rate=0.1, total_steps=1,
+                                         method_values=method_values)
+
+
+# ---- batch transforms against numpy
+
+
+def _batch(batch=4, height=3, width=5, classes=3):
+    """Distinct pixels per image, and one-hot targets."""
+    images = np.arange(batch * height * width * 2, dtype=np.float32).reshape(
+        batch, height, width, 2) / 10
+    labels = np.arange(batch) % classes
+    return images, np.eye(classes, dtype=np.float32)[labels]
+
+
+def test_mixup_mixes_each_image_and_target_with_its_partner_by_one_lambda():
+    images, targets = _batch()
+    key = jax.random.key(7)
+    out_images, out_targets = batch_transforms.mixup(key, hyperparams(**{"mixup.alpha": 0.2}),
+                                                     jnp.asarray(images), jnp.asarray(targets))
+    partner, lam = map(np.asarray, batch_transforms.mixup_draws(key, jnp.float32(0.2), 4))
+    assert sorted(partner) == [0, 1, 2, 3]
+    assert list(partner) != [0, 1, 2, 3]  # a case where the mixing shows
+    assert 0 < lam < 1
+    lam = np.float64(lam)
+    np.testing.assert_allclose(out_images, lam * images + (1 - lam) * images[partner], rtol=1e-6)
+    np.testing.assert_allclose(out_targets, lam * targets + (1 - lam) * targets[partner],
+                               rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(out_targets).sum(-1), 1.0, rtol=1e-6)
+
+
+def test_mixup_lambda_follows_beta_a_a():
+    """Mean 1/2 and variance 1/(4(2a + 1)) of Beta(a, a), over 4000 batches' draws."""
+    keys = jax.random.split(jax.random.key(0), 4000)
+    for a in (0.2, 1.0):
+        lams = np.asarray(jax.vmap(lambda k, a=a: batch_transforms.mixup_draws(
+            k, jnp.float32(a), 8)[1])(keys), np.float64)
+        assert abs(lams.mean() - 0.5) < 0.02, a
+        assert abs(lams.var() - 1 / (4 * (2 * a + 1))) < 0.01, a
+
+
+# ---- config fields: defaults, rules, every family
+
+
+def test_each_method_reads_its_fields_at_their_defaults_and_others_hold_them_neutral():
+    for method, (field, _) in FAMILY.items():
+        h = methods.hyperparameters()[field]
+        config = tiny_digits_config(method)
+        assert methods.strength(method) is h
+        assert _value(config, field) == h.default
+        assert _value(tiny_digits_config("ce"), field) == h.neutral  # strict: neutral elsewhere
+        assert h.label != methods.LABEL_SMOOTHING.label  # tables tell it from ls's α
+        config_validation.check(config)
+
+
+def _value(config, field):
+    for part in field.split("."):
+        config = config[part]
+    return config
+
+
+@pytest.mark.parametrize("family", configs.FAMILIES)
+def test_every_method_loads_and_validates_in_every_config_family(family):
+    module = importlib.import_module(f"softlabel_ood.configs.{family}")
+    for method, (field, _) in FAMILY.items():
+        config = module.get_config(method)
+        assert config.method == method
+        assert _value(config, field) == methods.hyperparameters()[field].default
+        config_validation.check(config)
+
+
+# (method, overrides, the refusal's line after "error: ")
+BAD_VALUES = [
+    ("mixup", {"mixup.alpha": 0.0},
+     "config.mixup.alpha: 0.0 is not allowed for method mixup: at its neutral value no two "
+     "images are mixed (Beta(a, a) puts λ at 0 or 1 as a -> 0); expected a number > 0"),
+    ("mixup", {"mixup.alpha": -0.5}, "config.mixup.alpha: -0.5 is not allowed; expected a number "
+                                     "> 0 (a of mixup"),
+    ("mixup", {"mixup.alpha": math.nan}, "config.mixup.alpha: nan is not allowed"),
+    ("ce", {"mixup.alpha": 0.2},
+     "config.mixup.alpha: 0.2 is ignored by method ce (read by mixup only; leave it 0.0)"),
+    ("ls", {"mixup.alpha": 0.2, "label_smoothing": 0.1},
+     "config.mixup.alpha: 0.2 is ignored by method ls"),
+]
+
+
+@pytest.mark.parametrize(("method", "overrides", "message"), BAD_VALUES,
+                         ids=[f"{m}-{','.join(f'{k}={v}' for k, v in o.items())}"
+                              for m, o, _ in BAD_VALUES])
+def test_a_bad_value_is_exit_2_in_one_line_naming_the_field_and_nothing_is_written(
+        method, overrides, message, tmp_path, capsys):
+    config = tiny_digits_config(method, **overrides)
+    workdir = tmp_path / "run"
+    line = refusal(capsys, lambda: train.train_and_evaluate(config, str(workdir)))
+    assert line.startswith(f"error: {message}"), line
+    assert not workdir.exists()
+
+
+# ---- short real trainings on digits
+
+
+def _leaves(state):
+    return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state))]
+
+
+def _counted(mapping, name, monkeypatch, counts):
+    function = mapping[name]
+
+    def counting(*args):
+        counts[name] = counts.get(name, 0) + 1
+        return function(*args)
+
+    monkeypatch.setitem(mapping, name, counting)
+
+
+@pytest.mark.parametrize("method", list(FAMILY))
+def test_a_sweep_is_one_program_and_its_runs_together_equal_each_alone(method, tmp_path,
+                                                                       monkeypatch):
+    field, stronger = FAMILY[method]
+    record = methods.get(method)
+    counts = {}  # traces of the method's loss and transform into programs
+    _counted(method_losses.LOSSES, record.loss, monkeypatch, counts)
+    if record.transform:
+        _counted(batch_transforms.TRANSFORMS, record.transform, monkeypatch, counts)
+    train_step.make_train_program.cache_clear()  # programs built with the counting functions
+    configs_ = [tiny_digits_config(method, seed=0, num_epochs=1),
+                tiny_digits_config(method, seed=1, num_epochs=1, **{field: stronger})]
+    data = run_data.load_training(configs_[0])
+    mesh = runs_axis.data_mesh()
+    members = [run_start.Member(c, epath.Path(tmp_path) / f"pop{i}")
+               for i, c in enumerate(configs_)]
+    together = train_loop.train_population(members, data, mesh)
+    traced_together = dict(counts)  # the two runs' steps, unrolled in one program
+    assert set(traced_together.values()) == {2}, traced_together
+    alone = [train_loop.train(c, tmp_path / f"alone{i}", data, mesh)
+             for i, c in enumerate(configs_)]
+    # Alone, both strengths run one program (R = 1), traced once: the strength is an argument.
+    assert {k: v - traced_together[k] for k, v in counts.items()} == \
+        dict.fromkeys(traced_together, 1)
+    for a, b in zip(alone, together, strict=True):
+        assert int(a.step) == int(b.step) == 8
+        for x, y in zip(_leaves(a), _leaves(b), strict=True):
+            np.testing.assert_array_equal(x, y)
+    # The two strengths (and seeds) trained two different models.
+    assert not np.array_equal(_leaves(together[0])[1], _leaves(together[1])[1])
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_killed_population_of_a_transform_method_resumes_bitwise(tmp_path, monkeypatch):
+    configs_ = [tiny_digits_config("mixup", seed=0),
+                tiny_digits_config("mixup", seed=0, **{"mixup.alpha": 0.4})]
+    data = run_data.load_training(configs_[0])
+    mesh = runs_axis.data_mesh()
+
+    def members(root):
+        return [run_start.Member(c, epath.Path(root) / f"run{i}") for i, c in enumerate(configs_)]
+
+    whole = train_loop.train_population(members(tmp_path / "whole"), data, mesh)
+    saves = []
+    original = checkpointing.Checkpoints.save
+
+    def save_then_die(self, state):
+        original(self, state)
+        saves.append(self.directory)
+        if len(saves) == 2 * 2:  # step 8 saved by both runs: the next steps draw anew
+            raise _Killed
+
+    monkeypatch.setattr(checkpointing.Checkpoints, "save", save_then_die)
+    with pytest.raises(_Killed):
+        train_loop.train_population(members(tmp_path / "resumed"), data, mesh)
+    monkeypatch.undo()
+    assert checkpointing.Checkpoints(tmp_path / "resumed" / "run0" / "checkpoints",
+                                     read_only=True).latest_step() == 8
+    resumed = train_loop.train_population(members(tmp_path / "resumed"), data, mesh)
+    for a, b in zip(whole, resumed, strict=True):
+        assert int(a.step) == int(b.step) == 16
+        for x, y in zip(_leaves(a), _leaves(b), strict=True):
+            np.testing.assert_array_equal(x, y)
