@@ -75,6 +75,13 @@ MIXUP_ALPHA = Hyperparameter(
     "mixup.alpha", "a of mixup: each batch is mixed with a permutation of itself by one "
     "λ ~ Beta(a, a)", default=0.2, neutral=0.0, allowed="a number > 0", ok=lambda v: v > 0,
     symbol="a", at_neutral="no two images are mixed (Beta(a, a) puts λ at 0 or 1 as a -> 0)")
+CUTMIX_ALPHA = Hyperparameter(
+    "cutmix.alpha", "a of CutMix: the pasted box's area is about 1 - λ, λ ~ Beta(a, a)",
+    default=1.0, neutral=0.0, allowed="a number > 0", ok=lambda v: v > 0, symbol="a")
+CUTMIX_PROB = Hyperparameter(
+    "cutmix.prob", "the probability that CutMix mixes a batch; 0.5 in Yun et al.'s CIFAR runs",
+    default=0.5, neutral=0.0, allowed="a number in [0, 1]", ok=lambda v: 0 <= v <= 1,
+    symbol="prob")
 
 # Config fields that a method reads through its teacher or its outliers (not numbers of the
 # step), and the value a method that does not read them must leave, "" for none.
@@ -199,3 +206,6 @@ register(Method("kd_incorrect", "(1 - α)·onehot + α·(teacher's incorrect-cla
 register(Method("mixup", "mixup: CE(f(λx + (1 - λ)x[j]), λy + (1 - λ)y[j]), λ ~ Beta(a, a)",
                 loss="cross_entropy", transform="mixup", hyperparameters=(MIXUP_ALPHA,),
                 strength="mixup.alpha"))
+register(Method("cutmix", "CutMix: a box of x[j] pasted into x, the target mixed by the kept area",
+                loss="cross_entropy", transform="cutmix",
+                hyperparameters=(CUTMIX_ALPHA, CUTMIX_PROB), strength="cutmix.alpha"))

@@ -32,6 +32,7 @@ from tests.train_helpers import refusal, tiny_digits_config
 # method -> (its strength's config field, a stronger value than the default for a sweep)
 FAMILY = {
     "mixup": ("mixup.alpha", 0.4),
+    "cutmix": ("cutmix.alpha", 2.0),
 }
 
 
@@ -77,6 +78,64 @@ def test_mixup_lambda_follows_beta_a_a():
         assert abs(lams.var() - 1 / (4 * (2 * a + 1))) < 0.01, a
 
 
+def rand_bbox(height, width, lam, row, column):
+    """Yun et al.'s rand_bbox, transcribed: (row slice, column slice) of the pasted box."""
+    cut_rat = np.sqrt(1.0 - lam)
+    cut_h, cut_w = int(height * cut_rat), int(width * cut_rat)
+    rows = slice(np.clip(row - cut_h // 2, 0, height), np.clip(row + cut_h // 2, 0, height))
+    columns = slice(np.clip(column - cut_w // 2, 0, width),
+                    np.clip(column + cut_w // 2, 0, width))
+    return rows, columns
+
+
+def _cutmix(seed, prob, images, targets, alpha=1.0):
+    key = jax.random.key(seed)
+    hp = hyperparams(**{"cutmix.alpha": alpha, "cutmix.prob": prob})
+    out = batch_transforms.cutmix(key, hp, jnp.asarray(images), jnp.asarray(targets))
+    draws = batch_transforms.cutmix_draws(key, jnp.float32(alpha), jnp.float32(prob),
+                                          *images.shape[:3])
+    return [np.asarray(x) for x in out], draws
+
+
+def test_cutmix_pastes_a_box_of_the_partner_and_mixes_the_target_by_the_area_kept():
+    images, targets = _batch(batch=5, height=6, width=8, classes=4)  # H != W: no axis swapped
+    clipped = 0
+    for seed in range(12):
+        (out_images, out_targets), draws = _cutmix(seed, 1.0, images, targets)
+        partner, lam = np.asarray(draws.partner), np.float64(draws.lam)
+        assert bool(draws.mixes)  # prob = 1: every batch
+        rows, columns = rand_bbox(6, 8, lam, int(draws.row), int(draws.column))
+        mask = np.zeros((6, 8), bool)
+        mask[rows, columns] = True
+        expected = images.copy()
+        expected[:, rows, columns] = images[partner][:, rows, columns]
+        np.testing.assert_array_equal(out_images, expected)  # pasted pixels, bit for bit
+        kept = 1 - mask.sum() / (6 * 8)
+        np.testing.assert_allclose(out_targets, kept * targets + (1 - kept) * targets[partner],
+                                   rtol=1e-6, atol=1e-7)
+        cut_h = int(6 * np.sqrt(1 - lam))
+        clipped += mask.sum() < (cut_h // 2 * 2) * (int(8 * np.sqrt(1 - lam)) // 2 * 2)
+    assert clipped  # some boxes crossed the border and were cut there
+
+
+def test_cutmix_prob_0_leaves_every_batch_and_prob_1_mixes_every_batch():
+    images, targets = _batch(batch=4, height=6, width=6)
+    mixed = 0
+    for seed in range(10):
+        (out_images, out_targets), draws = _cutmix(seed, 0.0, images, targets)
+        assert not bool(draws.mixes)
+        np.testing.assert_array_equal(out_images, images)
+        np.testing.assert_array_equal(out_targets, targets)
+        (out_images, _), draws = _cutmix(seed, 1.0, images, targets)
+        assert bool(draws.mixes)
+        mixed += not np.array_equal(out_images, images)
+    assert mixed >= 5  # a box may be empty (λ near 1), rarely
+    keys = jax.random.split(jax.random.key(1), 2000)
+    share = np.mean(jax.vmap(lambda k: batch_transforms.cutmix_draws(
+        k, jnp.float32(1.0), jnp.float32(0.5), 4, 6, 6).mixes)(keys))
+    assert abs(share - 0.5) < 0.04
+
+
 # ---- config fields: defaults, rules, every family
 
 
@@ -119,6 +178,17 @@ BAD_VALUES = [
      "config.mixup.alpha: 0.2 is ignored by method ce (read by mixup only; leave it 0.0)"),
     ("ls", {"mixup.alpha": 0.2, "label_smoothing": 0.1},
      "config.mixup.alpha: 0.2 is ignored by method ls"),
+    ("cutmix", {"cutmix.alpha": 0.0},
+     "config.cutmix.alpha: 0.0 is not allowed for method cutmix; expected a number > 0"),
+    ("cutmix", {"cutmix.alpha": -1.0}, "config.cutmix.alpha: -1.0 is not allowed"),
+    ("cutmix", {"cutmix.alpha": math.nan}, "config.cutmix.alpha: nan is not allowed"),
+    ("cutmix", {"cutmix.prob": -0.1}, "config.cutmix.prob: -0.1 is not allowed; expected a "
+                                      "number in [0, 1] (the probability that CutMix mixes"),
+    ("cutmix", {"cutmix.prob": 1.5}, "config.cutmix.prob: 1.5 is not allowed"),
+    ("cutmix", {"cutmix.prob": math.nan}, "config.cutmix.prob: nan is not allowed"),
+    ("ce", {"cutmix.prob": 0.5},
+     "config.cutmix.prob: 0.5 is ignored by method ce (read by cutmix only; leave it 0.0)"),
+    ("mixup", {"cutmix.alpha": 1.0}, "config.cutmix.alpha: 1.0 is ignored by method mixup"),
 ]
 
 

@@ -17,6 +17,7 @@ from softlabel_ood import methods, models
 from softlabel_ood.data import augment
 from softlabel_ood.training import batch_transforms, runs_axis
 from softlabel_ood.training import train_step as ts
+from tests.test_family_methods import rand_bbox
 from tests.train_helpers import one_step_program
 
 NUM_CLASSES = 5
@@ -24,10 +25,12 @@ IMAGE_SHAPE = (8, 8, 1)
 MEAN, STD = (0.4,), (0.3,)
 # Distinct values, none of them neutral: a field read in another's place changes the loss.
 HYPERPARAMS = {"label_smoothing": 0.3, "kd_temperature": 2.5, "kd_weight": 0.7,
-               "oe_weight": 1.6, "mixup_alpha": 0.45}
+               "oe_weight": 1.6, "mixup_alpha": 0.45, "cutmix_alpha": 1.3,
+               "cutmix_prob": 1.0}
 # The config field each of them is (the reference formulas below take them by these names).
 CONFIG_FIELD = {"label_smoothing": "label_smoothing", "kd_temperature": "kd.temperature",
-                "kd_weight": "kd.weight", "oe_weight": "oe.weight", "mixup_alpha": "mixup.alpha"}
+                "kd_weight": "kd.weight", "oe_weight": "oe.weight", "mixup_alpha": "mixup.alpha",
+                "cutmix_alpha": "cutmix.alpha", "cutmix_prob": "cutmix.prob"}
 NUM_OUTLIERS = 6
 
 
@@ -140,11 +143,23 @@ def transformed(method, x, labels):
     normalised images `x` from the draws of the step's transform key (seed 5, step 0)."""
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(5), 0), ts.TRANSFORM_STREAM)
     hard = one_hot(labels)
-    assert method == "mixup"
-    partner, lam = batch_transforms.mixup_draws(key, np.float32(HYPERPARAMS["mixup_alpha"]),
-                                                len(labels))
-    partner, lam = np.asarray(partner), np.float64(lam)
-    return lam * x + (1 - lam) * x[partner], lam * hard + (1 - lam) * hard[partner]
+    if method == "mixup":
+        partner, lam = batch_transforms.mixup_draws(
+            key, np.float32(HYPERPARAMS["mixup_alpha"]), len(labels))
+        partner, lam = np.asarray(partner), np.float64(lam)
+        return lam * x + (1 - lam) * x[partner], lam * hard + (1 - lam) * hard[partner]
+    assert method == "cutmix"
+    draws = batch_transforms.cutmix_draws(key, np.float32(HYPERPARAMS["cutmix_alpha"]),
+                                          np.float32(HYPERPARAMS["cutmix_prob"]), *x.shape[:3])
+    assert bool(draws.mixes)  # cutmix_prob = 1
+    partner = np.asarray(draws.partner)
+    rows, columns = rand_bbox(*x.shape[1:3], np.float64(draws.lam), int(draws.row),
+                              int(draws.column))
+    mixed = x.copy()
+    mixed[:, rows, columns] = x[partner][:, rows, columns]
+    kept = 1 - (rows.stop - rows.start) * (columns.stop - columns.start) / (x.shape[1] * x.shape[2])
+    assert kept < 1  # a box was pasted
+    return mixed, kept * hard + (1 - kept) * hard[partner]
 
 
 # ---- the compiled step against them

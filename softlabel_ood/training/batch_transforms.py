@@ -14,6 +14,7 @@ its hyperparameters from `hp.method_values` by config field, as the losses do.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +42,52 @@ def mixup(key, hp, images, targets):
     return lam * x + (1 - lam) * x[partner], mixed_targets(targets, partner, lam)
 
 
+class CutMixDraws(NamedTuple):
+    partner: jax.Array  # int32 [B]: a random permutation of the batch
+    lam: jax.Array  # λ ~ Beta(a, a), which sizes the box
+    row: jax.Array  # int32: the box's centre, uniform over the image's rows ...
+    column: jax.Array  # ... and columns
+    mixes: jax.Array  # bool: whether the batch is mixed at all (probability cutmix.prob)
+
+
+def cutmix_draws(key: jax.Array, alpha: jax.Array, prob: jax.Array, batch: int, height: int,
+                 width: int) -> CutMixDraws:
+    keys = jax.random.split(key, 5)
+    return CutMixDraws(jax.random.permutation(keys[0], batch),
+                       jax.random.beta(keys[1], alpha, alpha),
+                       jax.random.randint(keys[2], (), 0, height),
+                       jax.random.randint(keys[3], (), 0, width),
+                       jax.random.uniform(keys[4]) < prob)
+
+
+def cutmix_box(draws: CutMixDraws, height: int, width: int) -> jax.Array:
+    """bool [H, W]: Yun et al.'s rand_bbox, sides ⌊L·√(1 − λ)⌋ about the drawn centre, from
+    centre − side//2 to centre + side//2 clipped to the image; a mask, so shapes stay static."""
+    scale = jnp.sqrt(1 - draws.lam)
+
+    def inside(length, centre):
+        half = jnp.floor(length * scale).astype(jnp.int32) // 2
+        positions = jnp.arange(length)
+        return ((positions >= jnp.clip(centre - half, 0, length))
+                & (positions < jnp.clip(centre + half, 0, length)))
+
+    return inside(height, draws.row)[:, None] & inside(width, draws.column)[None, :]
+
+
+def cutmix(key, hp, images, targets):
+    """Yun et al. 2019: with probability cutmix.prob, a box of each image's partner pasted into
+    it, and the target mixed by the area kept, λ = 1 − box area / (H·W) (their code's
+    correction of the drawn λ); otherwise the batch unchanged."""
+    batch, height, width = images.shape[:3]
+    draws = cutmix_draws(key, hp.method_values["cutmix.alpha"], hp.method_values["cutmix.prob"],
+                         batch, height, width)
+    box = cutmix_box(draws, height, width) & draws.mixes  # empty when the batch is not mixed
+    pasted = jnp.where(box[None, :, :, None], images[draws.partner], images)
+    kept = 1 - jnp.sum(box) / (height * width)
+    return pasted, mixed_targets(targets, draws.partner, kept)
+
+
 TRANSFORMS: dict[str, Transform] = {
     "mixup": mixup,
+    "cutmix": cutmix,
 }
