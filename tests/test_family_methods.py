@@ -33,6 +33,7 @@ from tests.train_helpers import refusal, tiny_digits_config
 FAMILY = {
     "mixup": ("mixup.alpha", 0.4),
     "cutmix": ("cutmix.alpha", 2.0),
+    "logitnorm": ("logitnorm.temperature", 0.01),
 }
 
 
@@ -136,6 +137,53 @@ def test_cutmix_prob_0_leaves_every_batch_and_prob_1_mixes_every_batch():
     assert abs(share - 0.5) < 0.04
 
 
+# ---- losses and their gradients against numpy (float64)
+
+LOGITS = np.array([[2.0, -1.0, 0.5, 0.0], [0.1, 0.2, -0.3, 0.05], [-3.0, 4.0, 1.0, 2.5]])
+LABELS = np.array([0, 2, 1])
+
+
+def _loss_and_grad(name, method_values, logits=LOGITS, labels=LABELS):
+    """The batch loss `name` and its jax.grad with respect to the logits."""
+    inputs = method_losses.LossInputs(jnp.asarray(labels), jax.nn.one_hot(labels, logits.shape[1]),
+                                      None, None)
+    hp = hyperparams(**method_values)
+    value, grad = jax.value_and_grad(lambda z: method_losses.LOSSES[name](hp, z, inputs))(
+        jnp.asarray(logits, jnp.float32))
+    return float(value), np.asarray(grad, np.float64)
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _log_softmax(z):
+    shifted = z - z.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+@pytest.mark.parametrize("tau", [0.04, 0.01, 1.0])
+def test_logitnorm_loss_and_gradient(tau):
+    """L = CE(u, y), u = z/(τn + ε), n = ‖z‖; with g = softmax(u) − e_y,
+    ∂L/∂z = g/(τn + ε) − τ·z·(zᵀg)/(n·(τn + ε)²), per example, over the batch's mean."""
+    value, grad = _loss_and_grad("logit_norm", {"logitnorm.temperature": tau})
+    n = np.linalg.norm(LOGITS, axis=-1, keepdims=True)
+    divisor = tau * n + 1e-7
+    u = LOGITS / divisor
+    assert value == pytest.approx(np.mean(-_log_softmax(u)[np.arange(3), LABELS]), rel=1e-5)
+    g = _softmax(u) - np.eye(4)[LABELS]
+    expected = g / divisor - tau * LOGITS * (LOGITS * g).sum(-1, keepdims=True) / (n * divisor**2)
+    np.testing.assert_allclose(grad, expected / 3, rtol=1e-4, atol=1e-6)
+
+
+def test_logitnorm_of_zero_logits_is_log_k_with_a_finite_gradient():
+    value, grad = _loss_and_grad("logit_norm", {"logitnorm.temperature": 0.04},
+                                 logits=np.zeros((1, 4)), labels=np.array([2]))
+    assert value == pytest.approx(math.log(4), rel=1e-6)
+    assert np.all(np.isfinite(grad))
+
+
 # ---- config fields: defaults, rules, every family
 
 
@@ -189,6 +237,15 @@ BAD_VALUES = [
     ("ce", {"cutmix.prob": 0.5},
      "config.cutmix.prob: 0.5 is ignored by method ce (read by cutmix only; leave it 0.0)"),
     ("mixup", {"cutmix.alpha": 1.0}, "config.cutmix.alpha: 1.0 is ignored by method mixup"),
+    ("logitnorm", {"logitnorm.temperature": 0.0},
+     "config.logitnorm.temperature: 0.0 is not allowed for method logitnorm; expected a number "
+     "> 0"),
+    ("logitnorm", {"logitnorm.temperature": -0.04},
+     "config.logitnorm.temperature: -0.04 is not allowed; expected a number > 0 (τ of LogitNorm"),
+    ("logitnorm", {"logitnorm.temperature": math.nan},
+     "config.logitnorm.temperature: nan is not allowed"),
+    ("ce", {"logitnorm.temperature": 0.04},
+     "config.logitnorm.temperature: 0.04 is ignored by method ce (read by logitnorm only"),
 ]
 
 

@@ -68,9 +68,25 @@ def teacher_incorrect(hp, logits, inputs: LossInputs) -> jax.Array:
     return _mean_cross_entropy(logits, targets)
 
 
+# Added to τ·‖z‖ in LogitNorm's divisor (Wei et al.'s 1e-7).
+LOGIT_NORM_EPSILON = 1e-7
+
+
+def logit_norm(hp, logits, inputs: LossInputs) -> jax.Array:
+    # Wei et al. 2022: the logits' norm cannot lower the loss, only their direction can. Only
+    # the loss normalises: the model's outputs, and so its predictions, stay z.
+    z = logits.astype(jnp.float32)
+    squared = jnp.sum(z * z, axis=-1, keepdims=True)
+    # sqrt's gradient is infinite at 0: a row of zero logits has norm 0 and a finite gradient.
+    norm = jnp.where(squared > 0, jnp.sqrt(jnp.where(squared > 0, squared, 1.0)), 0.0)
+    divisor = hp.method_values["logitnorm.temperature"] * norm + LOGIT_NORM_EPSILON
+    return _mean_cross_entropy(z / divisor, inputs.targets)
+
+
 LOSSES: dict[str, Loss] = {
     "cross_entropy": cross_entropy,
     "outlier_exposure": outlier_exposure,
     "distillation": distillation,
     "teacher_incorrect": teacher_incorrect,
+    "logit_norm": logit_norm,
 }
