@@ -86,6 +86,10 @@ LOGITNORM_TEMPERATURE = Hyperparameter(
     "logitnorm.temperature", "τ of LogitNorm, whose loss is CE(z / (τ·‖z‖ + 1e-7), y); 0.04 is "
     "OpenOOD v1.5's, Wei et al.'s code uses 0.01", default=0.04, neutral=0.0,
     allowed="a number > 0", ok=lambda v: v > 0, symbol="τ")
+FOCAL_GAMMA = Hyperparameter(
+    "focal.gamma", "γ of the focal loss −(1 − p_y)^γ·log p_y; 3 is Mukhoti et al.'s FL-3, 0 "
+    "cross-entropy", default=3.0, neutral=0.0, allowed="a number >= 0", ok=lambda v: v >= 0,
+    symbol="γ")
 
 # Config fields that a method reads through its teacher or its outliers (not numbers of the
 # step), and the value a method that does not read them must leave, "" for none.
@@ -216,3 +220,5 @@ register(Method("cutmix", "CutMix: a box of x[j] pasted into x, the target mixed
 register(Method("logitnorm", "LogitNorm: CE(z / (τ·‖z‖ + 1e-7), y); predictions keep z",
                 loss="logit_norm", hyperparameters=(LOGITNORM_TEMPERATURE,),
                 strength="logitnorm.temperature"))
+register(Method("focal", "focal loss: −(1 − p_y)^γ·log p_y", loss="focal",
+                hyperparameters=(FOCAL_GAMMA,), strength="focal.gamma"))

@@ -34,6 +34,7 @@ FAMILY = {
     "mixup": ("mixup.alpha", 0.4),
     "cutmix": ("cutmix.alpha", 2.0),
     "logitnorm": ("logitnorm.temperature", 0.01),
+    "focal": ("focal.gamma", 5.0),
 }
 
 
@@ -184,6 +185,31 @@ def test_logitnorm_of_zero_logits_is_log_k_with_a_finite_gradient():
     assert np.all(np.isfinite(grad))
 
 
+@pytest.mark.parametrize("gamma", [3.0, 0.5, 0.0])
+def test_focal_loss_and_gradient(gamma):
+    """L = −(1 − p_y)^γ·log p_y; ∂L/∂z_j = [γ(1 − p_y)^(γ−1)·p_y·log p_y − (1 − p_y)^γ]·
+    (δ_jy − p_j), per example, over the batch's mean."""
+    value, grad = _loss_and_grad("focal", {"focal.gamma": gamma})
+    p = _softmax(LOGITS)
+    p_y = p[np.arange(3), LABELS]
+    assert value == pytest.approx(np.mean(-(1 - p_y) ** gamma * np.log(p_y)), rel=1e-5)
+    factor = gamma * (1 - p_y) ** (gamma - 1) * p_y * np.log(p_y) - (1 - p_y) ** gamma
+    expected = factor[:, None] * (np.eye(4)[LABELS] - p)
+    np.testing.assert_allclose(grad, expected / 3, rtol=1e-4, atol=1e-6)
+    if gamma == 0:  # cross-entropy
+        ce, ce_grad = _loss_and_grad("cross_entropy", {})
+        assert value == pytest.approx(ce, rel=1e-6)
+        np.testing.assert_allclose(grad, ce_grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 3.0])
+def test_focal_gradient_is_finite_where_p_y_rounds_to_1(gamma):
+    value, grad = _loss_and_grad("focal", {"focal.gamma": gamma},
+                                 logits=np.array([[200.0, 0.0, 0.0]]), labels=np.array([0]))
+    assert value == 0.0
+    assert np.all(np.isfinite(grad))
+
+
 # ---- config fields: defaults, rules, every family
 
 
@@ -246,6 +272,12 @@ BAD_VALUES = [
      "config.logitnorm.temperature: nan is not allowed"),
     ("ce", {"logitnorm.temperature": 0.04},
      "config.logitnorm.temperature: 0.04 is ignored by method ce (read by logitnorm only"),
+    ("focal", {"focal.gamma": -1.0}, "config.focal.gamma: -1.0 is not allowed; expected a "
+                                     "number >= 0 (γ of the focal loss"),
+    ("focal", {"focal.gamma": math.nan}, "config.focal.gamma: nan is not allowed"),
+    ("focal", {"focal.gamma": math.inf}, "config.focal.gamma: inf is not allowed"),
+    ("ce", {"focal.gamma": 3.0},
+     "config.focal.gamma: 3.0 is ignored by method ce (read by focal only; leave it 0.0)"),
 ]
 
 

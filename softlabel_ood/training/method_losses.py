@@ -83,10 +83,24 @@ def logit_norm(hp, logits, inputs: LossInputs) -> jax.Array:
     return _mean_cross_entropy(z / divisor, inputs.targets)
 
 
+def focal(hp, logits, inputs: LossInputs) -> jax.Array:
+    # Lin et al. 2017, for calibration Mukhoti et al. 2020: hard labels, the well-classified
+    # examples' cross-entropy scaled down by (1 − p_y)^γ.
+    log_p = jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32)),
+                                inputs.labels[:, None], axis=-1)[:, 0]
+    q = -jnp.expm1(log_p)  # 1 − p_y, exact near p_y = 1
+    gamma = hp.method_values["focal.gamma"]
+    # Where p_y rounds to 1 the loss and its gradient are 0, but q^γ's gradient γ·q^(γ−1) would
+    # be NaN or infinite for γ < 1: q^γ is taken on q > 0 only, 0^γ (1 at γ = 0) elsewhere.
+    weight = jnp.where(q > 0, jnp.power(jnp.where(q > 0, q, 1.0), gamma), jnp.power(0.0, gamma))
+    return jnp.mean(-weight * log_p)
+
+
 LOSSES: dict[str, Loss] = {
     "cross_entropy": cross_entropy,
     "outlier_exposure": outlier_exposure,
     "distillation": distillation,
     "teacher_incorrect": teacher_incorrect,
     "logit_norm": logit_norm,
+    "focal": focal,
 }
