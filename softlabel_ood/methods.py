@@ -90,6 +90,10 @@ FOCAL_GAMMA = Hyperparameter(
     "focal.gamma", "γ of the focal loss −(1 − p_y)^γ·log p_y; 3 is Mukhoti et al.'s FL-3, 0 "
     "cross-entropy", default=3.0, neutral=0.0, allowed="a number >= 0", ok=lambda v: v >= 0,
     symbol="γ")
+CONFIDENCE_PENALTY_BETA = Hyperparameter(
+    "confidence_penalty.beta", "β of the confidence penalty CE(z, y) − β·H(softmax(z)); 0.1 is "
+    "this project's choice (DESIGN §7)", default=0.1, neutral=0.0, allowed="a number >= 0",
+    ok=lambda v: v >= 0, symbol="β")
 
 # Config fields that a method reads through its teacher or its outliers (not numbers of the
 # step), and the value a method that does not read them must leave, "" for none.
@@ -222,3 +226,6 @@ register(Method("logitnorm", "LogitNorm: CE(z / (τ·‖z‖ + 1e-7), y); predic
                 strength="logitnorm.temperature"))
 register(Method("focal", "focal loss: −(1 − p_y)^γ·log p_y", loss="focal",
                 hyperparameters=(FOCAL_GAMMA,), strength="focal.gamma"))
+register(Method("confidence_penalty", "confidence penalty: CE(z, y) − β·H(softmax(z))",
+                loss="confidence_penalty", hyperparameters=(CONFIDENCE_PENALTY_BETA,),
+                strength="confidence_penalty.beta"))

@@ -35,6 +35,7 @@ FAMILY = {
     "cutmix": ("cutmix.alpha", 2.0),
     "logitnorm": ("logitnorm.temperature", 0.01),
     "focal": ("focal.gamma", 5.0),
+    "confidence_penalty": ("confidence_penalty.beta", 0.5),
 }
 
 
@@ -210,6 +211,19 @@ def test_focal_gradient_is_finite_where_p_y_rounds_to_1(gamma):
     assert np.all(np.isfinite(grad))
 
 
+@pytest.mark.parametrize("beta", [0.1, 1.0, 0.0])
+def test_confidence_penalty_loss_and_gradient(beta):
+    """L = CE(z, y) − β·H(p), p = softmax(z); ∂L/∂z = (p − e_y) + β·p⊙(log p + H), per example,
+    over the batch's mean."""
+    value, grad = _loss_and_grad("confidence_penalty", {"confidence_penalty.beta": beta})
+    p, log_p = _softmax(LOGITS), _log_softmax(LOGITS)
+    entropy = -(p * log_p).sum(-1)
+    expected_value = np.mean(-log_p[np.arange(3), LABELS] - beta * entropy)
+    assert value == pytest.approx(expected_value, rel=1e-5)
+    expected = (p - np.eye(4)[LABELS]) + beta * p * (log_p + entropy[:, None])
+    np.testing.assert_allclose(grad, expected / 3, rtol=1e-4, atol=1e-6)
+
+
 # ---- config fields: defaults, rules, every family
 
 
@@ -278,6 +292,14 @@ BAD_VALUES = [
     ("focal", {"focal.gamma": math.inf}, "config.focal.gamma: inf is not allowed"),
     ("ce", {"focal.gamma": 3.0},
      "config.focal.gamma: 3.0 is ignored by method ce (read by focal only; leave it 0.0)"),
+    ("confidence_penalty", {"confidence_penalty.beta": -0.1},
+     "config.confidence_penalty.beta: -0.1 is not allowed; expected a number >= 0 (β of the "
+     "confidence penalty"),
+    ("confidence_penalty", {"confidence_penalty.beta": math.nan},
+     "config.confidence_penalty.beta: nan is not allowed"),
+    ("focal", {"confidence_penalty.beta": 0.1},
+     "config.confidence_penalty.beta: 0.1 is ignored by method focal (read by "
+     "confidence_penalty only; leave it 0.0)"),
 ]
 
 

@@ -26,12 +26,14 @@ MEAN, STD = (0.4,), (0.3,)
 # Distinct values, none of them neutral: a field read in another's place changes the loss.
 HYPERPARAMS = {"label_smoothing": 0.3, "kd_temperature": 2.5, "kd_weight": 0.7,
                "oe_weight": 1.6, "mixup_alpha": 0.45, "cutmix_alpha": 1.3,
-               "cutmix_prob": 1.0, "logitnorm_temperature": 0.2, "focal_gamma": 2.2}
+               "cutmix_prob": 1.0, "logitnorm_temperature": 0.2, "focal_gamma": 2.2,
+               "confidence_penalty_beta": 0.8}
 # The config field each of them is (the reference formulas below take them by these names).
 CONFIG_FIELD = {"label_smoothing": "label_smoothing", "kd_temperature": "kd.temperature",
                 "kd_weight": "kd.weight", "oe_weight": "oe.weight", "mixup_alpha": "mixup.alpha",
                 "cutmix_alpha": "cutmix.alpha", "cutmix_prob": "cutmix.prob",
-                "logitnorm_temperature": "logitnorm.temperature", "focal_gamma": "focal.gamma"}
+                "logitnorm_temperature": "logitnorm.temperature", "focal_gamma": "focal.gamma",
+                "confidence_penalty_beta": "confidence_penalty.beta"}
 NUM_OUTLIERS = 6
 
 
@@ -102,6 +104,9 @@ def reference_loss(method, logits, labels, *, label_smoothing, kd_temperature, k
     if method == "focal":
         p_y = softmax(logits)[np.arange(len(labels)), labels]
         return (-(1 - p_y) ** family["focal_gamma"] * np.log(p_y)).mean()
+    if method == "confidence_penalty":
+        entropy = -(softmax(logits) * log_softmax(logits)).sum(axis=-1)
+        return (cross_entropy(logits, hard) - family["confidence_penalty_beta"] * entropy).mean()
     if method == "ce":
         return cross_entropy(logits, hard).mean()
     if method == "ls":
@@ -132,6 +137,8 @@ def test_the_reference_formulas_on_a_hand_worked_case():
     assert np.isclose(reference_loss("ls", zeros, labels, **hp), np.log(5))
     assert np.isclose(reference_loss("logitnorm", zeros, labels, **hp), np.log(5))
     assert np.isclose(reference_loss("focal", zeros, labels, **hp), 0.8**2.2 * np.log(5))
+    assert np.isclose(reference_loss("confidence_penalty", zeros, labels, **hp),
+                      (1 - 0.8) * np.log(5))  # the uniform distribution's entropy is log K
     # Uniform outliers cost exactly log K.
     assert np.isclose(reference_loss("oe", zeros, labels, outlier_logits=zeros, **hp),
                       np.log(5) * (1 + 1.6))

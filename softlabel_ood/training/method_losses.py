@@ -96,6 +96,15 @@ def focal(hp, logits, inputs: LossInputs) -> jax.Array:
     return jnp.mean(-weight * log_p)
 
 
+def confidence_penalty(hp, logits, inputs: LossInputs) -> jax.Array:
+    # Pereyra et al. 2017: the output distribution's entropy rewarded, label smoothing with the
+    # KL divergence reversed.
+    log_p = jax.nn.log_softmax(logits.astype(jnp.float32))
+    entropy = -jnp.sum(jnp.exp(log_p) * log_p, axis=-1)
+    return (_mean_cross_entropy(logits, inputs.targets)
+            - hp.method_values["confidence_penalty.beta"] * jnp.mean(entropy))
+
+
 LOSSES: dict[str, Loss] = {
     "cross_entropy": cross_entropy,
     "outlier_exposure": outlier_exposure,
@@ -103,4 +112,5 @@ LOSSES: dict[str, Loss] = {
     "teacher_incorrect": teacher_incorrect,
     "logit_norm": logit_norm,
     "focal": focal,
+    "confidence_penalty": confidence_penalty,
 }
