@@ -79,9 +79,21 @@ CUTMIX_ALPHA = Hyperparameter(
     "cutmix.alpha", "a of CutMix: the pasted box's area is about 1 - λ, λ ~ Beta(a, a)",
     default=1.0, neutral=0.0, allowed="a number > 0", ok=lambda v: v > 0, symbol="a")
 CUTMIX_PROB = Hyperparameter(
-    "cutmix.prob", "the probability that CutMix mixes a batch (Yun et al.'s CIFAR value)",
+    "cutmix.prob", "the probability that CutMix mixes a batch; 0.5 in Yun et al.'s CIFAR runs",
     default=0.5, neutral=0.0, allowed="a number in [0, 1]", ok=lambda v: 0 <= v <= 1,
     symbol="prob")
+LOGITNORM_TEMPERATURE = Hyperparameter(
+    "logitnorm.temperature", "τ of LogitNorm, whose loss is CE(z / (τ·‖z‖ + 1e-7), y); 0.04 is "
+    "OpenOOD v1.5's, Wei et al.'s code uses 0.01", default=0.04, neutral=0.0,
+    allowed="a number > 0", ok=lambda v: v > 0, symbol="τ")
+FOCAL_GAMMA = Hyperparameter(
+    "focal.gamma", "γ of the focal loss −(1 − p_y)^γ·log p_y; 3 is Mukhoti et al.'s FL-3, 0 "
+    "cross-entropy", default=3.0, neutral=0.0, allowed="a number >= 0", ok=lambda v: v >= 0,
+    symbol="γ")
+CONFIDENCE_PENALTY_BETA = Hyperparameter(
+    "confidence_penalty.beta", "β of the confidence penalty CE(z, y) − β·H(softmax(z)); 0.1 is "
+    "this project's choice (DESIGN §7)", default=0.1, neutral=0.0, allowed="a number >= 0",
+    ok=lambda v: v >= 0, symbol="β")
 
 # Config fields that a method reads through its teacher or its outliers (not numbers of the
 # step), and the value a method that does not read them must leave, "" for none.
@@ -209,3 +221,11 @@ register(Method("mixup", "mixup: CE(f(λx + (1 - λ)x[j]), λy + (1 - λ)y[j]), 
 register(Method("cutmix", "CutMix: a box of x[j] pasted into x, the target mixed by the kept area",
                 loss="cross_entropy", transform="cutmix",
                 hyperparameters=(CUTMIX_ALPHA, CUTMIX_PROB), strength="cutmix.alpha"))
+register(Method("logitnorm", "LogitNorm: CE(z / (τ·‖z‖ + 1e-7), y); predictions keep z",
+                loss="logit_norm", hyperparameters=(LOGITNORM_TEMPERATURE,),
+                strength="logitnorm.temperature"))
+register(Method("focal", "focal loss: −(1 − p_y)^γ·log p_y", loss="focal",
+                hyperparameters=(FOCAL_GAMMA,), strength="focal.gamma"))
+register(Method("confidence_penalty", "confidence penalty: CE(z, y) − β·H(softmax(z))",
+                loss="confidence_penalty", hyperparameters=(CONFIDENCE_PENALTY_BETA,),
+                strength="confidence_penalty.beta"))

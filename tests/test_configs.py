@@ -55,7 +55,8 @@ def test_grid_lists_teachers_before_students(family):
         assert run["init_from"] in seen | {""}, run
         seen.add(run["name"])
     assert len(seen) == len(g.runs)
-    assert {r["method"] for r in g.runs} == set(methods.names())
+    # The paper grid trains every method of the paper.
+    assert {r["method"] for r in g.runs} == {"ce", "ls", "oe", "kd", "kd_incorrect"}
 
 
 def test_cifar_protocol_is_the_oe_reference():

@@ -33,6 +33,9 @@ from tests.train_helpers import refusal, tiny_digits_config
 FAMILY = {
     "mixup": ("mixup.alpha", 0.4),
     "cutmix": ("cutmix.alpha", 2.0),
+    "logitnorm": ("logitnorm.temperature", 0.01),
+    "focal": ("focal.gamma", 5.0),
+    "confidence_penalty": ("confidence_penalty.beta", 0.5),
 }
 
 
@@ -78,7 +81,7 @@ def test_mixup_lambda_follows_beta_a_a():
         assert abs(lams.var() - 1 / (4 * (2 * a + 1))) < 0.01, a
 
 
-def _rand_bbox(height, width, lam, row, column):
+def rand_bbox(height, width, lam, row, column):
     """Yun et al.'s rand_bbox, transcribed: (row slice, column slice) of the pasted box."""
     cut_rat = np.sqrt(1.0 - lam)
     cut_h, cut_w = int(height * cut_rat), int(width * cut_rat)
@@ -104,7 +107,7 @@ def test_cutmix_pastes_a_box_of_the_partner_and_mixes_the_target_by_the_area_kep
         (out_images, out_targets), draws = _cutmix(seed, 1.0, images, targets)
         partner, lam = np.asarray(draws.partner), np.float64(draws.lam)
         assert bool(draws.mixes)  # prob = 1: every batch
-        rows, columns = _rand_bbox(6, 8, lam, int(draws.row), int(draws.column))
+        rows, columns = rand_bbox(6, 8, lam, int(draws.row), int(draws.column))
         mask = np.zeros((6, 8), bool)
         mask[rows, columns] = True
         expected = images.copy()
@@ -134,6 +137,91 @@ def test_cutmix_prob_0_leaves_every_batch_and_prob_1_mixes_every_batch():
     share = np.mean(jax.vmap(lambda k: batch_transforms.cutmix_draws(
         k, jnp.float32(1.0), jnp.float32(0.5), 4, 6, 6).mixes)(keys))
     assert abs(share - 0.5) < 0.04
+
+
+# ---- losses and their gradients against numpy (float64)
+
+LOGITS = np.array([[2.0, -1.0, 0.5, 0.0], [0.1, 0.2, -0.3, 0.05], [-3.0, 4.0, 1.0, 2.5]])
+LABELS = np.array([0, 2, 1])
+
+
+def _loss_and_grad(name, method_values, logits=LOGITS, labels=LABELS):
+    """The batch loss `name` and its jax.grad with respect to the logits."""
+    inputs = method_losses.LossInputs(jnp.asarray(labels), jax.nn.one_hot(labels, logits.shape[1]),
+                                      None, None)
+    hp = hyperparams(**method_values)
+    value, grad = jax.value_and_grad(lambda z: method_losses.LOSSES[name](hp, z, inputs))(
+        jnp.asarray(logits, jnp.float32))
+    return float(value), np.asarray(grad, np.float64)
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _log_softmax(z):
+    shifted = z - z.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+@pytest.mark.parametrize("tau", [0.04, 0.01, 1.0])
+def test_logitnorm_loss_and_gradient(tau):
+    """L = CE(u, y), u = z/(τn + ε), n = ‖z‖; with g = softmax(u) − e_y,
+    ∂L/∂z = g/(τn + ε) − τ·z·(zᵀg)/(n·(τn + ε)²), per example, over the batch's mean."""
+    value, grad = _loss_and_grad("logit_norm", {"logitnorm.temperature": tau})
+    n = np.linalg.norm(LOGITS, axis=-1, keepdims=True)
+    divisor = tau * n + 1e-7
+    u = LOGITS / divisor
+    assert value == pytest.approx(np.mean(-_log_softmax(u)[np.arange(3), LABELS]), rel=1e-5)
+    g = _softmax(u) - np.eye(4)[LABELS]
+    expected = g / divisor - tau * LOGITS * (LOGITS * g).sum(-1, keepdims=True) / (n * divisor**2)
+    np.testing.assert_allclose(grad, expected / 3, rtol=1e-4, atol=1e-6)
+
+
+def test_logitnorm_of_zero_logits_is_log_k_with_a_finite_gradient():
+    value, grad = _loss_and_grad("logit_norm", {"logitnorm.temperature": 0.04},
+                                 logits=np.zeros((1, 4)), labels=np.array([2]))
+    assert value == pytest.approx(math.log(4), rel=1e-6)
+    assert np.all(np.isfinite(grad))
+
+
+@pytest.mark.parametrize("gamma", [3.0, 0.5, 0.0])
+def test_focal_loss_and_gradient(gamma):
+    """L = −(1 − p_y)^γ·log p_y; ∂L/∂z_j = [γ(1 − p_y)^(γ−1)·p_y·log p_y − (1 − p_y)^γ]·
+    (δ_jy − p_j), per example, over the batch's mean."""
+    value, grad = _loss_and_grad("focal", {"focal.gamma": gamma})
+    p = _softmax(LOGITS)
+    p_y = p[np.arange(3), LABELS]
+    assert value == pytest.approx(np.mean(-(1 - p_y) ** gamma * np.log(p_y)), rel=1e-5)
+    factor = gamma * (1 - p_y) ** (gamma - 1) * p_y * np.log(p_y) - (1 - p_y) ** gamma
+    expected = factor[:, None] * (np.eye(4)[LABELS] - p)
+    np.testing.assert_allclose(grad, expected / 3, rtol=1e-4, atol=1e-6)
+    if gamma == 0:  # cross-entropy
+        ce, ce_grad = _loss_and_grad("cross_entropy", {})
+        assert value == pytest.approx(ce, rel=1e-6)
+        np.testing.assert_allclose(grad, ce_grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 3.0])
+def test_focal_gradient_is_finite_where_p_y_rounds_to_1(gamma):
+    value, grad = _loss_and_grad("focal", {"focal.gamma": gamma},
+                                 logits=np.array([[200.0, 0.0, 0.0]]), labels=np.array([0]))
+    assert value == 0.0
+    assert np.all(np.isfinite(grad))
+
+
+@pytest.mark.parametrize("beta", [0.1, 1.0, 0.0])
+def test_confidence_penalty_loss_and_gradient(beta):
+    """L = CE(z, y) − β·H(p), p = softmax(z); ∂L/∂z = (p − e_y) + β·p⊙(log p + H), per example,
+    over the batch's mean."""
+    value, grad = _loss_and_grad("confidence_penalty", {"confidence_penalty.beta": beta})
+    p, log_p = _softmax(LOGITS), _log_softmax(LOGITS)
+    entropy = -(p * log_p).sum(-1)
+    expected_value = np.mean(-log_p[np.arange(3), LABELS] - beta * entropy)
+    assert value == pytest.approx(expected_value, rel=1e-5)
+    expected = (p - np.eye(4)[LABELS]) + beta * p * (log_p + entropy[:, None])
+    np.testing.assert_allclose(grad, expected / 3, rtol=1e-4, atol=1e-6)
 
 
 # ---- config fields: defaults, rules, every family
@@ -189,6 +277,29 @@ BAD_VALUES = [
     ("ce", {"cutmix.prob": 0.5},
      "config.cutmix.prob: 0.5 is ignored by method ce (read by cutmix only; leave it 0.0)"),
     ("mixup", {"cutmix.alpha": 1.0}, "config.cutmix.alpha: 1.0 is ignored by method mixup"),
+    ("logitnorm", {"logitnorm.temperature": 0.0},
+     "config.logitnorm.temperature: 0.0 is not allowed for method logitnorm; expected a number "
+     "> 0"),
+    ("logitnorm", {"logitnorm.temperature": -0.04},
+     "config.logitnorm.temperature: -0.04 is not allowed; expected a number > 0 (τ of LogitNorm"),
+    ("logitnorm", {"logitnorm.temperature": math.nan},
+     "config.logitnorm.temperature: nan is not allowed"),
+    ("ce", {"logitnorm.temperature": 0.04},
+     "config.logitnorm.temperature: 0.04 is ignored by method ce (read by logitnorm only"),
+    ("focal", {"focal.gamma": -1.0}, "config.focal.gamma: -1.0 is not allowed; expected a "
+                                     "number >= 0 (γ of the focal loss"),
+    ("focal", {"focal.gamma": math.nan}, "config.focal.gamma: nan is not allowed"),
+    ("focal", {"focal.gamma": math.inf}, "config.focal.gamma: inf is not allowed"),
+    ("ce", {"focal.gamma": 3.0},
+     "config.focal.gamma: 3.0 is ignored by method ce (read by focal only; leave it 0.0)"),
+    ("confidence_penalty", {"confidence_penalty.beta": -0.1},
+     "config.confidence_penalty.beta: -0.1 is not allowed; expected a number >= 0 (β of the "
+     "confidence penalty"),
+    ("confidence_penalty", {"confidence_penalty.beta": math.nan},
+     "config.confidence_penalty.beta: nan is not allowed"),
+    ("focal", {"confidence_penalty.beta": 0.1},
+     "config.confidence_penalty.beta: 0.1 is ignored by method focal (read by "
+     "confidence_penalty only; leave it 0.0)"),
 ]
 
 

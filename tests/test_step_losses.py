@@ -15,8 +15,9 @@ from jax.sharding import PartitionSpec as P
 
 from softlabel_ood import methods, models
 from softlabel_ood.data import augment
-from softlabel_ood.training import runs_axis
+from softlabel_ood.training import batch_transforms, runs_axis
 from softlabel_ood.training import train_step as ts
+from tests.test_family_methods import rand_bbox
 from tests.train_helpers import one_step_program
 
 NUM_CLASSES = 5
@@ -24,10 +25,15 @@ IMAGE_SHAPE = (8, 8, 1)
 MEAN, STD = (0.4,), (0.3,)
 # Distinct values, none of them neutral: a field read in another's place changes the loss.
 HYPERPARAMS = {"label_smoothing": 0.3, "kd_temperature": 2.5, "kd_weight": 0.7,
-               "oe_weight": 1.6}
+               "oe_weight": 1.6, "mixup_alpha": 0.45, "cutmix_alpha": 1.3,
+               "cutmix_prob": 1.0, "logitnorm_temperature": 0.2, "focal_gamma": 2.2,
+               "confidence_penalty_beta": 0.8}
 # The config field each of them is (the reference formulas below take them by these names).
 CONFIG_FIELD = {"label_smoothing": "label_smoothing", "kd_temperature": "kd.temperature",
-                "kd_weight": "kd.weight", "oe_weight": "oe.weight"}
+                "kd_weight": "kd.weight", "oe_weight": "oe.weight", "mixup_alpha": "mixup.alpha",
+                "cutmix_alpha": "cutmix.alpha", "cutmix_prob": "cutmix.prob",
+                "logitnorm_temperature": "logitnorm.temperature", "focal_gamma": "focal.gamma",
+                "confidence_penalty_beta": "confidence_penalty.beta"}
 NUM_OUTLIERS = 6
 
 
@@ -83,9 +89,24 @@ def cross_entropy(logits, targets):
 
 
 def reference_loss(method, logits, labels, *, label_smoothing, kd_temperature, kd_weight,
-                   oe_weight, teacher_logits=None, outlier_logits=None):
-    """The batch-mean loss of DESIGN.md §7, written out from the definitions."""
+                   oe_weight, teacher_logits=None, outlier_logits=None, targets=None,
+                   **family):
+    """The batch-mean loss of DESIGN.md §7, written out from the definitions. For a method with
+    a batch transform, `logits` are the transformed batch's and `targets` its targets
+    (`transformed`); `family` holds the soft-label family's hyperparameters."""
     k, hard = NUM_CLASSES, one_hot(labels)
+    if methods.get(method).transform:  # cross-entropy to the transform's targets
+        return cross_entropy(logits, targets).mean()
+    if method == "logitnorm":
+        norm = np.linalg.norm(logits, axis=-1, keepdims=True)
+        return cross_entropy(logits / (family["logitnorm_temperature"] * norm + 1e-7),
+                             hard).mean()
+    if method == "focal":
+        p_y = softmax(logits)[np.arange(len(labels)), labels]
+        return (-(1 - p_y) ** family["focal_gamma"] * np.log(p_y)).mean()
+    if method == "confidence_penalty":
+        entropy = -(softmax(logits) * log_softmax(logits)).sum(axis=-1)
+        return (cross_entropy(logits, hard) - family["confidence_penalty_beta"] * entropy).mean()
     if method == "ce":
         return cross_entropy(logits, hard).mean()
     if method == "ls":
@@ -114,6 +135,10 @@ def test_the_reference_formulas_on_a_hand_worked_case():
     hp = dict(HYPERPARAMS)
     assert np.isclose(reference_loss("ce", zeros, labels, **hp), np.log(5))
     assert np.isclose(reference_loss("ls", zeros, labels, **hp), np.log(5))
+    assert np.isclose(reference_loss("logitnorm", zeros, labels, **hp), np.log(5))
+    assert np.isclose(reference_loss("focal", zeros, labels, **hp), 0.8**2.2 * np.log(5))
+    assert np.isclose(reference_loss("confidence_penalty", zeros, labels, **hp),
+                      (1 - 0.8) * np.log(5))  # the uniform distribution's entropy is log K
     # Uniform outliers cost exactly log K.
     assert np.isclose(reference_loss("oe", zeros, labels, outlier_logits=zeros, **hp),
                       np.log(5) * (1 + 1.6))
@@ -128,6 +153,30 @@ def test_the_reference_formulas_on_a_hand_worked_case():
     expected = (0.3 * 3 / 6) * (log_z - 1) + (0.7 + 0.3 * 3 / 6) * log_z
     assert np.isclose(reference_loss("kd_incorrect", student, labels, teacher_logits=teacher,
                                      **hp), expected)
+
+
+def transformed(method, x, labels):
+    """(images, targets) after the method's batch transform, written out in numpy on the
+    normalised images `x` from the draws of the step's transform key (seed 5, step 0)."""
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(5), 0), ts.TRANSFORM_STREAM)
+    hard = one_hot(labels)
+    if method == "mixup":
+        partner, lam = batch_transforms.mixup_draws(
+            key, np.float32(HYPERPARAMS["mixup_alpha"]), len(labels))
+        partner, lam = np.asarray(partner), np.float64(lam)
+        return lam * x + (1 - lam) * x[partner], lam * hard + (1 - lam) * hard[partner]
+    assert method == "cutmix"
+    draws = batch_transforms.cutmix_draws(key, np.float32(HYPERPARAMS["cutmix_alpha"]),
+                                          np.float32(HYPERPARAMS["cutmix_prob"]), *x.shape[:3])
+    assert bool(draws.mixes)  # cutmix_prob = 1
+    partner = np.asarray(draws.partner)
+    rows, columns = rand_bbox(*x.shape[1:3], np.float64(draws.lam), int(draws.row),
+                              int(draws.column))
+    mixed = x.copy()
+    mixed[:, rows, columns] = x[partner][:, rows, columns]
+    kept = 1 - (rows.stop - rows.start) * (columns.stop - columns.start) / (x.shape[1] * x.shape[2])
+    assert kept < 1  # a box was pasted
+    return mixed, kept * hard + (1 - kept) * hard[partner]
 
 
 # ---- the compiled step against them
@@ -162,8 +211,12 @@ def hyperparams_read(method):
 
 def forward(variables, images):
     """The student's training-mode logits (BatchNorm on the batch's statistics), float64."""
-    x = augment.normalize(images, MEAN, STD)
-    logits, _ = tiny_model().apply(variables, x, train=True, mutable=["batch_stats"])
+    return forward_normalised(variables, augment.normalize(images, MEAN, STD))
+
+
+def forward_normalised(variables, x):
+    logits, _ = tiny_model().apply(variables, jnp.asarray(x, jnp.float32), train=True,
+                                   mutable=["batch_stats"])
     return np.asarray(logits, np.float64)
 
 
@@ -176,9 +229,14 @@ def test_step_loss_equals_its_formula(mesh, method):
     if method == "oe":
         # ID and outlier images pass through the model together (one BatchNorm batch).
         images = np.concatenate([images, np.asarray(batch["outlier_image"])])
-    logits = forward(jax.tree.map(np.asarray, state.variables), images)
+    variables = jax.tree.map(np.asarray, state.variables)
+    logits = forward(variables, images)
     inputs = {"logits": logits[:len(labels)], "labels": labels,
               "outlier_logits": logits[len(labels):]}
+    if methods.get(method).transform:
+        x, inputs["targets"] = transformed(
+            method, np.asarray(augment.normalize(images, MEAN, STD), np.float64), labels)
+        inputs["logits"] = forward_normalised(variables, x)
     if teacher is not None:
         x = augment.normalize(images, MEAN, STD)
         inputs["teacher_logits"] = np.asarray(teacher.apply(teacher_variables, x, train=False),

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from softlabel_ood import cli_errors, train
+from softlabel_ood import cli_errors, methods, train
 from softlabel_ood.analysis import results
 from softlabel_ood.configs import config_validation
 from softlabel_ood.data import datasets
@@ -185,10 +185,15 @@ def test_the_run_summary_round_trips_from_predict_output(ce_teacher, tmp_path):
     train.train_and_evaluate(config, str(finetuned))
     summary = predictions.RunSummary.from_json(
         json.loads((finetuned / "predictions" / "manifest.json").read_text())["run"])
+    read = {"alpha": 0.0, "oe_weight": 0.5, "kd_temperature": None, "kd_weight": None}
+    # Every other method's hyperparameters, at the value recorded for a method that does not
+    # read them.
+    others = {h.key: h.unread_value() for h in methods.hyperparameters().values()
+              if h.key not in read}
     assert summary.to_json() == {
         "dataset": "digits", "model": "small_cnn", "method": "oe", "teacher": "",
         "oe_dataset": "china_patches", "finetune_from": str(ce_teacher), "num_epochs": 1,
-        "seed": 0, "alpha": 0.0, "oe_weight": 0.5, "kd_temperature": None, "kd_weight": None}
+        "seed": 0, **read, **others}
     ce_summary = predictions.RunSummary.from_json(predictions.read(ce_teacher / "predictions").run)
     assert (ce_summary.method, ce_summary.teacher, ce_summary.value("kd.weight"),
             ce_summary.value("oe.weight"), ce_summary.finetune_from) == ("ce", "", None, None, "")

@@ -68,9 +68,49 @@ def teacher_incorrect(hp, logits, inputs: LossInputs) -> jax.Array:
     return _mean_cross_entropy(logits, targets)
 
 
+# Added to τ·‖z‖ in LogitNorm's divisor (Wei et al.'s 1e-7).
+LOGIT_NORM_EPSILON = 1e-7
+
+
+def logit_norm(hp, logits, inputs: LossInputs) -> jax.Array:
+    # Wei et al. 2022: the logits' norm cannot lower the loss, only their direction can. Only
+    # the loss normalises: the model's outputs, and so its predictions, stay z.
+    z = logits.astype(jnp.float32)
+    squared = jnp.sum(z * z, axis=-1, keepdims=True)
+    # sqrt's gradient is infinite at 0: a row of zero logits has norm 0 and a finite gradient.
+    norm = jnp.where(squared > 0, jnp.sqrt(jnp.where(squared > 0, squared, 1.0)), 0.0)
+    divisor = hp.method_values["logitnorm.temperature"] * norm + LOGIT_NORM_EPSILON
+    return _mean_cross_entropy(z / divisor, inputs.targets)
+
+
+def focal(hp, logits, inputs: LossInputs) -> jax.Array:
+    # Lin et al. 2017, for calibration Mukhoti et al. 2020: hard labels, the well-classified
+    # examples' cross-entropy scaled down by (1 − p_y)^γ.
+    log_p = jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32)),
+                                inputs.labels[:, None], axis=-1)[:, 0]
+    q = -jnp.expm1(log_p)  # 1 − p_y, exact near p_y = 1
+    gamma = hp.method_values["focal.gamma"]
+    # Where p_y rounds to 1 the loss and its gradient are 0, but q^γ's gradient γ·q^(γ−1) would
+    # be NaN or infinite for γ < 1: q^γ is taken on q > 0 only, 0^γ (1 at γ = 0) elsewhere.
+    weight = jnp.where(q > 0, jnp.power(jnp.where(q > 0, q, 1.0), gamma), jnp.power(0.0, gamma))
+    return jnp.mean(-weight * log_p)
+
+
+def confidence_penalty(hp, logits, inputs: LossInputs) -> jax.Array:
+    # Pereyra et al. 2017: the output distribution's entropy rewarded, label smoothing with the
+    # KL divergence reversed.
+    log_p = jax.nn.log_softmax(logits.astype(jnp.float32))
+    entropy = -jnp.sum(jnp.exp(log_p) * log_p, axis=-1)
+    return (_mean_cross_entropy(logits, inputs.targets)
+            - hp.method_values["confidence_penalty.beta"] * jnp.mean(entropy))
+
+
 LOSSES: dict[str, Loss] = {
     "cross_entropy": cross_entropy,
     "outlier_exposure": outlier_exposure,
     "distillation": distillation,
     "teacher_incorrect": teacher_incorrect,
+    "logit_norm": logit_norm,
+    "focal": focal,
+    "confidence_penalty": confidence_penalty,
 }
