@@ -129,6 +129,9 @@ FAMILY_LS_ALPHAS = (0.1, 0.3)
 FAMILY_STRONGER = {
     "mixup": {"mixup.alpha": 1.0},
     "cutmix": {"cutmix.prob": 1.0},
+    "logitnorm": {"logitnorm.temperature": 0.01},
+    "focal": {"focal.gamma": 5.0},
+    "confidence_penalty": {"confidence_penalty.beta": 0.5},
 }
 # The methods whose entries the family report decides (`analysis.family_claims`): ls and these.
 FAMILY_METHODS = ("ls", *FAMILY_STRONGER)
