@@ -100,6 +100,20 @@ def table_markdown(table: MetricTable, runs: Sequence[RunInfo],
     return md_table(header, rows)
 
 
+def _strengths_line(verdicts: Sequence[EntryVerdicts]) -> str:
+    """What each row label's symbol is: the config field of its method's strength."""
+    fields = {}
+    for v in verdicts:
+        record = methods.BY_NAME.get(v.method)
+        if record is not None and record.strength:
+            h = methods.hyperparameters()[record.strength]
+            fields.setdefault(v.method, f"{h.label} = `{h.field}`")
+    return ("Row labels: the grid entry and its method's strength (" +
+            "; ".join(f"{m}: {f}" for m, f in fields.items()) +
+            "; DESIGN.md §7); a suffix `_<field><value>` sets another of its fields.\n"
+            if fields else "")
+
+
 def section_markdown(table: MetricTable, runs: Sequence[RunInfo],
                      verdicts: Sequence[EntryVerdicts], groups: Mapping[str, Sequence[str]],
                      entropy: Mapping[str, float], figure: str = "") -> str:
@@ -114,7 +128,8 @@ def section_markdown(table: MetricTable, runs: Sequence[RunInfo],
            "on the ID test set (nats; ln K is uniform), msp and pnorm AUROC averaged over the "
            "OOD sets (and over each group's), msp and pnorm AURC, and the verdicts (F1 per "
            "group in brackets).\n",
-           table_markdown(table, runs, verdicts, groups, entropy)] + ([figure] if figure else [])
+           _strengths_line(verdicts), table_markdown(table, runs, verdicts, groups, entropy)]
+    out += [figure] if figure else []
     if verdicts:
         first = verdicts[0]
         for c in (first.f1, first.f2, first.f3):
