@@ -90,6 +90,10 @@ def test_the_report_gives_one_summary_line_per_method_and_the_family_section(fam
         "far inconclusive)**")
     assert "`mixup1` (a = 1): F1 **not supported (near not supported, far not supported)**" \
         in lines[1]
+    # mixup0.2's AUROC falls 5 points, but its accuracy 3: the line says why F1 fails.
+    assert ("`mixup0.2` (a = 0.2): F1 **not supported (near not supported, far not supported)** "
+            "(msp AUROC ce − m = +5.00 ± 0.00 points (noise threshold 0.50, seeds +++); "
+            "accuracy 3.00 points below ce's, more than 1), F2") in lines[1]
     assert "`cutmix1_prob1` (a = 1): F1 **inconclusive" in lines[2]
     assert "F2 **supported**, F3 **not supported**." in lines[2]
     assert "![family_entropy.png](family_entropy.png)" in \

@@ -48,8 +48,11 @@ def summary_markdown(verdicts: Sequence[EntryVerdicts], rules: ClaimRules) -> st
         parts = []
         for v in entries:
             drop = v.f1.comparisons[0][1].brief() if v.f1.comparisons else "–"
+            lost = v.f1.numbers.get("accuracy_drop", 0.0)
+            accuracy = (f"; accuracy {100 * lost:.2f} points below ce's, more than "
+                        f"{100 * rules.accuracy_margin:g}" if lost > rules.accuracy_margin else "")
             parts.append(f"`{v.entry}` ({strength_text(v.runs[0])}): F1 **{_f1_text(v)}** "
-                         f"(msp AUROC ce − m = {drop}), F2 **{v.f2.verdict}**, "
+                         f"(msp AUROC ce − m = {drop}{accuracy}), F2 **{v.f2.verdict}**, "
                          f"F3 **{v.f3.verdict}**")
         lines.append(f"- **{method}**: " + "; ".join(parts) + ".")
     return (f"The soft-label family against ce, paired by seed by the same rule (F1: "
