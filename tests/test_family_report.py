@@ -140,3 +140,20 @@ def test_a_paper_report_has_no_family_section_and_no_entropy(tmp_path):
     assert "The soft-label family" not in (tmp_path / "r" / "report.md").read_text()
     assert "id_entropy" not in json.loads((tmp_path / "r" / "runs.json").read_text())["report"]
     assert not (tmp_path / "r" / family_report.FIGURE).exists()
+
+
+def test_the_committed_digits_family_report_rebuilds_to_itself(tmp_path):
+    from tests.train_helpers import REPO
+
+    source = REPO / "docs" / "results" / "digits_family"
+    rebuild.rebuild_report(source, tmp_path / "new")
+    assert (tmp_path / "new" / "metrics.csv").read_bytes() == (source / "metrics.csv").read_bytes()
+    old, new = ((d / "report.md").read_text() for d in (source, tmp_path / "new"))
+    assert new[:new.index("## Environment")] == old[:old.index("## Environment")]
+    summary = new.split("## Summary")[1].split("\n## ")[0]
+    paper = ("- **Claim", "- **S", "- **By")
+    methods_ = [line.split("**")[1] for line in summary.splitlines()
+                if line.startswith("- **") and not line.startswith(paper)]
+    assert methods_ == ["ls", "mixup", "cutmix", "logitnorm", "focal", "confidence_penalty"]
+    # The figure is drawn again from runs.json's entropies and metrics.csv alone.
+    assert (tmp_path / "new" / family_report.FIGURE).stat().st_size > 1000
