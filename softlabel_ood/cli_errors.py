@@ -13,6 +13,7 @@ import functools
 import sys
 
 USAGE_EXIT_CODE = 2
+INTERRUPT_EXIT_CODE = 130  # 128 + SIGINT: what a shell reports for Ctrl-C
 
 # A write that fails for one of these reasons is the environment's fault, not the program's:
 # reported in one line (the files written before are intact, see atomic_files), not as a traceback.
@@ -50,6 +51,21 @@ def exit_on_user_error(main):
             print(f"error: {message}", file=sys.stderr)
             sys.exit(USAGE_EXIT_CODE)
     return wrapped
+
+
+def exit_on_interrupt(line):
+    """Wraps a command's main: Ctrl-C (KeyboardInterrupt) prints `line(interrupt)` to stderr, one
+    line that says what the command left, and exits with INTERRUPT_EXIT_CODE, not a traceback."""
+    def wrap(main):
+        @functools.wraps(main)
+        def wrapped(*args, **kwargs):
+            try:
+                return main(*args, **kwargs)
+            except KeyboardInterrupt as interrupt:
+                print(line(interrupt), file=sys.stderr, flush=True)
+                sys.exit(INTERRUPT_EXIT_CODE)
+        return wrapped
+    return wrap
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -194,6 +194,9 @@ def _help_config() -> tuple[object, str]:
                 f"{command_line.BASE_DEFAULTS}; {why} (--workdir=<run> shows a run's)")
 
 
+@cli_errors.exit_on_interrupt(lambda _: (
+    f"interrupted; {run_dir.predictions_path(epath.Path(flags.FLAGS.workdir))} is whole, the "
+    f"old predictions or the new (never a mix), and the same command writes them again"))
 @cli_errors.exit_on_user_error
 def main(argv):
     command_line.refuse_positional_arguments(argv)

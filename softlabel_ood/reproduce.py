@@ -156,7 +156,7 @@ def _grid_line(interrupt: KeyboardInterrupt) -> str:
                                    for seed in config.grid.seeds for run in config.grid.runs])
 
 
-@interruption.exit_on_interrupt(_grid_line)
+@cli_errors.exit_on_interrupt(_grid_line)
 @cli_errors.exit_on_user_error
 def main(argv: Sequence[str]) -> None:
     command_line.refuse_positional_arguments(argv)

@@ -40,7 +40,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> None:
         raise failure
 
 
-@interruption.exit_on_interrupt(lambda interrupt: interruption.run_line(flags.FLAGS.workdir,
+@cli_errors.exit_on_interrupt(lambda interrupt: interruption.run_line(flags.FLAGS.workdir,
                                                                       interrupt))
 @cli_errors.exit_on_user_error
 def main(argv):

@@ -374,6 +374,18 @@ def test_write_rejects_bad_v3_arrays_and_writes_nothing(tmp_path, kwargs, messag
     assert not (tmp_path / "p").exists()
 
 
+def test_write_refuses_a_split_whose_file_is_the_heads_and_writes_nothing(tmp_path):
+    splits = _splits()
+    splits["head"] = splits.pop("noise")
+    head = predictions.Head(np.zeros((2, K), np.float32), np.zeros(K, np.float32))
+    with pytest.raises(PredictionsError,
+                       match=re.escape("split 'head': its file would be the head's (head.npz)")):
+        predictions.write(tmp_path / "p", splits, num_classes=K, run={}, head=head)
+    assert not (tmp_path / "p").exists()
+    predictions.write(tmp_path / "p", splits, num_classes=K, run={})  # no head: no clash
+    assert (tmp_path / "p" / "head.npz").exists()
+
+
 def test_write_rejects_odin_arrays_without_pairs(tmp_path):
     with pytest.raises(PredictionsError, match="the manifest lists no ODIN pairs"):
         predictions.write(tmp_path / "p", _v3_splits(), num_classes=K, run={})

@@ -157,7 +157,8 @@ def table3_markdown(table: MetricTable, runs: Sequence[RunInfo], *,
     rows = []
     for name in (groups if names is None else names):
         group = groups[name]
-        row = [f"`{name}` ({group[0].method})",
+        # Imported runs (import_outputs) record no method.
+        row = [f"`{name}` ({group[0].method})" if group[0].method else f"`{name}`",
                _fmt(metric_stats.id_stat(table, group, "accuracy")),
                _fmt(metric_stats.id_stat(table, group, "ece"))]
         for s in scores:

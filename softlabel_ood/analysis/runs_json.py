@@ -27,7 +27,9 @@ _RUN_FIELDS = {
     "run": ("a non-empty string", lambda v: isinstance(v, str) and v != ""),
     "entry": ("a non-empty string", lambda v: isinstance(v, str) and v != ""),
     "seed": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
-    "method": (f"one of {', '.join(methods.names())}", lambda v: v in methods.names()),
+    # Empty for a run whose outputs were imported (`import_outputs`): no method of this package.
+    "method": (f"one of {', '.join(methods.names())} (or empty)",
+               lambda v: v == "" or v in methods.names()),
     "strength": ("a number >= 0", lambda v: _is_number(v) and v >= 0),
     "teacher": ("a string", lambda v: isinstance(v, str)),
     "init_from": ("a string", lambda v: isinstance(v, str)),

@@ -128,6 +128,10 @@ def _remove(path: str) -> None:
             os.remove(path)
 
 
+INTERRUPTED_LINE = ("interrupted; the set it was preparing is removed (those it finished stay), "
+                    "and the same command prepares the rest")
+
+
 @contextlib.contextmanager
 def _removed_on_failure(root) -> Iterator[None]:
     """On any failure (an interrupt too), removes the files and folders created under `root`
@@ -153,6 +157,7 @@ def _removed_on_failure(root) -> Iterator[None]:
         raise
 
 
+@cli_errors.exit_on_interrupt(lambda _: INTERRUPTED_LINE)
 @cli_errors.exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
     parser = cli_errors.ArgumentParser(

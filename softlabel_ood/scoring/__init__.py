@@ -2,7 +2,8 @@
 
 Imports numpy and jax only, so results can be scored on a laptop with nothing else installed.
 Definitions: `score_records` (the scores), `scores` and `head_scores` (their computations),
-`metric_records` and `metrics` (the metrics), and docs/scores_and_metrics.md.
+`metric_records` and `metrics` (the metrics), and docs/scores_and_metrics.md; `score_outputs`
+(`model_outputs`) scores any model's outputs given as arrays.
 
 The names below are loaded when first used: `score_records` and `metric_records`, which the
 config side reads, import neither numpy nor JAX, and importing them must not load the rest.
@@ -18,6 +19,7 @@ _FROM = {
                 "calibration_metrics", "ece", "id_metrics", "ood_metrics", "pair_metrics"),
     "metrics_files": ("CSV_HEADER", "read_metrics_csv", "write_metrics"),
     "directory_reading": ("run_name",),
+    "model_outputs": ("MetricRows", "score_outputs"),
     "pipeline": ("MetricRow", "ScoreReport", "score_predictions", "score_runs_report"),
     "scores": ("default_knn_k", "knn", "logit_scores", "mahalanobis", "pnorm",
                "predicted_class"),
@@ -35,8 +37,8 @@ _SCORE_LISTS = {
     "HEAD_SCORES": lambda r: r.reading("head"),
 }
 _SUBMODULES = ("directory_reading", "float64", "groups", "head_scores", "metric_records",
-               "metrics", "metrics_files", "odin_selection", "pipeline", "score_functions",
-               "score_records", "scores", "selective")
+               "metrics", "metrics_files", "model_outputs", "odin_selection", "pipeline",
+               "score_functions", "score_records", "scores", "selective")
 
 __all__ = sorted([*_MODULE_OF, *_SCORE_LISTS, "groups", "odin_selection", "selective"])
 

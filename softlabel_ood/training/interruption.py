@@ -9,16 +9,12 @@ resumes from, that of the latest checkpoint committed on disk.
 
 from __future__ import annotations
 
-import functools
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from etils import epath
 
 from softlabel_ood.training import checkpointing
 from softlabel_ood.workdir import run_dir, saved_runs
-
-EXIT_CODE = 130
 
 
 def resume_step(workdir: epath.PathLike) -> int:
@@ -49,18 +45,3 @@ def grid_line(run_dirs: Sequence[epath.PathLike]) -> str:
     if len(started) < len(unfinished):
         clauses.append(f"trains the other {len(unfinished) - len(started)}")
     return f"{head}; the same command " + (" and ".join(clauses) or "writes the report")
-
-
-def exit_on_interrupt(line: Callable[[KeyboardInterrupt], str]):
-    """Wraps a command's main: a KeyboardInterrupt prints `line(interrupt)` to stderr and exits
-    with EXIT_CODE."""
-    def wrap(main):
-        @functools.wraps(main)
-        def wrapped(*args, **kwargs):
-            try:
-                return main(*args, **kwargs)
-            except KeyboardInterrupt as interrupt:
-                print(line(interrupt), file=sys.stderr, flush=True)
-                sys.exit(EXIT_CODE)
-        return wrapped
-    return wrap

@@ -33,6 +33,7 @@ def check_inputs(configs: Sequence[ml_collections.ConfigDict],
     is checked as it is loaded, also before any data.)"""
     for config, workdir in zip(configs, workdirs, strict=True):
         workdir_lock.check_workdir(workdir)
+        saved_runs.refuse_imported(workdir)  # train would write its run over someone's outputs
         predictions.check_replaceable(run_dir.predictions_path(epath.Path(workdir)))
         saved_models.check_fine_tuning_start(config, workdir)
 

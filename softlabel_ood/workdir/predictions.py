@@ -148,7 +148,8 @@ def check_run_matches_config(manifest_path, run: Mapping, config: Mapping,
 # Validation shared by write (in memory) and read (from files).
 
 
-def _check_name(name: Any, where: str) -> None:
+def check_split_name(name: Any, where: str) -> None:
+    """PredictionsError unless `name` can name a split (and its file, `<name>.npz`)."""
     if not isinstance(name, str) or not name or name.startswith(".") or "/" in name \
             or "\\" in name or name != name.strip():
         raise PredictionsError(f"{where}: split name {name!r} is not a plain file-name stem")
@@ -374,7 +375,9 @@ def _checked_arrays(splits: Mapping[str, Split], num_classes: int, num_odin_pair
     them together (roles, feature widths)."""
     arrays = {}
     for name, split in splits.items():
-        _check_name(name, f"split {name!r}")
+        check_split_name(name, f"split {name!r}")
+        if head is not None and f"{name}.npz" == HEAD_FILE:
+            raise PredictionsError(f"split {name!r}: its file would be the head's ({HEAD_FILE})")
         where = f"split '{name}'"
         logits = np.asarray(split.logits)
         labels = np.asarray(split.labels)
@@ -540,7 +543,7 @@ def _read_manifest(version: _Version) -> dict:
     if not isinstance(splits, dict) or not splits:
         raise PredictionsError(f"{path}: field 'splits' must be a non-empty object")
     for name, entry in splits.items():
-        _check_name(name, f"{path}: field 'splits'")
+        check_split_name(name, f"{path}: field 'splits'")
         if not isinstance(entry, dict):
             raise PredictionsError(f"{path}: field 'splits.{name}' must be an object")
         for key, kind in (("file", str), ("role", str), ("num_examples", int)):

@@ -20,6 +20,35 @@ from softlabel_ood import methods
 # key -> (config field, value for a method that does not read it).
 _READ_FIELDS = {"teacher": ("kd.teacher_workdir", ""), "oe_dataset": ("oe_dataset", ""),
                 "finetune_from": ("oe.finetune_from", "")}
+# The key of outputs imported from a model trained elsewhere (`import_outputs`): {"splits":
+# {split: {"file", "sha256"}}, "head": {"file", "sha256"}} (head only when one was given).
+IMPORTED = "imported"
+
+
+def is_imported(run: Mapping) -> bool:
+    """The predictions are another program's outputs, imported whole: of the model it gave."""
+    return IMPORTED in run
+
+
+def _source_problem(where: str, source) -> str | None:
+    if not isinstance(source, Mapping) or set(source) != {"file", "sha256"} \
+            or not isinstance(source["file"], str) or not isinstance(source["sha256"], str) \
+            or len(source["sha256"]) != 64 \
+            or any(c not in "0123456789abcdef" for c in source["sha256"]):
+        return (f"field 'run.{IMPORTED}.{where}' is {source!r}, expected "
+                '{"file": <name>, "sha256": <64 hex digits>}')
+    return None
+
+
+def _imported_problem(record) -> str | None:
+    if not isinstance(record, Mapping) or not isinstance(record.get("splits"), Mapping) \
+            or not record["splits"] or set(record) - {"splits", "head"}:
+        return (f"field 'run.{IMPORTED}' is {record!r}, expected {{\"splits\": {{split: "
+                '{"file", "sha256"}}, "head": {"file", "sha256"}}')
+    sources = {f"splits.{name}": source for name, source in record["splits"].items()}
+    if "head" in record:
+        sources["head"] = record["head"]
+    return next(filter(None, (_source_problem(w, s) for w, s in sources.items())), None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +164,8 @@ def problem(run: Mapping) -> str | None:
     for key, (expected, ok) in _rules().items():
         if key in run and not ok(run[key]):
             return f"field 'run.{key}' is {run[key]!r}, expected {expected}"
+    if is_imported(run) and (found := _imported_problem(run[IMPORTED])) is not None:
+        return found
     method = run.get("method", "")
     if not method:
         return None

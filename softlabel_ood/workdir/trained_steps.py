@@ -6,7 +6,9 @@ never reports.
 
 Manifests written before the record existed do not hold it: their predictions count as the
 finished model's when the run directory holds DONE (train writes it after the predictions of
-the last step), and as of an unknown step otherwise. Needs neither numpy nor the training side.
+the last step), and as of an unknown step otherwise. Imported outputs (`import_outputs`) hold
+no record either: they are of the model that their program saved. Needs neither numpy nor the
+training side.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import dataclasses
 from collections.abc import Mapping
 
 from softlabel_ood.cli_errors import UserError
+from softlabel_ood.workdir import run_summary
 from softlabel_ood.workdir.run_dir import DONE
 
 FIELD = "checkpoint"
@@ -64,10 +67,11 @@ def check(where: str, record, error: type[UserError]) -> Checkpoint:
 def unfinished(manifest: Mapping, *, done: bool) -> tuple[bool, Checkpoint | None]:
     """(whether a run's predictions may not be its finished model's, the checkpoint they come
     from when the manifest records it), given whether the run directory holds DONE. A manifest
-    without the record is of the finished model with DONE, else of an unknown step."""
+    without the record is of the finished model with DONE or when the outputs were imported
+    (of the model their program gave), else of an unknown step."""
     record = manifest.get(FIELD)
     if record is None:
-        return not done, None
+        return not (done or run_summary.is_imported(manifest.get("run", {}))), None
     checkpoint = Checkpoint(step=record["step"], total_steps=record["total_steps"])
     return not checkpoint.finished, checkpoint
 
