@@ -75,8 +75,8 @@ def test_mixup_lambda_follows_beta_a_a():
     """Mean 1/2 and variance 1/(4(2a + 1)) of Beta(a, a), over 4000 batches' draws."""
     keys = jax.random.split(jax.random.key(0), 4000)
     for a in (0.2, 1.0):
-        lams = np.asarray(jax.vmap(lambda k, a=a: batch_transforms.mixup_draws(
-            k, jnp.float32(a), 8)[1])(keys), np.float64)
+        lams = np.asarray(jax.jit(jax.vmap(lambda k, a=a: batch_transforms.mixup_draws(
+            k, jnp.float32(a), 8)[1]))(keys), np.float64)
         assert abs(lams.mean() - 0.5) < 0.02, a
         assert abs(lams.var() - 1 / (4 * (2 * a + 1))) < 0.01, a
 
@@ -91,12 +91,15 @@ def rand_bbox(height, width, lam, row, column):
     return rows, columns
 
 
+_CUTMIX = jax.jit(batch_transforms.cutmix)
+_CUTMIX_DRAWS = jax.jit(batch_transforms.cutmix_draws, static_argnums=(3, 4, 5))
+
+
 def _cutmix(seed, prob, images, targets, alpha=1.0):
     key = jax.random.key(seed)
     hp = hyperparams(**{"cutmix.alpha": alpha, "cutmix.prob": prob})
-    out = batch_transforms.cutmix(key, hp, jnp.asarray(images), jnp.asarray(targets))
-    draws = batch_transforms.cutmix_draws(key, jnp.float32(alpha), jnp.float32(prob),
-                                          *images.shape[:3])
+    out = _CUTMIX(key, hp, jnp.asarray(images), jnp.asarray(targets))
+    draws = _CUTMIX_DRAWS(key, jnp.float32(alpha), jnp.float32(prob), *images.shape[:3])
     return [np.asarray(x) for x in out], draws
 
 
@@ -134,8 +137,8 @@ def test_cutmix_prob_0_leaves_every_batch_and_prob_1_mixes_every_batch():
         mixed += not np.array_equal(out_images, images)
     assert mixed >= 5  # a box may be empty (λ near 1), rarely
     keys = jax.random.split(jax.random.key(1), 2000)
-    share = np.mean(jax.vmap(lambda k: batch_transforms.cutmix_draws(
-        k, jnp.float32(1.0), jnp.float32(0.5), 4, 6, 6).mixes)(keys))
+    share = np.mean(jax.jit(jax.vmap(lambda k: batch_transforms.cutmix_draws(
+        k, jnp.float32(1.0), jnp.float32(0.5), 4, 6, 6).mixes))(keys))
     assert abs(share - 0.5) < 0.04
 
 
