@@ -1,12 +1,16 @@
 """Runs a config family's experiment grid, then scores every run and writes the report.
 
     python -m softlabel_ood.reproduce --config=configs/digits.py --workdir=/tmp/digits
+    python -m softlabel_ood.reproduce --config=configs/digits.py --workdir=/tmp/dfam --grid=family
 
 The grid is `config.grid` (see `softlabel_ood.configs.grid`): for every seed, its runs in the
 order listed, each in `<workdir>/runs/<name>_seed<seed>/`. A finished run is skipped and an
 unfinished one resumes from its checkpoint, so the same command continues an interrupted
 reproduction. Afterwards `<workdir>/report/` holds metrics.csv, report.md and the figures,
-switched in as a whole (so it holds nothing else: other files there are refused). With
+switched in as a whole (so it holds nothing else: other files there are refused). --grid=family
+runs the soft-label family's grid instead (`grid.family_grid`: ce, ls at two α, and mixup,
+CutMix, ... each at its default and a stronger setting) with the config's seeds; give it a
+workdir of its own, as its report replaces `<workdir>/report/`. With
 --multihost every host runs the same command; only process 0 scores and writes the report.
 Ctrl-C ends it with exit code 130 and one line: how many runs finished, and the step that each
 started one resumes from.
@@ -104,8 +108,14 @@ def cut_grid(config: ml_collections.ConfigDict, workdir: str,
     return populations.form(configs, directories, size, unit=unit), how
 
 
+# The report's title for each grid of `--grid`, the dataset's name filled in.
+TITLES = {"paper": "Soft labels and OOD detection on {dataset}: reproduction report",
+          "family": "The soft-label family and OOD detection on {dataset}"}
+
+
 def run_grid(config: ml_collections.ConfigDict, workdir: str, *,
-             rules: claims.ClaimRules | None = None) -> list[results.RunInfo]:
+             rules: claims.ClaimRules | None = None,
+             title: str = TITLES["paper"]) -> list[results.RunInfo]:
     """Trains every unfinished run of `config.grid` in populations (`cut_grid`), teachers
     before their students (`schedule`), then scores the finished runs and writes the report.
 
@@ -131,8 +141,7 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str, *,
     if distributed.is_writer():
         out = epath.Path(workdir) / "report"
         report.write_report(rows, out, runs=runs, rules=rules,
-                            title=f"Soft labels and OOD detection on {config.dataset}: "
-                                  f"reproduction report",
+                            title=title.format(dataset=config.dataset),
                             training={"population size": how} if how else None)
         print(f"report: {out / 'report.md'}")
     if failed:
@@ -157,9 +166,10 @@ def main(argv: Sequence[str]) -> None:
         logging.set_verbosity(logging.WARNING)
     # The grid sets these for every run: an override would be silently replaced.
     grid.check_overrides(config_flags.get_override_values(flags.FLAGS["config"]))
+    grid.select_grid(flags.FLAGS.config, flags.FLAGS.grid)  # in place: Ctrl-C's line reads it
     distributed.initialize_from_flags()
     compilation_cache.enable()
-    run_grid(flags.FLAGS.config, flags.FLAGS.workdir)
+    run_grid(flags.FLAGS.config, flags.FLAGS.workdir, title=TITLES[flags.FLAGS.grid])
 
 
 if __name__ == "__main__":
@@ -168,10 +178,13 @@ if __name__ == "__main__":
     sys.argv = configs.resolve_argv(sys.argv)  # configs/<file>.py: the packaged file if not here
     config_flags.DEFINE_config_file("config", None, "e.g. configs/digits.py")
     flags.DEFINE_string("workdir", None, "Directory of the whole grid (created if missing).")
+    flags.DEFINE_enum("grid", "paper", grid.GRIDS,
+                      "paper: the config's grid (the paper's); family: the soft-label family's, "
+                      "with the config's seeds (use a workdir of its own)")
     flags.mark_flags_as_required(["config", "workdir"])
     distributed.define_flags()
     command_line.exit_on_help(
-        sys.argv, __doc__, ("config", "workdir", *distributed.FLAG_NAMES),
+        sys.argv, __doc__, ("config", "workdir", "grid", *distributed.FLAG_NAMES),
         lambda: command_line.field_lines(command_line.config_from_file(sys.argv)),
         command_line.config_source(sys.argv))
     app.run(main, flags_parser=command_line.parse_flags)

@@ -61,3 +61,63 @@ def test_an_ls_teacher_outside_the_sweep_is_refused():
 def test_grid_name_inverts_the_run_directory_name(name):
     for seed in (0, 7, 12):
         assert grid.grid_name(grid.run_dir_name(name, seed)) == name
+
+
+def test_family_grid_sets_each_method_at_its_default_and_its_stronger_setting():
+    g = grid.family_grid(seeds=(0, 1, 2), stronger={"mixup": {"mixup.alpha": 1.0},
+                                                    "cutmix": {"cutmix.prob": 1.0}})
+    assert g.seeds == (0, 1, 2)
+    # Every value the method reads is set: the name cannot go stale under a --config override.
+    assert [(r["name"], r["method"], r["overrides"]) for r in g.runs] == [
+        ("ce", "ce", {}),
+        ("ls0.1", "ls", {"label_smoothing": 0.1}),
+        ("ls0.3", "ls", {"label_smoothing": 0.3}),
+        ("mixup0.2", "mixup", {"mixup.alpha": 0.2}),
+        ("mixup1", "mixup", {"mixup.alpha": 1.0}),
+        ("cutmix1", "cutmix", {"cutmix.alpha": 1.0, "cutmix.prob": 0.5}),
+        ("cutmix1_prob1", "cutmix", {"cutmix.alpha": 1.0, "cutmix.prob": 1.0}),
+    ]
+    assert grid.family_grid(seeds=(0,), ls_alphas=(0.2,), stronger={}).runs[1]["name"] == "ls0.2"
+
+
+def test_the_default_family_grid_has_every_family_method_twice():
+    names = [r["name"] for r in grid.family_grid(seeds=(0,)).runs]
+    assert names[:3] == ["ce", "ls0.1", "ls0.3"]
+    for method in grid.FAMILY_METHODS[1:]:
+        assert len([r for r in grid.family_grid(seeds=(0,)).runs if r["method"] == method]) == 2
+
+
+def test_select_grid_keeps_the_seeds_and_how_the_grid_trains():
+    from tests.train_helpers import tiny_digits_config
+
+    config = tiny_digits_config()
+    config.grid.seeds = (7,)
+    config.grid.workers = 1
+    grid.select_grid(config, "paper")
+    assert [r["name"] for r in config.grid.runs][:2] == ["ce", "ls0.1"]
+    assert "oe" in [r["name"] for r in config.grid.runs]
+    grid.select_grid(config, "family")
+    assert [r["name"] for r in config.grid.runs] == [
+        r["name"] for r in grid.family_grid(seeds=(7,)).runs]
+    assert (config.grid.seeds, config.grid.workers) == ((7,), 1)
+    grid.validate_grid(config)
+    with pytest.raises(grid.GridError, match=r"^--grid: unknown grid 'fam'; expected one of "
+                                             r"paper, family$"):
+        grid.select_grid(config, "fam")
+
+
+def test_a_method_s_family_entries_share_one_compiled_program(tmp_path):
+    from softlabel_ood.configs import config_validation
+    from softlabel_ood.training import run_model
+    from tests.train_helpers import tiny_digits_config
+
+    config = tiny_digits_config()
+    grid.select_grid(config, "family")
+    keys = {}
+    for run in config.grid.runs:
+        c = grid.run_config(config, run, 0, tmp_path)
+        config_validation.check(c)
+        keys.setdefault(run["method"], set()).add(run_model.population_key(c))
+    assert all(len(k) == 1 for k in keys.values())
+    assert keys["ce"] == keys["ls"]  # ce is label smoothing at α = 0
+    assert len(set().union(*keys.values())) == len(keys) - 1  # one program per other method

@@ -121,9 +121,9 @@ CASES = {  # name -> (how the copy is spoiled, the refusal after "error: ")
     "run_alpha_out_of_range": (_runs(lambda d: _set(d, ["runs", 1, "alpha"], 10)),
                                f"{RUNS}: field 'runs[1].alpha' is 10, expected a number in "
                                f"[0, 1)"),
-    "run_unknown_method": (_runs(lambda d: _set(d, ["runs", 1, "method"], "dropout")),
-                           f"{RUNS}: field 'runs[1].method' is 'dropout', expected one of "
-                           f"{', '.join(methods.names())} (or empty)"),
+    "run_unknown_method": (_runs(lambda d: _set(d, ["runs", 1, "method"], "no_such_method")),
+                           f"{RUNS}: field 'runs[1].method' is 'no_such_method', expected one "
+                           f"of {', '.join(methods.names())} (or empty)"),
     "run_new_names_strength_negative": (
         _runs(lambda d: _set(d, ["runs", 1], _new_names(d["runs"][1], strength=-0.5))),
         f"{RUNS}: field 'runs[1].strength' is -0.5, expected a number >= 0"),

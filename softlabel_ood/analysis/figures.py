@@ -188,6 +188,30 @@ def claim_differences(claim_results: Sequence[claims.ClaimResult], *,
     return fig
 
 
+def family_entropy(points: Sequence[tuple[str, float, float]], *, dataset: str = "") -> Figure:
+    """Each run as a point (method, mean ID-test softmax entropy in nats, msp AUROC in %): one
+    colour per method in the order first given, the ce runs as black stars."""
+    fig, axes = _new_figure(1, 1, width=6.0, height=4.2)
+    ax = axes[0, 0]
+    order = list(dict.fromkeys(method for method, _, _ in points if method != "ce"))
+    colors = {m: matplotlib.colormaps["tab10"](i % 10) for i, m in enumerate(order)}
+    for method in ["ce", *order]:
+        xs = [x for m, x, _ in points if m == method]
+        ys = [y for m, _, y in points if m == method]
+        if not xs:
+            continue
+        style = ({"marker": "*", "s": 160, "color": "black", "zorder": 4} if method == "ce" else
+                 {"marker": "o", "s": 36, "color": colors[method], "alpha": 0.85, "zorder": 3})
+        ax.scatter(xs, ys, label=method, **style)
+    ax.set_xlabel("mean softmax entropy on the ID test set (nats)")
+    ax.set_ylabel("msp AUROC (%), mean over OOD sets")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="best")
+    fig.suptitle("How soft each model became, and its OOD detection"
+                 + (f" ({dataset})" if dataset else ""))
+    return fig
+
+
 def id_ood_msp(preds: predictions.Predictions, ood: str) -> tuple[np.ndarray, np.ndarray]:
     """MSP on the ID test split and on the OOD split `ood`."""
     if ood not in preds.splits:

@@ -103,7 +103,7 @@ def rebuild_report(report_dir: epath.PathLike, out_dir: epath.PathLike) -> None:
         loaded.rows, target, runs=loaded.runs,
         title=record.title or "Soft labels and OOD detection: reproduction report",
         groups=record.ood_groups, dataset=record.dataset, odin=record.odin_pairs,
-        knn_k=record.knn_k, unfinished=record.unfinished,
+        knn_k=record.knn_k, unfinished=record.unfinished, entropy=record.id_entropy,
         environment_of_runs=results.read_environment(runs_file), figures_from=source)
 
 

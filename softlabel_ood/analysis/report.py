@@ -5,9 +5,11 @@
 report.md opens with its answers and ends with its reference material, in this order (`SECTIONS`):
 the Summary (one line per claim with the numbers that decided it, the claims figure and the α
 sweep), the Claims with their rules and evidence (the paper's three; per group of OOD sets; and
-S1, S2 on selective classification, `selective_claims`), the tables, the other figures, then the
-Definitions, the Runs, the ODIN pairs and the Environment. No table is wider than
-`tables.MAX_TABLE_COLUMNS`: wider ones are cut into several that repeat the row labels.
+S1, S2 on selective classification, `selective_claims`), the soft-label family's questions when
+the runs hold a family method beyond ls (`family_claims`, `family_report`), the tables, the
+other figures, then the Definitions, the Runs, the ODIN pairs and the Environment. No table is
+wider than `tables.MAX_TABLE_COLUMNS`: wider ones are cut into several that repeat the row
+labels.
 
 Tables print percent (a metric's fraction times 100) as "mean ± std" over seeds; metrics.csv
 keeps the fractions. How each number is computed is stated in report.md itself (see
@@ -33,6 +35,8 @@ from softlabel_ood.analysis import (
     claims,
     claims_text,
     environment,
+    family_claims,
+    family_report,
     figures,
     report_figures,
     report_inputs,
@@ -48,7 +52,7 @@ from softlabel_ood.scoring import metric_records
 from softlabel_ood.workdir import atomic_files, trained_steps
 
 # The `##` sections of report.md, in order (Claims and Figures only when there is something).
-SECTIONS = ("Summary", "Claims", "Table 1. Label-smoothing sweep",
+SECTIONS = ("Summary", "Claims", "The soft-label family", "Table 1. Label-smoothing sweep",
             "Table 1b. Selective classification", "Table 2. Teachers and students",
             "Table 3. All runs", "Figures", "Definitions", "Runs", "ODIN pairs", "Environment")
 
@@ -109,17 +113,21 @@ def render(table: MetricTable, runs: Sequence[RunInfo], *, title: str,
            odin: Mapping[str, scoring.odin_selection.OdinChoice] | None = None,
            claim_results: Sequence[claims.ClaimResult] | None = None,
            knn_k: str | None = None,
-           unfinished: Mapping[str, trained_steps.Checkpoint | None] | None = None) -> str:
+           unfinished: Mapping[str, trained_steps.Checkpoint | None] | None = None,
+           entropy: Mapping[str, float] | None = None) -> str:
     """report.md as a string, without its Environment section. `knn_k` says which k the knn
     score used (default: from the runs' predictions, `report_inputs.knn_k_text`); `unfinished`
     the runs whose predictions are not of their finished models (`report_inputs.unfinished_runs`),
-    named in the Summary."""
+    named in the Summary; `entropy` each run's mean ID-test softmax entropy, for the soft-label
+    family's table."""
     if knn_k is None:
         knn_k = report_inputs.knn_k_text(runs)
     if claim_results is None:
         claim_results = claims.evaluate_claims(table, runs, rules)
     id_results = selective_claims.evaluate(table, runs, rules)
     by_group = selective_report.group_claims(table, runs, rules, groups)
+    family = family_claims.evaluate(table, runs, rules, selective_report.usable_groups(
+        table, groups)) if family_claims.applies(runs) else []
     figure_md = {name: f"![{name}]({name})\n\n*{caption}*\n" for name, caption in figure_files}
     first = [name for name in (report_figures.CLAIMS_FIGURE, "alpha_sweep_auroc.png")
              if name in figure_md]
@@ -131,11 +139,16 @@ def render(table: MetricTable, runs: Sequence[RunInfo], *, title: str,
            "## Summary\n", claims_text.unfinished_markdown(unfinished or {})
            + claims_text.summary_markdown(claim_results, rules)
            + (selective_report.group_summary_line(by_group) + "\n" if by_group else "")
-           + "".join(selective_report.selective_summary_line(c) + "\n" for c in id_results)]
+           + "".join(selective_report.selective_summary_line(c) + "\n" for c in id_results)
+           + ("\n" + family_report.summary_markdown(family, rules) if family else "")]
     out += [figure_md[name] for name in first]
     out += _claims_sections(table, runs, rules, scores, [*claim_results, *id_results], by_group)
+    if family:
+        out += ["## The soft-label family\n", family_report.section_markdown(
+            table, runs, family, selective_report.usable_groups(table, groups), entropy or {},
+            figure_md.get(family_report.FIGURE, ""))]
     out += _table_sections(table, runs, rules, scores, groups)
-    rest = [name for name in figure_md if name not in first]
+    rest = [name for name in figure_md if name not in (*first, family_report.FIGURE)]
     if rest:
         out.append("## Figures\n")
         out += [figure_md[name] for name in rest]
@@ -266,8 +279,8 @@ def _write_report_files(rows: Sequence[scoring.MetricRow], out_dir: epath.PathLi
                         environment_of_runs: dict[str, str] | None = None,
                         figures_from: epath.PathLike | None = None, dataset: str | None = None,
                         training: dict[str, str] | None = None, knn_k: str | None = None,
-                        unfinished: Mapping[str, trained_steps.Checkpoint | None] | None = None
-                        ) -> None:
+                        unfinished: Mapping[str, trained_steps.Checkpoint | None] | None = None,
+                        entropy: Mapping[str, float] | None = None) -> None:
     """Writes metrics.csv (+ metrics.md), runs.json, the PNG figures and, last, report.md.
 
     `runs` says which run is which (`results.RunInfo`); histograms and ROC curves need each
@@ -282,24 +295,23 @@ def _write_report_files(rows: Sequence[scoring.MetricRow], out_dir: epath.PathLi
     that first scored these runs (a rebuilt report keeps it); default: this process's, with
     `training` ({what: how}, e.g. how the grid chose its population size) added. `unfinished`
     names the runs whose predictions are not of their finished models, marked in the Summary
-    and metrics.md (default: from the runs' predictions). Every default is `report_inputs`'s.
-    """
+    and metrics.md (default: from the runs' predictions); `entropy` each run's mean ID-test
+    softmax entropy, for the soft-label family (`family_entropies`). Defaults: `report_inputs`."""
     rules = rules or claims.ClaimRules()
     out_dir = epath.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = MetricTable(rows)
-    unknown = sorted(set(table.runs) - {r.run for r in runs})
-    if unknown:
-        raise ValueError(f"metrics name runs that `runs` does not describe: {', '.join(unknown)}")
+    table = _described(MetricTable(rows), runs)
     groups = report_inputs.run_groups(runs) if groups is None else groups
     dataset = figures.dataset_of(runs) if dataset is None else dataset
     odin = report_inputs.odin_choices(runs) if odin is None else odin
     unfinished = report_inputs.unfinished_runs(runs) if unfinished is None else unfinished
+    entropy = report_inputs.family_entropies(runs) if entropy is None else entropy
     _write_metrics(rows, out_dir, dict.fromkeys(table.runs, groups) if groups else {}, unfinished)
     env = environment_of_runs or {**environment.describe(), **(training or {})}
     knn_k = report_inputs.knn_k_text(runs) if knn_k is None else knn_k
     record = results.ReportRecord(title=title, dataset=dataset, ood_groups=dict(groups),
-                                  odin_pairs=dict(odin), knn_k=knn_k, unfinished=dict(unfinished))
+                                  odin_pairs=dict(odin), knn_k=knn_k, unfinished=dict(unfinished),
+                                  id_entropy=dict(entropy))
     results.write_runs_json([dataclasses.replace(r, directory="") for r in runs],
                             out_dir / results.RUNS_FILE, environment=env, report=record)
     scores = report_tables.scores_of(table, scores)
@@ -308,14 +320,22 @@ def _write_report_files(rows: Sequence[scoring.MetricRow], out_dir: epath.PathLi
     claim_results = claims.evaluate_claims(table, runs, rules)
     figure_files = report_figures.write_figures(
         table, runs, out_dir, scores=scores, focus_ood=focus_ood, rules=rules,
-        claim_results=claim_results, dataset=dataset,
+        claim_results=claim_results, dataset=dataset, entropy=entropy,
         figures_from=None if figures_from is None else epath.Path(figures_from))
     text = render(table, runs, title=title, scores=scores, rules=rules, figure_files=figure_files,
                   groups=groups, odin=odin, claim_results=claim_results, knn_k=knn_k,
-                  unfinished=unfinished)
+                  unfinished=unfinished, entropy=entropy)
     text += "\n" + environment.markdown(
         env, rebuilt_by=None if environment_of_runs is None else __version__)
     atomic_files.write_text_atomically(out_dir / "report.md", text)
+
+
+def _described(table: MetricTable, runs: Sequence[RunInfo]) -> MetricTable:
+    """`table`, once every run it names is one of `runs` (ValueError otherwise)."""
+    unknown = sorted(set(table.runs) - {r.run for r in runs})
+    if unknown:
+        raise ValueError(f"metrics name runs that `runs` does not describe: {', '.join(unknown)}")
+    return table
 
 
 def _write_metrics(rows: Sequence[scoring.MetricRow], out_dir: epath.Path,

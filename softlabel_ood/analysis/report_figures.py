@@ -6,11 +6,18 @@ metrics, the MSP histograms, ROC and risk-coverage curves from the runs' predict
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from etils import epath
 
-from softlabel_ood.analysis import claims, figures, metric_stats, results
+from softlabel_ood.analysis import (
+    claims,
+    family_claims,
+    family_report,
+    figures,
+    metric_stats,
+    results,
+)
 from softlabel_ood.analysis.metric_stats import MetricTable
 from softlabel_ood.analysis.report_inputs import first_predictions, pnorm_p
 from softlabel_ood.analysis.report_tables import OOD_METRICS
@@ -74,11 +81,33 @@ def roc_groups(runs: Sequence[RunInfo]) -> list[tuple[str, list[tuple[str, list[
 def write_figures(table: MetricTable, runs: Sequence[RunInfo], out_dir: epath.Path, *,
                   scores: Sequence[str], focus_ood: str, rules: claims.ClaimRules,
                   claim_results: Sequence[claims.ClaimResult], dataset: str,
+                  entropy: Mapping[str, float] | None = None,
                   figures_from: epath.Path | None = None) -> list[tuple[str, str]]:
-    """Writes the PNG files; returns (file name, caption) in report order."""
+    """Writes the PNG files; returns (file name, caption) in report order. `entropy` (run ->
+    mean ID-test softmax entropy) draws the soft-label family's figure when the runs hold one."""
+    family = (write_family_figure(table, runs, out_dir, entropy or {}, dataset)
+              if family_claims.applies(runs) else [])
     return (_write_claims_figure(claim_results, rules, out_dir)
             + _write_sweep_figures(table, runs, out_dir, scores=scores, dataset=dataset)
-            + _write_prediction_figures(runs, out_dir, focus_ood, figures_from))
+            + _write_prediction_figures(runs, out_dir, focus_ood, figures_from) + family)
+
+
+def write_family_figure(table: MetricTable, runs: Sequence[RunInfo], out_dir: epath.Path,
+                        entropy: Mapping[str, float], dataset: str) -> list[tuple[str, str]]:
+    """The soft-label family's figure (`family_report.FIGURE`): ce and every family entry's
+    runs, each at its mean ID-test entropy and msp AUROC; none without a point."""
+    ce = dict(results.ls_sweep(runs)).get(0.0) or []
+    points = []
+    for group in [ce, *family_claims.entries(runs)]:
+        for r in group:
+            auroc = table.ood_mean(r.run, "msp", "auroc")
+            if r.run in entropy and auroc is not None:
+                points.append((r.method, entropy[r.run], 100 * auroc))
+    if not points:
+        return []
+    figures.save(figures.family_entropy(points, dataset=dataset),
+                 out_dir / family_report.FIGURE)
+    return [(family_report.FIGURE, family_report.FIGURE_CAPTION)]
 
 
 def _write_claims_figure(claim_results: Sequence[claims.ClaimResult], rules: claims.ClaimRules,

@@ -1,6 +1,7 @@
 """What the report reads from the runs' directories beside their metrics: the OOD groups, the
 ODIN pair each run chose, knn's k, pnorm's p, which runs' predictions are not of their finished
-models, and the first seed's predictions the figures draw. Runs without a directory at hand
+models, each run's mean softmax entropy on the ID test set, and the first seed's predictions the
+figures draw. Runs without a directory at hand
 (a rebuilt report's) are skipped; `rebuild` then takes these from runs.json.
 """
 
@@ -9,10 +10,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+import numpy as np
 from etils import epath
+from scipy import special
 
 from softlabel_ood import scoring
-from softlabel_ood.analysis import results
+from softlabel_ood.analysis import family_claims, results
 from softlabel_ood.analysis.results import RunInfo
 from softlabel_ood.workdir import predictions, run_dir, trained_steps
 
@@ -93,3 +96,27 @@ def first_predictions(group: Sequence[RunInfo] | None) -> predictions.Prediction
         if directory is not None and (directory / predictions.MANIFEST).exists():
             return predictions.read(results.local_copy(directory), features=False)
     return None
+
+
+def mean_softmax_entropy(logits: np.ndarray) -> float:
+    """The mean over rows of H(softmax(z)) = −Σ_k p_k ln p_k, in nats, computed in float64."""
+    log_p = special.log_softmax(np.asarray(logits, np.float64), axis=-1)
+    return float(np.mean(-np.sum(np.exp(log_p) * log_p, axis=-1)))
+
+
+def id_entropies(runs: Sequence[RunInfo]) -> dict[str, float]:
+    """Run -> the mean softmax entropy of its ID test split (how soft the model became), for
+    the runs whose predictions are at hand."""
+    found = {}
+    for r in runs:
+        directory = run_dir.predictions_path(epath.Path(r.directory)) if r.directory else None
+        if directory is not None and (directory / predictions.MANIFEST).exists():
+            preds = predictions.read(results.local_copy(directory), features=False)
+            found[r.run] = mean_softmax_entropy(preds.splits[preds.id_test_name].logits)
+    return found
+
+
+def family_entropies(runs: Sequence[RunInfo]) -> dict[str, float]:
+    """`id_entropies` when the runs hold a family method beyond ls (`family_claims.applies`),
+    whose report shows them; else none."""
+    return id_entropies(runs) if family_claims.applies(runs) else {}

@@ -80,6 +80,9 @@ class ReportRecord:
     # of an unknown step; `trained_steps.unfinished`); written only when there is one
     unfinished: dict[str, trained_steps.Checkpoint | None] = dataclasses.field(
         default_factory=dict)
+    # run -> its mean softmax entropy on the ID test set (nats), which the soft-label family's
+    # table and figure show (`report_inputs.id_entropies`); written only when there is one
+    id_entropy: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict:
         data = {"title": self.title, "dataset": self.dataset,
@@ -88,6 +91,8 @@ class ReportRecord:
                 "knn_k": self.knn_k}
         if self.unfinished:
             data["unfinished"] = {run: c and c.to_json() for run, c in self.unfinished.items()}
+        if self.id_entropy:
+            data["id_entropy"] = dict(self.id_entropy)
         return data
 
     @classmethod
@@ -100,7 +105,8 @@ class ReportRecord:
                        for run, c in data.get("odin_pairs", {}).items()},
                    knn_k=data.get("knn_k", cls.knn_k),
                    unfinished={run: c and trained_steps.Checkpoint(**c)
-                               for run, c in data.get("unfinished", {}).items()})
+                               for run, c in data.get("unfinished", {}).items()},
+                   id_entropy={run: float(h) for run, h in data.get("id_entropy", {}).items()})
 
 
 def write_runs_json(runs: Sequence[RunInfo], path: epath.PathLike, *,

@@ -155,6 +155,11 @@ def _check_record(path, record) -> None:
     for run, pair in pairs.items():
         _check_fields(path, f"report.odin_pairs.{run}", pair, _ODIN_FIELDS,
                       ("index", "temperature", "epsilon"))
+    entropy = record.get("id_entropy", {})
+    if not isinstance(entropy, dict) or not all(
+            _is_number(h) and h >= 0 for h in entropy.values()):
+        raise RunsFileError(f"{path}: field 'report.id_entropy' must map each run to a finite "
+                            f"number >= 0 (its mean softmax entropy in nats)")
 
 
 def check_matches_metrics(path, data: dict, metrics_path, rows) -> None:
@@ -169,10 +174,11 @@ def check_matches_metrics(path, data: dict, metrics_path, rows) -> None:
     if unscored:
         raise RunsFileError(f"{path}: run {unscored[0]!r} has no row in {metrics_path}")
     record = data.get("report", {})
-    for run in record.get("odin_pairs", {}):
-        if run not in runs:
-            raise RunsFileError(f"{path}: field 'report.odin_pairs' names run {run!r}, which "
-                                f"'runs' does not")
+    for field in ("odin_pairs", "id_entropy"):
+        for run in record.get(field, {}):
+            if run not in runs:
+                raise RunsFileError(f"{path}: field 'report.{field}' names run {run!r}, which "
+                                    f"'runs' does not")
     ood_sets = {row.ood for row in rows if row.ood}
     for group, members in record.get("ood_groups", {}).items():
         for member in members:

@@ -1,4 +1,6 @@
-"""The paper's experiment grid, as plain data that a config file stores in `config.grid`.
+"""The experiment grids, as plain data that a config file stores in `config.grid`: the paper's
+(`paper_grid`, every family's default) and the soft-label family's (`family_grid`, which
+`reproduce --grid=family` puts in its place, `select_grid`).
 
 A grid is `{"seeds": (...), "runs": [run, ...]}`; each run is a dict with
   name       the run's name; its directory is `runs/<name>_seed<seed>`
@@ -103,6 +105,12 @@ def paper_grid(*, ls_alphas, kd_ls_alpha, incorrect_alpha, seeds,
             run_spec("kdi_oe_ft", "kd_incorrect", teacher="oe_ft",
                      label_smoothing=incorrect_alpha),
         ]
+    return _grid(runs, seeds)
+
+
+def _grid(runs: list[dict], seeds) -> ml_collections.ConfigDict:
+    """`config.grid`: the runs and seeds, trained as `max_population`, `run_devices` and
+    `workers` measure or choose (0)."""
     # Imported here: `results` reads grid names on the core install, which has no ml_collections.
     import ml_collections
 
@@ -113,6 +121,66 @@ def paper_grid(*, ls_alphas, kd_ls_alpha, incorrect_alpha, seeds,
     g.run_devices = 0
     g.workers = 0
     return g
+
+
+# The soft-label family (DESIGN.md §8): ls at these α, and each method at its record's default
+# strength and at the one stronger setting here, which softens more (each value's reason in §8).
+FAMILY_LS_ALPHAS = (0.1, 0.3)
+FAMILY_STRONGER = {
+    "mixup": {"mixup.alpha": 1.0},
+    "cutmix": {"cutmix.prob": 1.0},
+    "logitnorm": {"logitnorm.temperature": 0.01},
+    "focal": {"focal.gamma": 5.0},
+    "confidence_penalty": {"confidence_penalty.beta": 0.5},
+}
+# The methods whose entries the family report decides (`analysis.family_claims`): ls and these.
+FAMILY_METHODS = ("ls", *FAMILY_STRONGER)
+
+
+def family_entry_name(method: str, values: Mapping[str, float]) -> str:
+    """`mixup0.2`, `cutmix1_prob1`: the method and the value of its strength in `values` (its
+    hyperparameters' values), then each other field of `values` at a value not its default."""
+    record = methods.get(method)
+    name = method + (f"{values[record.strength]:g}" if record.strength else "")
+    defaults = {h.field: h.default for h in record.hyperparameters}
+    return name + "".join(f"_{field.rsplit('.', 1)[-1]}{value:g}"
+                          for field, value in values.items()
+                          if field != record.strength and value != defaults.get(field))
+
+
+def _family_entry(method: str, changes: Mapping[str, float]) -> dict:
+    """The method at its record's defaults, with `changes`; every value it reads is set, so that
+    a --config override cannot leave the entry's name stale."""
+    values = {h.field: h.default for h in methods.get(method).hyperparameters}
+    values.update(changes)
+    return run_spec(family_entry_name(method, values), method, **values)
+
+
+def family_grid(*, seeds, ls_alphas=FAMILY_LS_ALPHAS,
+                stronger: Mapping[str, Mapping[str, float]] | None = None
+                ) -> ml_collections.ConfigDict:
+    """ce; ls at each of `ls_alphas`; each method of `stronger` (default `FAMILY_STRONGER`) at its
+    defaults, then with the changes `stronger` gives it. A method's entries differ only in
+    traced hyperparameters, so its sweep shares one compiled program."""
+    stronger = FAMILY_STRONGER if stronger is None else stronger
+    runs = [run_spec("ce", "ce")]
+    runs += [run_spec(f"ls{a:g}", "ls", label_smoothing=a) for a in ls_alphas]
+    for method, changes in stronger.items():
+        runs += [_family_entry(method, {}), _family_entry(method, changes)]
+    return _grid(runs, seeds)
+
+
+# The grids `reproduce --grid` selects: the config family's own (the paper's), or the family's.
+GRIDS = ("paper", "family")
+
+
+def select_grid(config: ml_collections.ConfigDict, name: str) -> None:
+    """Replaces `config.grid`'s runs by those of grid `name` (one of `GRIDS`), keeping its seeds
+    and how it is trained (population size, devices, workers)."""
+    if name not in GRIDS:
+        raise GridError(f"--grid: unknown grid {name!r}; expected one of {', '.join(GRIDS)}")
+    if name == "family" and "grid" in config:  # a config without one is refused by validate_grid
+        config.grid.runs = list(family_grid(seeds=config.grid.seeds).runs)
 
 
 _RUN_KEYS = frozenset({"name", "method", "overrides", "teacher", "init_from"})
