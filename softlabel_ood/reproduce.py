@@ -28,9 +28,9 @@ from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
-from softlabel_ood import cli_errors, command_line, configs, scoring
+from softlabel_ood import cli_errors, command_line, configs, methods, scoring
 from softlabel_ood.analysis import claims, report, report_inputs, results
-from softlabel_ood.configs import config_validation, grid
+from softlabel_ood.configs import config_base, config_validation, grid
 from softlabel_ood.data import datasets, run_data
 from softlabel_ood.experiment import finished_runs, populations, probe, schedule, workers
 from softlabel_ood.training import compilation_cache, distributed, interruption
@@ -166,6 +166,8 @@ def main(argv: Sequence[str]) -> None:
         logging.set_verbosity(logging.WARNING)
     # The grid sets these for every run: an override would be silently replaced.
     grid.check_overrides(config_flags.get_override_values(flags.FLAGS["config"]))
+    grid.check_config_argument(config_flags.get_config_filename(flags.FLAGS["config"]),
+                               (*methods.names(), config_base.FINETUNE_ARG))
     grid.select_grid(flags.FLAGS.config, flags.FLAGS.grid)  # in place: Ctrl-C's line reads it
     distributed.initialize_from_flags()
     compilation_cache.enable()

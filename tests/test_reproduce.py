@@ -264,6 +264,25 @@ def test_overrides_of_fields_the_grid_sets_are_refused(tmp_path, override, field
     assert not (tmp_path / "work").exists()
 
 
+@pytest.mark.parametrize("argument", ["ls", "mixup", "oe_finetune"])
+def test_a_config_argument_naming_a_method_is_refused(tmp_path, argument):
+    result = run_module("softlabel_ood.reproduce", f"--config=configs/digits.py:{argument}",
+                        f"--workdir={tmp_path / 'work'}", timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: --config=configs/digits.py:{argument}: the grid sets each run's method, from "
+        f"its entry in config.grid.runs, so ':{argument}' would be ignored; drop it (train runs "
+        f"one run of {argument})")
+    assert not (tmp_path / "work").exists()
+
+
+def test_the_config_argument_that_selects_a_grid_is_taken():
+    with pytest.raises(grid.GridError):
+        grid.check_config_argument("configs/cifar10.py:ls", ("ls",))
+    grid.check_config_argument("configs/cifar10.py:finetune_grid", ("ls", "oe_finetune"))
+    grid.check_config_argument("C:/configs/digits.py", ("ls",))  # a drive letter is no argument
+
+
 def test_finished_runs_trained_with_other_values_are_refused(tmp_path):
     grid_runs = [spec("ce", "ce"), spec("kd_ce", "kd", teacher="ce")]
     # The grid's runs as training leaves them: each with its config.json and DONE.

@@ -270,6 +270,16 @@ def check_overrides(overridden: Iterable[str]) -> None:
                             f"run with the values given)")
 
 
+def check_config_argument(config_file: str, method_arguments: Iterable[str]) -> None:
+    """GridError when `--config=<file>:<arg>` names a method (`method_arguments`): the grid
+    sets each run's method, so the argument would be silently ignored."""
+    path, colon, arg = config_file.rpartition(":")
+    if colon and path and arg in set(method_arguments):
+        raise GridError(f"--config={config_file}: the grid sets each run's method, from its "
+                        f"entry in config.grid.runs, so ':{arg}' would be ignored; drop it "
+                        f"(train runs one run of {arg})")
+
+
 def run_dir(workdir: epath.PathLike, name: str, seed: int) -> epath.Path:
     return epath.Path(workdir) / "runs" / run_dir_name(name, seed)
 
