@@ -22,12 +22,12 @@ _SIGN_MASK_COMPLEMENT = np.int64(0x7FFF_FFFF_FFFF_FFFF)
 
 def order_keys(x) -> np.ndarray:
     """int64 keys with key(a) < key(b) exactly when a < b, for finite float64 a and b."""
-    keys = np.ascontiguousarray(x, np.float64).view(np.int64).copy()
-    # Negative floats order backwards by their magnitude bits: flip those bits (x >> 63 is all
-    # ones for a negative x, zero otherwise).
-    flip = keys >> 63
-    flip &= _SIGN_MASK_COMPLEMENT
-    keys ^= flip
+    bits = np.ascontiguousarray(x, np.float64).view(np.int64)
+    # Negative floats order backwards by their magnitude bits: flip those bits (bits >> 63 is
+    # all ones for a negative float, zero otherwise).
+    keys = bits >> 63
+    keys &= _SIGN_MASK_COMPLEMENT
+    keys ^= bits
     # -0.0 (the sign bit alone) became -1: fold it into +0.0, so that the two remain a tie.
     keys[keys == -1] = 0
     return keys
