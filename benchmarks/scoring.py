@@ -19,6 +19,16 @@ leaves features, head and ODIN scores out (logit scores only).
 
 One OOD split per run repeats a handful of logit rows many times (as constant or near-constant
 images do), so the comparison covers heavily tied scores as well as continuous ones.
+
+    python benchmarks/scoring.py --end_to_end [--runs=10] ...   (logit scores unless --feature_dim)
+
+writes the runs as predictions directories in a temporary directory and times the command
+instead: `python -m softlabel_ood.score` on the first run and on all runs, a fresh process each
+(best of --repeats), once with an empty persistent compilation cache (a new one each time) and
+once with the cache its first call filled, against the loop reading the same directories in
+this process (after a warm-up, so without its imports). It prints the three times, the two
+ratios (loop / score), the time of a process that only starts JAX, and the largest difference
+between the command's metrics.csv and the loop's numbers.
 """
 
 from __future__ import annotations
