@@ -19,14 +19,27 @@ leaves features, head and ODIN scores out (logit scores only).
 
 One OOD split per run repeats a handful of logit rows many times (as constant or near-constant
 images do), so the comparison covers heavily tied scores as well as continuous ones.
+
+    python benchmarks/scoring.py --end_to_end [--runs=10] ...   (logit scores unless --feature_dim)
+
+writes the runs as predictions directories in a temporary directory and times the command
+instead: `python -m softlabel_ood.score` on the first run and on all runs, a fresh process each
+(best of --repeats), once with an empty persistent compilation cache (a new one each time) and
+once with the cache its first call filled, against the loop reading the same directories in
+this process (after a warm-up, so without its imports). It prints the three times, the two
+ratios (loop / score), the time of a process that only starts JAX, and the largest difference
+between the command's metrics.csv and the loop's numbers.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import os
+import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -39,6 +52,7 @@ from sklearn import metrics as sk
 from softlabel_ood import scoring
 from softlabel_ood.workdir import predictions
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ODIN_PAIRS = ((1.0, 0.0), (1000.0, 0.0), (1000.0, 0.0014), (1000.0, 0.004))
 KNN_K = 50  # Sun et al.'s CIFAR k, given to both computations
 
@@ -328,18 +342,110 @@ def best_time(fn, repeats):
     return min(times), result
 
 
+def write_runs(runs, root) -> list[str]:
+    """Each run as a predictions directory `root/<name>/predictions`; returns the run dirs."""
+    dirs = []
+    for name, preds in runs:
+        dirs.append(os.path.join(root, name))
+        # ODIN scores are written as the current format's log-ratios, log(K p).
+        splits = {s: dataclasses.replace(split, odin=None, odin_log_ratio=np.log(
+            preds.num_classes * split.odin)) if split.odin is not None else split
+            for s, split in preds.splits.items()}
+        predictions.write(os.path.join(dirs[-1], "predictions"), splits,
+                          num_classes=preds.num_classes, run={}, head=preds.head,
+                          odin_pairs=preds.odin_pairs)
+    return dirs
+
+
+def score_process(run_dirs, out, cache) -> tuple[float, dict]:
+    """Seconds of one `python -m softlabel_ood.score` process from start to exit, compiling into
+    and loading from the persistent compilation cache `cache`; and its metrics.csv."""
+    env = {**os.environ, "SOFTLABEL_OOD_COMPILATION_CACHE": cache}
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "softlabel_ood.score", *run_dirs,
+                             f"--out={out}", f"--knn_k={KNN_K}"], cwd=REPO, env=env,
+                            capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise RuntimeError(f"score failed: {result.stderr[-2000:]}")
+    rows = scoring.read_metrics_csv(os.path.join(out, "metrics.csv"))
+    return seconds, {(r.run, r.score, r.ood, r.metric): r.value for r in rows}
+
+
+def read_and_loop(run_dirs):
+    """The reference loop on the same predictions directories, read as score reads them."""
+    runs = []
+    for d in run_dirs:
+        preds = predictions.read(os.path.join(d, "predictions"))
+        splits = {s: dataclasses.replace(split, odin=split.odin_max_softmax())
+                  for s, split in preds.splits.items()}
+        runs.append((os.path.basename(d), dataclasses.replace(preds, splits=splits)))
+    return sklearn_loop(runs)
+
+
+def import_floor() -> float:
+    """Seconds of a process that only imports JAX and starts its CPU backend: the least any
+    JAX command costs here."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], check=True,
+                   env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    return time.perf_counter() - start
+
+
+def end_to_end(runs, repeats, tolerance, root) -> bool:
+    """One run, then all runs: `score` in fresh processes with an empty compilation cache
+    (a new one each time) and with the cache its first call filled, against the loop."""
+    dirs = write_runs(runs, os.path.join(root, "runs"))
+    print(f"  a process that only imports jax and starts its CPU backend: {import_floor():.3f} s")
+    ok = True
+    cases = [("1 run", dirs[:1])] + ([(f"{len(dirs)} runs", dirs)] if len(dirs) > 1 else [])
+    for label, subset in cases:
+        out = os.path.join(root, "out")
+        cold = [score_process(subset, out, os.path.join(root, f"cache_{label}_{i}"))[0]
+                for i in range(repeats)]
+        warm_cache = os.path.join(root, f"cache_{label}_0")
+        warm = [score_process(subset, out, warm_cache) for _ in range(repeats)]
+        read_and_loop(subset)  # warm-up: first-call costs
+        loop_time, loop_result = best_time(lambda s=subset: read_and_loop(s), repeats)
+        print(f"{label}: python -m softlabel_ood.score, a fresh process each, best of {repeats}")
+        print(f"  empty compilation cache: {min(cold):8.3f} s  (all: "
+              f"{', '.join(f'{t:.2f}' for t in cold)})")
+        print(f"  compilation cache filled: {min(t for t, _ in warm):7.3f} s  (all: "
+              f"{', '.join(f'{t:.2f}' for t, _ in warm)})")
+        print(f"  per-pair numpy + scikit-learn loop, reading the same directories: "
+              f"{loop_time:.3f} s")
+        print(f"  ratio (loop / score): {loop_time / min(cold):.2f}x cold, "
+              f"{loop_time / min(t for t, _ in warm):.2f}x warm")
+        result = warm[-1][1]
+        if result.keys() != loop_result.keys():
+            print("  FAIL: metrics.csv and the loop hold different sets of results")
+            ok = False
+            continue
+        diff = max(abs(result[k] - loop_result[k]) for k in loop_result)
+        print(f"  largest difference over {len(result)} values of metrics.csv: {diff:.3g}")
+        if diff > tolerance:
+            print(f"  FAIL: difference above tolerance {tolerance}")
+            ok = False
+    return ok
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--ood_splits", type=int, default=6)
     parser.add_argument("--examples", type=int, default=10_000)
     parser.add_argument("--classes", type=int, default=100)
-    parser.add_argument("--feature_dim", type=int, default=128)
+    parser.add_argument("--feature_dim", type=int, default=None,
+                        help="default 128, or 0 (logit scores only) with --end_to_end")
     parser.add_argument("--train_examples", type=int, default=5000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tolerance", type=float, default=1e-6)
     parser.add_argument("--knn_tolerance", type=float, default=1e-4)
+    parser.add_argument("--end_to_end", action="store_true",
+                        help="time `python -m softlabel_ood.score` in fresh processes instead")
     args = parser.parse_args(argv)
+    if args.feature_dim is None:
+        args.feature_dim = 0 if args.end_to_end else 128
 
     runs = make_runs(args.runs, args.ood_splits, args.examples, args.classes, args.feature_dim,
                      args.train_examples)
@@ -351,6 +457,9 @@ def main(argv=None) -> int:
           f"pairs; {args.examples} ID and {args.examples} OOD examples per split, K = "
           f"{args.classes}, D = {args.feature_dim}, {train_examples} id_train examples; JAX on "
           f"{jax.devices()[0].platform}")
+    if args.end_to_end:
+        with tempfile.TemporaryDirectory() as root:
+            return 0 if end_to_end(runs, args.repeats, args.tolerance, root) else 1
 
     ok = compare("Every score, accuracy, ECE and the OOD metrics of every pair:",
                  lambda: ours(runs), lambda: sklearn_loop(runs), args.repeats, args.tolerance,

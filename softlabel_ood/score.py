@@ -12,6 +12,9 @@ in one rename, so it may hold nothing else.
 
 Scoring runs on the CPU unless JAX_PLATFORMS or --platform says otherwise: on a TPU VM the
 accelerator is usually held by a training process, and the metrics need only a few seconds of CPU.
+Its compiled programs go to JAX's persistent compilation cache, as train's do
+(SOFTLABEL_OOD_COMPILATION_CACHE, `training/compilation_cache.py`), so that the next call of
+the same shapes loads them instead of compiling.
 """
 
 from __future__ import annotations
@@ -110,6 +113,7 @@ def main(argv=None) -> int:
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
     from softlabel_ood import cli_errors, scoring
+    from softlabel_ood.training import compilation_cache
     from softlabel_ood.workdir import trained_steps
 
     given = {name: getattr(args, name) for name in score_records.parameters()}
@@ -122,6 +126,8 @@ def main(argv=None) -> int:
         _check_out(args.out)
         _check_platform(args.platform)
         groups = None if args.groups is None else scoring.groups.parse_groups(args.groups)
+        # Programs compiled once are loaded by the next invocation: most of a cold call's time.
+        compilation_cache.enable()
         report = scoring.score_runs_report(args.run_dirs, progress=True, ood_groups=groups,
                                            **given)
         for run, reasons in report.skipped.items():

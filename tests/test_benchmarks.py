@@ -53,6 +53,21 @@ def test_scoring_benchmark_agrees_with_its_reference_on_every_score():
     assert "FAIL" not in result.stdout
 
 
+def test_scoring_benchmark_end_to_end_times_the_command_against_the_loop():
+    result = run_module("benchmarks.scoring", "--end_to_end", "--runs=2", "--ood_splits=2",
+                        "--examples=300", "--classes=5", "--repeats=1")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "2 runs x 5 scores x 2 OOD splits = 20 pairs" in result.stdout
+    for label in ("1 run", "2 runs"):
+        assert f"{label}: python -m softlabel_ood.score, a fresh process each" in result.stdout
+    ratios = re.findall(r"ratio \(loop / score\): (\S+)x cold, (\S+)x warm", result.stdout)
+    assert len(ratios) == 2
+    assert all(float(r) > 0 for pair in ratios for r in pair)
+    # metrics.csv of the command agrees with the loop's numbers, value for value.
+    assert result.stdout.count("values of metrics.csv: ") == 2
+    assert "FAIL" not in result.stdout
+
+
 def test_odin_benchmark_prints_its_figures():
     result = run_module("benchmarks.odin", "--model=small_cnn", "--batch_size=16",
                         "--image_size=8", "--channels=1", "--steps=1", "--repeats=1")

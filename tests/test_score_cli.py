@@ -22,10 +22,10 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 K = 4
 
 
-def run_score(*args: str):
+def run_score(*args: str, env: dict | None = None):
     return subprocess.run([sys.executable, "-m", "softlabel_ood.score", *map(str, args)],
                           cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+                          env={**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})})
 
 
 def make_run(run_dir: pathlib.Path, seed: int, features: bool) -> dict[str, Split]:
@@ -227,6 +227,22 @@ def test_many_runs_scored_together_equal_each_run_scored_alone(tmp_path):
     assert together.keys() == alone.keys()
     for key, value in alone.items():
         assert together[key] == pytest.approx(value, abs=1e-12), key
+
+
+def test_a_second_call_loads_every_program_from_the_cache_and_writes_the_same_bytes(
+        runs, tmp_path):
+    env = {"SOFTLABEL_OOD_COMPILATION_CACHE": str(tmp_path / "cache")}
+    args = [runs["ce"][0], runs["ls_0.1"][0], "--knn_k=5"]
+    first = run_score(*args, f"--out={tmp_path / 'a'}", env=env)
+    assert first.returncode == 0, first.stderr
+    entries = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert entries, "the first call wrote no cache entries"
+    second = run_score(*args, f"--out={tmp_path / 'b'}", env=env)
+    assert second.returncode == 0, second.stderr
+    # Entries are written only on a miss: every program of the second call came from the cache.
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == entries
+    for name in ("metrics.csv", "metrics.md"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
 def test_v1_run_directories_are_scored_without_head_scores(tmp_path):

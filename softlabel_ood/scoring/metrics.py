@@ -38,8 +38,8 @@ distinct score values. For P ID scores u and N OOD scores v:
                     computes it; the larger t on an exact tie) and v_(t+1) the (t+1)-th smallest
                     OOD score: the lowest point of t's recall plateau in the OE code's scan.
                     The two candidates nearest in exact arithmetic (integers: 20 t against
-                    19 N) come from the compiled program; numpy's correctly rounded float64
-                    division chooses between them, as in the OE code
+                    19 N) are counted exactly; numpy's correctly rounded float64 division
+                    chooses between them, as in the OE code
     detection_acc = max(0.5, max_i 0.5 * (id_ge / P + 1 - (N - ood_lt) / N))
 
 Only ID scores need to be visited for fpr95 and detection_acc: moving a threshold up past a group
@@ -50,14 +50,13 @@ t / P >= 0.95 (a boundary case such as 19 of 20 included), without relying on XL
 which on CPU multiplies by the reciprocal and is not correctly rounded.
 
 Each (run, score) group sorts its ID scores once and shares them across all its OOD splits; each
-OOD split is sorted once and located in the ID order with one binary search. Counts for the ID
-examples then come from a histogram of those positions and a cumulative sum. Scores are compared
-as int64 keys that order exactly like the float64 values (integer sorts are several times faster
-than float sorts on CPU); -0.0 is folded into +0.0 on the integer bits so that the two remain a
-tie (a float comparison x == 0 would also fold subnormals into 0, because XLA on CPU flushes
-denormals).
-Splits of different sizes share one array through padding: padded entries get the largest key,
-which no finite score reaches, and are masked out of every count.
+OOD split is sorted once and located in the ID order with one binary search: exact integer work,
+done with numpy (`rank_counts`). One compiled program for the whole batch takes it from there:
+counts for the ID examples from a histogram of those positions and a cumulative sum, then the
+floating-point arithmetic, whose last bits depend on the program and the shapes XLA compiles it
+for (the order of its sums), so both stay as they are: `padded_shape` rounds each axis up to a
+bucket, and splits of different sizes share one array through padding, padded entries sorting
+last and masked out of every count and sum.
 """
 
 from __future__ import annotations
@@ -67,7 +66,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from softlabel_ood.cli_errors import UserError
-from softlabel_ood.scoring import float64, metric_records, scores
+from softlabel_ood.scoring import float64, metric_records, rank_counts, scores
 
 # What this module computes: the records' OOD-pair and ID metrics (`metric_records`), in the
 # order metrics.csv lists them.
@@ -75,55 +74,8 @@ METRICS = metric_records.names("ood")
 ID_METRICS = metric_records.names("id")
 ECE_BINS = 15
 
-PAD_KEY = np.iinfo(np.int64).max
-_SIGN_MASK_COMPLEMENT = np.int64(0x7FFF_FFFF_FFFF_FFFF)
-_NEGATIVE_ZERO_BITS = np.iinfo(np.int64).min  # the bits of -0.0: the sign bit alone
-
-
 class ScoringError(UserError):
     """Scores or arrays that the metrics cannot be computed from."""
-
-
-def order_keys(x: jax.Array) -> jax.Array:
-    """int64 keys with key(a) < key(b) exactly when a < b, for finite float64 a and b."""
-    bits = jax.lax.bitcast_convert_type(x, jnp.int64)
-    # -0.0 == 0.0 as floats; make their bits equal too. On the bits, not with x == 0: XLA on CPU
-    # flushes subnormals to zero in float comparisons, which would tie 5e-324 with 0.
-    bits = jnp.where(bits == _NEGATIVE_ZERO_BITS, 0, bits)
-    # Negative floats order backwards by their magnitude bits: flip those bits.
-    return jnp.where(bits < 0, bits ^ _SIGN_MASK_COMPLEMENT, bits)
-
-
-@jax.jit
-def _sorted_keys(id_scores, id_sizes, ood_scores, ood_sizes):
-    """Sorted int64 keys of ID rows [G, P] and OOD rows [G, O, N]; padding sorts last."""
-    id_valid = jnp.arange(id_scores.shape[-1]) < id_sizes[:, None]
-    ood_valid = jnp.arange(ood_scores.shape[-1]) < ood_sizes[..., None]
-    id_keys = jnp.where(id_valid, order_keys(id_scores), PAD_KEY)
-    ood_keys = jnp.where(ood_valid, order_keys(ood_scores), PAD_KEY)
-    return jnp.sort(id_keys, axis=-1), jnp.sort(ood_keys, axis=-1)
-
-
-@jax.jit
-def count_at_most(sorted_rows, queries):
-    """#{x in sorted_rows[g] : x <= q} for every q in queries[g]: rows [G, M], queries [G, Q].
-
-    A branch-free binary search unrolled in Python over a flat view of the rows. Compiled on its
-    own, XLA fuses its log2(M) steps into one pass over the queries, several times faster on CPU
-    than jnp.searchsorted, whose steps each make a pass over all queries. (Inside a larger
-    computation XLA splits it into one pass per step again, hence a separate jit.)
-    """
-    rows, m = sorted_rows.shape
-    flat = sorted_rows.reshape(-1)
-    offset = (jnp.arange(rows, dtype=jnp.int32) * m)[:, None]
-    # Invariant: the answer lies in [base, base + n], and base + n <= m.
-    base = jnp.zeros(queries.shape, jnp.int32)
-    n = m
-    while n > 1:
-        half = n // 2
-        base = jnp.where(flat[offset + base + half - 1] <= queries, base + half, base)
-        n -= half
-    return base + (flat[offset + base] <= queries)
 
 
 def _one_pair(id_sorted, id_first, id_size, ood_sorted, id_le, ood_size):
@@ -212,13 +164,15 @@ def _one_group(id_sorted, id_size, ood_sorted, id_le, ood_sizes):
 _metrics_from_counts = jax.jit(jax.vmap(_one_group))
 
 
-def _batched(id_scores, id_sizes, ood_scores, ood_sizes):
+def _batched(id_scores, id_sizes, ood_scores, ood_sizes) -> dict[str, np.ndarray]:
     """METRICS but fpr95_oe, and fpr95_oe's two candidates, for G groups: ID rows [G, P]
     against OOD rows [G, O, N] (float64 scores)."""
-    id_sorted, ood_sorted = _sorted_keys(id_scores, id_sizes, ood_scores, ood_sizes)
-    groups = id_sorted.shape[0]
-    id_le = count_at_most(id_sorted, ood_sorted.reshape(groups, -1)).reshape(ood_sorted.shape)
-    return _metrics_from_counts(id_sorted, id_sizes, ood_sorted, id_le, ood_sizes)
+    id_sorted = rank_counts.sorted_keys(id_scores, id_sizes)
+    ood_sorted = rank_counts.sorted_keys(ood_scores, ood_sizes)
+    id_le = rank_counts.count_at_most(id_sorted, ood_sorted)
+    with float64.enabled():
+        return jax.device_get(
+            _metrics_from_counts(id_sorted, id_sizes, ood_sorted, id_le, ood_sizes))
 
 
 def _oe_cut(out: dict[str, np.ndarray], ood_sizes: np.ndarray) -> np.ndarray:
@@ -312,9 +266,7 @@ def ood_metrics(id_scores, ood_scores, *, id_sizes=None, ood_sizes=None) -> dict
     id_size_pad = _pad_to(id_sizes.reshape(groups), (g,))
     ood_size_pad = _pad_to(ood_sizes.reshape(groups, num_ood), (g, o))
 
-    with float64.enabled():
-        out = _batched(id_pad, id_size_pad, ood_pad, ood_size_pad)
-        out = jax.device_get(out)
+    out = _batched(id_pad, id_size_pad, ood_pad, ood_size_pad)
     out["fpr95_oe"] = _oe_cut(out, ood_size_pad)
     return {m: np.asarray(out[m][:groups, :num_ood], np.float64).reshape(*batch, num_ood)
             for m in METRICS}

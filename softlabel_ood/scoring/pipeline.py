@@ -109,7 +109,8 @@ def _dispatch_run(name: str, preds: predictions_lib.Predictions,
     id_test, id_split = run.evaluated[0], preds.splits[run.evaluated[0]]
     id_values = _id_calibration(values["msp"][id_test], id_split.logits, id_split.labels,
                                 np.linspace(0.0, 1.0, metrics.ECE_BINS + 1))
-    correct = scores.predicted_class_jax(id_split.logits) == id_split.labels
+    # The first class attaining the max, as predicted_class_jax picks it: exact, so numpy's.
+    correct = np.argmax(id_split.logits, axis=-1) == id_split.labels
     return _RunScores(name, id_test, run.evaluated[1:], values, id_values, correct, skipped,
                       notes)
 
@@ -124,8 +125,7 @@ def _finish_run(run: _RunScores) -> _RunScores:
                 raise ScoringError(f"{run.name}: non-finite {score} scores in split '{split}' "
                                    "(check the predictions)")
     id_values = {m: float(v) for m, v in jax.device_get(run.id_metrics).items()}
-    return dataclasses.replace(run, values=values, id_metrics=id_values,
-                               correct=np.asarray(jax.device_get(run.correct)))
+    return dataclasses.replace(run, values=values, id_metrics=id_values)
 
 
 def _selective_rows(runs: Sequence[_RunScores]) -> list[list[MetricRow]]:

@@ -18,6 +18,9 @@ For the n examples of the ID test split, with top-1 correctness from the logits 
 error_auroc and error_fpr95 are the OOD metrics with the correct predictions in the ID role and
 the wrong ones in the OOD role, computed by `metrics.ood_metrics`; they are undefined, and left
 out, when every prediction is right or every one is wrong.
+
+The sorting and counting behind the AURC are exact integer work, done with numpy (`rank_counts`);
+the risks are computed and summed in one compiled program.
 """
 
 from __future__ import annotations
@@ -26,22 +29,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from softlabel_ood.scoring import float64, metric_records, metrics
+from softlabel_ood.scoring import float64, metric_records, metrics, rank_counts
 from softlabel_ood.scoring.metrics import ScoringError
 
 SELECTIVE_METRICS = metric_records.names("selective")  # what this module computes
 # The OOD metric that gives each error metric, with the correct predictions as positives.
 _FROM_OOD_METRIC = {"error_auroc": "auroc", "error_fpr95": "fpr95"}
-
-
-@jax.jit
-def _sorted_keys(scores, errors, sizes):
-    """Sorted int64 keys of the negated scores [G, n] (decreasing score; padding last), and the
-    sorted keys of the errors alone (the rest padding)."""
-    valid = jnp.arange(scores.shape[-1]) < sizes[:, None]
-    keys = jnp.where(valid, metrics.order_keys(-scores), metrics.PAD_KEY)
-    error_keys = jnp.where(valid & errors, keys, metrics.PAD_KEY)
-    return jnp.sort(keys, axis=-1), jnp.sort(error_keys, axis=-1)
 
 
 @jax.jit
@@ -66,10 +59,13 @@ def _aurc_from_counts(keys, errors_through, errors_before, sizes):
 
 
 def _aurc(scores, errors, sizes):
-    keys, error_keys = _sorted_keys(scores, errors, sizes)
-    # Errors with a key <= k and < k (keys are integers: < k is <= k - 1), by binary search.
-    through = metrics.count_at_most(error_keys, keys)
-    before = metrics.count_at_most(error_keys, keys - 1)
+    # Keys of the negated scores sort by decreasing score; padding last.
+    keys = rank_counts.sorted_keys(-scores, sizes)
+    error_keys = np.where(errors, rank_counts.order_keys(-scores), rank_counts.PAD_KEY)
+    error_keys.sort(axis=-1)
+    # Errors with a key <= k and < k.
+    through = rank_counts.count_at_most(error_keys, keys)
+    before = rank_counts.count_at_most(error_keys, keys, strictly=True)
     return _aurc_from_counts(keys, through, before, sizes)
 
 
