@@ -86,6 +86,8 @@ def test_the_report_shows_each_name_as_mean_and_std_over_its_seeds_and_rebuilds(
         cell = metric_stats.format_stat(metric_stats.Stat(tuple(values)))
         row = next(line for line in text.splitlines() if line.startswith(f"| `{model}` |"))
         assert row.split(" | ")[3] == cell  # the msp AUROC column of Table 3
+    assert "## Claims" not in text and "## Table 1" not in text  # the paper's, for its methods
+    assert "None of the paper's claims applies: the runs are imported outputs" in text
     # The report is written again from its own files, as any report is.
     rebuild.rebuild_report(tmp_path / "mine" / "report", tmp_path / "rebuilt")
     assert (tmp_path / "rebuilt" / "metrics.csv").read_bytes() == \

@@ -106,6 +106,11 @@ DEFINITIONS = """\
 """
 
 
+NO_CLAIMS = ("None of the paper's claims applies: the runs are imported outputs, without a "
+             "method of this package. Table 3 gives each name's mean ± std over its seeds; "
+             "docs/scores_and_metrics.md compares two of them by the claims' paired rule.\n")
+
+
 def render(table: MetricTable, runs: Sequence[RunInfo], *, title: str,
            scores: Sequence[str], rules: claims.ClaimRules,
            figure_files: Sequence[tuple[str, str]],
@@ -122,10 +127,13 @@ def render(table: MetricTable, runs: Sequence[RunInfo], *, title: str,
     family's table."""
     if knn_k is None:
         knn_k = report_inputs.knn_k_text(runs)
+    # The paper's claims and its sweep tables ask about its methods; a report over imported
+    # outputs alone (`import_outputs`: runs without a method) gets its tables of runs only.
+    paper = any(r.method for r in runs)
     if claim_results is None:
-        claim_results = claims.evaluate_claims(table, runs, rules)
-    id_results = selective_claims.evaluate(table, runs, rules)
-    by_group = selective_report.group_claims(table, runs, rules, groups)
+        claim_results = claims.evaluate_claims(table, runs, rules) if paper else []
+    id_results = selective_claims.evaluate(table, runs, rules) if paper else []
+    by_group = selective_report.group_claims(table, runs, rules, groups) if paper else {}
     family = family_claims.evaluate(table, runs, rules, selective_report.usable_groups(
         table, groups)) if family_claims.applies(runs) else []
     figure_md = {name: f"![{name}]({name})\n\n*{caption}*\n" for name, caption in figure_files}
@@ -137,17 +145,20 @@ def render(table: MetricTable, runs: Sequence[RunInfo], *, title: str,
            "`metrics.csv` in this directory holds every metric of every run as fractions; the "
            "tables print percent, mean ± std over seeds (Definitions, at the end).\n",
            "## Summary\n", claims_text.unfinished_markdown(unfinished or {})
-           + claims_text.summary_markdown(claim_results, rules)
+           + (claims_text.summary_markdown(claim_results, rules) if paper else NO_CLAIMS)
            + (selective_report.group_summary_line(by_group) + "\n" if by_group else "")
            + "".join(selective_report.selective_summary_line(c) + "\n" for c in id_results)
            + ("\n" + family_report.summary_markdown(family, rules) if family else "")]
     out += [figure_md[name] for name in first]
-    out += _claims_sections(table, runs, rules, scores, [*claim_results, *id_results], by_group)
+    if paper:
+        out += _claims_sections(table, runs, rules, scores, [*claim_results, *id_results],
+                                by_group)
     if family:
         out += ["## The soft-label family\n", family_report.section_markdown(
             table, runs, family, selective_report.usable_groups(table, groups), entropy or {},
             figure_md.get(family_report.FIGURE, ""))]
-    out += _table_sections(table, runs, rules, scores, groups)
+    out += _table_sections(table, runs, rules, scores, groups) if paper else \
+        _runs_table_section(table, runs, scores)
     rest = [name for name in figure_md if name not in (*first, family_report.FIGURE)]
     if rest:
         out.append("## Figures\n")
@@ -211,11 +222,15 @@ def _table_sections(table: MetricTable, runs: Sequence[RunInfo], rules: claims.C
             f"{rules.score} AUROC and FPR95 averaged over the OOD sets, for the teacher, its kd "
             f"student and its kd_incorrect student (– where the grid has no such student).\n",
             report_tables.table2_markdown(table, runs, score=rules.score)]
-    out += ["## Table 3. All runs\n",
+    return out + _runs_table_section(table, runs, scores)
+
+
+def _runs_table_section(table: MetricTable, runs: Sequence[RunInfo],
+                        scores: Sequence[str]) -> list[str]:
+    return ["## Table 3. All runs\n",
             "Rows: grid entries, with their method. Columns: ID test accuracy and ECE, then AUROC "
             "averaged over the OOD sets for each score.\n",
             report_tables.table3_markdown(table, runs, scores=scores)]
-    return out
 
 
 def _reference_sections(table: MetricTable, runs: Sequence[RunInfo], scores: Sequence[str],
