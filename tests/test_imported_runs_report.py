@@ -88,6 +88,9 @@ def test_the_report_shows_each_name_as_mean_and_std_over_its_seeds_and_rebuilds(
         assert row.split(" | ")[3] == cell  # the msp AUROC column of Table 3
     assert "## Claims" not in text and "## Table 1" not in text  # the paper's, for its methods
     assert "None of the paper's claims applies: the runs are imported outputs" in text
+    # Figures drawn from the predictions show the user's entries, for want of the paper's.
+    assert {"msp_histograms.png", "roc_curves.png"} <= {
+        p.name for p in (tmp_path / "mine" / "report").iterdir()}
     # The report is written again from its own files, as any report is.
     rebuild.rebuild_report(tmp_path / "mine" / "report", tmp_path / "rebuilt")
     assert (tmp_path / "rebuilt" / "metrics.csv").read_bytes() == \

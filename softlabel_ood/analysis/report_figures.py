@@ -56,14 +56,16 @@ def _first_of(runs: Sequence[RunInfo], method: str):
 
 
 def histogram_panels(runs: Sequence[RunInfo]) -> list[tuple[str, list[RunInfo]]]:
-    """ce, an ls run, oe and kd-from-oe: the ls run is the kd teacher's, else the largest α."""
+    """ce, an ls run, oe and kd-from-oe: the ls run is the kd teacher's, else the largest α.
+    Runs without those methods (imported outputs) show their first four entries instead."""
     sweep = results.ls_sweep(runs)
     _, ls = _kd_pair(runs, "ls")
     ls = ls or (sweep[-1][1] if sweep and sweep[-1][0] else None)
     ce = dict(sweep).get(0.0)
     panels = [("ce", ce), (f"ls α = {ls[0].strength:g}" if ls else "ls", ls),
               ("oe", _first_of(runs, "oe")), ("kd from oe", _kd_pair(runs, "oe")[0])]
-    return [(label, group) for label, group in panels if group]
+    return [(label, group) for label, group in panels if group] or \
+        list(results.group_by_name(runs).items())[:4]
 
 
 def roc_groups(runs: Sequence[RunInfo]) -> list[tuple[str, list[tuple[str, list[RunInfo]]]]]:
@@ -74,8 +76,9 @@ def roc_groups(runs: Sequence[RunInfo]) -> list[tuple[str, list[tuple[str, list[
     others = [(name, g) for name, g in results.group_by_name(runs).items() if name not in in_sweep]
     ce = dict(sweep).get(0.0)
     others = ([("ce", ce)] if ce else []) + others
+    others_title = "teachers and students" if ls_panel else "runs"
     return [(title, panel) for title, panel in ((ROC_SWEEP_PANEL, ls_panel),
-                                                ("teachers and students", others)) if panel]
+                                                (others_title, others)) if panel]
 
 
 def write_figures(table: MetricTable, runs: Sequence[RunInfo], out_dir: epath.Path, *,
