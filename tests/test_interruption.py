@@ -62,7 +62,9 @@ GRID = textwrap.dedent("""
     from tests.train_helpers import tiny_digits_config
 
     def get_config():
-        c = tiny_digits_config(num_epochs=30, checkpoint_every_steps=8, log_every_steps=8,
+        # Runs of 960 steps: long enough that a second run is still training, with a
+        # checkpoint, when the first one ends, however fast the steps are (cached programs).
+        c = tiny_digits_config(num_epochs=120, checkpoint_every_steps=8, log_every_steps=8,
                                ood_datasets=("gaussian",))
         c.grid.seeds = (0,)
         c.grid.runs = [grid.run_spec("ce", "ce"), grid.run_spec("ls", "ls", label_smoothing=0.2),
@@ -94,6 +96,7 @@ def test_reproduce_interrupted_is_one_line_and_leaves_no_worker(tmp_path):
             any(saved_runs.is_finished(r) for r in runs) and
             any(r.exists() and not saved_runs.is_finished(r) and _latest(r) for r in runs)):
         time.sleep(0.02)
+    assert proc.poll() is None, "the grid ended before a run was interrupted: make its runs longer"
     proc.send_signal(signal.SIGINT)  # to the parent alone, which passes it to its workers
     stderr = proc.communicate(timeout=300)[1]
     assert proc.returncode == 130, stderr[-3000:]
