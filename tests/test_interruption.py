@@ -13,7 +13,7 @@ import time
 from softlabel_ood.training import interruption
 from softlabel_ood.workdir import lock as workdir_lock
 from softlabel_ood.workdir import saved_runs
-from tests.train_helpers import REPO
+from tests.train_helpers import REPO, sigint_as_in_a_terminal
 
 
 def _run_dir(root, name, *, steps=(), done=False, partial=None):
@@ -89,7 +89,7 @@ def test_reproduce_interrupted_is_one_line_and_leaves_no_worker(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "softlabel_ood.reproduce", f"--config={config_file}",
          f"--workdir={workdir}"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        text=True)
+        text=True, preexec_fn=sigint_as_in_a_terminal)
     # Once a run finished and another one training has saved a checkpoint.
     deadline = time.time() + 400
     while proc.poll() is None and time.time() < deadline and not (

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from softlabel_ood.workdir import predictions
-from tests.train_helpers import REPO
+from tests.train_helpers import REPO, sigint_as_in_a_terminal
 
 ARGS = [
     "--config=configs/digits.py", "--config.num_epochs=12", "--config.num_train_examples=256",
@@ -54,7 +54,8 @@ def _stop_after_first_checkpoint(workdir, steps_per_call, stop_signal) -> tuple[
     """Starts the run, sends `stop_signal` once it saved its first checkpoint; (exit code,
     stderr)."""
     proc = subprocess.Popen(_train_command(workdir, steps_per_call), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_as_in_a_terminal)
     deadline = time.time() + 300
     while not _checkpoint_steps(workdir) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -45,6 +46,13 @@ def with_groups_of_its_sets(config: ml_collections.ConfigDict,
         if group not in keep:
             config.ood_groups[group] = tuple(n for n in names if n in config.ood_datasets)
     return config
+
+
+def sigint_as_in_a_terminal() -> None:
+    """A child's SIGINT at its default, as a terminal leaves it: pytest started in the background
+    of a non-interactive shell inherits it ignored, and Python then never raises
+    KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_module(module: str, *args: str, env: dict | None = None, **kwargs):
