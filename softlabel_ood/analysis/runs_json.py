@@ -91,7 +91,7 @@ def read(path: epath.PathLike, run_fields: Iterable[str] = tuple(_RUN_FIELDS)) -
     for i, entry in enumerate(data["runs"]):
         old = isinstance(entry, dict) and any(key in entry for key in _OLD_NAMES)
         _check_fields(path, f"runs[{i}]", entry, _old_fields(fields) if old else fields,
-                      _old_required() if old else _REQUIRED)
+                      tuple(map(_old_name, _REQUIRED)) if old else _REQUIRED)
         data["runs"][i] = {_OLD_NAMES.get(key, key): value for key, value in entry.items()}
         entry = data["runs"][i]
         if entry["run"] in seen:
@@ -108,15 +108,13 @@ def read(path: epath.PathLike, run_fields: Iterable[str] = tuple(_RUN_FIELDS)) -
 
 
 def _old_fields(fields: Mapping) -> dict:
-    """`fields` under the names of the old reports."""
-    old = {new: key for key, new in _OLD_NAMES.items()}
-    return {old.get(key, key): _OLD_FIELDS.get(old.get(key, key), check)
+    """`fields` under the names of the old reports, with their old checks."""
+    return {_old_name(key): _OLD_FIELDS.get(_old_name(key), check)
             for key, check in fields.items()}
 
 
-def _old_required() -> tuple[str, ...]:
-    old = {new: key for key, new in _OLD_NAMES.items()}
-    return tuple(old.get(key, key) for key in _REQUIRED)
+def _old_name(key: str) -> str:
+    return next((old for old, new in _OLD_NAMES.items() if new == key), key)
 
 
 def _check_fields(path, where: str, entry, fields: Mapping, required: Iterable[str]) -> None:
