@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import re
+import signal
 
 import jax
 import numpy as np
@@ -86,3 +89,43 @@ def test_two_workers_train_a_grid_bitwise_as_one_process_does(tmp_path, capsys):
                                           err_msg=f"{run} {split}")
             np.testing.assert_array_equal(a.splits[split].features, b.splits[split].features,
                                           err_msg=f"{run} {split}")
+
+
+def test_a_worker_ignores_ctrl_c_from_its_start(tmp_path):
+    """A SIGINT that reaches a worker while it is still starting (importing JAX, before its
+    initializer runs) ends nothing: the worker trains its population as if none came."""
+    config = tiny_digits_config(num_epochs=1, ood_datasets=("gaussian",))
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a terminal's parent
+    try:
+        with workers.Pool(2) as pool:
+            pool.start(0, [config], [str(tmp_path / "run")], config.grid)
+            started = multiprocessing.active_children()
+            assert started, "the pool spawned no worker"
+            for worker in started:
+                os.kill(worker.pid, signal.SIGINT)
+            [(population, failures, _)] = list(pool.finished())
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert (population, failures) == (0, [None])
+    assert predictions.read(tmp_path / "run" / "predictions").splits
+
+
+def _interrupted_while_its_workers_start(config, workdir) -> None:
+    with workers.Pool(2) as pool:
+        pool.start(0, [config], [workdir], config.grid)
+        for worker in multiprocessing.active_children():
+            os.kill(worker.pid, signal.SIGINT)  # what a terminal sends every process
+        raise KeyboardInterrupt  # and the parent's own
+
+
+def test_a_worker_still_starting_when_the_parent_is_interrupted_trains_nothing(tmp_path):
+    """Ctrl-C while the workers start: the parent stops, and the population it had handed to a
+    worker that was still importing is never begun (its SIGINT was ignored then)."""
+    config = tiny_digits_config(num_epochs=1, ood_datasets=("gaussian",))
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _interrupted_while_its_workers_start(config, str(tmp_path / "run"))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert not (tmp_path / "run").exists()

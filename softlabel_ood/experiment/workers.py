@@ -12,9 +12,10 @@ Each worker is a fresh (spawned) Python process that calls
 worker: a run's files and numbers are those of the run trained in the parent. Workers take the
 parent's compilation cache and die with it (Linux: PR_SET_PDEATHSIG), so a killed `reproduce` leaves
 no run training on, holding its workdir's lock. Ctrl-C stops them as it stops training in the
-parent: a worker ignores SIGINT except while it trains, when the first one (the terminal's, sent to
-every process of the command, or the parent's, passed on) interrupts its training once its
-checkpoint writes complete.
+parent: a worker ignores SIGINT except while it trains (from its spawn on: a traceback of a worker
+still starting would break the pool), when the first one (the terminal's, sent to every process
+of the command, or the parent's, passed on) interrupts its training once its checkpoint writes
+complete; a population that no worker has begun when the parent is interrupted is never begun.
 
 `Pool(1)` trains in the calling process, exactly as before workers existed; `Pool(n)` keeps n
 workers for its lifetime.
@@ -23,12 +24,14 @@ workers for its lifetime.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import ctypes
 import ctypes.util
 import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 
@@ -45,6 +48,7 @@ AUTO_WORKERS_CPU = 2
 _PR_SET_PDEATHSIG = 1
 
 Outcome = tuple[int, list[str | None], float]  # (population id, each run's failure, seconds)
+_interrupted = None  # in a worker: the parent's Pool._interrupted event
 
 
 def count(grid: ml_collections.ConfigDict, population_size: int = 1) -> int:
@@ -82,10 +86,14 @@ class Pool:
         self._done: list[Outcome] = []  # outcomes of in-process training, not yet collected
         self._executor = None
         if size > 1:
+            context = multiprocessing.get_context("spawn")
+            # Set on Ctrl-C: a worker that has not begun its population yet (still starting,
+            # SIGINT ignored) then does not begin it.
+            self._interrupted = context.Event()
             self._executor = concurrent.futures.ProcessPoolExecutor(
-                max_workers=size, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_start_worker,
-                initargs=(os.getpid(), jax.config.jax_compilation_cache_dir))
+                max_workers=size, mp_context=context, initializer=_start_worker,
+                initargs=(os.getpid(), jax.config.jax_compilation_cache_dir,
+                          self._interrupted))
 
     def __enter__(self) -> Pool:
         return self
@@ -93,6 +101,7 @@ class Pool:
     def __exit__(self, exc_type, *exc_info) -> None:
         if self._executor is not None:
             if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+                self._interrupted.set()  # before the signals: _train_in_worker's order
                 for worker in multiprocessing.active_children():  # the pool's workers
                     os.kill(worker.pid, signal.SIGINT)  # a second one is ignored there
             # On an error, populations not started are dropped; those training finish.
@@ -115,8 +124,9 @@ class Pool:
             failures = train(configs, workdirs, grid)
             self._done.append((population, failures, time.monotonic() - started))
         else:
-            future = self._executor.submit(_train_in_worker, list(configs), list(workdirs),
-                                           grid)
+            with _spawned_ignoring_sigint():
+                future = self._executor.submit(_train_in_worker, list(configs),
+                                               list(workdirs), grid)
             self._running[future] = (population, started)
 
     def finished(self) -> Iterator[Outcome]:
@@ -137,11 +147,30 @@ class Pool:
             yield self._done.pop(0)
 
 
+@contextlib.contextmanager
+def _spawned_ignoring_sigint() -> Iterator[None]:
+    """Workers spawned in the block (the executor spawns them on submit) start with SIGINT
+    ignored, as a process inherits an ignored signal: a Ctrl-C while one still imports JAX,
+    before its initializer, would end it with a traceback and break the pool. The parent ignores
+    SIGINT for the few milliseconds of the spawn."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can be set only there; workers are started from there
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _train_in_worker(configs, workdirs, grid) -> list[str | None]:
     """`train`, interrupted by the first SIGINT that arrives while it runs (as Ctrl-C interrupts
     it in the parent: the checkpoint writes in flight complete), not by a second one."""
     signal.signal(signal.SIGINT, _interrupt_once)
     try:
+        # After the handler: a Ctrl-C the parent passed on before it was set is seen here.
+        if _interrupted is not None and _interrupted.is_set():
+            raise KeyboardInterrupt
         return train(configs, workdirs, grid)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -152,8 +181,11 @@ def _interrupt_once(signum, frame):
     raise KeyboardInterrupt
 
 
-def _start_worker(parent_pid: int, compilation_cache_dir: str | None) -> None:
-    # Between populations an interrupt would end the worker with a traceback; the parent ends it.
+def _start_worker(parent_pid: int, compilation_cache_dir: str | None, interrupted) -> None:
+    global _interrupted
+    _interrupted = interrupted
+    # Already ignored since the spawn (_spawned_ignoring_sigint); set again, as the parent may
+    # have started it from another thread. Between populations the parent ends it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent_pid)
     from absl import logging
