@@ -142,10 +142,11 @@ def test_a_paper_report_has_no_family_section_and_no_entropy(tmp_path):
     assert not (tmp_path / "r" / family_report.FIGURE).exists()
 
 
-def test_the_committed_digits_family_report_rebuilds_to_itself(tmp_path):
+@pytest.mark.parametrize("name", ["digits_family", "fashion_mnist_split_family"])
+def test_the_committed_family_reports_rebuild_to_themselves(name, tmp_path):
     from tests.train_helpers import REPO
 
-    source = REPO / "docs" / "results" / "digits_family"
+    source = REPO / "docs" / "results" / name
     rebuild.rebuild_report(source, tmp_path / "new")
     assert (tmp_path / "new" / "metrics.csv").read_bytes() == (source / "metrics.csv").read_bytes()
     old, new = ((d / "report.md").read_text() for d in (source, tmp_path / "new"))
