@@ -124,7 +124,10 @@ class Pool:
             failures = train(configs, workdirs, grid)
             self._done.append((population, failures, time.monotonic() - started))
         else:
-            with _spawned_ignoring_sigint():
+            # Only a submit that may spawn a worker (fewer than `size` alive) ignores a Ctrl-C,
+            # for the milliseconds of the spawn; one made as a run ends must not lose it.
+            spawns = len(multiprocessing.active_children()) < self.size
+            with _spawned_ignoring_sigint() if spawns else contextlib.nullcontext():
                 future = self._executor.submit(_train_in_worker, list(configs),
                                                list(workdirs), grid)
             self._running[future] = (population, started)
