@@ -62,12 +62,13 @@ GRID = textwrap.dedent("""
     from tests.train_helpers import tiny_digits_config
 
     def get_config():
-        # Runs of 960 steps: long enough that a second run is still training, with a
-        # checkpoint, when the first one ends, however fast the steps are (cached programs).
+        # Runs of 960 steps, ls's twice as many: when ce ends, ls is still training, with a
+        # checkpoint, however fast the steps are (cached programs), and not at its last step.
         c = tiny_digits_config(num_epochs=120, checkpoint_every_steps=8, log_every_steps=8,
                                ood_datasets=("gaussian",))
         c.grid.seeds = (0,)
-        c.grid.runs = [grid.run_spec("ce", "ce"), grid.run_spec("ls", "ls", label_smoothing=0.2),
+        c.grid.runs = [grid.run_spec("ce", "ce"),
+                       grid.run_spec("ls", "ls", label_smoothing=0.2, num_epochs=240),
                        grid.run_spec("kd_ce", "kd", teacher="ce"),
                        grid.run_spec("ls4", "ls", label_smoothing=0.4)]
         c.grid.workers = 2
